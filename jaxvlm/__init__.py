@@ -1,0 +1,1 @@
+"""jaxvlm: where do video language models look? Flax ports + attention knockouts + keyframe selection."""
