@@ -48,6 +48,10 @@ def _to_hf(path: tuple[str, ...], leaf: np.ndarray) -> np.ndarray:
   return leaf.transpose(3, 2, 0, 1)  # HWIO -> OIHW
 
 
+def _hf_shape(path: tuple[str, ...], flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(_to_hf(path, np.empty(flax_shape, np.uint8)).shape)
+
+
 def _layer_count(path: tuple[str, ...], shape: tuple[int, ...]) -> int | None:
   return shape[0] if STACKED in path else None
 
@@ -71,13 +75,13 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], target: Any) -> d
     for layer in layers:
       key = _hf_key(path, layer)
       if key not in state_dict:
-        missing.append(f'{key} (expected shape {per_layer_shape})')
+        missing.append(f'{key} (expected shape {_hf_shape(path, per_layer_shape)})')
         continue
       value = _to_flax(path, np.asarray(state_dict[key]))
       if value.shape != per_layer_shape:
         raise CheckpointError(
             f'tensor {key!r} has shape {tuple(np.asarray(state_dict[key]).shape)} in the checkpoint, '
-            f'the model expects {tuple(_to_hf(path, np.empty(per_layer_shape, np.uint8)).shape)} '
+            f'the model expects {_hf_shape(path, per_layer_shape)} '
             f'(param {"/".join(path)} {shape})')
       used.add(key)
       slices.append(value.astype(np.float32, copy=False))
