@@ -150,7 +150,7 @@ check_worker() {
 
 # join_by SEP WORD...: the words joined by SEP.
 join_by() {
-  local sep=$1 out=$2
+  local sep=$1 out=$2 word
   shift 2
   for word in "$@"; do out+=$sep$word; done
   printf '%s' "$out"

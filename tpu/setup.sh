@@ -14,7 +14,8 @@ requirements.txt together with jax[tpu] (libtpu index: $LIBTPU_INDEX)
 and check that jax sees TPU devices. Rerunning updates the code and the venv in place.
 
 Flags:
-  --worker=SPEC          workers to set up: all (default), 0, 0,2, ...
+  --worker=SPEC          workers to set up: all (default), 0, 0,2, ... (on a multi-host slice
+                         the device check needs all workers at once: keep 'all' there)
   --source=DIR           local git checkout to ship (default: $REPO_ROOT)
   --repo-url=URL         clone this repository on the workers instead of shipping --source
   --ref=REF              branch, tag or commit to check out with --repo-url (default: main)
