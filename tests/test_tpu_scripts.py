@@ -70,6 +70,21 @@ def env(tmp_path):
               FAKE_TOOLS_LOG=str(tmp_path / 'tools.log'))
 
 
+@pytest.fixture(scope='module')
+def source_repo(tmp_path_factory):
+  """A tiny committed checkout for setup.sh to ship (the test must not depend on this repo's .git)."""
+  repo = tmp_path_factory.mktemp('src')
+  (repo / 'requirements.txt').write_text('numpy\n')
+  (repo / 'pkg dir').mkdir()
+  (repo / 'pkg dir' / "it's.py").write_text('x = 1\n')
+  (repo / 'uncommitted.txt').write_text('not shipped\n')
+  git = ['git', '-C', str(repo), '-c', 'user.name=t', '-c', 'user.email=t@t']
+  subprocess.run([*git, 'init', '-q'], check=True)
+  subprocess.run([*git, 'add', 'requirements.txt', 'pkg dir'], check=True)
+  subprocess.run([*git, 'commit', '-q', '-m', 'c'], check=True)
+  return repo
+
+
 def run(script, *args, env, cwd=None):
   return subprocess.run([str(TPU / script), *args], env=env, cwd=cwd, capture_output=True,
                         text=True, timeout=30)
@@ -120,13 +135,14 @@ CASES = {
         [['compute', 'tpus', 'tpu-vm', 'scp', '--recurse', 'my-tpu:jaxvlm/wd', f'out/worker-{i}/',
           '--zone=us-west4-a', f'--worker={i}'] for i in range(2)]),
     'run': ('run.sh', [*SCOPE, '--log-name=ko', '--', *KNOCKOUT], None),
-    'setup': ('setup.sh', [*SCOPE, '--expect-devices=32'], None),
+    'setup': ('setup.sh', [*SCOPE, '--expect-devices=32', '--source={src}'], None),
 }
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_calls_gcloud_as_expected(case, env, tmp_path):
+def test_calls_gcloud_as_expected(case, env, tmp_path, source_repo):
   script, args, expected = CASES[case]
+  args = [a.format(src=source_repo) for a in args]
   result = run(script, *args, env=env, cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   calls = gcloud_calls(env)
@@ -136,8 +152,9 @@ def test_calls_gcloud_as_expected(case, env, tmp_path):
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_dry_run_prints_the_same_commands_and_calls_nothing(case, env, tmp_path):
+def test_dry_run_prints_the_same_commands_and_calls_nothing(case, env, tmp_path, source_repo):
   script, args, _ = CASES[case]
+  args = [a.format(src=source_repo) for a in args]
   (tmp_path / 'real').mkdir()
   (tmp_path / 'dry').mkdir()
   real = run(script, *args, env=env, cwd=tmp_path / 'real')
@@ -215,19 +232,19 @@ def test_run_background_returns_and_logs(env, tmp_path):
   assert log.read_text() == 'done x y\n'
 
 
-def test_setup_ships_head_installs_and_checks_devices(env, tmp_path):
+def test_setup_ships_head_installs_and_checks_devices(env, tmp_path, source_repo):
   home = tmp_path / 'vm'
   home.mkdir()
   env['FAKE_TPU_HOME'] = str(home)
-  result = run('setup.sh', *SCOPE, '--expect-devices=32', env=env)
+  result = run('setup.sh', *SCOPE, '--expect-devices=32', f'--source={source_repo}', env=env)
   assert result.returncode == 0, result.stderr
   calls = gcloud_calls(env)
   assert [c[3] for c in calls] == ['scp', 'ssh']
   assert '--worker=all' in calls[0] and '--worker=all' in calls[1]
-  # The committed HEAD arrived and was unpacked; both archives are gone.
-  head_files = subprocess.run(['git', '-C', str(REPO), 'ls-tree', '-r', '--name-only', 'HEAD'],
-                              capture_output=True, text=True, check=True).stdout.split()
-  assert all((home / 'jaxvlm' / f).exists() for f in head_files)
+  # The committed HEAD arrived and was unpacked, nothing else; both archives are gone.
+  assert (home / 'jaxvlm' / 'pkg dir' / "it's.py").read_text() == 'x = 1\n'
+  assert (home / 'jaxvlm' / 'requirements.txt').exists()
+  assert not (home / 'jaxvlm' / 'uncommitted.txt').exists()
   assert not (home / 'jaxvlm-src.tar.gz').exists()
   assert not (tmp_path / 'jaxvlm-my-tpu.tar.gz').exists()
   tools = pathlib.Path(env['FAKE_TOOLS_LOG']).read_text().splitlines()
@@ -250,9 +267,10 @@ def test_setup_clone_mode(env):
   assert "cd 'code dir'" in steps
 
 
-def test_device_check_runs_and_fails_off_tpu(env):
+def test_device_check_runs_and_fails_off_tpu(env, source_repo):
   """The Python one-liner is valid and rejects a CPU-only jax with a clear message."""
-  result = run('setup.sh', *SCOPE, '--dry-run', '--expect-devices=8', env=env)
+  result = run('setup.sh', *SCOPE, '--dry-run', '--expect-devices=8', f'--source={source_repo}',
+               env=env)
   check = shlex.split(ssh_script(shlex.split(result.stdout.splitlines()[-1])).split('; ', 9)[-1])
   assert check[:2] == ['.venv/bin/python', '-c'] and check[-1] == '8'
   proc = subprocess.run([sys.executable, *check[1:]], capture_output=True, text=True, timeout=60,
