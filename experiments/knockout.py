@@ -1,0 +1,108 @@
+r"""Attention-knockout study (Gou et al.): which attention edges does the answer need, in which layers?
+
+  python -m experiments.knockout --config=configs/knockout.py[:preset] --workdir=DIR \
+      [--config.max_samples=100 --config.settings=global1,fine ...]
+
+Writes config.json, samples.jsonl (resumable), summary.json/csv and plots (see experiments/results.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from experiments import common, plots, results
+from jaxvlm import knockout, metrics, sweep
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/knockout.py[:preset]', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/knockout', 'where results go (resumes if it holds a run)')
+
+
+def sweep_from_config(config, num_layers: int) -> knockout.Sweep:
+  return knockout.build_sweep(
+      num_layers, config.num_frames, settings=common.csv_list(config.settings),
+      kinds=common.csv_list(config.kinds), global1_step=config.global1_step,
+      window_size=config.window, window_stride=config.window_stride,
+      explicit_layers=[int(x) for x in common.csv_list(config.explicit_layers)] or None)
+
+
+def evaluate_batch(model, params, batch: common.ModelBatch, sw: knockout.Sweep, tail_multiple: int):
+  """-> clean option log-probs [B, O] and per-spec [N, B, O] (numpy)."""
+  clean = sweep.clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
+                          batch.option_ids)
+  specs = jax.tree.map(jnp.asarray, sw.specs)
+  spec_logp = sweep.run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
+                              specs, tail_multiple)
+  return np.asarray(clean.option_logprobs), np.asarray(spec_logp)
+
+
+def run(config, workdir: str) -> dict:
+  """Runs (or resumes) the study; returns the summary dict."""
+  model, params, processor = common.load_model(config)
+  sw = sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
+  results.prepare_workdir(workdir, config)
+  samples, skipped = common.load_samples(config, workdir)
+  log = results.SampleLog(os.path.join(workdir, 'samples.jsonl'))
+  for sample_id, reason in skipped:
+    if sample_id not in log:
+      log.append({'id': sample_id, 'error': f'annotation: {reason}'})
+  todo = [s for s in samples if s.id not in log]
+  logging.info('%d samples, %d done, %d to run, %d specs per sample', len(samples), len(samples) - len(todo),
+               len(todo), len(sw))
+  start = time.time()
+  with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True) as bar:
+    for chunk in common.batches(todo, config.batch_size):
+      prepared, failed = common.prepare(chunk, processor, config)
+      for sample_id, reason in failed:
+        log.append({'id': sample_id, 'error': reason})
+      if prepared:
+        batch = common.collate(prepared, processor)
+        clean_logp, spec_logp = evaluate_batch(model, params, batch, sw, config.tail_multiple)
+        for i, p in enumerate(prepared):
+          n = len(p.sample.options)
+          log.append({'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
+                      'clean': clean_logp[i, :n],
+                      'specs': {e.name: spec_logp[k, i, :n] for k, e in enumerate(sw.entries)}})
+      bar.update(len(chunk))
+      bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
+  summary = summarize(log.records(), sw)
+  results.write_summary(workdir, summary['header'], summary['rows'])
+  plots.knockout_plots(summary['rows'], summary['header'], workdir)
+  return summary
+
+
+def summarize(records: list[dict], sw: knockout.Sweep) -> dict:
+  """Per-spec metrics over the successful samples; failures counted."""
+  ok = [r for r in records if 'error' not in r]
+  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
+            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  if not ok:
+    return {'header': {**header, 'clean_accuracy': None}, 'rows': []}
+  width = max(len(r['clean']) for r in ok)
+  pad = lambda x: np.pad(np.asarray(x, np.float64), (0, width - len(x)), constant_values=-np.inf)
+  clean = np.stack([pad(r['clean']) for r in ok])
+  specs = np.stack([np.stack([pad(r['specs'][e.name]) for r in ok]) for e in sw.entries])
+  answers = np.asarray([r['answer'] for r in ok])
+  m = metrics.knockout_metrics(clean, specs, answers)
+  rows = [{'name': e.name, 'setting': e.setting, 'kind': e.kind, 'first_layer': e.layers[0] + 1,
+           'last_layer': e.layers[-1] + 1, 'layer_ratio': e.layer_ratio,
+           'accuracy': m['accuracy'][k], 'performance_ratio': m['performance_ratio'][k],
+           'delta_logp_correct': m['delta_logp_correct'][k], 'flip_rate': m['flip_rate'][k]}
+          for k, e in enumerate(sw.entries)]
+  return {'header': {**header, 'clean_accuracy': m['clean_accuracy']}, 'rows': rows}
+
+
+def main(argv):
+  del argv
+  summary = run(_CONFIG.value, _WORKDIR.value)
+  print(common.format_table(summary))
+
+
+if __name__ == '__main__':
+  app.run(main)
