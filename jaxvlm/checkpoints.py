@@ -1,4 +1,4 @@
-"""Hugging Face state dicts <-> Flax params, by one naming convention shared by every model here.
+"""Hugging Face checkpoints <-> Flax params: strict loading, export, and orbax helpers.
 
 The Flax param tree mirrors the transformers `state_dict()` key path, except that
   1. repeated blocks `...layers.{i}.<rest>` are one stacked subtree `...['layers'][<rest>]` with a
@@ -6,20 +6,60 @@ The Flax param tree mirrors the transformers `state_dict()` key path, except tha
   2. leaf names: Dense/Conv 'kernel', LayerNorm 'scale' and Embed 'embedding' are HF `weight`;
      a Dense kernel is the HF weight transposed ([in, out]), a Conv kernel is OIHW -> HWIO;
   3. every other leaf keeps its HF name and layout.
+
+"Our keys" below are the HF keys of our own module tree (what `params_to_state_dict` returns); the
+keys stored in a checkpoint file differ per family and format and are renamed by a `Family`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import dataclasses
+import json
+import os
+import re
+import struct
+from typing import Any, Callable, Mapping
 
+import jax
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import traverse_util
+from huggingface_hub import snapshot_download
+from safetensors.numpy import save_file
 
 STACKED = 'layers'
 _HF_LEAF_NAME = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight'}
 
+SINGLE_FILE = 'model.safetensors'
+INDEX_FILE = 'model.safetensors.index.json'
+CONFIG_FILE = 'config.json'
+# Files a snapshot download fetches: configs, weights, tokenizer and chat template (no .bin/.pt/onnx).
+_HUB_PATTERNS = ['*.json', '*.safetensors', '*.jinja', '*.model', '*.txt']
+_HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[\w.-]+')
+
 
 class CheckpointError(ValueError):
   """A checkpoint does not fit the model: names the tensor and the shapes involved."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+  """The directory, hub id, config or weight file does not exist."""
+
+
+class UnsupportedModelError(CheckpointError):
+  """config.json names a `model_type` this library has no port of."""
+
+
+class ShapeMismatchError(CheckpointError):
+  """A checkpoint tensor has a shape the model does not expect."""
+
+
+class TensorSetError(CheckpointError):
+  """The checkpoint lacks tensors the model needs, or holds tensors the model does not use."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The param-tree convention.
 
 
 def _hf_key(path: tuple[str, ...], layer: int | None) -> str:
@@ -60,7 +100,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], target: Any) -> d
   """Builds a param tree shaped like `target` (arrays or ShapeDtypeStructs) from HF tensors.
 
   Strict: every target leaf must be filled with the right shape and every tensor must be used,
-  otherwise `CheckpointError` names the offending tensors and shapes.
+  otherwise a `CheckpointError` names the offending tensors and shapes. Leaves are float32 numpy.
   """
   flat_target = traverse_util.flatten_dict(target)
   used: set[str] = set()
@@ -79,7 +119,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], target: Any) -> d
         continue
       value = _to_flax(path, np.asarray(state_dict[key]))
       if value.shape != per_layer_shape:
-        raise CheckpointError(
+        raise ShapeMismatchError(
             f'tensor {key!r} has shape {tuple(np.asarray(state_dict[key]).shape)} in the checkpoint, '
             f'the model expects {_hf_shape(path, per_layer_shape)} '
             f'(param {"/".join(path)} {shape})')
@@ -89,7 +129,7 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], target: Any) -> d
       out[path] = slices[0] if n_layers is None else np.stack(slices)
   unexpected = sorted(set(state_dict) - used)
   if missing or unexpected:
-    raise CheckpointError(
+    raise TensorSetError(
         'checkpoint does not match the model:' +
         (f'\n  missing tensors: {", ".join(missing)}' if missing else '') +
         (f'\n  unexpected tensors: {", ".join(unexpected)}' if unexpected else ''))
@@ -108,3 +148,315 @@ def params_to_state_dict(params: Any) -> dict[str, np.ndarray]:
       for layer in range(n_layers):
         out[_hf_key(path, layer)] = np.ascontiguousarray(_to_hf(path, leaf[layer]))
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding a checkpoint and reading its files.
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> str:
+  """A local directory as is; an `org/name` hub id that is not a local path is downloaded."""
+  path = os.path.expanduser(os.fspath(name_or_path))
+  if os.path.isdir(path):
+    return path
+  if os.path.exists(path):
+    raise CheckpointNotFoundError(f'{path!r} is a file, not a checkpoint directory')
+  if not _HUB_ID.fullmatch(path):
+    raise CheckpointNotFoundError(f'checkpoint directory {path!r} does not exist')
+  try:
+    return snapshot_download(path, allow_patterns=_HUB_PATTERNS)
+  except Exception as e:  # offline, unknown repo, gated, ...: all mean "cannot get it"
+    raise CheckpointNotFoundError(
+        f'{path!r} is not a local directory and could not be fetched from the Hugging Face Hub '
+        f'({type(e).__name__}: {e})') from e
+
+
+def read_json(ckpt_dir: str, name: str) -> dict | None:
+  """The parsed json file `name` of `ckpt_dir`, or None if absent."""
+  path = os.path.join(ckpt_dir, name)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f'{path} is not valid json: {e}') from e
+
+
+def read_config(ckpt_dir: str) -> dict:
+  config = read_json(ckpt_dir, CONFIG_FILE)
+  if config is None:
+    raise CheckpointNotFoundError(f'{ckpt_dir} has no {CONFIG_FILE}')
+  return config
+
+
+_SAFETENSORS_DTYPES = {
+    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
+    'F8_E4M3': ml_dtypes.float8_e4m3fn, 'F8_E5M2': ml_dtypes.float8_e5m2,
+    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_,
+}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """All tensors of one .safetensors file as read-only memory-mapped numpy arrays.
+
+  Parses the (documented) header directly rather than through `safetensors.numpy`, which cannot
+  represent bfloat16: here bfloat16/float8 come out as `ml_dtypes` arrays, converted exactly to
+  float32 later, and nothing is read from disk until a tensor is used.
+  """
+  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    try:
+      (n,) = struct.unpack('<Q', f.read(8))
+      header = json.loads(f.read(n))
+    except (struct.error, ValueError) as e:
+      raise CheckpointError(f'{path} is not a safetensors file: {e}') from e
+  begin = 8 + n
+  data = np.memmap(path, np.uint8, 'r', offset=begin) if size > begin else np.zeros(0, np.uint8)
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    if info['dtype'] not in _SAFETENSORS_DTYPES:
+      raise CheckpointError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}')
+    start, end = info['data_offsets']
+    if end > data.size:
+      raise CheckpointError(f'{path} is truncated: tensor {name!r} ends at byte {end} of {data.size}')
+    out[name] = data[start:end].view(_SAFETENSORS_DTYPES[info['dtype']]).reshape(info['shape'])
+  return out
+
+
+def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
+  """File key -> tensor from `model.safetensors` or from the shards of `model.safetensors.index.json`."""
+  single = os.path.join(ckpt_dir, SINGLE_FILE)
+  if os.path.isfile(single):
+    return read_safetensors(single)
+  index = read_json(ckpt_dir, INDEX_FILE)
+  if index is None:
+    raise CheckpointNotFoundError(
+        f'{ckpt_dir} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)')
+  weight_map: dict[str, str] = index['weight_map']
+  out: dict[str, np.ndarray] = {}
+  for shard in sorted(set(weight_map.values())):
+    path = os.path.join(ckpt_dir, shard)
+    if not os.path.isfile(path):
+      raise CheckpointNotFoundError(f'{INDEX_FILE} lists shard {shard!r}, which is not in {ckpt_dir}')
+    for name, tensor in read_safetensors(path).items():
+      if name in out:
+        raise CheckpointError(f'tensor {name!r} is stored in more than one shard (again in {shard})')
+      out[name] = tensor
+  for name, shard in weight_map.items():
+    if name not in out:
+      raise TensorSetError(f'{INDEX_FILE} maps tensor {name!r} to {shard}, which does not contain it')
+  return out
+
+
+def write_state_dict(state_dict: Mapping[str, np.ndarray], out_dir: str,
+                     max_shard_bytes: int | None = None) -> list[str]:
+  """Writes tensors as `model.safetensors`, or as shards plus an index when they exceed
+  `max_shard_bytes`. Returns the file names written."""
+  os.makedirs(out_dir, exist_ok=True)
+  shards: list[dict[str, np.ndarray]] = [{}]
+  shard_bytes = 0
+  for name in sorted(state_dict):
+    tensor = np.ascontiguousarray(state_dict[name])
+    if max_shard_bytes and shards[-1] and shard_bytes + tensor.nbytes > max_shard_bytes:
+      shards.append({})
+      shard_bytes = 0
+    shards[-1][name] = tensor
+    shard_bytes += tensor.nbytes
+  metadata = {'format': 'pt'}  # transformers refuses files whose metadata names no known format
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(out_dir, SINGLE_FILE), metadata=metadata)
+    return [SINGLE_FILE]
+  names = [f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors' for i in range(len(shards))]
+  weight_map = {}
+  for file_name, shard in zip(names, shards):
+    save_file(shard, os.path.join(out_dir, file_name), metadata=metadata)
+    weight_map.update({k: file_name for k in shard})
+  total = sum(t.nbytes for t in state_dict.values())
+  with open(os.path.join(out_dir, INDEX_FILE), 'w') as f:
+    json.dump({'metadata': {'total_size': int(total)}, 'weight_map': weight_map}, f, indent=2)
+  return names + [INDEX_FILE]
+
+
+# ----------------------------------------------------------------------------------------------
+# Model families: how to build the module and how checkpoint keys map to our keys.
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """build(config_dict, dtype) -> module; param_shapes(module) -> ShapeDtypeStruct tree;
+  to_ours / to_hf rename one key between a checkpoint file and our tree;
+  tied: (head key, embedding key) of our tree, dropped from a tied checkpoint if equal."""
+  architecture: str
+  build: Callable[[dict, Any], Any]
+  param_shapes: Callable[[Any], Any]
+  to_ours: Callable[[str], str]
+  to_hf: Callable[[str], str]
+  tied: tuple[str, str] | None = None
+
+
+def _build_siglip(config: dict, dtype: Any):
+  from jaxvlm.models import siglip
+  return siglip.SiglipModel(siglip.SiglipConfig.from_hf(config), dtype=dtype)
+
+
+def _siglip_param_shapes(model) -> Any:
+  vision, text = model.config.vision_config, model.config.text_config
+  pixels = jnp.zeros((1, vision.image_size, vision.image_size, vision.num_channels), jnp.float32)
+  ids = jnp.zeros((1, text.max_position_embeddings), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), pixels, ids))['params']
+
+
+def _build_llava_onevision(config: dict, dtype: Any):
+  from jaxvlm.models import llava_onevision as lo
+  return lo.LlavaOnevisionForConditionalGeneration(lo.LlavaOnevisionConfig.from_hf(config), dtype=dtype)
+
+
+def _llava_param_shapes(model) -> Any:
+  from jaxvlm.models import llava_onevision as lo
+  return lo.param_shapes(model)
+
+
+_LLAVA_PARTS = ('language_model', 'vision_tower', 'multi_modal_projector', 'image_newline')
+
+
+def _llava_to_ours(key: str) -> str:
+  """Accepts the llava-hf hub layout (`vision_tower.vision_model.*`, `language_model.model.*`,
+  `language_model.lm_head.*`), what transformers v5 `save_pretrained` writes (the same with
+  `vision_tower.*`) and v5's in-memory names (`model.language_model.*`, `lm_head.*`)."""
+  if key.startswith('model.') and key.split('.')[1] in _LLAVA_PARTS:
+    key = key[len('model.'):]
+  for old, new in (('language_model.model.', 'language_model.'),
+                   ('language_model.lm_head.', 'lm_head.'),
+                   ('vision_tower.vision_model.', 'vision_tower.')):
+    if key.startswith(old):
+      return new + key[len(old):]
+  return key
+
+
+def _llava_to_hf(key: str) -> str:
+  """Our key -> the key transformers v5 `save_pretrained` writes for LLaVA-OneVision."""
+  if key.startswith('language_model.'):
+    return 'language_model.model.' + key[len('language_model.'):]
+  if key.startswith('lm_head.'):
+    return 'language_model.' + key
+  return key
+
+
+def _same(key: str) -> str:
+  return key
+
+
+FAMILIES: dict[str, Family] = {
+    'siglip': Family('SiglipModel', _build_siglip, _siglip_param_shapes, _same, _same),
+    'llava_onevision': Family(
+        'LlavaOnevisionForConditionalGeneration', _build_llava_onevision, _llava_param_shapes,
+        _llava_to_ours, _llava_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight')),
+}
+
+
+def family_of(config: Mapping[str, Any]) -> Family:
+  model_type = config.get('model_type')
+  if model_type not in FAMILIES:
+    raise UnsupportedModelError(
+        f'unsupported model_type {model_type!r} in config.json; supported: {", ".join(sorted(FAMILIES))}')
+  return FAMILIES[model_type]
+
+
+def _rename(state_dict: Mapping[str, np.ndarray], rename: Callable[[str], str]) -> dict[str, np.ndarray]:
+  out: dict[str, np.ndarray] = {}
+  source: dict[str, str] = {}
+  for key, tensor in state_dict.items():
+    new = rename(key)
+    if new in out:
+      raise CheckpointError(f'tensors {source[new]!r} and {key!r} both map to {new!r}')
+    out[new], source[new] = tensor, key
+  return out
+
+
+def _drop_tied_head(state_dict: dict[str, np.ndarray], target: Any, family: Family) -> None:
+  """A tied model has no head param; a checkpoint may still store the head as a copy of the embedding."""
+  if family.tied is None:
+    return
+  head, embedding = family.tied
+  if head not in state_dict or head.split('.')[0] in target or embedding not in state_dict:
+    return
+  if not np.array_equal(state_dict[head], state_dict[embedding]):
+    raise TensorSetError(
+        f'the config ties word embeddings, but the checkpoint holds a {head!r} that differs from {embedding!r}')
+  del state_dict[head]
+
+
+def load_params(ckpt_dir: str, model: Any, family: Family) -> dict:
+  """Strictly converts the checkpoint in `ckpt_dir` into `model`'s param tree (float32 jax arrays)."""
+  target = family.param_shapes(model)
+  state_dict = _rename(read_state_dict(ckpt_dir), family.to_ours)
+  _drop_tied_head(state_dict, target, family)
+  return jax.tree.map(jnp.asarray, state_dict_to_params(state_dict, target))
+
+
+def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[Any, dict, Any]:
+  """Loads a local Hugging Face directory or hub id -> (model, params, processor).
+
+  `dtype` is the compute dtype given to the module; params are float32. `processor` is a
+  `jaxvlm.processor` object built from the checkpoint's tokenizer and processor configs, or None
+  when the directory has no tokenizer (e.g. a bare `save_pretrained` of a model).
+  """
+  from jaxvlm import processor as processor_lib
+  ckpt_dir = resolve_checkpoint_dir(name_or_path)
+  config = read_config(ckpt_dir)
+  family = family_of(config)
+  model = family.build(config, dtype)
+  params = load_params(ckpt_dir, model, family)
+  return model, params, processor_lib.from_checkpoint_dir(ckpt_dir, config)
+
+
+def _check_fits(params: Any, target: Any) -> None:
+  got = {'/'.join(p): tuple(x.shape) for p, x in traverse_util.flatten_dict(params).items()}
+  want = {'/'.join(p): tuple(x.shape) for p, x in traverse_util.flatten_dict(target).items()}
+  if set(got) != set(want):
+    raise TensorSetError(f'params do not fit the model: missing {sorted(set(want) - set(got))}, '
+                         f'unexpected {sorted(set(got) - set(want))}')
+  for name, shape in got.items():
+    if shape != want[name]:
+      raise ShapeMismatchError(f'param {name} has shape {shape}, the model expects {want[name]}')
+
+
+def export_pretrained(model: Any, params: Any, config_dict: Mapping[str, Any], out_dir: str,
+                      processor: Any = None, max_shard_bytes: int | None = None) -> None:
+  """Writes `params` as a Hugging Face checkpoint transformers v5 loads: safetensors named as its
+  `save_pretrained` names them (sharded above `max_shard_bytes`), `config.json` from `config_dict`,
+  and the processor's tokenizer / chat template / preprocessor files when given."""
+  family = family_of(config_dict)
+  _check_fits(params, family.param_shapes(model))
+  state_dict = _rename(params_to_state_dict(params), family.to_hf)
+  write_state_dict({k: v.astype(np.float32, copy=False) for k, v in state_dict.items()}, out_dir,
+                   max_shard_bytes)
+  config = {'architectures': [family.architecture], **config_dict, 'dtype': 'float32'}
+  with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  if processor is not None:
+    processor.save_pretrained(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Orbax: params of experiments (fine-tuned selectors, trained tiny models) in native format.
+
+
+def save_params(path: str | os.PathLike, params: Any) -> None:
+  """Saves a param pytree with orbax at `path` (a new directory), blocking until written."""
+  import orbax.checkpoint as ocp
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(os.fspath(path)), params)
+  checkpointer.wait_until_finished()
+
+
+def restore_params(path: str | os.PathLike, target: Any) -> Any:
+  """Restores a pytree saved by `save_params`; `target` (arrays or ShapeDtypeStructs) gives the
+  structure, shapes, dtypes and shardings."""
+  import orbax.checkpoint as ocp
+  if not os.path.isdir(path):
+    raise CheckpointNotFoundError(f'orbax checkpoint {os.fspath(path)!r} does not exist')
+  return ocp.StandardCheckpointer().restore(os.path.abspath(os.fspath(path)), target)
