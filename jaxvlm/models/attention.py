@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
@@ -66,3 +67,105 @@ class LayerRule:
   cross_frame: jnp.ndarray
   same_frame: jnp.ndarray
   frames: jnp.ndarray
+
+
+def _knocked_out(q: TokenMeta, k: TokenMeta, rule: LayerRule) -> jnp.ndarray:
+  """Edges the rule removes, bool [B, T, N] (before the diagonal is added back)."""
+  q_group, k_group = q.group[:, :, None], k.group[:, None, :]
+  q_frame, k_frame = q.frame[:, :, None], k.frame[:, None, :]
+  both_video = (q_group == Group.VIDEO) & (k_group == Group.VIDEO)
+  both_framed = both_video & (q_frame >= 0) & (k_frame >= 0)
+  out = rule.block[q_group, k_group]
+  out |= rule.cross_frame & both_framed & (q_frame != k_frame)
+  out |= rule.same_frame & both_framed & (q_frame == k_frame)
+  num_frames = rule.frames.shape[-1]
+  if num_frames:
+    # Frames beyond the rule's F are never knocked out; clip only keeps the gather in range.
+    in_range = (k_frame >= 0) & (k_frame < num_frames)
+    frame_off = rule.frames[jnp.clip(k_frame, 0, num_frames - 1)] & in_range
+    out |= (q_group != Group.VIDEO) & frame_off
+  return out
+
+
+def allowed(q: TokenMeta, k: TokenMeta, rule: LayerRule | None) -> jnp.ndarray:
+  """The mask of the module docstring for queries q [B, T] and keys k [B, N]: bool [B, T, N]."""
+  q_index, k_index = q.index[:, :, None], k.index[:, None, :]
+  ok = (k_index <= q_index) & k.valid[:, None, :]
+  if rule is not None:
+    ok &= ~_knocked_out(q, k, rule)
+  return ok | (k_index == q_index)
+
+
+def _pad_keys(x: jnp.ndarray, pad: int, value) -> jnp.ndarray:
+  """Pads axis 1 (the key axis) of x with `pad` copies of value."""
+  widths = [(0, 0)] * x.ndim
+  widths[1] = (0, pad)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def _to_blocks(x: jnp.ndarray, num_blocks: int) -> jnp.ndarray:
+  """[B, nb * blk, ...] -> [nb, B, blk, ...], the block axis first for lax.scan."""
+  x = x.reshape(x.shape[0], num_blocks, -1, *x.shape[2:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: TokenMeta,
+                     k_meta: TokenMeta, rule: LayerRule | None, *, block_size: int = 512) -> jnp.ndarray:
+  """Scaled dot-product attention over the keys `allowed` by the metadata and the rule.
+
+  Online softmax over key blocks: memory is O(B * H * T * block), never O(T * S). Accumulators are
+  float32 whatever the input dtype. A query whose own slot is not among the keys and whose other keys
+  are all masked gets a zero output (cannot happen when the caller writes the query's k/v first).
+
+  Args:
+    q: [B, T, H, D] queries, H = K * G; query head h reads key/value head h // G (as HF repeat_kv).
+    k: [B, S, K, D] keys.
+    v: [B, S, K, D] values.
+    q_meta: TokenMeta [B, T] of the queries.
+    k_meta: TokenMeta [B, S] of the key slots.
+    rule: LayerRule of this layer (traced arrays) or None for causal + valid + diagonal only.
+    block_size: keys per block (static); S is padded with invalid slots to a multiple of it.
+
+  Returns:
+    [B, T, H, D] in q's dtype.
+  """
+  batch, num_q, num_heads, head_dim = q.shape
+  num_keys, num_kv_heads = k.shape[1], k.shape[2]
+  groups = num_heads // num_kv_heads
+  block = min(block_size, num_keys)
+  num_blocks = -(-num_keys // block)
+  pad = num_blocks * block - num_keys
+  # Padding slots: invalid, and an index no query reaches, so neither causal nor diagonal.
+  k_meta = TokenMeta(index=_pad_keys(k_meta.index, pad, jnp.iinfo(jnp.int32).max),
+                     valid=_pad_keys(k_meta.valid, pad, False),
+                     group=_pad_keys(k_meta.group, pad, 0),
+                     frame=_pad_keys(k_meta.frame, pad, -1))
+  xs = (_to_blocks(_pad_keys(k, pad, 0), num_blocks), _to_blocks(_pad_keys(v, pad, 0), num_blocks),
+        jax.tree.map(lambda a: _to_blocks(a, num_blocks), k_meta))
+  q = q.reshape(batch, num_q, num_kv_heads, groups, head_dim)
+  scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
+  # Masked scores get a finite floor and p is zeroed explicitly: no inf - inf, no NaN in any gradient.
+  floor = jnp.finfo(jnp.float32).min
+
+  def step(carry, x):
+    row_max, row_sum, acc = carry  # [B, K, G, T], [B, K, G, T], [B, K, G, T, D]
+    k_blk, v_blk, meta_blk = x
+    scores = jnp.einsum('btkgd,bskd->bkgts', q, k_blk, preferred_element_type=jnp.float32) * scale
+    mask = allowed(q_meta, meta_blk, rule)[:, None, None]  # [B, 1, 1, T, blk]
+    scores = jnp.where(mask, scores, floor)
+    new_max = jnp.maximum(row_max, scores.max(-1))
+    p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+    correction = jnp.exp(row_max - new_max)
+    row_sum = row_sum * correction + p.sum(-1)
+    pv = jnp.einsum('bkgts,bskd->bkgtd', p.astype(v_blk.dtype), v_blk,
+                    preferred_element_type=jnp.float32)
+    acc = acc * correction[..., None] + pv
+    return (new_max, row_sum, acc), None
+
+  stats_shape = (batch, num_kv_heads, groups, num_q)
+  init = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
+          jnp.zeros((*stats_shape, head_dim), jnp.float32))
+  (_, row_sum, acc), _ = jax.lax.scan(step, init, xs)
+  out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]  # [B, K, G, T, D]
+  out = jnp.moveaxis(out, 3, 1).reshape(batch, num_q, num_heads, head_dim)
+  return out.astype(q.dtype)
