@@ -98,7 +98,7 @@ def test_siglip_load_matches_transformers(siglip_hf, siglip_dir, siglip_inputs):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   _assert_trees_equal(checkpoints.params_to_state_dict(params), _state_dict(siglip_hf))
   pixels, ids = siglip_inputs
-  ours = np.asarray(model.apply({'params': params}, pixels, ids))
+  ours = np.asarray(jax.jit(model.apply)({'params': params}, pixels, ids))
   diff = np.abs(ours - _siglip_torch_logits(siglip_hf, pixels, ids)).max()
   print(f'siglip logits_per_image max abs diff {diff:.2e}')
   assert diff <= TOL
@@ -288,8 +288,10 @@ def _llava_torch_logits(model, ids, pixels) -> np.ndarray:
 def _llava_our_logits(lo, model, params, ids, pixels) -> np.ndarray:
   positions = jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
   meta = lo.text_meta(jnp.ones(ids.shape, bool))
-  out = model.apply({'params': params}, ids, pixels, positions, meta)
-  return np.asarray(model.apply({'params': params}, out.hidden, method='logits'))
+  def logits(params):
+    out = model.apply({'params': params}, ids, pixels, positions, meta)
+    return model.apply({'params': params}, out.hidden, method='logits')
+  return np.asarray(jax.jit(logits)(params))
 
 
 def _to_hub_layout(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -344,3 +346,17 @@ def test_llava_hub_layout_and_tied_head_copy(tmp_path):
   save_file(tensors, os.path.join(hub, checkpoints.SINGLE_FILE), metadata={'format': 'pt'})
   with pytest.raises(TensorSetError, match="'lm_head.weight' that differs"):
     checkpoints.load_pretrained(hub)
+
+
+def test_llava_key_layouts_map_to_one_tree(tmp_path):
+  """Hub, v5 save_pretrained and v5 in-memory names all give our keys (= in-memory names without the
+  `model.` prefix), and `to_hf` gives back exactly what save_pretrained writes."""
+  hf = _llava_hf(tie=False)
+  hf.save_pretrained(tmp_path)
+  family = checkpoints.FAMILIES['llava_onevision']
+  in_memory = list(hf.state_dict())
+  ours = {k[len('model.'):] if k.startswith('model.') else k for k in in_memory}
+  saved = list(_file_tensors(tmp_path))
+  for layout in (saved, list(_to_hub_layout(dict.fromkeys(saved))), in_memory):
+    assert {family.to_ours(k) for k in layout} == ours
+  assert {family.to_hf(k) for k in ours} == set(saved)
