@@ -309,7 +309,7 @@ def test_llava_round_trip_through_transformers(tie, tmp_path):
   test_processor.make_tokenizer().save_pretrained(hf_dir)
   model, params, processor = checkpoints.load_pretrained(hf_dir)
   assert ('lm_head' in params) != tie
-  assert processor.num_video_tokens(2) == 9
+  assert processor.num_video_tokens(2) == model.config.num_video_tokens(2) == 9
 
   ids, pixels = _llava_inputs(processor.video_token_id)
   want = _llava_torch_logits(hf, ids, pixels)
