@@ -315,22 +315,8 @@ def _build_llava_onevision(config: dict, dtype: Any):
 
 
 def _llava_param_shapes(model) -> Any:
-  """Initialises through the forward AND the output head: `__call__` alone never touches `lm_head`,
-  so an init through it alone would lack the head of an untied model."""
   from jaxvlm.models import llava_onevision as lo
-  cfg = model.config
-  n = cfg.num_video_tokens(1)
-  ids = jnp.full((1, n + 1), cfg.video_token_id, jnp.int32).at[0, n:].set(0)
-  pixels = jnp.zeros((1, 1, cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels))
-  positions = jnp.arange(n + 1, dtype=jnp.int32)[None]
-
-  def forward_and_head(module, *args):
-    return module.logits(module(*args).hidden[:, -1:])
-
-  variables = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), ids, pixels, positions, lo.text_meta(jnp.ones((1, n + 1), bool)),
-      method=forward_and_head))
-  return variables['params']
+  return lo.param_shapes(model)
 
 
 _LLAVA_PARTS = ('language_model', 'vision_tower', 'multi_modal_projector', 'image_newline')

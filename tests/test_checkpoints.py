@@ -18,6 +18,8 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from jaxvlm import checkpoints
+from jaxvlm.models import llava_onevision as lo
+from jaxvlm.models import qwen2
 from jaxvlm.checkpoints import (CheckpointError, CheckpointNotFoundError, ShapeMismatchError,
                                 TensorSetError, UnsupportedModelError)
 from tests import test_processor
@@ -253,14 +255,6 @@ def test_error_truncated_file(siglip_dir, tmp_path):
 # LLaVA-OneVision
 
 
-def _llava_module():
-  try:
-    from jaxvlm.models import llava_onevision
-  except ImportError as e:  # the model port is written in parallel; only its absence may skip
-    pytest.skip(f'jaxvlm.models.llava_onevision is not importable yet: {e}')
-  return llava_onevision
-
-
 def _llava_hf(tie: bool) -> transformers.LlavaOnevisionForConditionalGeneration:
   torch.manual_seed(0)
   config = test_processor.llava_config()
@@ -287,7 +281,7 @@ def _llava_torch_logits(model, ids, pixels) -> np.ndarray:
 
 def _llava_our_logits(lo, model, params, ids, pixels) -> np.ndarray:
   positions = jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
-  meta = lo.text_meta(jnp.ones(ids.shape, bool))
+  meta = qwen2.text_meta(jnp.ones(ids.shape, bool))
   def logits(params):
     out = model.apply({'params': params}, ids, pixels, positions, meta)
     return model.apply({'params': params}, out.hidden, method='logits')
@@ -302,7 +296,6 @@ def _to_hub_layout(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize('tie', [False, True])
 def test_llava_round_trip_through_transformers(tie, tmp_path):
-  lo = _llava_module()
   hf = _llava_hf(tie)
   hf_dir = tmp_path / 'hf'
   hf.save_pretrained(hf_dir)
@@ -330,7 +323,6 @@ def test_llava_round_trip_through_transformers(tie, tmp_path):
 
 
 def test_llava_hub_layout_and_tied_head_copy(tmp_path):
-  _llava_module()
   hf = _llava_hf(tie=True)
   hf.save_pretrained(tmp_path / 'v5')
   _, reference, _ = checkpoints.load_pretrained(tmp_path / 'v5')

@@ -186,25 +186,23 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
 
 
 def param_shapes(model: LlavaOnevisionForConditionalGeneration, num_frames: int = 1,
-                 prompt_len: int = 8) -> dict:
-  """The param tree of `model` as ShapeDtypeStructs (no memory), from a dummy video prompt."""
+                 prompt_len: int = 1) -> dict:
+  """The param tree of `model` as ShapeDtypeStructs (no memory), from a dummy video prompt run through
+  the forward AND the output head (`__call__` alone never touches `lm_head`)."""
   cfg = model.config
   n = cfg.num_video_tokens(num_frames)
   s = n + prompt_len
   ids = jnp.full((1, s), cfg.video_token_id, jnp.int32).at[0, n:].set(0)
   pixels = jnp.zeros((1, num_frames, cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels))
   positions = jnp.arange(s, dtype=jnp.int32)[None]
-  meta = text_meta(jnp.ones((1, s), bool))
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, pixels, positions, meta))
+  meta = qwen2.text_meta(jnp.ones((1, s), bool))
+
+  def forward_and_head(module, *args):
+    return module.logits(module(*args).hidden[:, -1:])
+
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, pixels, positions, meta,
+                                                method=forward_and_head))
   return variables['params']
-
-
-def text_meta(valid: jnp.ndarray) -> TokenMeta:
-  """TokenMeta for a right-padded batch with no layout information: valid [B, S]."""
-  b, s = valid.shape
-  index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-  zeros = jnp.zeros((b, s), jnp.int32)
-  return TokenMeta(index=index, valid=valid, group=zeros, frame=zeros - 1)
 
 
 def count_params(tree) -> int:
