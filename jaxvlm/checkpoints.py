@@ -389,12 +389,22 @@ def _drop_tied_head(state_dict: dict[str, np.ndarray], target: Any, family: Fami
   del state_dict[head]
 
 
+def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+  renamed = _rename(state_dict, family.to_ours)
+  _drop_tied_head(renamed, target, family)
+  return state_dict_to_params(renamed, target)
+
+
+def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+  """Any supported key layout of `model_type` (hub files, v5 files, v5 in-memory `state_dict()`) ->
+  our param tree shaped like `target`, strictly (numpy float32)."""
+  return _convert(family_of({'model_type': model_type}), state_dict, target)
+
+
 def load_params(ckpt_dir: str, model: Any, family: Family) -> dict:
   """Strictly converts the checkpoint in `ckpt_dir` into `model`'s param tree (float32 jax arrays)."""
-  target = family.param_shapes(model)
-  state_dict = _rename(read_state_dict(ckpt_dir), family.to_ours)
-  _drop_tied_head(state_dict, target, family)
-  return jax.tree.map(jnp.asarray, state_dict_to_params(state_dict, target))
+  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model))
+  return jax.tree.map(jnp.asarray, params)
 
 
 def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[Any, dict, Any]:

@@ -207,3 +207,24 @@ def param_shapes(model: LlavaOnevisionForConditionalGeneration, num_frames: int 
 
 def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def language_model_view(model: LlavaOnevisionForConditionalGeneration, params: dict
+                        ) -> tuple[qwen2.Qwen2ForCausalLM, dict]:
+  """The decoder + head of a LLaVA model as a `Qwen2ForCausalLM` and its params (no copies)."""
+  lm = qwen2.Qwen2ForCausalLM(model.config.text, dtype=model.dtype)
+  lm_params = {'model': params['language_model']}
+  if 'lm_head' in params:
+    lm_params['lm_head'] = params['lm_head']
+  return lm, lm_params
+
+
+def generate(model: LlavaOnevisionForConditionalGeneration, params: dict, input_ids: jnp.ndarray,
+             pixel_values_videos: jnp.ndarray, positions: jnp.ndarray, meta: TokenMeta,
+             max_new_tokens: int, **kwargs) -> jnp.ndarray:
+  """Greedy decoding of video prompts input_ids [B, S] (padding marked in `meta`) with the explicit KV
+  cache -> new tokens [B, max_new_tokens]. kwargs: spec, eos_token_id, pad_token_id."""
+  embeds = jax.jit(lambda p, i, v: model.apply({'params': p}, i, v, method='embed'))(
+      params, input_ids, pixel_values_videos)
+  lm, lm_params = language_model_view(model, params)
+  return qwen2.generate_from_embeds(lm, lm_params, embeds, positions, meta, max_new_tokens, **kwargs)
