@@ -122,18 +122,30 @@ def plan_tails(layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple
 
 def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
               layout: knockout.TokenLayout, answer_index, option_ids, specs: LayerRule,
-              tail_multiple: int = 32) -> jnp.ndarray:
-  """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`."""
+              tail_multiple: int = 32, spec_chunk: int = 16) -> jnp.ndarray:
+  """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`.
+
+  Specs are grouped by tail length and run `spec_chunk` at a time (the last chunk padded with clean
+  specs, which cost nothing: they start at layer L), so the compiled shapes depend only on the tail
+  length and the chunk size, never on which or how many specs a sweep holds.
+  """
   layout_np = {k: np.asarray(getattr(layout, k)) for k in ('group', 'frame', 'valid')}
   first_layer, tails, starts = plan_tails(layout_np, specs, tail_multiple)
+  num_layers = model.config.text.num_hidden_layers
+  specs_np = jax.tree.map(np.asarray, specs)
   out = [None] * len(tails)
   for tail in np.unique(tails):
     chosen = np.flatnonzero(tails == tail)
-    group_specs = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[chosen]), specs)
-    logp = _tail_sweep(model, params, clean, layout, answer_index, option_ids, group_specs,
-                       jnp.asarray(first_layer[chosen]), jnp.asarray(starts[chosen]), int(tail))
-    for k, i in enumerate(chosen):
-      out[i] = logp[k]
+    for c in range(0, len(chosen), spec_chunk):
+      idx = chosen[c:c + spec_chunk]
+      pad = spec_chunk - len(idx)
+      chunk = jax.tree.map(lambda x: np.concatenate([x[idx], np.zeros((pad,) + x.shape[1:], x.dtype)]), specs_np)
+      layers = np.concatenate([first_layer[idx], np.full(pad, num_layers, np.int32)])
+      start = np.concatenate([starts[idx], np.repeat(starts[idx[:1]], pad, axis=0)])
+      logp = _tail_sweep(model, params, clean, layout, answer_index, option_ids,
+                         jax.tree.map(jnp.asarray, chunk), jnp.asarray(layers), jnp.asarray(start), int(tail))
+      for k, i in enumerate(idx):
+        out[i] = logp[k]
   return jnp.stack(out)
 
 
