@@ -268,6 +268,16 @@ def test_load_benchmark_registry(tmp_path):
     data.load_benchmark('kinetics')
 
 
+def test_load_benchmark_takes_the_annotation_file_as_ann(tmp_path):
+  root = _video_root(tmp_path, MVBENCH_VIDEOS + ['4010069381.mp4', '4882821564.mp4'])
+  mvbench = data.load_benchmark('mvbench', ann=str(FIXTURES / 'mvbench'), video_root=str(root))
+  assert len(mvbench.samples) == 5
+  nextqa = data.load_benchmark('nextqa', ann=FIXTURES / 'nextqa' / 'val.csv', video_root=root)
+  assert len(nextqa.samples) == 3
+  with pytest.raises(ValueError, match='not both'):
+    data.load_benchmark('nextqa', ann='a.csv', csv_path='b.csv', video_root=root)
+
+
 def test_check_videos_can_be_disabled(tmp_path):
   result = data.load_nextqa(FIXTURES / 'nextqa' / 'val.csv', tmp_path, check_videos=False)
   assert len(result.samples) == 3 and result.skipped == []

@@ -192,3 +192,16 @@ def test_cli_writes_all_splits(tmp_path):
   expected = syn.generate_specs(2, seed=1, split='test')[0]  # item 0 is a needle question
   written = json.loads((out / 'test' / 'json' / 'needle.json').read_text())[0]
   assert (written['id'], written['question']) == (expected.id, expected.question.question)
+
+
+def test_ensure_generates_once_and_loads_through_the_registry(tmp_path):
+  split_dir = syn.ensure(tmp_path, num=5, seed=2, split='test')
+  assert split_dir == str(tmp_path / 'test')
+  marker = tmp_path / 'test' / 'videos' / 'test_000000.mp4'
+  first_mtime = marker.stat().st_mtime_ns
+  assert syn.ensure(tmp_path, num=5, seed=2, split='test') == split_dir
+  assert marker.stat().st_mtime_ns == first_mtime  # reused, not rewritten
+  result = data.load_benchmark('synthetic', ann=split_dir)
+  assert len(result.samples) == 5 and result.skipped == []
+  syn.ensure(tmp_path, num=6, seed=2, split='test')  # other arguments: regenerated
+  assert len(data.load_benchmark('synthetic', ann=split_dir).samples) == 6

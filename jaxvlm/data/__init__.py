@@ -7,6 +7,7 @@ from jaxvlm.data.loaders import load_egoschema
 from jaxvlm.data.loaders import load_longvideobench
 from jaxvlm.data.loaders import load_mvbench
 from jaxvlm.data.loaders import load_nextqa
+from jaxvlm.data.loaders import load_synthetic
 from jaxvlm.data.loaders import load_videomme
 from jaxvlm.data.sample import LETTERS
 from jaxvlm.data.sample import SampleError

@@ -18,6 +18,7 @@ Each loader reads the annotation file exactly as released:
 - LongVideoBench (longvideobench/LongVideoBench `lvb_val.json`): a list of
   `{video_id, question, candidates, correct_choice, id, video_path, question_category,
   topic_category, duration_group, ...}`; test files have no correct_choice.
+- synthetic: a split directory written by `jaxvlm.data.synthetic` (MVBench format inside).
 
 A malformed item (missing field, wrong type, empty options, answer out of range, missing video)
 is skipped and recorded as (id, reason) in `LoadResult.skipped`; the rest still load. A missing
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -316,10 +318,19 @@ def load_longvideobench(json_path: str | os.PathLike[str], video_root: str | os.
 
 
 # ----------------------------------------------------------------------------------------------
+# The synthetic world (jaxvlm.data.synthetic) writes MVBench-format splits.
+
+
+def load_synthetic(ann: str | os.PathLike[str], check_videos: bool = True) -> LoadResult:
+  """Loads a split directory written by `synthetic.generate` (json/ and videos/ inside)."""
+  return load_mvbench(os.path.join(ann, 'json'), os.path.join(ann, 'videos'), check_videos)
+
+
+# ----------------------------------------------------------------------------------------------
 
 LOADERS: dict[str, Callable[..., LoadResult]] = {
     'mvbench': load_mvbench,
-    'synthetic': load_mvbench,
+    'synthetic': load_synthetic,
     'videomme': load_videomme,
     'egoschema': load_egoschema,
     'nextqa': load_nextqa,
@@ -328,9 +339,19 @@ LOADERS: dict[str, Callable[..., LoadResult]] = {
 
 
 def load_benchmark(name: str, **kwargs: Any) -> LoadResult:
-  """Dispatches to the loader registered under `name` (see LOADERS)."""
+  """Dispatches to the loader registered under `name` (see LOADERS).
+
+  Every loader's first argument is its annotation file; configs may pass it as `ann=` whatever
+  the loader calls it (`ann_json`, `parquet`, `questions_json`, `csv_path`, `json_path`).
+  """
   try:
     loader = LOADERS[name.lower()]
   except KeyError:
     raise ValueError(f'unknown benchmark {name!r}; known: {sorted(LOADERS)}') from None
+  if 'ann' in kwargs:
+    first = next(iter(inspect.signature(loader).parameters))
+    if first != 'ann':
+      if first in kwargs:
+        raise ValueError(f'{name}: pass the annotation file as ann= or {first}=, not both')
+      kwargs[first] = kwargs.pop('ann')
   return loader(**kwargs)

@@ -21,6 +21,7 @@ Four options per question, the answer letters balanced within every question typ
   out_dir/json/<qtype>.json    MVBench format plus `id` and `evidence_frames`; `load_mvbench`
                                reads it as `load_mvbench(out_dir/json, out_dir/videos)`
   out_dir/captions.jsonl       one {"video", "frame", "caption"} per frame
+  out_dir/meta.json            the generation arguments, written last (marks a complete split)
 """
 
 from __future__ import annotations
@@ -344,4 +345,27 @@ def generate(out_dir: str | os.PathLike[str], num: int, seed: int, num_frames: i
     annotations = [_annotation(it) for it in items if it.question.qtype == qtype]
     with open(os.path.join(out_dir, 'json', f'{qtype}.json'), 'w', encoding='utf-8') as f:
       json.dump(annotations, f, indent=1)
+  meta = {'num': num, 'seed': seed, 'split': split, 'num_frames': num_frames, 'size': size,
+          'fps': fps}
+  with open(os.path.join(out_dir, 'meta.json'), 'w', encoding='utf-8') as f:
+    json.dump(meta, f)
   return items
+
+
+def ensure(root: str | os.PathLike[str], num: int, seed: int, split: str = 'test',
+           num_frames: int = 32, size: int = 64, fps: int = 8) -> str:
+  """Returns root/split, generating it unless a complete split with the same arguments exists."""
+  out_dir = os.path.join(os.fspath(root), split)
+  wanted = {'num': num, 'seed': seed, 'split': split, 'num_frames': num_frames, 'size': size,
+            'fps': fps}
+  try:
+    with open(os.path.join(out_dir, 'meta.json'), encoding='utf-8') as f:
+      if json.load(f) == wanted:
+        return out_dir
+  except (FileNotFoundError, json.JSONDecodeError):
+    pass
+  meta = os.path.join(out_dir, 'meta.json')
+  if os.path.exists(meta):  # different arguments: the old split must not look complete
+    os.remove(meta)
+  generate(out_dir, num, seed, num_frames, size, split=split, fps=fps)
+  return out_dir
