@@ -188,9 +188,9 @@ def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
 
 
 # ----------------------------------------------------------------------------------------------
-# Preprocessing: a numpy re-implementation of PIL's 8-bit resampling (Pillow src/libImaging/Resample.c:
-# separable filter widened by the downscale factor, weights in 22-bit fixed point, rounding to uint8
-# after the horizontal and after the vertical pass), then rescale and normalize in float32.
+# Preprocessing: a numpy re-implementation of PIL's 8-bit resampling (Pillow's Resample.c:
+# separable filter widened by the downscale factor, weights in 22-bit fixed point, rounding to
+# uint8 after each of the two passes), then rescale and normalize in float32.
 
 _PRECISION_BITS = 32 - 8 - 2
 # PIL resample codes used in Hugging Face preprocessor configs.
@@ -255,7 +255,8 @@ def _resample_axis(x: np.ndarray, axis: int, out_size: int, resample: str) -> np
   return np.moveaxis(out.reshape((out_size,) + rest), 0, axis)
 
 
-def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bicubic') -> np.ndarray:
+def resize_uint8(frames: np.ndarray, size: tuple[int, int],
+                 resample: str = 'bicubic') -> np.ndarray:
   """PIL-equivalent resize of uint8 [N, H, W, C] to uint8 [N, h, w, C]."""
   if resample not in _FILTERS:
     raise ValueError(f"unsupported resample {resample!r}; expected one of {sorted(_FILTERS)}")
@@ -357,5 +358,7 @@ def preprocess_from_processor_config(frames: np.ndarray, cfg: Mapping[str, Any])
   if cfg.get('do_rescale', True):
     x = x * np.float32(cfg.get('rescale_factor', 1 / 255))
   if cfg.get('do_normalize', True):
+    if cfg.get('image_mean') is None or cfg.get('image_std') is None:
+      raise ValueError('processor config has do_normalize but no image_mean / image_std')
     x = (x - np.asarray(cfg['image_mean'], np.float32)) / np.asarray(cfg['image_std'], np.float32)
   return x

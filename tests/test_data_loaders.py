@@ -1,4 +1,9 @@
-"""Benchmark loaders on fixture files in each benchmark's published format (tests/fixtures/)."""
+"""Benchmark loaders on fixture files in each benchmark's published format (tests/fixtures/).
+
+The fixture rows are short stand-ins; file names, field names, types and layout follow the released
+annotation files (see the jaxvlm.data.loaders docstring). Malformed variants are derived from them
+inside the tests, so the fixtures themselves stay well-formed.
+"""
 
 from __future__ import annotations
 

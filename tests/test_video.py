@@ -14,7 +14,7 @@ NUM_FRAMES = 40
 
 
 def _source_frames() -> np.ndarray:
-  """uint8 [40, 48, 64, 3]: a moving two-colour block plus a per-frame ramp, every frame distinct."""
+  """uint8 [40, 48, 64, 3]: two moving blocks over a ramp, every frame distinct."""
   frames = np.zeros((NUM_FRAMES, 48, 64, 3), np.uint8)
   frames[..., 2] = np.linspace(0, 120, 64, dtype=np.uint8)[None, None, :]
   for f in range(NUM_FRAMES):
@@ -291,5 +291,7 @@ def test_preprocess_flags_and_errors():
     video.preprocess_from_processor_config(frames, {**SIGLIP_CONFIG, 'resample': 1})
   with pytest.raises(ValueError, match='processor size'):
     video.preprocess_from_processor_config(frames, {**SIGLIP_CONFIG, 'size': {'longest': 3}})
+  with pytest.raises(ValueError, match='no image_mean'):
+    video.preprocess_from_processor_config(frames, {'size': {'height': 8, 'width': 8}})
   with pytest.raises(ValueError, match='uint8'):
     video.preprocess(frames.astype(np.float32), (8, 8))
