@@ -167,6 +167,8 @@ def build_sweep(num_layers: int, num_frames: int, settings: Sequence[str] = SETT
       raise ValueError(f'unknown setting {s!r}; expected one of {SETTINGS + ("explicit",)}')
   if global1_step < 1 or window_stride < 1:
     raise ValueError('global1_step and window_stride must be >= 1')
+  if 'fine' in settings:
+    window(num_layers, 0, window_size)  # raises when the window is wider than the stack
   selections: list[tuple[str, np.ndarray, float]] = []
   for s in settings:
     if s == 'global1':
