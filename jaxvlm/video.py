@@ -4,7 +4,7 @@ Index rules are pure functions of the frame count so that selectors, oracles and
 
 - `uniform_indices`: N indices spread evenly over the whole video, first and last frame included
   (`np.linspace(0, T - 1, N)` truncated to int, the rule of the LLaVA-OneVision evaluations).
-- `fps_indices`: one frame every `video_fps / target_fps` frames, uniform fallback above a cap.
+- `fps_indices`: frames at multiples of `video_fps / target_fps`, uniform fallback above a cap.
 - `candidate_pool`: N_c distinct uniform indices from which keyframe selectors choose k.
 
 Fewer frames than requested (T < N): `uniform_indices` still returns N indices and repeats frames
@@ -82,10 +82,12 @@ def uniform_indices(num_frames_total: int, n: int) -> np.ndarray:
 
 def fps_indices(num_frames_total: int, video_fps: float, target_fps: float,
                 max_frames: int | None = None) -> np.ndarray:
-  """One frame every `video_fps / target_fps` frames starting at frame 0 (LLaVA-Video style).
+  """Frames floor(k * video_fps / target_fps), k = 0, 1, ..., inside the video.
 
-  If that gives more than `max_frames` frames, fall back to `uniform_indices(T, max_frames)` so a
-  long video still fits the frame budget.
+  The fractional step keeps the sampled rate exact on average (LLaVA-Video's loader rounds the
+  step to an integer instead, e.g. every 2nd frame for 25 -> 10 fps). If that gives more than
+  `max_frames` frames, fall back to `uniform_indices(T, max_frames)` so a long video still fits
+  the frame budget.
 
   Returns:
     int64 [M], strictly increasing.
