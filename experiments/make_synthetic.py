@@ -11,7 +11,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from jaxvlm.data import synthetic
 
@@ -36,8 +35,6 @@ def main(argv):
     synthetic.generate(os.path.join(_OUT.value, split), num, _SEED.value, _NUM_FRAMES.value,
                        _SIZE.value, split=split, fps=_FPS.value)
     seconds = time.perf_counter() - start
-    logging.info('%s: %d videos in %.1f s (%.1f videos/s)', split, num, seconds,
-                 num / max(seconds, 1e-9))
     print(f'{split}: {num} videos in {seconds:.1f} s ({num / max(seconds, 1e-9):.1f} videos/s) '
           f'-> {os.path.join(_OUT.value, split)}')
 
