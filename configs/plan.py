@@ -1,0 +1,37 @@
+"""Memory plan of a Video-LLM on a TPU slice (experiments/plan.py). `get_config('preset')`.
+
+Presets: llava_ov_0_5b, llava_ov_7b (default), llava_ov_72b: LLaVA-OneVision with SigLIP so400m
+(26 layers used by LLaVA, no pooling head) and the Qwen2 decoder of each size. Override anything, e.g.
+`--config.num_frames=32 --config.tpu=v5p-32 --config.mesh.tensor=4`.
+"""
+from ml_collections import config_dict
+
+SIGLIP_SO400M_IN_LLAVA = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                              num_attention_heads=16, image_size=384, patch_size=14, vision_use_head=False)
+QWEN2 = {
+    'llava_ov_0_5b': dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                          num_key_value_heads=2, vocab_size=152000, tie_word_embeddings=True),
+    'llava_ov_7b': dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                        num_key_value_heads=4, vocab_size=152128, tie_word_embeddings=False),
+    'llava_ov_72b': dict(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
+                         num_key_value_heads=8, vocab_size=152128, tie_word_embeddings=False),
+}
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  preset = arg or 'llava_ov_7b'
+  if preset not in QWEN2:
+    raise ValueError(f'unknown preset {preset!r}; expected one of {sorted(QWEN2)}')
+  c = config_dict.ConfigDict()
+  c.model = preset
+  c.vision = config_dict.ConfigDict(SIGLIP_SO400M_IN_LLAVA)
+  c.text = config_dict.ConfigDict(QWEN2[preset])
+  c.num_frames = 32
+  c.prompt_tokens = 256             # text around the video: system, question, options, answer prefix
+  c.batch_size = 1                  # samples per step, whole mesh
+  c.param_dtype = 'bfloat16'        # weights as held on device for inference (float32 at rest on disk)
+  c.dtype = 'bfloat16'              # compute dtype: activations, KV cache, sweep states
+  c.sweep_states = True             # the clean run keeps every layer's input (knockout sweep reuse)
+  c.tpu = 'v5e-8'
+  c.mesh = config_dict.ConfigDict({'data': 1, 'fsdp': -1, 'tensor': 1})
+  return c
