@@ -1,0 +1,44 @@
+"""Training of the embedded default (tiny SigLIP, then tiny LLaVA-OneVision) on the synthetic world.
+
+  python -m experiments.train_synthetic --config=configs/train_synthetic.py --workdir=DIR
+  python -m experiments.train_synthetic --config=configs/train_synthetic.py:runlocal --workdir=DIR
+
+`runlocal` is a seconds-long smoke run (a handful of videos and steps; the bars are not expected).
+"""
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.seed = 0
+  c.num_frames = 32                 # the LLaVA sees every frame of the 32-frame videos
+  c.data = config_dict.ConfigDict({'num_train': 2400, 'num_val': 100, 'fps': 8})
+  c.dtype = 'float32'
+  c.stages = 'siglip,llava'         # 'siglip' alone stops after stage 1
+  c.checkpoint_every = 50           # steps between orbax checkpoints (and metric lines)
+  c.keep_checkpoints = 2
+  c.log_every = 10
+
+  c.siglip = config_dict.ConfigDict()
+  c.siglip.steps = 200
+  c.siglip.batch_size = 128         # frames (and their captions) per step
+  c.siglip.lr = 2e-3
+  c.siglip.warmup = 20
+  c.siglip.weight_decay = 1e-4
+
+  c.llava = config_dict.ConfigDict()
+  c.llava.steps = 270
+  c.llava.batch_size = 16           # videos per step
+  c.llava.lr = 1.5e-3
+  c.llava.warmup = 25
+  c.llava.weight_decay = 1e-4
+  c.llava.train_vision = True       # the vision tower (from the SigLIP) keeps training
+
+  if arg == 'runlocal':
+    c.data.num_train, c.data.num_val = 16, 5
+    c.siglip.steps, c.siglip.batch_size, c.siglip.warmup = 4, 16, 1
+    c.llava.steps, c.llava.batch_size, c.llava.warmup = 4, 2, 1
+    c.checkpoint_every, c.log_every = 2, 1
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r}; expected runlocal or nothing')
+  return c

@@ -1,0 +1,304 @@
+r"""Trains the embedded default on the synthetic world and exports it as Hugging Face directories.
+
+  python -m experiments.train_synthetic --config=configs/train_synthetic.py --workdir=DIR
+
+Stage 1: a tiny SigLIP (both towers) with the sigmoid loss on (frame, caption) pairs. Stage 2: a tiny
+LLaVA-OneVision whose vision tower starts from the stage-1 SigLIP vision tower, trained end to end
+with the cross-entropy of the answer letter at the answer slot. Both stages read the training videos
+as the evaluation does (H.264 mp4 decoded by `video.sample_frames`, cached once as uint8), checkpoint
+with an orbax CheckpointManager (a killed run resumes from the last checkpoint and replays the same
+batches), and shard each batch over the 'data' axis of a mesh of all local devices.
+
+Outputs: DIR/data (videos + decoded cache), DIR/ckpt/{siglip,llava} (orbax), DIR/metrics.jsonl,
+DIR/loss_{siglip,llava}.png, DIR/export/{siglip_tiny,llava_ov_tiny} (Hugging Face directories), and a
+validation summary printed at the end. To ship a trained run as the default, after checking the bars
+with `python -m experiments.eval_synthetic --assets=DIR/export`:
+
+  rm -rf assets/siglip_tiny assets/llava_ov_tiny && cp -r DIR/export/* assets/
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from jaxvlm import checkpoints, prompts, tiny, video
+from jaxvlm.data import synthetic
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/train_synthetic.py', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/train_synthetic', 'outputs; a rerun resumes')
+STAGES = ('siglip', 'llava')
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: the train split written as mp4, decoded once into a uint8 cache.
+
+
+class TrainData:
+  """frames uint8 [N, F, H, W, 3] (decoded mp4), items (SyntheticItem), captions [N, F] (str)."""
+
+  def __init__(self, frames: np.ndarray, items: list, captions: list[list[str]]):
+    self.frames, self.items, self.captions = frames, items, captions
+
+
+def load_train_data(config, workdir: str) -> TrainData:
+  root = os.path.join(workdir, 'data', 'train')
+  cache = os.path.join(workdir, 'data', 'train_frames.npy')
+  n = config.data.num_train
+  items = synthetic.generate_specs(n, config.seed, 'train', config.num_frames)
+  if not os.path.isfile(cache):
+    synthetic.generate(root, n, config.seed, config.num_frames, split='train', fps=config.data.fps)
+    frames = np.stack([video.sample_frames(os.path.join(root, 'videos', f'{it.id}.mp4'),
+                                           config.num_frames).pixels
+                       for it in tqdm(items, desc='decode train videos')])
+    np.save(cache + '.tmp.npy', frames)
+    os.replace(cache + '.tmp.npy', cache)
+  frames = np.load(cache, mmap_mode='r')
+  return TrainData(frames, items, [synthetic.frame_captions(it.video) for it in items])
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: a pure function of (seed, stage, step), so a resumed run replays the same stream.
+
+
+def _rng(config, stage: str, step: int) -> np.random.Generator:
+  return np.random.default_rng([config.seed, STAGES.index(stage), step])
+
+
+def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.ndarray], step: int
+                 ) -> dict[str, np.ndarray]:
+  """batch_size random (video, frame) pairs: pixels [I, H, W, C], caption_ids [I, L], caption_index [I]
+  (index into the sorted caption table: equal captions are positives of each other)."""
+  rng = _rng(config, 'siglip', step)
+  size = config.siglip.batch_size
+  vids = rng.integers(0, len(data.items), size)
+  frames = rng.integers(0, config.num_frames, size)
+  texts = [data.captions[v][f] for v, f in zip(vids, frames)]
+  index = {t: i for i, t in enumerate(sorted(set(texts)))}
+  return {'pixels': processor.preprocess(np.stack([data.frames[v, f] for v, f in zip(vids, frames)])),
+          'caption_ids': np.stack([caption_ids[t] for t in texts]),
+          'caption_index': np.asarray([index[t] for t in texts], np.int32)}
+
+
+def llava_batch(config, data: TrainData, processor, prompt_cache: dict, step: int) -> dict[str, np.ndarray]:
+  """batch_size random videos with their question prompts (collated as evaluation collates them)."""
+  rng = _rng(config, 'llava', step)
+  vids = rng.choice(len(data.items), config.llava.batch_size, replace=False)
+  built = []
+  for v in vids:
+    if v not in prompt_cache:
+      q = data.items[v].question
+      prompt_cache[v] = prompts.build_prompt(processor, q.question, q.options, config.num_frames)
+    built.append(prompt_cache[v])
+  pb = prompts.collate(built, processor.tokenizer.pad_token_id)
+  letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
+  return {'input_ids': pb.input_ids, 'group': pb.layout.group, 'frame': pb.layout.frame,
+          'positions': pb.layout.positions, 'valid': pb.layout.valid, 'answer_index': pb.answer_index,
+          'answer_id': letters[[data.items[v].question.answer for v in vids]],
+          'pixels': np.stack([processor.preprocess(np.asarray(data.frames[v])) for v in vids])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints, metrics, plots.
+
+
+def checkpoint_manager(config, workdir: str, stage: str) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'ckpt', stage)), options=options)
+
+
+def restore_or(manager: ocp.CheckpointManager, state: tiny.TrainState) -> tiny.TrainState:
+  """The latest checkpoint of `manager` restored into `state`'s structure/shardings, else `state`."""
+  latest = manager.latest_step()
+  if latest is None:
+    return state
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+
+
+class MetricsLog:
+  """Appends {'stage', 'step', ...} lines to metrics.jsonl; on resume drops lines past the restored
+  step of the stage, so the file never holds a step twice."""
+
+  def __init__(self, path: str, stage: str, resumed_step: int):
+    self.path, self.stage = path, stage
+    lines = []
+    if os.path.isfile(path):
+      with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in lines if r['stage'] != stage or r['step'] <= resumed_step]
+    if len(kept) != len(lines):
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in kept)
+      os.replace(path + '.tmp', path)
+
+  def write(self, step: int, **values) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'stage': self.stage, 'step': step, **values}) + '\n')
+
+  def records(self) -> list[dict]:
+    with open(self.path) as f:
+      return [r for r in map(json.loads, f) if r['stage'] == self.stage]
+
+
+def plot_losses(records: list[dict], path: str, title: str) -> None:
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.plot([r['step'] for r in records], [r['loss'] for r in records], label='loss')
+  if records and 'accuracy' in records[0]:
+    ax2 = ax.twinx()
+    ax2.plot([r['step'] for r in records], [r['accuracy'] for r in records], 'C1', label='train acc.')
+    ax2.set_ylabel('train accuracy (batch)')
+    ax2.set_ylim(0, 1)
+  ax.set_xlabel('step')
+  ax.set_ylabel('loss')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop, shared by both stages.
+
+
+def train_loop(config, workdir: str, stage: str, state: tiny.TrainState, step_fn, make_batch,
+               num_steps: int) -> tiny.TrainState:
+  """Runs `step_fn(state, batch) -> (state, metrics)` from the last checkpoint to `num_steps`."""
+  mesh = Mesh(np.asarray(jax.devices()), ('data',))
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  manager = checkpoint_manager(config, workdir, stage)
+  state = restore_or(manager, jax.device_put(state, replicated))
+  start = int(state.step)
+  if start:
+    logging.info('%s: resumed from checkpoint step %d', stage, start)
+  log = MetricsLog(os.path.join(workdir, 'metrics.jsonl'), stage, start)
+  t0, last = time.time(), start
+  with tqdm(total=num_steps, initial=start, desc=stage, unit='step', dynamic_ncols=True) as bar:
+    for step in range(start, num_steps):
+      batch = jax.device_put(make_batch(step), sharded)
+      state, metrics = step_fn(state, batch)
+      done = step + 1
+      if done % config.log_every == 0 or done == num_steps:
+        values = {k: float(v) for k, v in metrics.items()}
+        rate = (done - last) / max(time.time() - t0, 1e-9)
+        log.write(done, **values, steps_per_s=rate, resumed_from=start)
+        bar.set_postfix(**{k: f'{v:.3f}' for k, v in values.items()})
+        t0, last = time.time(), done
+      if done % config.checkpoint_every == 0 or done == num_steps:
+        manager.save(done, args=ocp.args.StandardSave(state))
+      bar.update(1)
+  manager.wait_until_finished()
+  manager.close()
+  plot_losses(log.records(), os.path.join(workdir, f'loss_{stage}.png'), f'{stage} training')
+  return state
+
+
+def train_siglip(config, workdir: str, data: TrainData, tokenizer, sig_config: dict) -> dict:
+  model = tiny.build_siglip(sig_config, jnp.dtype(config.dtype))
+  processor = tiny.siglip_processor(tokenizer)
+  c = config.siglip
+  tx = tiny.optimizer(c.lr, c.warmup, c.steps, c.weight_decay)
+  state = tiny.create_state(tiny.init_siglip(model, jax.random.PRNGKey(config.seed)), tx)
+  captions = sorted({t for caps in data.captions for t in caps})
+  caption_ids = dict(zip(captions, processor.tokenize(captions)))
+  state = train_loop(config, workdir, 'siglip', state,
+                     lambda s, b: tiny.siglip_step(s, b, model, tx),
+                     lambda step: siglip_batch(config, data, processor, caption_ids, step), c.steps)
+  params = jax.device_get(state.params)
+  checkpoints.export_pretrained(model, params, sig_config, _export_dir(workdir, 'siglip_tiny'), processor)
+  return params
+
+
+def train_llava(config, workdir: str, data: TrainData, tokenizer, llava_config: dict,
+                siglip_params: dict) -> dict:
+  model = tiny.build_llava(llava_config, jnp.dtype(config.dtype))
+  processor = tiny.video_processor(tokenizer, llava_config)
+  c = config.llava
+  tx = tiny.optimizer(c.lr, c.warmup, c.steps, c.weight_decay)
+  params = tiny.init_llava(model, jax.random.PRNGKey(config.seed + 1), siglip_params)
+  if not c.train_vision:
+    labels = {k: 'frozen' if k == 'vision_tower' else 'train' for k in params}
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  prompt_cache: dict = {}
+  state = train_loop(config, workdir, 'llava', tiny.create_state(params, tx),
+                     lambda s, b: tiny.llava_step(s, b, model, tx),
+                     lambda step: llava_batch(config, data, processor, prompt_cache, step), c.steps)
+  params = jax.device_get(state.params)
+  out = _export_dir(workdir, 'llava_ov_tiny')
+  checkpoints.export_pretrained(model, params, llava_config, out, processor)
+  write_image_config(out)
+  return params
+
+
+def write_image_config(out_dir: str) -> None:
+  """preprocessor_config.json next to video_preprocessor_config.json (same pixels), for tools that
+  read the image processor of a LLaVA-OneVision checkpoint."""
+  with open(os.path.join(out_dir, 'preprocessor_config.json'), 'w') as f:
+    json.dump(tiny.PIXEL_CONFIG, f, indent=2, sort_keys=True)
+
+
+def _export_dir(workdir: str, name: str) -> str:
+  path = os.path.join(workdir, 'export', name)
+  os.makedirs(path, exist_ok=True)
+  return path
+
+
+def run(config, workdir: str) -> dict:
+  """Trains both stages (resuming), exports them and returns the validation summary."""
+  from experiments import eval_synthetic  # pylint: disable=g-import-not-at-top
+  stages = parse_stages(config.stages)  # before any compute
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  start = time.time()
+  tokenizer = tiny.build_tokenizer(tiny.world_texts())
+  data = load_train_data(config, workdir)
+  logging.info('data ready in %.0f s', time.time() - start)
+  siglip_params = train_siglip(config, workdir, data, tokenizer,
+                               tiny.siglip_config_dict(len(tokenizer), tokenizer.pad_token_id))
+  if 'llava' not in stages:
+    return {'train_seconds': time.time() - start}
+  train_llava(config, workdir, data, tokenizer, tiny.llava_config_dict(tokenizer), siglip_params)
+  train_seconds = time.time() - start
+  summary = eval_synthetic.evaluate_assets(
+      os.path.join(workdir, 'export'), os.path.join(workdir, 'data'), 'val', config.data.num_val,
+      config.seed, config.num_frames)
+  summary['train_seconds'] = train_seconds
+  with open(os.path.join(workdir, 'val_summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  return summary
+
+
+def parse_stages(value: str) -> list[str]:
+  stages = [s.strip() for s in value.split(',') if s.strip()]
+  unknown = set(stages) - set(STAGES)
+  if unknown or 'siglip' not in stages:
+    raise ValueError(f'stages={value!r}: expected siglip or siglip,llava (the LLaVA starts from the SigLIP)')
+  return stages
+
+
+def main(argv):
+  del argv
+  from experiments import eval_synthetic  # pylint: disable=g-import-not-at-top
+  summary = run(_CONFIG.value, _WORKDIR.value)
+  if 'llava' in summary:
+    print(eval_synthetic.format_summary(summary))
+  print(f"training wall time: {summary['train_seconds'] / 60:.1f} min")
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,255 @@
+"""The embedded default: tiny SigLIP + tiny LLaVA-OneVision configs, the word-level tokenizer of the
+synthetic world, and their training losses and steps as pure functions.
+
+The tiny SigLIP sees 64x64 frames as a 4x4 grid of 16-pixel patches; inside LLaVA-OneVision that grid is
+pooled 2x2, so a frame is 4 tokens and a 32-frame video is 32*4+1 = 129 prompt slots. The decoder is a
+Qwen2 of 8 layers (enough for the knockout settings: global-1 in steps of 2, windows of 4).
+
+Letters: B batch, I images, Q captions, S prompt slots, D hidden, V vocabulary.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import transformers
+from flax import struct
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from jaxvlm.data import synthetic
+from jaxvlm.models import llava_onevision as lo
+from jaxvlm.models import qwen2, siglip
+from jaxvlm.models.attention import TokenMeta
+from jaxvlm.processor import ANSWER_INSTRUCTION, SiglipProcessor, VideoProcessor
+
+PAD, UNK = '[PAD]', '[UNK]'
+SPECIAL_TOKENS = ('<|im_start|>', '<|im_end|>', '<video>', '<image>')
+# LLaVA-OneVision's layout: role and a space, media placeholders first, then '\n' + each text part.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for c in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + c['text'] }}"
+    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+IMAGE_SIZE = 64
+PIXEL_CONFIG = {'size': {'height': IMAGE_SIZE, 'width': IMAGE_SIZE}, 'resample': 3,
+                'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5], 'rescale_factor': 1 / 255,
+                'do_resize': True, 'do_rescale': True, 'do_normalize': True, 'do_convert_rgb': True}
+CAPTION_LENGTH = 32  # SigLIP text length (captions are at most ~22 words)
+
+VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+              image_size=IMAGE_SIZE, patch_size=16, hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6)
+SIGLIP_TEXT = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                   max_position_embeddings=CAPTION_LENGTH, hidden_act='gelu_pytorch_tanh',
+                   layer_norm_eps=1e-6)
+DECODER = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer.
+
+
+def world_texts(num_items: int = 400, seed: int = 0) -> list[str]:
+  """Every kind of text the synthetic world and the prompts produce (questions, options, captions,
+  the answer instruction, option letters and role names), from `num_items` items per question type."""
+  texts = [ANSWER_INSTRUCTION, 'system user assistant', ' '.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
+           ' '.join(synthetic.COLOURS), ' '.join(synthetic.BACKGROUNDS), ' '.join(synthetic.SHAPES),
+           ' '.join(synthetic.DIRECTIONS), ' '.join(str(d) for d in range(10))]
+  for i in range(num_items):
+    for k, qtype in enumerate(synthetic.QTYPES):
+      item = synthetic.make_item(np.random.default_rng([seed, k, i]), qtype, i % synthetic.NUM_OPTIONS, '')
+      texts += [item.question.question, *item.question.options, *synthetic.frame_captions(item.video)]
+  return texts
+
+
+def build_tokenizer(texts: Iterable[str]) -> transformers.PreTrainedTokenizerFast:
+  """Word-level tokenizer over the words of `texts` (sorted: deterministic ids), split on whitespace
+  and punctuation; ids: [PAD] 0, [UNK] 1, words, then the special tokens. Offsets map to characters."""
+  split = pre_tokenizers.Whitespace()
+  words = sorted({w for t in texts for w, _ in split.pre_tokenize_str(t)})
+  vocab = {w: i for i, w in enumerate([PAD, UNK] + words)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+  tok.pre_tokenizer = split
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, unk_token=UNK, pad_token=PAD, additional_special_tokens=list(SPECIAL_TOKENS))
+  fast.chat_template = CHAT_TEMPLATE
+  return fast
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs (Hugging Face dicts with the real model types) and processors.
+
+
+def siglip_config_dict(vocab_size: int, pad_id: int) -> dict:
+  config = transformers.SiglipConfig(
+      vision_config={**VISION, 'vision_use_head': True},
+      text_config={**SIGLIP_TEXT, 'vocab_size': vocab_size, 'pad_token_id': pad_id,
+                   'bos_token_id': None, 'eos_token_id': None})
+  return config.to_dict()
+
+
+def llava_config_dict(tokenizer: transformers.PreTrainedTokenizerBase) -> dict:
+  video_id, image_id = tokenizer.convert_tokens_to_ids(['<video>', '<image>'])
+  config = transformers.LlavaOnevisionConfig(
+      vision_config={**VISION, 'model_type': 'siglip_vision_model', 'vision_use_head': False},
+      text_config={**DECODER, 'model_type': 'qwen2', 'vocab_size': len(tokenizer),
+                   'tie_word_embeddings': False, 'pad_token_id': tokenizer.pad_token_id},
+      video_token_index=video_id, image_token_index=image_id, vision_feature_layer=-1,
+      vision_feature_select_strategy='full', tie_word_embeddings=False)
+  return config.to_dict()
+
+
+def video_processor(tokenizer: transformers.PreTrainedTokenizerBase, config: dict) -> VideoProcessor:
+  grid = VISION['image_size'] // VISION['patch_size']
+  return VideoProcessor(tokenizer, CHAT_TEMPLATE, '<video>', config['video_token_index'],
+                        tokens_per_frame=math.ceil(grid / 2) ** 2, pixel_config=dict(PIXEL_CONFIG),
+                        processor_config={'num_image_tokens': grid * grid, 'video_token': '<video>',
+                                          'image_token': '<image>',
+                                          'vision_feature_select_strategy': 'full'})
+
+
+def siglip_processor(tokenizer: transformers.PreTrainedTokenizerBase) -> SiglipProcessor:
+  return SiglipProcessor(tokenizer, CAPTION_LENGTH, dict(PIXEL_CONFIG))
+
+
+def build_siglip(config: dict, dtype: Any = jnp.float32) -> siglip.SiglipModel:
+  return siglip.SiglipModel(siglip.SiglipConfig.from_hf(config), dtype=dtype)
+
+
+def build_llava(config: dict, dtype: Any = jnp.float32) -> lo.LlavaOnevisionForConditionalGeneration:
+  return lo.LlavaOnevisionForConditionalGeneration(lo.LlavaOnevisionConfig.from_hf(config), dtype=dtype)
+
+
+def init_siglip(model: siglip.SiglipModel, rng: jax.Array) -> dict:
+  """Random params; logit scale/bias start at log(10)/-10 as in the SigLIP paper (few positives)."""
+  v, t = model.config.vision_config, model.config.text_config
+  params = model.init(rng, jnp.zeros((1, v.image_size, v.image_size, 3)),
+                      jnp.zeros((1, t.max_position_embeddings), jnp.int32))['params']
+  return {**params, 'logit_scale': jnp.full((1,), np.log(10.0), jnp.float32),
+          'logit_bias': jnp.full((1,), -10.0, jnp.float32)}
+
+
+def init_llava(model: lo.LlavaOnevisionForConditionalGeneration, rng: jax.Array,
+               siglip_params: dict | None = None) -> dict:
+  """Random params (through the forward and the head); the vision tower is copied from a SigLIP's
+  vision model when given (its pooling head dropped: LLaVA reads the patch tokens)."""
+  cfg = model.config
+  n = cfg.num_video_tokens(1)
+  ids = jnp.full((1, n + 1), cfg.video_token_id, jnp.int32).at[0, n:].set(0)
+  pixels = jnp.zeros((1, 1, cfg.vision.image_size, cfg.vision.image_size, 3))
+  positions = jnp.arange(n + 1, dtype=jnp.int32)[None]
+
+  def forward_and_head(module, *args):
+    return module.logits(module(*args).hidden[:, -1:])
+
+  params = model.init(rng, ids, pixels, positions, qwen2.text_meta(jnp.ones((1, n + 1), bool)),
+                      method=forward_and_head)['params']
+  if siglip_params is not None:
+    # Copies: a donated training state must not own the arrays of the other model.
+    vision = {k: jax.tree.map(jnp.array, v) for k, v in siglip_params['vision_model'].items()
+              if k != 'head'}
+    jax.tree.map(lambda a, b: _check_shape(a, b), params['vision_tower'], vision)
+    params = {**params, 'vision_tower': vision}
+  return params
+
+
+def _check_shape(a, b):
+  if a.shape != b.shape:
+    raise ValueError(f'SigLIP vision param of shape {b.shape} does not fit the LLaVA tower ({a.shape})')
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses.
+
+
+def sigmoid_loss(logits: jnp.ndarray, positive: jnp.ndarray) -> jnp.ndarray:
+  """SigLIP loss: logits [I, Q], positive bool [I, Q] (same caption text, so duplicates in a batch
+  are not pushed apart) -> mean over images of the summed pairwise -log sigmoid(+-logit)."""
+  signs = jnp.where(positive, 1.0, -1.0)
+  return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / logits.shape[0]
+
+
+def answer_loss(logits: jnp.ndarray, answer_ids: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """logits [B, V] at the answer slot, answer_ids [B] (letter token) -> (mean cross-entropy over the
+  whole vocabulary, accuracy of the argmax)."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(logp, answer_ids[:, None], axis=-1)[:, 0]
+  return nll.mean(), (jnp.argmax(logits, -1) == answer_ids).mean()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training steps.
+
+
+@struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+
+
+def optimizer(lr: float, warmup: int, steps: int, weight_decay: float, clip: float = 1.0
+              ) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay to 0, after global-norm clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
+  return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def create_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def _apply_grads(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
+
+
+def siglip_loss_fn(params, model: siglip.SiglipModel, pixels: jnp.ndarray, caption_ids: jnp.ndarray,
+                   caption_index: jnp.ndarray) -> jnp.ndarray:
+  """pixels [I, H, W, C], caption_ids [I, L] (the caption of each image), caption_index [I] (its
+  caption's identity) -> sigmoid loss over all image-caption pairs of the batch."""
+  logits = model.apply({'params': params}, pixels, caption_ids)
+  return sigmoid_loss(logits, caption_index[:, None] == caption_index[None, :])
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0,))
+def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
+                tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  """batch: pixels [I, H, W, C], caption_ids [I, L], caption_index [I]."""
+  loss, grads = jax.value_and_grad(siglip_loss_fn)(
+      state.params, model, batch['pixels'], batch['caption_ids'], batch['caption_index'])
+  return _apply_grads(state, grads, tx), {'loss': loss}
+
+
+def answer_logits(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
+                  spec=None) -> jnp.ndarray:
+  """The next-token logits [B, V] at each prompt's answer slot. batch: input_ids [B, S], pixels
+  [B, F, H, W, C], group/frame/positions [B, S] int32, valid [B, S] bool, answer_index [B]."""
+  ids = batch['input_ids']
+  index = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+  meta = TokenMeta(index=index, valid=batch['valid'], group=batch['group'], frame=batch['frame'])
+  out = model.apply({'params': params}, ids, batch['pixels'], batch['positions'], meta,
+                    spec=spec)
+  hidden = jnp.take_along_axis(out.hidden, batch['answer_index'][:, None, None], axis=1)[:, 0]
+  return model.apply({'params': params}, hidden, method='logits')
+
+
+def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot; -> (loss, acc)."""
+  return answer_loss(answer_logits(params, model, batch), batch['answer_id'])
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0,))
+def llava_step(state: TrainState, batch: dict, model: lo.LlavaOnevisionForConditionalGeneration,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  (loss, acc), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(state.params, model, batch)
+  return _apply_grads(state, grads, tx), {'loss': loss, 'accuracy': acc}

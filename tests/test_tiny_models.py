@@ -1,0 +1,126 @@
+"""The embedded default in assets/: its numbers still hold on a fixed test subset, transformers gives
+the same option logits, and training resumes from the last checkpoint after a kill."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from experiments import eval_synthetic
+from jaxvlm import checkpoints, prompts, tiny, video
+from jaxvlm.data import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASSETS = os.path.join(REPO, 'assets')
+LLAVA = os.path.join(ASSETS, 'llava_ov_tiny')
+SIGLIP = os.path.join(ASSETS, 'siglip_tiny')
+TOL = 1e-4
+NUM_TEST = 40
+
+
+@pytest.fixture(scope='module')
+def test_split(tmp_path_factory):
+  """40 items of the knockout default's test split (seed 1234): 8 per question type."""
+  root = tmp_path_factory.mktemp('synthetic')
+  return eval_synthetic.ensure_split(os.fspath(root), 'test', NUM_TEST, 1234, 32)
+
+
+def test_shipped_numbers_hold_on_a_subset(test_split):
+  """The bars of issue 6 on 40 test items (8 per type) and every frame of 3 test videos."""
+  summary = eval_synthetic.evaluate_assets(ASSETS, os.path.dirname(test_split), 'test', NUM_TEST, 1234,
+                                           siglip_videos=3)
+  print(eval_synthetic.format_summary(summary))
+  assert not summary['failures']
+  acc, blind = summary['llava'], summary['text_only']
+  assert acc['overall'] >= 0.85
+  for qtype in eval_synthetic.FRAME_DEPENDENT:
+    assert acc[qtype] >= 0.75, qtype
+    assert blind[qtype] <= 0.35 + 1e-9 or qtype == 'order', qtype
+  assert summary['siglip']['r1_global'] >= 0.80
+
+
+def _real_prompt(processor, split_dir: str):
+  items = synthetic.generate_specs(NUM_TEST, 1234, 'test')
+  item = next(it for it in items if it.question.qtype == 'counting')  # needs the frames
+  frames = video.sample_frames(os.path.join(split_dir, 'videos', f'{item.id}.mp4'), 32).pixels
+  prompt = prompts.build_prompt(processor, item.question.question, item.question.options, 32)
+  return prompt.input_ids[None], processor.preprocess(frames)[None]
+
+
+def test_transformers_gives_the_same_option_logits(test_split):
+  model, params, processor = checkpoints.load_pretrained(LLAVA)
+  ids, pixels = _real_prompt(processor, test_split)
+  letters = processor.option_letter_ids(4)
+  batch = {'input_ids': jnp.asarray(ids), 'pixels': jnp.asarray(pixels),
+           'group': jnp.zeros(ids.shape, jnp.int32), 'frame': jnp.full(ids.shape, -1, jnp.int32),
+           'positions': jnp.arange(ids.shape[1], dtype=jnp.int32)[None], 'valid': jnp.ones(ids.shape, bool),
+           'answer_index': jnp.asarray([ids.shape[1] - 1])}
+  ours = np.asarray(jax.jit(lambda p, b: tiny.answer_logits(p, model, b))(params, batch))[0, letters]
+
+  hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(LLAVA).eval()
+  with torch.no_grad():
+    out = hf(input_ids=torch.from_numpy(ids).long(),
+             pixel_values_videos=torch.from_numpy(pixels.transpose(0, 1, 4, 2, 3)))
+  theirs = out.logits[0, -1].numpy()[letters]
+  diff = np.abs(ours - theirs).max()
+  print(f'option logits {ours} vs transformers {theirs}: max abs diff {diff:.2e}')
+  assert diff <= TOL
+
+
+def test_transformers_gives_the_same_siglip_logits(test_split):
+  model, params, processor = checkpoints.load_pretrained(SIGLIP)
+  frames = video.sample_frames(os.path.join(test_split, 'videos', 'test_000000.mp4'), 32).pixels[::8]
+  with open(os.path.join(test_split, 'captions.jsonl')) as f:
+    captions = [json.loads(line)['caption'] for line in f][:32:8]
+  pixels, ids = processor.preprocess(frames), processor.tokenize(captions)
+  ours = np.asarray(model.apply({'params': params}, jnp.asarray(pixels), jnp.asarray(ids)))
+  hf = transformers.SiglipModel.from_pretrained(SIGLIP).eval()
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.from_numpy(ids).long(),
+                pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2))).logits_per_image.numpy()
+  assert np.abs(ours - theirs).max() <= TOL
+
+
+def _train_command(workdir: str) -> list[str]:
+  return [sys.executable, '-m', 'experiments.train_synthetic',
+          '--config=configs/train_synthetic.py:runlocal', f'--workdir={workdir}', '--config.stages=siglip',
+          '--config.siglip.steps=40', '--config.checkpoint_every=5', '--config.log_every=5']
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  root = os.path.join(workdir, 'ckpt', 'siglip')
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def test_resume_after_kill_continues_from_the_last_checkpoint(tmp_path):
+  workdir = os.fspath(tmp_path / 'run')
+  proc = subprocess.Popen(_train_command(workdir), cwd=REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 120
+  while not [s for s in _checkpoint_steps(workdir) if s >= 10] and time.time() < deadline:
+    assert proc.poll() is None, 'training exited before its first checkpoints'
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  killed_at = max(_checkpoint_steps(workdir))
+  assert 10 <= killed_at < 40
+
+  subprocess.run(_train_command(workdir), cwd=REPO, check=True, capture_output=True, timeout=180)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  steps = [r['step'] for r in records]
+  assert steps == sorted(set(steps)) and steps[-1] == 40  # no step twice, run finished
+  resumed = {r['resumed_from'] for r in records if r['step'] > killed_at}
+  assert resumed == {killed_at}
+  assert max(_checkpoint_steps(workdir)) == 40
+  assert os.path.isfile(os.path.join(workdir, 'export', 'siglip_tiny', 'model.safetensors'))
