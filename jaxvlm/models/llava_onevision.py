@@ -133,6 +133,7 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     if cfg.vision_feature_select_strategy == 'default':
       feats = feats[:, 1:]
     feats = self.multi_modal_projector(feats)                            # [BF, P, D]
+    feats = nn.with_logical_constraint(feats, ('batch', 'length', 'act_embed'))
     p, q = cfg.patch_grid, cfg.pooled_grid
     grid = feats.reshape(b * f, p, p, -1)
     pool = jnp.asarray(bilinear_matrix(p, q), grid.dtype)
@@ -154,7 +155,8 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     # k-th video slot of a row takes the k-th video embedding of that row.
     rank = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
     gathered = jnp.take_along_axis(video, rank[..., None], axis=1)
-    return jnp.where(is_video[..., None], gathered, embeds)
+    return nn.with_logical_constraint(jnp.where(is_video[..., None], gathered, embeds),
+                                      ('batch', 'length', 'act_embed'))
 
   def decode(self, embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta,
              cache: qwen2.KVCache, k_meta: TokenMeta, write_index: jnp.ndarray,

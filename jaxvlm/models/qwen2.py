@@ -140,7 +140,8 @@ class Qwen2MLP(nn.Module):
     cfg = self.config
     gate = _dense(cfg.intermediate_size, False, self.dtype, 'gate_proj')(x)
     up = _dense(cfg.intermediate_size, False, self.dtype, 'up_proj')(x)
-    return _dense(cfg.hidden_size, False, self.dtype, 'down_proj')(nn.silu(gate) * up)
+    hidden = nn.with_logical_constraint(nn.silu(gate) * up, ('batch', 'length', 'act_mlp'))
+    return _dense(cfg.hidden_size, False, self.dtype, 'down_proj')(hidden)
 
 
 class Qwen2Attention(nn.Module):
@@ -159,6 +160,8 @@ class Qwen2Attention(nn.Module):
     q = _dense(heads * dh, True, self.dtype, 'q_proj')(x).reshape(b, t, heads, dh)
     k = _dense(kv_heads * dh, True, self.dtype, 'k_proj')(x).reshape(b, t, kv_heads, dh)
     v = _dense(kv_heads * dh, True, self.dtype, 'v_proj')(x).reshape(b, t, kv_heads, dh)
+    q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', 'head_dim'))
+    k, v = (nn.with_logical_constraint(y, ('batch', 'length', 'act_kv_heads', 'head_dim')) for y in (k, v))
     q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
     cache_k = write_slots(cache_k, k, write_index)
     cache_v = write_slots(cache_v, v, write_index)
@@ -197,7 +200,7 @@ class Qwen2DecoderLayer(nn.Module):
     h = h + attn
     h = h + Qwen2MLP(self.config, self.dtype, name='mlp')(
         RMSNorm(eps, self.dtype, name='post_attention_layernorm')(h))
-    return h, cache_k, cache_v
+    return nn.with_logical_constraint(h, ('batch', 'length', 'act_embed')), cache_k, cache_v
 
 
 class Qwen2Model(nn.Module):

@@ -163,7 +163,7 @@ class SiglipMLP(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """x [..., D] -> [..., D]."""
     h = _dense(self.config.intermediate_size, self.dtype, 'fc1')(x)
-    h = _ACTIVATIONS[self.config.hidden_act](h)
+    h = nn.with_logical_constraint(_ACTIVATIONS[self.config.hidden_act](h), ('batch', 'length', 'act_mlp'))
     return _dense(self.config.hidden_size, self.dtype, 'fc2')(h)
 
 
@@ -191,6 +191,7 @@ class SiglipAttention(nn.Module):
     q = split(_dense(d, self.dtype, 'q_proj')(x))
     k = split(_dense(d, self.dtype, 'k_proj')(x))
     v = split(_dense(d, self.dtype, 'v_proj')(x))
+    q, k, v = (nn.with_logical_constraint(y, ('batch', 'length', 'act_heads', 'head_dim')) for y in (q, k, v))
     out = _attend(q, k, v)
     return _dense(d, self.dtype, 'out_proj')(out.reshape(*x.shape[:-1], d))
 
@@ -209,7 +210,7 @@ class SiglipEncoderLayer(nn.Module):
         _layer_norm(self.config, self.dtype, 'layer_norm1')(h))
     h = h + SiglipMLP(self.config, self.dtype, name='mlp')(
         _layer_norm(self.config, self.dtype, 'layer_norm2')(h))
-    return h, x
+    return nn.with_logical_constraint(h, ('batch', 'length', 'act_embed')), x
 
 
 class SiglipEncoder(nn.Module):
