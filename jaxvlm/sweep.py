@@ -1,21 +1,26 @@
-"""Knockout sweep engine: many specs per compiled call, reusing the clean run.
+"""Knockout sweep engine: a whole sweep from one clean run, sharing every computation specs have in common.
 
 The clean forward runs once and keeps the input of every decoder layer and the KV cache of every
-layer. A spec whose first knocked-out layer is s and whose first affected query (of sample b) is p_b
-changes nothing below layer s nor before position p_b, so it restarts at layer s from the clean hidden
-states of the tail [start_b, start_b + T) only, with the clean keys/values of the prefix in the cache.
-For Language-to-Video the tail is just the text after the video. Reuse is exact: it computes the same
-rows from the same inputs as a full recompute.
+layer. Two savings follow, both exact (the same rows are computed from the same inputs):
+  * positions: a spec changes nothing before its first affected query p_b (see
+    `knockout.first_affected_position`), so only the tail [start_b, start_b + T) is recomputed, with the
+    clean keys/values of the prefix in the cache. For Language-to-Video the tail is just the text after
+    the video.
+  * layers: two specs whose rules agree on layers [0, l] have the same hidden states after layer l. The
+    engine walks the layers once and computes each distinct *state* (parent state, rule of this layer)
+    once: specs that are still clean cost nothing, and e.g. a fine-grained window starting at layer i and
+    the global-1 cut at i share layers i .. i+w-1.
+Specs are array values [N, L, ...] and states are processed `spec_chunk` at a time by one compiled
+layer step whose shapes depend only on (tail length, chunk size): new windows, cutoffs and knockout
+types never recompile. Tail lengths are rounded up to `tail_multiple`; typically there are three
+(text after the video for LV, from the second frame for VT, from the first video token for VS).
 
-Specs are array values [N, L, ...]; the start layer and tail offsets are traced, so windows and
-knockout types never recompile. The tail length T is static: specs are grouped by T (rounded up to
-`tail_multiple`), one compiled call per group (typically two: text-only tails and tails from the
-first video token).
-
-Letters: N specs, B samples, S prompt slots, T tail slots, L layers, D hidden, O answer options.
+Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
+D hidden, O answer options.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -67,36 +72,49 @@ def _layer(params, index):
   return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), params)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tail'))
-def _tail_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                layout: knockout.TokenLayout, answer_index, option_ids, specs: LayerRule,
-                first_layer, start, tail: int):
-  """Option log-probs [N, B, O] of N specs [N, L, ...], each recomputing layers first_layer[n]..L-1 on
-  the tail slots start[n, b] + arange(tail)."""
+@functools.partial(jax.jit, static_argnames=('model',))
+def _layer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
+                layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start):
+  """Decoder layer `layer` on C states: inputs [C, B, T, D] (tail slots start[b] + arange(T)), rules
+  [C, ...] (this layer's rule of each state) -> [C, B, T, D]."""
   cfg = model.config.text
   layer_module = qwen2.Qwen2DecoderLayer(cfg, dtype=model.dtype)
-  norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype=model.dtype)
-  lm = params['language_model']
+  tail = inputs.shape[2]
   k_meta = layout.meta()
+  idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]              # [B, T]
+  q_meta = k_meta.take(idx)
+  positions = jnp.take_along_axis(layout.positions, idx, axis=1)
+  layer_params = {'params': _layer(params['language_model']['layers'], layer)}
+  cache_k, cache_v = _layer(clean.cache.k, layer), _layer(clean.cache.v, layer)
 
-  def one_spec(args):
-    spec, s0, start_b = args
-    idx = start_b[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]          # [B, T]
-    q_meta = k_meta.take(idx)
-    positions = jnp.take_along_axis(layout.positions, idx, axis=1)
-    h0 = jnp.take_along_axis(_layer(clean.hidden_states, s0), idx[..., None], axis=1)
+  def one_state(h, rule):
+    return layer_module.apply(layer_params, h, positions, q_meta, cache_k, cache_v, k_meta, start, rule)[0]
 
-    def body(l, h):
-      h, _, _ = layer_module.apply(
-          {'params': _layer(lm['layers'], l)}, h, positions, q_meta,
-          _layer(clean.cache.k, l), _layer(clean.cache.v, l), k_meta, start_b, _layer(spec, l))
-      return h
+  return jax.vmap(one_state)(inputs, rules)
 
-    h = jax.lax.fori_loop(s0, cfg.num_hidden_layers, body, h0)
-    h_answer = norm.apply({'params': lm['norm']}, _at(h, answer_index - start_b))
-    return option_logprobs(model, params, h_answer, option_ids)
 
-  return jax.lax.map(one_spec, (specs, first_layer, start))
+@jax.jit
+def _gather_inputs(states, clean_hidden, parents, start):
+  """Inputs [C, B, T, D] of C new states: parent state rows, or the clean tail where parent == -1.
+  states [M, B, T, D] (M >= 1), clean_hidden [B, S, D] (this layer's clean input), parents [C]."""
+  tail = states.shape[2]
+  idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]
+  clean_tail = jnp.take_along_axis(clean_hidden, idx[..., None], axis=1)        # [B, T, D]
+  picked = states[jnp.maximum(parents, 0)]
+  return jnp.where((parents >= 0)[:, None, None, None], picked, clean_tail[None])
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _readout(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun, states, final,
+             start, answer_index, option_ids):
+  """Option log-probs [N, B, O] of N specs whose last-layer state is final[n] (-1: clean)."""
+  cfg = model.config.text
+  norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype=model.dtype)
+  rows = jax.vmap(lambda st: _at(st, answer_index - start))(states)            # [M, B, D]
+  rows = jnp.where((final >= 0)[:, None, None], rows[jnp.maximum(final, 0)],
+                   _at(clean.hidden_states[-1], answer_index)[None])
+  normed = norm.apply({'params': params['language_model']['norm']}, rows)
+  return option_logprobs(model, params, normed, option_ids)
 
 
 def plan_tails(layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple: int = 32
@@ -120,32 +138,76 @@ def plan_tails(layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple
   return first_layer, tails.astype(np.int32), starts
 
 
+@dataclasses.dataclass(frozen=True)
+class StatePlan:
+  """Distinct states of one tail group, layer by layer. parents[l] [M_l]: the state (at layer l-1)
+  each state of layer l continues, -1 = the clean run; rule_of[l] [M_l]: a spec whose rule at layer l
+  the state applies; final [N_g]: each spec's state after the last layer (-1: never knocked out)."""
+  parents: list[np.ndarray]
+  rule_of: list[np.ndarray]
+  final: np.ndarray
+
+
+def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
+  """Shares every layer computation that specs `chosen` (indices into specs_np [N, L, ...]) have in
+  common: a state is identified by (its parent state, this layer's rule)."""
+  num_layers = specs_np.block.shape[1]
+  fields = (specs_np.block, specs_np.cross_frame, specs_np.same_frame, specs_np.frames)
+  current = {int(n): -1 for n in chosen}
+  parents, rule_of = [], []
+  for l in range(num_layers):
+    ids: dict[tuple, int] = {}
+    layer_parents, layer_rules, nxt = [], [], {}
+    for n, parent in current.items():
+      rule = tuple(f[n, l].tobytes() for f in fields)
+      if parent == -1 and not any(f[n, l].any() for f in fields):
+        nxt[n] = -1                                   # still clean: reuse the clean run for free
+        continue
+      key = (parent, rule)
+      if key not in ids:
+        ids[key] = len(layer_parents)
+        layer_parents.append(parent)
+        layer_rules.append(n)
+      nxt[n] = ids[key]
+    parents.append(np.asarray(layer_parents, np.int32))
+    rule_of.append(np.asarray(layer_rules, np.int32))
+    current = nxt
+  return StatePlan(parents, rule_of, np.asarray([current[int(n)] for n in chosen], np.int32))
+
+
+def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
+  """Pads axis 0 to `size` by repeating the first row (padding states are computed and dropped)."""
+  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)]) if len(x) < size else x
+
+
 def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
               layout: knockout.TokenLayout, answer_index, option_ids, specs: LayerRule,
               tail_multiple: int = 32, spec_chunk: int = 16) -> jnp.ndarray:
-  """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`.
-
-  Specs are grouped by tail length and run `spec_chunk` at a time (the last chunk padded with clean
-  specs, which cost nothing: they start at layer L), so the compiled shapes depend only on the tail
-  length and the chunk size, never on which or how many specs a sweep holds.
-  """
+  """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`."""
   layout_np = {k: np.asarray(getattr(layout, k)) for k in ('group', 'frame', 'valid')}
-  first_layer, tails, starts = plan_tails(layout_np, specs, tail_multiple)
-  num_layers = model.config.text.num_hidden_layers
+  _, tails, starts = plan_tails(layout_np, specs, tail_multiple)
   specs_np = jax.tree.map(np.asarray, specs)
   out = [None] * len(tails)
   for tail in np.unique(tails):
     chosen = np.flatnonzero(tails == tail)
-    for c in range(0, len(chosen), spec_chunk):
-      idx = chosen[c:c + spec_chunk]
-      pad = spec_chunk - len(idx)
-      chunk = jax.tree.map(lambda x: np.concatenate([x[idx], np.zeros((pad,) + x.shape[1:], x.dtype)]), specs_np)
-      layers = np.concatenate([first_layer[idx], np.full(pad, num_layers, np.int32)])
-      start = np.concatenate([starts[idx], np.repeat(starts[idx[:1]], pad, axis=0)])
-      logp = _tail_sweep(model, params, clean, layout, answer_index, option_ids,
-                         jax.tree.map(jnp.asarray, chunk), jnp.asarray(layers), jnp.asarray(start), int(tail))
-      for k, i in enumerate(idx):
-        out[i] = logp[k]
+    start = jnp.asarray(starts[chosen].min(axis=0))   # one tail for the group: starting earlier is exact
+    plan = plan_states(specs_np, chosen)
+    d = model.config.text.hidden_size
+    states = jnp.zeros((1, len(start), int(tail), d), model.dtype)
+    for layer, (parents, rule_of) in enumerate(zip(plan.parents, plan.rule_of)):
+      if not len(parents):
+        continue
+      chunks = []
+      for c in range(0, len(parents), spec_chunk):
+        par = _pad_to(parents[c:c + spec_chunk], spec_chunk)
+        src = _pad_to(rule_of[c:c + spec_chunk], spec_chunk)
+        rules = jax.tree.map(lambda x: jnp.asarray(x[src, layer]), specs_np)
+        inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(par), start)
+        chunks.append(_layer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start))
+      states = jnp.concatenate(chunks)[:len(parents)]
+    logp = _readout(model, params, clean, states, jnp.asarray(plan.final), start, answer_index, option_ids)
+    for k, i in enumerate(chosen):
+      out[i] = logp[k]
   return jnp.stack(out)
 
 

@@ -177,11 +177,11 @@ def test_sweep_over_all_windows_and_types_does_not_recompile(tiny):
                            jax.tree.map(jnp.asarray, sw.specs), tail_multiple=8, spec_chunk=8)
 
   first = knockout.build_sweep(num_layers, tl.NUM_FRAMES, window_size=2, global1_step=1)
-  before = sweep._tail_sweep._cache_size()  # pylint: disable=protected-access
+  before = sweep._layer_step._cache_size()  # pylint: disable=protected-access
   run(first)
-  compiled = sweep._tail_sweep._cache_size()  # pylint: disable=protected-access
-  # One compiled call per tail length: the text after the video (LV), from the second frame (VT),
-  # from the first video token (VS).
+  compiled = sweep._layer_step._cache_size()  # pylint: disable=protected-access
+  # One compiled layer step per tail length: the text after the video (LV), from the second frame (VT),
+  # from the first video token (VS); its shapes never depend on the sweep.
   layout_np = {k: np.asarray(getattr(layout, k)) for k in ('group', 'frame', 'valid')}
   tails = sweep.plan_tails(layout_np, first.specs, tail_multiple=8)[1]
   assert compiled - before == len(np.unique(tails)) <= 3
@@ -189,4 +189,16 @@ def test_sweep_over_all_windows_and_types_does_not_recompile(tiny):
   run(knockout.build_sweep(num_layers, tl.NUM_FRAMES, window_size=1, global1_step=1,
                            settings=('global1', 'fine', 'global2')))
   run(knockout.build_sweep(num_layers, tl.NUM_FRAMES, kinds=('VS',), settings=('fine',), window_size=3))
-  assert sweep._tail_sweep._cache_size() == compiled  # pylint: disable=protected-access
+  assert sweep._layer_step._cache_size() == compiled  # pylint: disable=protected-access
+
+
+def test_state_plan_shares_layers_between_windows_and_cuts():
+  num_layers = 8
+  sw = knockout.build_sweep(num_layers, 4, kinds=('VT',))  # global1 i=0,2,4,6; global2; fine 0..4
+  plan = sweep.plan_states(jax.tree.map(np.asarray, sw.specs), np.arange(len(sw)))
+  computed = sum(len(p) for p in plan.parents)
+  naive = sum(num_layers - e.layers[0] for e in sw.entries)
+  # Worked out by hand: 1+2+3+4+6+6+8+8 distinct states per layer instead of 58 spec-layers.
+  assert (computed, naive) == (38, 58)
+  names = [e.name for e in sw.entries]
+  assert plan.final[names.index('global2/VT/0-7')] == plan.final[names.index('global1/VT/0-7')]
