@@ -33,6 +33,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.window_stride = 1
   c.explicit_layers = ''              # for setting 'explicit', e.g. '3,4,5'
   c.tail_multiple = 32                # tail lengths are rounded up to this (fewer compiled shapes)
+  c.spec_chunk = 16                   # knockout states per compiled layer step
+  c.mesh = config_dict.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # over this host's devices
   if preset != 'default':
     if preset not in HUB:
       raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(HUB)}')

@@ -6,10 +6,11 @@ import dataclasses
 import os
 from typing import Iterator, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import checkpoints, data, prompts, video
+from jaxvlm import checkpoints, data, prompts, sharding, video
 from jaxvlm.data import synthetic
 from jaxvlm.knockout import TokenLayout
 
@@ -78,14 +79,28 @@ class ModelBatch:
   option_ids: jnp.ndarray
 
 
-def collate(prepared: Sequence[Prepared], processor) -> ModelBatch:
+def batch_multiple(mesh) -> int:
+  """Batches are padded to a multiple of the mesh's sample axes (data x fsdp)."""
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> ModelBatch:
+  """Pads the batch to a multiple of `multiple` rows by repeating the last sample (its extra rows are
+  computed and ignored: callers read the first len(prepared) rows)."""
+  rows = list(prepared) + [prepared[-1]] * (-len(prepared) % multiple)
   pad_id = processor.tokenizer.pad_token_id or 0
-  pb = prompts.collate([p.prompt for p in prepared], pad_id)
-  n_options = max(len(p.sample.options) for p in prepared)
-  return ModelBatch(jnp.asarray(pb.input_ids), jnp.asarray(np.stack([p.pixels for p in prepared])),
+  pb = prompts.collate([p.prompt for p in rows], pad_id)
+  n_options = max(len(p.sample.options) for p in rows)
+  return ModelBatch(jnp.asarray(pb.input_ids), jnp.asarray(np.stack([p.pixels for p in rows])),
                     TokenLayout(*(jnp.asarray(x) for x in (pb.layout.group, pb.layout.frame,
                                                            pb.layout.positions, pb.layout.valid))),
                     jnp.asarray(pb.answer_index), jnp.asarray(processor.option_letter_ids(n_options)))
+
+
+def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
+  """Samples split over the mesh's sample axes; option ids replicated."""
+  placed = sharding.shard_batch((batch.input_ids, batch.pixels, batch.layout, batch.answer_index), mesh)
+  return ModelBatch(*placed, jax.device_put(batch.option_ids, sharding.replicated(mesh)))
 
 
 def format_table(summary: dict) -> str:

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import common, plots, results
-from jaxvlm import knockout, metrics, sweep
+from jaxvlm import distributed, knockout, metrics, sharding, sweep
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/knockout.py[:preset]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/knockout', 'where results go (resumes if it holds a run)')
@@ -32,38 +32,51 @@ def sweep_from_config(config, num_layers: int) -> knockout.Sweep:
       explicit_layers=[int(x) for x in common.csv_list(config.explicit_layers)] or None)
 
 
-def evaluate_batch(model, params, batch: common.ModelBatch, sw: knockout.Sweep, tail_multiple: int):
-  """-> clean option log-probs [B, O] and per-spec [N, B, O] (numpy)."""
-  clean = sweep.clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
-                          batch.option_ids)
-  specs = jax.tree.map(jnp.asarray, sw.specs)
-  spec_logp = sweep.run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
-                              specs, tail_multiple)
+def evaluate_batch(model, params, batch: common.ModelBatch, sw: knockout.Sweep, config, mesh):
+  """-> clean option log-probs [B, O] and per-spec [N, B, O] (numpy); samples sharded over the mesh."""
+  batch = common.place_batch(batch, mesh)
+  with sharding.activation_rules(mesh):
+    clean = sweep.clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
+                            batch.option_ids)
+    spec_logp = sweep.run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
+                                jax.tree.map(jnp.asarray, sw.specs), config.tail_multiple, config.spec_chunk)
   return np.asarray(clean.option_logprobs), np.asarray(spec_logp)
 
 
 def run(config, workdir: str) -> dict:
-  """Runs (or resumes) the study; returns the summary dict."""
+  """Runs (or resumes) the study; returns the summary dict (on every process; only process 0 writes it).
+
+  Multi-process: each process evaluates its contiguous share of the samples on its own devices and
+  appends to its own samples.processNNNNN.jsonl; process 0 merges them into samples.jsonl.
+  """
+  info = distributed.initialize()
   model, params, processor = common.load_model(config)
   sw = sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
-  results.prepare_workdir(workdir, config)
+  mesh = sharding.make_mesh(**config.mesh, devices=jax.local_devices())
+  params = sharding.shard_params(params, mesh)
+  if distributed.is_main():
+    results.prepare_workdir(workdir, config)
+  distributed.barrier('workdir')
   samples, skipped = common.load_samples(config, workdir)
-  log = results.SampleLog(os.path.join(workdir, 'samples.jsonl'))
-  for sample_id, reason in skipped:
-    if sample_id not in log:
-      log.append({'id': sample_id, 'error': f'annotation: {reason}'})
-  todo = [s for s in samples if s.id not in log]
-  logging.info('%d samples, %d done, %d to run, %d specs per sample', len(samples), len(samples) - len(todo),
-               len(todo), len(sw))
+  log_name = distributed.process_filename('samples') if info.multi_process else 'samples.jsonl'
+  log = results.SampleLog(os.path.join(workdir, log_name))
+  if distributed.is_main():
+    for sample_id, reason in skipped:
+      if sample_id not in log:
+        log.append({'id': sample_id, 'error': f'annotation: {reason}'})
+  todo = [s for s in distributed.process_share(samples) if s.id not in log]
+  logging.info('process %d/%d: %d samples here, %d to run, %d specs per sample', info.process_index,
+               info.process_count, len(distributed.process_share(samples)), len(todo), len(sw))
   start = time.time()
-  with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True) as bar:
+  with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True,
+            disable=not distributed.is_main()) as bar:
     for chunk in common.batches(todo, config.batch_size):
       prepared, failed = common.prepare(chunk, processor, config)
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if prepared:
-        batch = common.collate(prepared, processor)
-        clean_logp, spec_logp = evaluate_batch(model, params, batch, sw, config.tail_multiple)
+        batch = common.collate(prepared, processor, multiple=common.batch_multiple(mesh))
+        clean_logp, spec_logp = evaluate_batch(model, params, batch, sw, config, mesh)
         for i, p in enumerate(prepared):
           n = len(p.sample.options)
           log.append({'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
@@ -71,9 +84,16 @@ def run(config, workdir: str) -> dict:
                       'specs': {e.name: spec_logp[k, i, :n] for k, e in enumerate(sw.entries)}})
       bar.update(len(chunk))
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
-  summary = summarize(log.records(), sw)
-  results.write_summary(workdir, summary['header'], summary['rows'])
-  plots.knockout_plots(summary['rows'], summary['header'], workdir)
+  distributed.barrier('samples')
+  if info.multi_process and distributed.is_main():
+    records = distributed.merge_results(workdir)
+  else:
+    records = results.SampleLog(os.path.join(workdir, 'samples.jsonl')).records() if distributed.is_main() else []
+  summary = summarize(records, sw)
+  if distributed.is_main():
+    results.write_summary(workdir, summary['header'], summary['rows'])
+    plots.knockout_plots(summary['rows'], summary['header'], workdir)
+  distributed.barrier('summary')
   return summary
 
 
