@@ -1,0 +1,68 @@
+r"""Score one multiple-choice video question with a LLaVA-OneVision checkpoint; prints JSON.
+
+  python -m experiments.score --checkpoint=assets/llava_ov_tiny --video=clip.mp4 \
+      --question="What appeared briefly?" --options="red circle,blue square,green diamond,white triangle" \
+      [--num_frames=32] [--max_new_tokens=16]
+
+Output: the exact prompt text fed to the tokenizer, the number of video tokens, the log-probability of
+each option letter (full-vocabulary softmax at the answer slot), the chosen option, and with
+--max_new_tokens > 0 the greedy open-ended answer.
+"""
+from __future__ import annotations
+
+import json
+import string
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from jaxvlm import checkpoints, prompts, sweep, video
+from jaxvlm.models import llava_onevision as lo
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'assets/llava_ov_tiny', 'local HF directory or hub id')
+_VIDEO = flags.DEFINE_string('video', None, 'video file', required=True)
+_QUESTION = flags.DEFINE_string('question', None, 'the question', required=True)
+_OPTIONS = flags.DEFINE_list('options', None, 'comma-separated answer options', required=True)
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', 8, 'frames sampled uniformly over the video')
+_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 0, 'greedy tokens to generate (0: none)')
+_DTYPE = flags.DEFINE_string('dtype', 'float32', 'compute dtype')
+
+
+def score(model, params, processor, frames: np.ndarray, question: str, options: list[str],
+          max_new_tokens: int = 0) -> dict:
+  """frames uint8 [F, H, W, 3] -> the JSON-ready result dict."""
+  prompt = prompts.build_prompt(processor, question, options, len(frames))
+  batch = prompts.collate([prompt], processor.tokenizer.pad_token_id or 0, pad_multiple=1)
+  pixels = jnp.asarray(processor.preprocess(frames))[None]
+  layout = jax.tree.map(jnp.asarray, batch.layout)
+  option_ids = jnp.asarray(processor.option_letter_ids(len(options)))
+  clean = sweep.clean_run(model, params, jnp.asarray(batch.input_ids), pixels, layout,
+                          jnp.asarray(batch.answer_index), option_ids)
+  logp = np.asarray(clean.option_logprobs[0])
+  letters = string.ascii_uppercase[:len(options)]
+  out = {'prompt': prompt.text, 'num_frames': len(frames), 'num_video_tokens': prompt.num_video_tokens,
+         'option_logprobs': {l: float(v) for l, v in zip(letters, logp)},
+         'choice': letters[int(logp.argmax())], 'choice_text': options[int(logp.argmax())]}
+  if max_new_tokens > 0:
+    tokens = lo.generate(model, params, jnp.asarray(batch.input_ids), pixels, layout.positions, layout.meta(),
+                         max_new_tokens, eos_token_id=processor.tokenizer.eos_token_id)
+    out['generated'] = processor.tokenizer.decode(np.asarray(tokens[0]), skip_special_tokens=True)
+  return out
+
+
+def main(argv):
+  del argv
+  if not _OPTIONS.value:
+    raise app.UsageError('--options needs at least one option')
+  model, params, processor = checkpoints.load_pretrained(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
+  if processor is None:
+    raise app.UsageError(f'{_CHECKPOINT.value} has no tokenizer: cannot build a prompt')
+  frames = video.sample_frames(_VIDEO.value, _NUM_FRAMES.value).pixels
+  print(json.dumps(score(model, params, processor, frames, _QUESTION.value, _OPTIONS.value,
+                         _MAX_NEW_TOKENS.value), indent=2))
+
+
+if __name__ == '__main__':
+  app.run(main)
