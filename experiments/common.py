@@ -60,7 +60,7 @@ def prepare(samples: Sequence[data.VideoQASample], processor, config
         raise ValueError('empty option list')
       if s.answer is None or not 0 <= s.answer < len(s.options):
         raise ValueError(f'answer {s.answer} outside the {len(s.options)} options')
-      frames = video.sample_frames(s.video, config.num_frames)
+      frames = video.sample_frames(s.video, config.num_frames, start_s=s.start_s, end_s=s.end_s)
       pixels = processor.preprocess(frames.pixels)
       ok.append(Prepared(s, prompts.build_prompt(processor, s.question, s.options, config.num_frames), pixels))
     except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on

@@ -164,18 +164,36 @@ def read_frames(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarra
   return _read(_open(path), os.fspath(path), np.asarray(indices))
 
 
+def clip_range(num_frames_total: int, video_fps: float, start_s: float | None,
+               end_s: float | None) -> tuple[int, int]:
+  """Frames [first, last + 1) inside the clip [start_s, end_s] (seconds; None = video start / end).
+  A clip that misses the video entirely raises ValueError."""
+  first = 0 if start_s is None else int(np.ceil(start_s * video_fps - 1e-6))
+  stop = num_frames_total if end_s is None else min(num_frames_total, int(np.floor(end_s * video_fps)) + 1)
+  first = max(first, 0)
+  if stop <= first:
+    raise ValueError(f'clip [{start_s}, {end_s}] s holds no frame of a {num_frames_total}-frame video '
+                     f'at {video_fps:g} fps')
+  return first, stop
+
+
 def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
-                  target_fps: float | None = None) -> Frames:
-  """Opens a video once, picks indices by `rule` and decodes them in one batch.
+                  target_fps: float | None = None, start_s: float | None = None,
+                  end_s: float | None = None) -> Frames:
+  """Opens a video once, picks indices by `rule` inside the clip [start_s, end_s] (the whole video by
+  default; benchmark samples such as MVBench's carry a clip) and decodes them in one batch.
 
   Args:
     path: video file.
     n: frames for 'uniform', pool size N_c for 'pool', frame cap for 'fps'.
     rule: 'uniform' | 'fps' | 'pool' (see the module docstring).
     target_fps: sampling rate for rule 'fps'.
+    start_s, end_s: the clip, in seconds.
   """
   reader = _open(path)
-  total = len(reader)
+  fps = float(reader.get_avg_fps())
+  first, stop = (0, len(reader)) if start_s is None and end_s is None else clip_range(len(reader), fps, start_s, end_s)
+  total = stop - first
   if rule == 'uniform':
     indices = uniform_indices(total, n)
   elif rule == 'pool':
@@ -183,10 +201,10 @@ def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
   elif rule == 'fps':
     if target_fps is None:
       raise ValueError("rule 'fps' needs target_fps")
-    indices = fps_indices(total, float(reader.get_avg_fps()), target_fps, max_frames=n)
+    indices = fps_indices(total, fps, target_fps, max_frames=n)
   else:
     raise ValueError(f"unknown sampling rule {rule!r}; expected 'uniform', 'fps' or 'pool'")
-  return _read(reader, os.fspath(path), indices)
+  return _read(reader, os.fspath(path), indices + first)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -295,3 +295,20 @@ def test_preprocess_flags_and_errors():
     video.preprocess_from_processor_config(frames, {'size': {'height': 8, 'width': 8}})
   with pytest.raises(ValueError, match='uint8'):
     video.preprocess(frames.astype(np.float32), (8, 8))
+
+
+def test_clip_range_rules():
+  assert video.clip_range(100, 10.0, None, None) == (0, 100)
+  assert video.clip_range(100, 10.0, 2.0, 4.0) == (20, 41)
+  assert video.clip_range(100, 10.0, 8.5, 20.0) == (85, 100)
+  with pytest.raises(ValueError, match='holds no frame'):
+    video.clip_range(100, 10.0, 12.0, 15.0)
+
+
+def test_sample_frames_inside_a_clip(videos):
+  frames, paths = videos
+  first, stop = video.clip_range(NUM_FRAMES, FPS, 1.0 / FPS * 4, 1.0 / FPS * 11)
+  clip = video.sample_frames(paths['lossless'], 4, start_s=4 / FPS, end_s=11 / FPS)
+  np.testing.assert_array_equal(clip.indices, first + video.uniform_indices(stop - first, 4))
+  assert clip.indices[0] == 4 and clip.indices[-1] == 11
+  np.testing.assert_array_equal(clip.pixels, frames[clip.indices])
