@@ -110,7 +110,8 @@ def _to_blocks(x: jnp.ndarray, num_blocks: int) -> jnp.ndarray:
 
 
 def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: TokenMeta,
-                     k_meta: TokenMeta, rule: LayerRule | None, *, block_size: int = 512) -> jnp.ndarray:
+                     k_meta: TokenMeta, rule: LayerRule | None, *, block_size: int = 512,
+                     frame_mass: int = 0) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
   """Scaled dot-product attention over the keys `allowed` by the metadata and the rule.
 
   Online softmax over key blocks: memory is O(B * H * T * block), never O(T * S). Accumulators are
@@ -125,9 +126,12 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
     k_meta: TokenMeta [B, S] of the key slots.
     rule: LayerRule of this layer (traced arrays) or None for causal + valid + diagonal only.
     block_size: keys per block (static); S is padded with invalid slots to a multiple of it.
+    frame_mass: F > 0 (static) also returns the attention probability that each query head puts on
+      the tokens of each frame 0..F-1, accumulated block by block like the output (keys of frame -1,
+      e.g. text and image_newline, count for no frame).
 
   Returns:
-    [B, T, H, D] in q's dtype.
+    [B, T, H, D] in q's dtype; with frame_mass, (that, mass [B, T, H, F] float32).
   """
   batch, num_q, num_heads, head_dim = q.shape
   num_keys, num_kv_heads = k.shape[1], k.shape[2]
@@ -148,7 +152,7 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
   floor = jnp.finfo(jnp.float32).min
 
   def step(carry, x):
-    row_max, row_sum, acc = carry  # [B, K, G, T], [B, K, G, T], [B, K, G, T, D]
+    row_max, row_sum, acc = carry[:3]  # [B, K, G, T], [B, K, G, T], [B, K, G, T, D]
     k_blk, v_blk, meta_blk = x
     scores = jnp.einsum('btkgd,bskd->bkgts', q, k_blk, preferred_element_type=jnp.float32) * scale
     mask = allowed(q_meta, meta_blk, rule)[:, None, None]  # [B, 1, 1, T, blk]
@@ -160,12 +164,22 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
     pv = jnp.einsum('bkgts,bskd->bkgtd', p.astype(v_blk.dtype), v_blk,
                     preferred_element_type=jnp.float32)
     acc = acc * correction[..., None] + pv
-    return (new_max, row_sum, acc), None
+    if not frame_mass:
+      return (new_max, row_sum, acc), None
+    in_frame = (meta_blk.frame[..., None] == jnp.arange(frame_mass)).astype(jnp.float32)  # [B, blk, F]
+    mass = carry[3] * correction[..., None] + jnp.einsum('bkgts,bsf->bkgtf', p, in_frame)
+    return (new_max, row_sum, acc, mass), None
 
   stats_shape = (batch, num_kv_heads, groups, num_q)
   init = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
           jnp.zeros((*stats_shape, head_dim), jnp.float32))
-  (_, row_sum, acc), _ = jax.lax.scan(step, init, xs)
-  out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]  # [B, K, G, T, D]
-  out = jnp.moveaxis(out, 3, 1).reshape(batch, num_q, num_heads, head_dim)
-  return out.astype(q.dtype)
+  if frame_mass:
+    init += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
+  final, _ = jax.lax.scan(step, init, xs)
+  row_sum, acc = final[1:3]
+  denom = jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
+  out = jnp.moveaxis(acc / denom, 3, 1).reshape(batch, num_q, num_heads, head_dim)  # [B, T, H, D]
+  if not frame_mass:
+    return out.astype(q.dtype)
+  mass = jnp.moveaxis(final[3] / denom, 3, 1).reshape(batch, num_q, num_heads, frame_mass)
+  return out.astype(q.dtype), mass

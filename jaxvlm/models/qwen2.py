@@ -145,9 +145,15 @@ class Qwen2MLP(nn.Module):
 
 
 class Qwen2Attention(nn.Module):
-  """q/k/v projections (with bias), rotary, cache write, masked attention, o_proj (no bias)."""
+  """q/k/v projections (with bias), rotary, cache write, masked attention, o_proj (no bias).
+
+  frame_mass: F > 0 also sows ('intermediates', 'frame_mass') the attention mass [B, T, H, F] of each
+  query head on the tokens of frames 0..F-1 (see `masked_attention`); collect it with
+  `apply(..., mutable=['intermediates'])`. 0 (default) computes nothing extra.
+  """
   config: Qwen2Config
   dtype: Any = jnp.float32
+  frame_mass: int = 0
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache_k: jnp.ndarray,
@@ -165,15 +171,21 @@ class Qwen2Attention(nn.Module):
     q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
     cache_k = write_slots(cache_k, k, write_index)
     cache_v = write_slots(cache_v, v, write_index)
-    out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, block_size=cfg.attention_block_size)
+    out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, block_size=cfg.attention_block_size,
+                           frame_mass=self.frame_mass)
+    if self.frame_mass:
+      out, mass = out
+      self.sow('intermediates', 'frame_mass', mass)
     out = _dense(cfg.hidden_size, False, self.dtype, 'o_proj')(out.reshape(b, t, heads * dh))
     return out, cache_k, cache_v
 
 
 class Qwen2DecoderLayer(nn.Module):
-  """Pre-norm block: h + self_attn(input_layernorm(h)), then + mlp(post_attention_layernorm(.))."""
+  """Pre-norm block: h + self_attn(input_layernorm(h)), then + mlp(post_attention_layernorm(.)).
+  frame_mass: passed to Qwen2Attention (sows per-frame attention mass when > 0)."""
   config: Qwen2Config
   dtype: Any = jnp.float32
+  frame_mass: int = 0
 
   @nn.compact
   def __call__(self, h: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache_k: jnp.ndarray,
@@ -194,7 +206,7 @@ class Qwen2DecoderLayer(nn.Module):
       (h_out [B, T, D], cache_k', cache_v').
     """
     eps = self.config.rms_norm_eps
-    attn, cache_k, cache_v = Qwen2Attention(self.config, self.dtype, name='self_attn')(
+    attn, cache_k, cache_v = Qwen2Attention(self.config, self.dtype, self.frame_mass, name='self_attn')(
         RMSNorm(eps, self.dtype, name='input_layernorm')(h), positions, q_meta, cache_k, cache_v, k_meta,
         write_index, rule)
     h = h + attn
