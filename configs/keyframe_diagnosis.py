@@ -1,0 +1,61 @@
+"""Keyframe diagnosis (Ok & Lee): do query-guided keyframe samplers pick the frames the Video-LLM needs?
+`get_config('preset')` picks a model + benchmark; append `,runlocal` to shrink any preset to a CPU smoke
+run.
+
+Presets: default (the embedded tiny LLaVA-OneVision and tiny SigLIP on the synthetic test split),
+llava_ov_0_5b, llava_ov_7b, llava_video_7b (hub ids with SigLIP so400m as the keyframe scorer;
+benchmark paths point at a local data root that you set with --config.data.ann=...
+--config.data.video_root=...).
+"""
+from ml_collections import config_dict
+
+HUB = {
+    'llava_ov_0_5b': 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf',
+    'llava_ov_7b': 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
+    'llava_video_7b': 'llava-hf/LLaVA-Video-7B-Qwen2-hf',
+}
+SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
+# Selector name -> what it ranks: the causal oracle (answer-based or answer-free), the attention
+# oracle, or SigLIP relevance to the question (q) or to question + options (qo).
+SELECTORS = 'oracle_top,oracle_bottom,answer_free_top,attention_top,siglip_q,siglip_qo,bolt,aks,uniform,random'
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  parts = [p for p in (arg or 'default').split(',') if p]
+  preset = next((p for p in parts if p != 'runlocal'), 'default')
+  c = config_dict.ConfigDict()
+  c.checkpoint = 'assets/llava_ov_tiny'
+  c.siglip_checkpoint = 'assets/siglip_tiny'
+  c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
+  c.benchmark = 'synthetic'
+  c.data = config_dict.ConfigDict({'split': 'test', 'num': 200, 'seed': 1234})
+  c.num_candidates = 32               # candidate pool N (uniform over the video); the oracle prompt sees all
+  c.ks = '1,2,4,8'                    # frame budgets of the selectors
+  c.selectors = SELECTORS
+  c.oracle_layers = ''                # frame-knockout layers of the causal oracle: '' = all, 'a-b' (0-based)
+  c.attention_layers = ''             # layers averaged by the attention oracle: '' = all, 'a-b'
+  c.sensitive_k = 4                   # k of the frame-sensitive subset (top-k vs bottom-k)
+  c.bolt_alpha = 2.0                  # BOLT sharpening power
+  c.aks_depth = 4                     # AKS maximum split depth
+  c.aks_threshold = 0.6               # AKS peakedness threshold (share of the score range)
+  c.seed = 0                          # random selector (mixed with the sample id)
+  c.max_samples = -1                  # -1: all
+  c.batch_size = 2                    # samples per oracle batch
+  c.tail_multiple = 16                # text-tail lengths are rounded up to this
+  c.strip_samples = 4                 # samples drawn as frame strips with their scores
+  if preset != 'default':
+    if preset not in HUB:
+      raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(HUB)}')
+    c.checkpoint = HUB[preset]
+    c.siglip_checkpoint = SIGLIP_HUB
+    c.dtype = 'bfloat16'
+    c.benchmark = 'mvbench'
+    c.data = config_dict.ConfigDict({'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'})
+    c.batch_size = 1
+  if 'runlocal' in parts:
+    c.max_samples = 4
+    c.num_candidates = min(c.num_candidates, 8)
+    c.ks = '1,2,4'
+    c.sensitive_k = 2
+    c.dtype = 'float32'
+  return c
