@@ -71,9 +71,15 @@ def _unit(x) -> np.ndarray:
 
 
 def frame_strips(records: list[dict], workdir: str, num: int) -> str | None:
-  """For the first `num` successful samples: the candidate frames in a row, and under them the causal
-  oracle and SigLIP (question) scores, each min-max scaled; evidence frames marked."""
-  ok = [r for r in records if 'error' not in r][:num]
+  """For `num` successful samples (the first of each task in turn, so the strips show different
+  tasks): the candidate frames in a row, and under them the causal oracle and SigLIP (question)
+  scores, each min-max scaled; evidence frames marked."""
+  by_task: dict[str, list[dict]] = {}
+  for r in records:
+    if 'error' not in r:
+      by_task.setdefault(r['task'], []).append(r)
+  ok = [r for rank in range(max(map(len, by_task.values()), default=0))
+        for group in by_task.values() if rank < len(group) for r in [group[rank]]][:num]
   if not ok:
     return None
   fig, axes = plt.subplots(2 * len(ok), 1, figsize=(12, 2.6 * len(ok)), squeeze=False)
@@ -87,7 +93,7 @@ def frame_strips(records: list[dict], workdir: str, num: int) -> str | None:
     bars.bar(x - 0.2, _unit(r['scores']['causal']), width=0.4, color='black', label='causal oracle')
     bars.bar(x + 0.2, _unit(r['scores']['siglip_q']), width=0.4, color='tab:blue', label='SigLIP (question)')
     for e in r['evidence']:
-      bars.axvspan(e - 0.5, e + 0.5, color='gold', alpha=0.3, lw=0)
+      bars.axvspan(e - 0.5, e + 0.5, color='gold', alpha=0.3, lw=0, zorder=0)
     bars.set(xlim=(-0.5, n - 0.5), ylim=(0, 1.05), xticks=x[::max(n // 16, 1)], ylabel='scaled score')
     if i == 0:
       bars.legend(fontsize=7, loc='upper right')
