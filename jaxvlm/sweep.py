@@ -10,9 +10,9 @@ layer. Two savings follow, both exact (the same rows are computed from the same 
     engine walks the layers once and computes each distinct *state* (parent state, rule of this layer)
     once: specs that are still clean cost nothing, and e.g. a fine-grained window starting at layer i and
     the global-1 cut at i share layers i .. i+w-1.
-Specs are array values [N, L, ...] and states are processed `spec_chunk` at a time by one compiled
-layer step whose shapes depend only on (tail length, chunk size): new windows, cutoffs and knockout
-types never recompile. Tail lengths are rounded up to `tail_multiple`; typically there are three
+Specs are array values [N, L, ...] and states are processed up to `spec_chunk` at a time by a compiled
+layer step whose shapes depend only on (tail length, power-of-two state count <= spec_chunk): new
+windows, cutoffs and knockout types never add more than those few shapes. Tail lengths are rounded up to `tail_multiple`; typically there are three
 (text after the video for LV, from the second frame for VT, from the first video token for VS).
 
 Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
@@ -175,6 +175,12 @@ def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
   return StatePlan(parents, rule_of, np.asarray([current[int(n)] for n in chosen], np.int32))
 
 
+def _bucket(count: int, spec_chunk: int) -> int:
+  """States per compiled step: a power of two up to spec_chunk, so padding wastes < 2x and a tail
+  length compiles at most log2(spec_chunk) + 1 step shapes, whatever the sweep."""
+  return min(spec_chunk, 1 << max(count - 1, 0).bit_length())
+
+
 def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
   """Pads axis 0 to `size` by repeating the first row (padding states are computed and dropped)."""
   return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)]) if len(x) < size else x
@@ -199,8 +205,9 @@ def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: Clea
         continue
       chunks = []
       for c in range(0, len(parents), spec_chunk):
-        par = _pad_to(parents[c:c + spec_chunk], spec_chunk)
-        src = _pad_to(rule_of[c:c + spec_chunk], spec_chunk)
+        size = _bucket(len(parents) - c, spec_chunk)
+        par = _pad_to(parents[c:c + size], size)
+        src = _pad_to(rule_of[c:c + size], size)
         rules = jax.tree.map(lambda x: jnp.asarray(x[src, layer]), specs_np)
         inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(par), start)
         chunks.append(_layer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start))
