@@ -27,10 +27,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.siglip.weight_decay = 1e-4
 
   c.llava = config_dict.ConfigDict()
-  c.llava.steps = 270
-  c.llava.batch_size = 16           # videos per step
-  c.llava.lr = 1.5e-3
-  c.llava.warmup = 25
+  c.llava.steps = 450
+  c.llava.batch_size = 8            # videos per step (small: many updates count more on CPU)
+  c.llava.lr = 2e-3
+  c.llava.warmup = 30
   c.llava.weight_decay = 1e-4
   c.llava.train_vision = True       # the vision tower (from the SigLIP) keeps training
 
