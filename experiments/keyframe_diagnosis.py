@@ -36,10 +36,6 @@ from experiments import common, keyframe_plots, results
 from jaxvlm import checkpoints, data, knockout, prompts, sweep, video
 from jaxvlm.keyframes import metrics, relevance, selectors
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/keyframe_diagnosis.py[:preset]',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/keyframe_diagnosis', 'where results go (resumes if it holds a run)')
-
 # Selector name -> (the per-frame scores it reads, the selector function).
 SELECTORS = {
     'oracle_top': ('causal', 'top_k'),
@@ -326,4 +322,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not at import: tests import several experiment modules that all own a --config flag.
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/keyframe_diagnosis.py[:preset]',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', 'runs/keyframe_diagnosis',
+                                 'where results go (resumes if it holds a run)')
   app.run(main)
