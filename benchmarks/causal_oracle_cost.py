@@ -84,7 +84,8 @@ def main():
 
   def causal():
     clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
-    return relevance.causal_relevance(model, params, clean, layout, answer, OPTION_IDS, args.frames, target).relevance
+    oracle = relevance.causal_relevance(model, params, clean, layout, answer, OPTION_IDS, args.frames, target)
+    return oracle.relevance
 
   def attention():
     clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)

@@ -308,8 +308,10 @@ def format_table(summary: dict) -> str:
     lines.append(f"frame-sensitive share (k={h['frame_sensitive_k']}): {h['frame_sensitive_share']:.4f} "
                  f"({h['num_frame_sensitive']} samples)  FSS by k: "
                  + ', '.join(f'{k}: {v:.3f}' for k, v in h['frame_selection_sensitivity'].items()))
-  lines.append('Spearman vs causal oracle: ' + ', '.join(f'{k}: {v:.3f}' for k, v in h['spearman_vs_causal'].items()))
-  cols = ['selector', 'k', 'accuracy', 'accuracy_frame_sensitive', 'recall_oracle', 'ndcg_oracle', 'recall_evidence']
+  lines.append('Spearman vs causal oracle: '
+               + ', '.join(f'{k}: {v:.3f}' for k, v in h['spearman_vs_causal'].items()))
+  cols = ['selector', 'k', 'accuracy', 'accuracy_frame_sensitive', 'recall_oracle', 'ndcg_oracle',
+          'recall_evidence']
   lines.append(' '.join(f'{c:>16}' for c in cols))
   for r in summary['rows']:
     lines.append(' '.join(f'{r[c]:>16.4f}' if isinstance(r[c], float) else f'{str(r[c]):>16}' for c in cols))

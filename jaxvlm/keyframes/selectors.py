@@ -80,10 +80,10 @@ def bolt(scores, k: int, alpha: float = 2.0) -> np.ndarray:
 def aks(scores, k: int, max_depth: int = 4, threshold: float = 0.6) -> np.ndarray:
   """Adaptive split (module docstring). A segment is 'peaked' when the mean of its top-m scores exceeds
   its mean by more than `threshold` times the pool's score range; then (or at max_depth, or when it
-  has no more frames than budget) it takes its top-m frames. (For scores that are uniform noise the
-  gap is about 0.4 of the range, for a lone spike close to 1: the default 0.6 tells them apart.) Otherwise each half gets half the budget,
-  the odd frame going to the half with the higher mean score, and a half too short for its share
-  passes the rest to the other."""
+  has no more frames than budget) it takes its top-m frames. For scores that are uniform noise that gap
+  is about 0.4 of the range, for a lone spike close to 1: the default 0.6 tells them apart. Otherwise
+  each half gets half the budget, the odd frame going to the half with the higher mean score, and a
+  half too short for its share passes the rest to the other."""
   scores = _check(scores, k)
   span = max(scores.max() - scores.min(), 1e-12)
   chosen: list[np.ndarray] = []
