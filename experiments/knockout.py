@@ -56,6 +56,7 @@ def run(config, workdir: str) -> dict:
   params = sharding.shard_params(params, mesh)
   if distributed.is_main():
     results.prepare_workdir(workdir, config)
+    common.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
   distributed.barrier('workdir')
   samples, skipped = common.load_samples(config, workdir)
   log_name = distributed.process_filename('samples') if info.multi_process else 'samples.jsonl'
