@@ -34,8 +34,18 @@ def load_samples(config, workdir: str):
     root = os.path.join(workdir, 'synthetic')
     kwargs = {'ann': synthetic.ensure(root, **kwargs)}
   loaded = data.load_benchmark(config.benchmark, **kwargs)
-  samples = loaded.samples if config.max_samples < 0 else loaded.samples[:config.max_samples]
+  samples = interleave_tasks(loaded.samples)
+  samples = samples if config.max_samples < 0 else samples[:config.max_samples]
   return samples, list(loaded.skipped)
+
+
+def interleave_tasks(samples: Sequence[data.VideoQASample]) -> list[data.VideoQASample]:
+  """Round-robin over tasks (each task keeps its order), so any prefix (max_samples) covers every task."""
+  by_task: dict[str, list] = {}
+  for s in samples:
+    by_task.setdefault(s.task, []).append(s)
+  queues = list(by_task.values())
+  return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:

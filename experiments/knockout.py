@@ -20,8 +20,6 @@ from tqdm import tqdm
 from experiments import common, plots, results
 from jaxvlm import distributed, knockout, metrics, sharding, sweep
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/knockout.py[:preset]', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/knockout', 'where results go (resumes if it holds a run)')
 
 
 def sweep_from_config(config, num_layers: int) -> knockout.Sweep:
@@ -121,9 +119,12 @@ def summarize(records: list[dict], sw: knockout.Sweep) -> dict:
 
 def main(argv):
   del argv
-  summary = run(_CONFIG.value, _WORKDIR.value)
+  summary = run(flags.FLAGS.config, flags.FLAGS.workdir)
   print(common.format_table(summary))
 
 
 if __name__ == '__main__':
+  # Flags are defined here, not at import, so modules importing this one define no clashing flags.
+  config_flags.DEFINE_config_file('config', None, 'configs/knockout.py[:preset]', lock_config=True)
+  flags.DEFINE_string('workdir', 'runs/knockout', 'where results go (resumes if it holds a run)')
   app.run(main)

@@ -20,14 +20,13 @@ import re
 
 import jax
 import jax.numpy as jnp
-from absl import app
+from absl import app, flags
 from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
 from jaxvlm import sharding
 from jaxvlm.models import llava_onevision as lo
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/plan.py[:preset]', lock_config=True)
 
 GiB = 2 ** 30
 
@@ -177,8 +176,9 @@ def format_plan(p: dict) -> str:
 
 def main(argv):
   del argv
-  print(format_plan(plan(_CONFIG.value)))
+  print(format_plan(plan(flags.FLAGS.config)))
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'configs/plan.py[:preset]', lock_config=True)
   app.run(main)
