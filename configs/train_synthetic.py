@@ -20,9 +20,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.log_every = 10
 
   c.siglip = config_dict.ConfigDict()
-  c.siglip.steps = 200
+  c.siglip.steps = 500
   c.siglip.batch_size = 128         # frames (and their captions) per step
-  c.siglip.lr = 2e-3
+  c.siglip.lr = 3e-3
   c.siglip.warmup = 20
   c.siglip.weight_decay = 1e-4
 
@@ -33,6 +33,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.llava.warmup = 30
   c.llava.weight_decay = 1e-4
   c.llava.train_vision = True       # the vision tower (from the SigLIP) keeps training
+  c.llava.frame_loss_weight = 1.0   # auxiliary loss: each frame's last slot predicts its caption words
+  c.llava.option_loss_weight = 1.0  # auxiliary loss: the answer letter at the end of each option line
 
   if arg == 'runlocal':
     c.data.num_train, c.data.num_val = 16, 5

@@ -99,20 +99,25 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
 
 
 def llava_batch(config, data: TrainData, processor, prompt_cache: dict, step: int) -> dict[str, np.ndarray]:
-  """batch_size random videos with their question prompts (collated as evaluation collates them)."""
+  """batch_size random videos with their question prompts (collated as evaluation collates them) and
+  the per-frame caption word targets of the auxiliary loss (frame_words [B, F, V])."""
   rng = _rng(config, 'llava', step)
   vids = rng.choice(len(data.items), config.llava.batch_size, replace=False)
-  built = []
+  built, words = [], []
   for v in vids:
     if v not in prompt_cache:
       q = data.items[v].question
-      prompt_cache[v] = prompts.build_prompt(processor, q.question, q.options, config.num_frames)
-    built.append(prompt_cache[v])
+      prompt_cache[v] = (prompts.build_prompt(processor, q.question, q.options, config.num_frames),
+                         tiny.frame_word_targets(processor.tokenizer, data.captions[v]))
+    built.append(prompt_cache[v][0])
+    words.append(prompt_cache[v][1])
   pb = prompts.collate(built, processor.tokenizer.pad_token_id)
   letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
   return {'input_ids': pb.input_ids, 'group': pb.layout.group, 'frame': pb.layout.frame,
           'positions': pb.layout.positions, 'valid': pb.layout.valid, 'answer_index': pb.answer_index,
           'answer_id': letters[[data.items[v].question.answer for v in vids]],
+          'frame_words': np.stack(words),
+          'option_end': tiny.option_end_index(pb.input_ids, pb.layout.group, letters),
           'pixels': np.stack([processor.preprocess(np.asarray(data.frames[v])) for v in vids])}
 
 
@@ -239,7 +244,8 @@ def train_llava(config, workdir: str, data: TrainData, tokenizer, llava_config: 
     tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
   prompt_cache: dict = {}
   state = train_loop(config, workdir, 'llava', tiny.create_state(params, tx),
-                     lambda s, b: tiny.llava_step(s, b, model, tx),
+                     lambda s, b: tiny.llava_step(s, b, model, tx, c.frame_loss_weight,
+                                                    c.option_loss_weight),
                      lambda step: llava_batch(config, data, processor, prompt_cache, step), c.steps)
   params = jax.device_get(state.params)
   out = _export_dir(workdir, 'llava_ov_tiny')

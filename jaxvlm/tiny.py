@@ -24,7 +24,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from jaxvlm.data import synthetic
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2, siglip
-from jaxvlm.models.attention import TokenMeta
+from jaxvlm.models.attention import Group, TokenMeta
 from jaxvlm.processor import ANSWER_INSTRUCTION, SiglipProcessor, VideoProcessor
 
 PAD, UNK = '[PAD]', '[UNK]'
@@ -43,6 +43,7 @@ PIXEL_CONFIG = {'size': {'height': IMAGE_SIZE, 'width': IMAGE_SIZE}, 'resample':
                 'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5], 'rescale_factor': 1 / 255,
                 'do_resize': True, 'do_rescale': True, 'do_normalize': True, 'do_convert_rgb': True}
 CAPTION_LENGTH = 32  # SigLIP text length (captions are at most ~22 words)
+CAPTION_STOPWORDS = frozenset({'a', 'an', 'at', 'the', 'on', 'and', 'background'})
 
 VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
               image_size=IMAGE_SIZE, patch_size=16, hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6)
@@ -229,27 +230,106 @@ def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
   return _apply_grads(state, grads, tx), {'loss': loss}
 
 
+def _hidden(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None
+            ) -> jnp.ndarray:
+  """Last-layer hidden states [B, S, D] of a prompt batch (keys as in `answer_logits`)."""
+  ids = batch['input_ids']
+  index = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+  meta = TokenMeta(index=index, valid=batch['valid'], group=batch['group'], frame=batch['frame'])
+  return model.apply({'params': params}, ids, batch['pixels'], batch['positions'], meta,
+                     spec=spec).hidden
+
+
+def _logits_at(params, model, hidden: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """hidden [B, S, D], index [B, K] -> next-token logits [B, K, V] at those slots."""
+  picked = jnp.take_along_axis(hidden, index[..., None], axis=1)
+  return model.apply({'params': params}, picked, method='logits')
+
+
 def answer_logits(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
                   spec=None) -> jnp.ndarray:
   """The next-token logits [B, V] at each prompt's answer slot. batch: input_ids [B, S], pixels
   [B, F, H, W, C], group/frame/positions [B, S] int32, valid [B, S] bool, answer_index [B]."""
-  ids = batch['input_ids']
-  index = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
-  meta = TokenMeta(index=index, valid=batch['valid'], group=batch['group'], frame=batch['frame'])
-  out = model.apply({'params': params}, ids, batch['pixels'], batch['positions'], meta,
-                    spec=spec)
-  hidden = jnp.take_along_axis(out.hidden, batch['answer_index'][:, None, None], axis=1)[:, 0]
-  return model.apply({'params': params}, hidden, method='logits')
+  hidden = _hidden(params, model, batch, spec)
+  return _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
 
 
-def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict
-                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot; -> (loss, acc)."""
-  return answer_loss(answer_logits(params, model, batch), batch['answer_id'])
+def frame_end_index(frame: jnp.ndarray, num_frames: int) -> jnp.ndarray:
+  """frame [B, S] (frame of each slot, -1 if none) -> [B, F] the last slot of each frame."""
+  index = jnp.arange(frame.shape[1], dtype=jnp.int32)
+  own = frame[:, None, :] == jnp.arange(num_frames, dtype=frame.dtype)[None, :, None]   # [B, F, S]
+  return jnp.max(jnp.where(own, index, -1), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0,))
+def caption_words(tokenizer: transformers.PreTrainedTokenizerBase, caption: str) -> list[int]:
+  """Ids of a frame caption's content words (colours, shapes, places, background), sorted."""
+  words = pre_tokenizers.Whitespace().pre_tokenize_str(caption)
+  return sorted(set(tokenizer.convert_tokens_to_ids([w for w, _ in words
+                                                     if w not in CAPTION_STOPWORDS])))
+
+
+def frame_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]
+                       ) -> np.ndarray:
+  """Per-frame captions [F] -> float32 [F, V]: uniform distribution over each caption's words."""
+  out = np.zeros((len(captions), len(tokenizer)), np.float32)
+  for f, caption in enumerate(captions):
+    ids = caption_words(tokenizer, caption)
+    out[f, ids] = 1.0 / len(ids)
+  return out
+
+
+def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+  """logits, targets [..., V] (targets sum to 1) -> mean cross-entropy."""
+  return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1))
+
+
+def option_end_index(input_ids: np.ndarray, group: np.ndarray, letter_ids: np.ndarray
+                     ) -> np.ndarray:
+  """input_ids, group [B, S] -> int32 [B, O]: the last slot of each option line ("B. red circle")."""
+  out = np.zeros((input_ids.shape[0], len(letter_ids)), np.int32)
+  for b in range(input_ids.shape[0]):
+    options = group[b] == Group.OPTIONS
+    starts = np.flatnonzero(options & np.isin(input_ids[b], letter_ids))
+    if len(starts) != len(letter_ids):
+      raise ValueError(f'row {b}: expected {len(letter_ids)} option lines, found {len(starts)}')
+    out[b] = np.append(starts[1:], np.flatnonzero(options)[-1] + 1) - 1
+  return out
+
+
+def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
+                  frame_weight: float = 0.0, option_weight: float = 0.0
+                  ) -> tuple[jnp.ndarray, dict]:
+  """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus two
+  auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
+  - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
+    frame's caption (batch['frame_words'] [B, F, V]), so every video token carries what it shows;
+  - `option_weight` x early-answer loss: the answer letter also at the end of every option line
+    (batch['option_end'] [B, O]), so each option is checked against the video where it is read.
+  -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['option_loss']})."""
+  hidden = _hidden(params, model, batch)
+  logits = _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
+  answer, acc = answer_loss(logits, batch['answer_id'])
+  metrics = {'answer_loss': answer, 'accuracy': acc}
+  loss = answer
+  if frame_weight:
+    ends = frame_end_index(batch['frame'], batch['pixels'].shape[1])
+    frame = soft_cross_entropy(_logits_at(params, model, hidden, ends), batch['frame_words'])
+    metrics['frame_loss'] = frame
+    loss = loss + frame_weight * frame
+  if option_weight:
+    at_options = _logits_at(params, model, hidden, batch['option_end'])          # [B, O, V]
+    targets = jax.nn.one_hot(batch['answer_id'], at_options.shape[-1])[:, None]
+    option = soft_cross_entropy(at_options, jnp.broadcast_to(targets, at_options.shape))
+    metrics['option_loss'] = option
+    loss = loss + option_weight * option
+  return loss, metrics
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'frame_weight', 'option_weight'),
+                   donate_argnums=(0,))
 def llava_step(state: TrainState, batch: dict, model: lo.LlavaOnevisionForConditionalGeneration,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
-  (loss, acc), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(state.params, model, batch)
-  return _apply_grads(state, grads, tx), {'loss': loss, 'accuracy': acc}
+               tx: optax.GradientTransformation, frame_weight: float = 0.0,
+               option_weight: float = 0.0) -> tuple[TrainState, dict]:
+  (loss, metrics), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(
+      state.params, model, batch, frame_weight, option_weight)
+  return _apply_grads(state, grads, tx), {'loss': loss, **metrics}

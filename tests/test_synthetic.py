@@ -109,6 +109,10 @@ def test_answers_are_right_on_the_pixels(items):
       assert _event_frames(frames, first.colour)[-1] < _event_frames(frames, second.colour)[0]
       assert correct == f'{first.colour} {first.shape}'
       assert f'{second.colour} {second.shape}' in q.options
+      # Text alone must not tell the pair from the two absent objects among the options.
+      assert not any(o in q.question for o in q.options)
+      present = {f'{o.colour} {o.shape}' for o in spec.objects}
+      assert len(present & set(q.options)) == 2
     elif q.qtype == 'direction':
       path = _centroids(frames, spec.objects[q.event_objects[0]].colour)
       dx, dy = path[-1] - path[0]

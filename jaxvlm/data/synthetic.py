@@ -5,7 +5,8 @@ event of its question:
 
 - needle: an object is visible for 2-3 consecutive frames; "which object appeared briefly?"
 - counting: an object flashes (2 frames each) k in 1..4 times; "how many times did it flash?"
-- order: two objects appear (3 frames each) one after the other; "which appeared first?"
+- order: two objects appear (3 frames each) one after the other; "which of them appeared first?"
+  (the question names neither: the options hold both and two objects absent from the video)
 - direction: an object is visible only while it moves left/right/up/down; "where did it move?"
 - background (control): "what colour is the background?", answerable from any single frame.
 
@@ -224,9 +225,9 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
     b = _static(rng, shapes[1], colours[1], radius, second, size)
     names = [f'{colours[0]} {shapes[0]}', f'{colours[1]} {shapes[1]}']
     pool = [names[1]] + _other_objects(rng, set(names) | {distractor_name}, NUM_OPTIONS - 2)
-    question = f'Which appeared first, the {names[0]} or the {names[1]}?'
-    if rng.random() < 0.5:
-      question = f'Which appeared first, the {names[1]} or the {names[0]}?'
+    # The question names neither object: with both among the options and two objects that never
+    # appear, the text alone cannot single out the pair (a question naming them left a coin flip).
+    question = 'Two objects each appeared briefly. Which of them appeared first?'
     options = _options_with_answer(rng, names[0], pool, answer)
     events = [a, b]
   elif qtype == 'direction':
