@@ -1,0 +1,72 @@
+"""Learned keyframe selector trained from the Video-LLM's causal frame relevance.
+`get_config('preset')` picks the teacher model + benchmark; append `,runlocal` to shrink any preset to a
+CPU smoke run.
+
+Presets: default (the embedded tiny LLaVA-OneVision as teacher, tiny SigLIP features, the synthetic
+train split), llava_ov_0_5b, llava_ov_7b, llava_video_7b (hub teachers with SigLIP so400m features;
+benchmark paths point at a local data root set with --config.data.ann=... --config.data.video_root=...).
+"""
+from ml_collections import config_dict
+
+from configs import keyframe_diagnosis
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  parts = [p for p in (arg or 'default').split(',') if p]
+  preset = next((p for p in parts if p != 'runlocal'), 'default')
+  c = config_dict.ConfigDict()
+  # Teacher labels (skipped for ids already in teacher_dir).
+  c.label = True                      # False: train only on what teacher_dir already holds
+  c.teacher_dir = ''                  # '' -> workdir/teacher
+  c.checkpoint = 'assets/llava_ov_tiny'
+  c.siglip_checkpoint = 'assets/siglip_tiny'
+  c.dtype = 'float32'                 # compute dtype of the teacher and the selector
+  c.benchmark = 'synthetic'
+  c.data = config_dict.ConfigDict({'split': 'train', 'num': 400, 'seed': 4321})
+  c.max_samples = -1
+  c.num_candidates = 32               # candidate pool N
+  c.oracle_layers = ''                # frame-knockout layers of the causal oracle: '' = all, 'a-b'
+  c.tail_multiple = 16
+  c.label_batch_size = 2              # samples per teacher batch
+  # Selector.
+  c.model = config_dict.ConfigDict({'width': 128, 'depth': 2, 'num_heads': 4, 'mlp_ratio': 2, 'num_freqs': 8})
+  # Loss: cross-entropy between softmax(teacher / tau) and softmax(student), plus a pairwise hinge.
+  c.tau = 0.5
+  c.pairwise_weight = 0.1
+  c.pairwise_margin = 0.1
+  # Optimisation.
+  c.batch_size = 32                   # global; a multiple of the number of devices
+  c.num_steps = 2000
+  c.learning_rate = 1e-3
+  c.warmup_steps = 100
+  c.weight_decay = 1e-4
+  c.seed = 0
+  c.num_devices = -1                  # devices on the 'data' axis; -1 = all
+  # Validation and checkpoints.
+  c.val_fraction = 0.2                # share of labelled ids held out (by hash of the id)
+  c.k = 4                             # recall@k budget
+  c.eval_every = 100
+  c.checkpoint_every = 100
+  c.keep = 2                          # latest checkpoints kept (the best one is kept separately)
+  c.stop_after_steps = -1             # > 0: stop after this step without a checkpoint, as a kill would
+  if preset != 'default':
+    if preset not in keyframe_diagnosis.HUB:
+      raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(keyframe_diagnosis.HUB)}')
+    c.checkpoint = keyframe_diagnosis.HUB[preset]
+    c.siglip_checkpoint = keyframe_diagnosis.SIGLIP_HUB
+    c.dtype = 'bfloat16'
+    c.benchmark = 'mvbench'
+    c.data = config_dict.ConfigDict({'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'})
+    c.label_batch_size = 1
+  if 'runlocal' in parts:
+    c.max_samples = 8
+    c.num_candidates = min(c.num_candidates, 8)
+    c.k = 2
+    c.model.width, c.model.depth = 32, 1
+    c.batch_size = 4
+    c.num_steps = 20
+    c.warmup_steps = 2
+    c.eval_every = c.checkpoint_every = 10
+    c.val_fraction = 0.25
+    c.dtype = 'float32'
+  return c
