@@ -1,0 +1,85 @@
+"""experiments.train_selector labelling its own teacher: tiny random LLaVA-OneVision and SigLIP
+checkpoints (built as in tests/test_keyframe_diagnosis.py), a small synthetic split. The cached labels
+equal the causal oracle of full forwards; a rerun labels nothing again."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import train_selector as selector_config
+from experiments import common, keyframe_diagnosis
+from experiments import train_selector as experiment
+from jaxvlm.keyframes import relevance, teacher
+from tests.test_keyframe_diagnosis import checkpoints_dir  # pylint: disable=unused-import  # fixture
+
+NUM_SAMPLES, N = 6, 4
+
+
+def make_config(ckpts, teacher_dir: str):
+  c = selector_config.get_config()
+  c.checkpoint, c.siglip_checkpoint = ckpts
+  c.teacher_dir = teacher_dir
+  c.data.num = NUM_SAMPLES
+  c.num_candidates = N
+  c.label_batch_size = 4
+  c.tail_multiple = 8
+  c.model.width, c.model.depth, c.model.num_heads = 8, 1, 2
+  c.batch_size = 2
+  c.num_steps = 2
+  c.warmup_steps = 1
+  c.eval_every = c.checkpoint_every = 2
+  c.val_fraction = 0.5
+  c.k = 2
+  return c
+
+
+@pytest.fixture(scope='module')
+def labelled(checkpoints_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  config = make_config(checkpoints_dir, os.path.join(workdir, 'teacher'))
+  summary = experiment.run(config, workdir)
+  return config, workdir, summary
+
+
+def test_every_sample_is_labelled_and_trained_on(labelled):
+  config, _, summary = labelled
+  cache = teacher.TeacherCache(config.teacher_dir)
+  assert len(cache.ids()) == NUM_SAMPLES == summary['num_train'] + summary['num_val']
+  assert summary['labelling_failures'] == []
+  for label in cache:
+    assert label.frame_emb.shape == (N, 16) and label.text_emb.shape == (16,)
+    assert label.relevance.shape == (N,) and np.all(np.isfinite(label.relevance))
+    assert np.all((label.evidence >= 0) & (label.evidence < N))
+
+
+def test_cached_labels_equal_the_causal_oracle_of_full_forwards(labelled):
+  config, workdir, _ = labelled
+  model, params, processor = common.load_model(config)
+  samples, _ = common.load_samples(config, workdir)
+  cands, failed = keyframe_diagnosis.prepare(samples[:2], processor, config)
+  assert not failed
+  batch = common.collate(cands, processor)
+  want = relevance.causal_relevance_full(model, params, batch.input_ids, batch.pixels, batch.layout,
+                                         batch.answer_index, batch.option_ids, N,
+                                         np.asarray([c.sample.answer for c in cands]))
+  cache = teacher.TeacherCache(config.teacher_dir)
+  got = np.stack([cache.get(c.sample.id).relevance for c in cands])
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  assert np.abs(want).max() > 1e-4   # the knockouts move the answer: not zeros twice
+
+
+def test_rerun_labels_nothing_again(labelled, monkeypatch):
+  config, workdir, _ = labelled
+  cache_files = {f: os.path.getmtime(os.path.join(config.teacher_dir, f)) for f in os.listdir(config.teacher_dir)}
+
+  def fail(*args, **kwargs):
+    raise AssertionError('a cached sample was labelled again')
+
+  monkeypatch.setattr(teacher, 'causal_labels', fail)
+  experiment.run(config, workdir)
+  assert {f: os.path.getmtime(os.path.join(config.teacher_dir, f))
+          for f in os.listdir(config.teacher_dir)} == cache_files
