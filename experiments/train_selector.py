@@ -26,6 +26,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import matplotlib
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -37,8 +38,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 from experiments import common, keyframe_diagnosis, results  # pylint: disable=wrong-import-position
-from jaxvlm import checkpoints, knockout, sharding  # pylint: disable=wrong-import-position
-from jaxvlm.keyframes import metrics, relevance, selector_model, selectors, teacher  # pylint: disable=wrong-import-position
+from jaxvlm import checkpoints, knockout, sharding, video  # pylint: disable=wrong-import-position
+from jaxvlm.keyframes import (metrics, relevance, selector_model, selectors,  # pylint: disable=wrong-import-position
+                              teacher)
 
 
 # ---------------------------------------------------------------- teacher labels
@@ -316,6 +318,38 @@ def load_selector(config, workdir: str, num_candidates: int, embed_dim: int):
   if step is None:
     raise ValueError(f'no best checkpoint under {workdir}/best')
   return model, best.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedSelector:
+  """A trained selector with the SigLIP it reads (model, params, processor) and its pool size N."""
+  model: selector_model.FrameSelector
+  params: dict
+  siglip: tuple
+  num_candidates: int
+
+
+def load_trained(workdir: str) -> TrainedSelector:
+  """The best selector of the training run in `workdir` (its config.json names SigLIP and N)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir} holds no train_selector run (no config.json)')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  sig = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
+  embed_dim = sig[0].config.vision_config.hidden_size
+  model, params = load_selector(config, workdir, config.num_candidates, embed_dim)
+  return TrainedSelector(model, params, sig, config.num_candidates)
+
+
+def pick_frames(trained: TrainedSelector, video_path: str, question: str, options, k: int,
+                start_s: float | None = None, end_s: float | None = None) -> video.Frames:
+  """The k frames the selector picks from the video's N-frame candidate pool (time order)."""
+  pool = video.sample_frames(video_path, trained.num_candidates, start_s=start_s, end_s=end_s, rule='pool')
+  frame_emb, text_emb = teacher.siglip_features(*trained.siglip, pool.pixels,
+                                                relevance.query_texts(question, options)[1])
+  idx = selector_model.select(selector_model.scores(trained.model, trained.params, frame_emb, text_emb), k)
+  return video.Frames(pool.pixels[idx], pool.indices[idx], pool.timestamps_s[idx])
 
 
 def main(argv):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -83,3 +81,20 @@ def test_rerun_labels_nothing_again(labelled, monkeypatch):
   experiment.run(config, workdir)
   assert {f: os.path.getmtime(os.path.join(config.teacher_dir, f))
           for f in os.listdir(config.teacher_dir)} == cache_files
+
+
+def test_trained_selector_picks_k_frames_of_a_video(labelled):
+  config, workdir, _ = labelled
+  trained = experiment.load_trained(workdir)
+  assert trained.num_candidates == N
+  samples, _ = common.load_samples(config, workdir)
+  s = samples[0]
+  frames = experiment.pick_frames(trained, s.video, s.question, s.options, 2)
+  pool = experiment.video.sample_frames(s.video, N, rule='pool')
+  assert frames.pixels.shape[0] == 2 and np.all(np.diff(frames.indices) > 0)
+  assert set(frames.indices.tolist()) <= set(pool.indices.tolist())
+  # The pick is the selector's own top-2 over the pool.
+  emb = teacher.siglip_features(*trained.siglip, pool.pixels, relevance.query_texts(s.question, s.options)[1])
+  want = pool.indices[np.sort(np.argsort(-np.asarray(
+      experiment.selector_model.scores(trained.model, trained.params, *emb)), kind='stable')[:2])]
+  assert frames.indices.tolist() == want.tolist()
