@@ -2,11 +2,12 @@ r"""Score one multiple-choice video question with a LLaVA-OneVision checkpoint; 
 
   python -m experiments.score --checkpoint=assets/llava_ov_tiny --video=clip.mp4 \
       --question="What appeared briefly?" --options="red circle,blue square,green diamond,white triangle" \
-      [--num_frames=32] [--max_new_tokens=16]
+      [--num_frames=32] [--max_new_tokens=16] [--selector=learned --k=4 --selector_checkpoint=DIR]
 
 Output: the exact prompt text fed to the tokenizer, the number of video tokens, the log-probability of
 each option letter (full-vocabulary softmax at the answer slot), the chosen option, and with
---max_new_tokens > 0 the greedy open-ended answer.
+--max_new_tokens > 0 the greedy open-ended answer. With --selector=learned the model sees only the k frames that the selector
+trained by experiments.train_selector in DIR picks from its candidate pool (their indices are printed).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import train_selector
 from jaxvlm import checkpoints, prompts, sweep, video
 from jaxvlm.models import llava_onevision as lo
 
@@ -28,6 +30,10 @@ _OPTIONS = flags.DEFINE_list('options', None, 'comma-separated answer options', 
 _NUM_FRAMES = flags.DEFINE_integer('num_frames', 8, 'frames sampled uniformly over the video')
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 0, 'greedy tokens to generate (0: none)')
 _DTYPE = flags.DEFINE_string('dtype', 'float32', 'compute dtype')
+_SELECTOR = flags.DEFINE_enum('selector', 'uniform', ['uniform', 'learned'],
+                              'uniform: --num_frames over the video; learned: --k frames picked by a trained selector')
+_K = flags.DEFINE_integer('k', 4, 'frames the learned selector keeps')
+_SELECTOR_CHECKPOINT = flags.DEFINE_string('selector_checkpoint', None, 'workdir of experiments.train_selector')
 
 
 def score(model, params, processor, frames: np.ndarray, question: str, options: list[str],
@@ -59,9 +65,16 @@ def main(argv):
   model, params, processor = checkpoints.load_pretrained(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
   if processor is None:
     raise app.UsageError(f'{_CHECKPOINT.value} has no tokenizer: cannot build a prompt')
-  frames = video.sample_frames(_VIDEO.value, _NUM_FRAMES.value).pixels
-  print(json.dumps(score(model, params, processor, frames, _QUESTION.value, _OPTIONS.value,
-                         _MAX_NEW_TOKENS.value), indent=2))
+  if _SELECTOR.value == 'learned':
+    if not _SELECTOR_CHECKPOINT.value:
+      raise app.UsageError('--selector=learned needs --selector_checkpoint=DIR (a train_selector workdir)')
+    picked = train_selector.pick_frames(train_selector.load_trained(_SELECTOR_CHECKPOINT.value), _VIDEO.value,
+                                        _QUESTION.value, _OPTIONS.value, _K.value)
+    frames, extra = picked.pixels, {'selected_frame_indices': picked.indices.tolist()}
+  else:
+    frames, extra = video.sample_frames(_VIDEO.value, _NUM_FRAMES.value).pixels, {}
+  print(json.dumps({**score(model, params, processor, frames, _QUESTION.value, _OPTIONS.value,
+                            _MAX_NEW_TOKENS.value), **extra}, indent=2))
 
 
 if __name__ == '__main__':

@@ -3,7 +3,10 @@ checkpoints (built as in tests/test_keyframe_diagnosis.py), a small synthetic sp
 equal the causal oracle of full forwards; a rerun labels nothing again."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from experiments import train_selector as experiment
 from jaxvlm.keyframes import relevance, teacher
 from tests.test_keyframe_diagnosis import checkpoints_dir  # pylint: disable=unused-import  # fixture
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES, N = 6, 4
 
 
@@ -98,3 +102,16 @@ def test_trained_selector_picks_k_frames_of_a_video(labelled):
   want = pool.indices[np.sort(np.argsort(-np.asarray(
       experiment.selector_model.scores(trained.model, trained.params, *emb)), kind='stable')[:2])]
   assert frames.indices.tolist() == want.tolist()
+
+
+def test_score_cli_runs_the_video_llm_on_the_learned_selection(labelled):
+  config, workdir, _ = labelled
+  s = common.load_samples(config, workdir)[0][0]
+  cmd = [sys.executable, '-m', 'experiments.score', f'--checkpoint={config.checkpoint}', f'--video={s.video}',
+         f'--question={s.question}', f'--options={",".join(s.options)}', '--selector=learned', '--k=2',
+         f'--selector_checkpoint={workdir}']
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout)
+  picked = experiment.pick_frames(experiment.load_trained(workdir), s.video, s.question, s.options, 2)
+  assert out['num_frames'] == 2 and out['selected_frame_indices'] == picked.indices.tolist()
