@@ -32,9 +32,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from experiments import common, keyframe_plots, results
+from experiments import common, keyframe_plots, results, train_selector
 from jaxvlm import checkpoints, data, knockout, prompts, sweep, video
-from jaxvlm.keyframes import metrics, relevance, selectors
+from jaxvlm.keyframes import metrics, relevance, selector_model, selectors, teacher
 
 # Selector name -> (the per-frame scores it reads, the selector function).
 SELECTORS = {
@@ -48,6 +48,7 @@ SELECTORS = {
     'aks': ('siglip_q', 'aks'),
     'uniform': ('siglip_q', 'uniform'),   # reads only N
     'random': ('siglip_q', 'random'),
+    'learned': ('learned', 'top_k'),     # experiments.train_selector run in config.selector_checkpoint
 }
 SCORES = ('causal', 'answer_free', 'attention', 'attention_question', 'siglip_q', 'siglip_qo')
 
@@ -85,6 +86,8 @@ def plan_from_config(config, num_layers: int) -> Plan:
   bad = [k for k in ks if not 1 <= k <= config.num_candidates]
   if bad or not ks:
     raise ValueError(f'ks {bad or ks} must lie in 1..num_candidates={config.num_candidates}')
+  if 'learned' in names and not config.get('selector_checkpoint'):
+    raise ValueError('selector learned needs selector_checkpoint (an experiments.train_selector workdir)')
   if config.sensitive_k not in ks:
     raise ValueError(f'sensitive_k={config.sensitive_k} is not one of ks {ks}')
   first, last = layer_range(config.oracle_layers, num_layers, 'oracle_layers')
@@ -190,9 +193,10 @@ def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
   return out
 
 
-def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates], plan: Plan, config
-                   ) -> list[dict]:
-  """The per-sample records of a batch of prepared samples. siglip: (model, params, processor)."""
+def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates], plan: Plan, config,
+                   learned: train_selector.TrainedSelector | None = None) -> list[dict]:
+  """The per-sample records of a batch of prepared samples. siglip: (model, params, processor);
+  learned: the trained selector behind selector 'learned'."""
   batch = common.collate(cands, processor)
   out = oracles(model, params, batch, cands, plan, config)
   records, selections = [], []
@@ -200,6 +204,10 @@ def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates]
     sig = relevance.siglip_relevance(*siglip, c.frames, relevance.query_texts(c.sample.question, c.sample.options))
     scores = {name: out[name][i] for name in SCORES if name in out}
     scores.update(siglip_q=sig[:, 0], siglip_qo=sig[:, 1])
+    if learned is not None:
+      emb = teacher.siglip_features(*learned.siglip, c.frames, relevance.query_texts(c.sample.question,
+                                                                                     c.sample.options)[1])
+      scores['learned'] = selector_model.scores(learned.model, learned.params, *emb)
     selections.append({name: {k: select(name, scores, k, config, c.sample.id) for k in plan.ks}
                        for name in plan.selectors})
     n = len(c.sample.options)
@@ -221,6 +229,10 @@ def run(config, workdir: str) -> dict:
   model, params, processor = common.load_model(config)
   plan = plan_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
   siglip = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
+  learned = train_selector.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
+  if learned is not None and learned.num_candidates != config.num_candidates:
+    raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {learned.num_candidates} '
+                     f'candidates, the diagnosis uses num_candidates={config.num_candidates}')
   results.prepare_workdir(workdir, config)
   samples, skipped = common.load_samples(config, workdir)
   log = results.SampleLog(os.path.join(workdir, 'samples.jsonl'))
@@ -237,7 +249,7 @@ def run(config, workdir: str) -> dict:
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if cands:
-        for record in evaluate_batch(model, params, processor, siglip, cands, plan, config):
+        for record in evaluate_batch(model, params, processor, siglip, cands, plan, config, learned):
           log.append(record)
       bar.update(len(chunk))
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')

@@ -14,7 +14,8 @@ import pytest
 from configs import train_selector as selector_config
 from experiments import common, keyframe_diagnosis
 from experiments import train_selector as experiment
-from jaxvlm.keyframes import relevance, teacher
+from jaxvlm.keyframes import relevance, selector_model, teacher
+from tests import test_keyframe_diagnosis as diagnosis_test
 from tests.test_keyframe_diagnosis import checkpoints_dir  # pylint: disable=unused-import  # fixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +101,7 @@ def test_trained_selector_picks_k_frames_of_a_video(labelled):
   # The pick is the selector's own top-2 over the pool.
   emb = teacher.siglip_features(*trained.siglip, pool.pixels, relevance.query_texts(s.question, s.options)[1])
   want = pool.indices[np.sort(np.argsort(-np.asarray(
-      experiment.selector_model.scores(trained.model, trained.params, *emb)), kind='stable')[:2])]
+      selector_model.scores(trained.model, trained.params, *emb)), kind='stable')[:2])]
   assert frames.indices.tolist() == want.tolist()
 
 
@@ -115,3 +116,18 @@ def test_score_cli_runs_the_video_llm_on_the_learned_selection(labelled):
   out = json.loads(proc.stdout)
   picked = experiment.pick_frames(experiment.load_trained(workdir), s.video, s.question, s.options, 2)
   assert out['num_frames'] == 2 and out['selected_frame_indices'] == picked.indices.tolist()
+
+
+def test_diagnosis_runs_selector_learned(labelled, checkpoints_dir, tmp_path):
+  _, workdir, _ = labelled
+  config = diagnosis_test.make_config(checkpoints_dir, selectors='siglip_q,learned', ks='1,2', sensitive_k=1,
+                                      selector_checkpoint=workdir, max_samples=2, batch_size=2)
+  summary = keyframe_diagnosis.run(config, str(tmp_path / 'diag'))
+  rows = [r for r in summary['rows'] if r['selector'] == 'learned']
+  assert [r['k'] for r in rows] == [1, 2] and all(0.0 <= r['recall_oracle'] <= 1.0 for r in rows)
+  for r in diagnosis_test.read_records(str(tmp_path / 'diag')):
+    for k in (1, 2):
+      assert r['selections']['learned'][str(k)] == selector_model.select(r['scores']['learned'], k).tolist()
+  with pytest.raises(ValueError, match='needs selector_checkpoint'):
+    keyframe_diagnosis.run(diagnosis_test.make_config(checkpoints_dir, selectors='learned', ks='1', sensitive_k=1),
+                           str(tmp_path / 'bad'))
