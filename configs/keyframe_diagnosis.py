@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.batch_size = 2                    # samples per oracle batch
   c.tail_multiple = 16                # text-tail lengths are rounded up to this
   c.strip_samples = 4                 # samples drawn as frame strips with their scores
+  c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'
   if preset != 'default':
     if preset not in HUB:
       raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(HUB)}')
