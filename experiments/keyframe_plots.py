@@ -2,25 +2,15 @@
 candidate frames with the causal oracle's and SigLIP's scores drawn under them."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from experiments.plots import plt
+from experiments.plots import plt, save_figure
 from jaxvlm import video
 
 STYLE = {'oracle_top': ('black', '-'), 'oracle_bottom': ('grey', '-'), 'answer_free_top': ('black', ':'),
          'attention_top': ('tab:brown', '-'), 'siglip_q': ('tab:blue', '-'), 'siglip_qo': ('tab:cyan', '-'),
          'bolt': ('tab:orange', '-'), 'aks': ('tab:green', '-'), 'uniform': ('tab:purple', '--'),
          'random': ('tab:pink', '--')}
-
-
-def _save(fig, workdir: str, name: str) -> str:
-  path = os.path.join(workdir, name)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
 
 
 def _by_selector(rows: list[dict], key: str) -> dict[str, list[tuple[int, float]]]:
@@ -47,7 +37,7 @@ def accuracy_vs_k(rows: list[dict], header: dict, workdir: str) -> str:
   ax.set(xlabel='frames seen (k)', ylabel='accuracy',
          title=f"Video-LLM accuracy with the k selected frames (n={header['num_samples']})")
   ax.legend(fontsize=7, ncol=2)
-  return _save(fig, workdir, 'accuracy_vs_k.png')
+  return save_figure(fig, workdir, 'accuracy_vs_k.png')
 
 
 def recall_vs_k(rows: list[dict], header: dict, workdir: str) -> str:
@@ -60,7 +50,7 @@ def recall_vs_k(rows: list[dict], header: dict, workdir: str) -> str:
   axes[1].set(xlabel='k', title='vs ground-truth evidence frames' + ('' if has_evidence else ' (none)'))
   axes[0].legend(fontsize=7, ncol=2)
   fig.suptitle(f"recall@k = |selected & reference| / min(k, |reference|), n={header['num_samples']}")
-  return _save(fig, workdir, 'recall_vs_k.png')
+  return save_figure(fig, workdir, 'recall_vs_k.png')
 
 
 def _unit(x) -> np.ndarray:
@@ -97,7 +87,7 @@ def frame_strips(records: list[dict], workdir: str, num: int) -> str | None:
     bars.set(xlim=(-0.5, n - 0.5), ylim=(0, 1.05), xticks=x[::max(n // 16, 1)], ylabel='scaled score')
     if i == 0:
       bars.legend(fontsize=7, loc='upper right')
-  return _save(fig, workdir, 'frame_strips.png')
+  return save_figure(fig, workdir, 'frame_strips.png')
 
 
 def diagnosis_plots(summary: dict, records: list[dict], workdir: str, strip_samples: int) -> list[str]:

@@ -12,7 +12,7 @@ KIND_COLOURS = {'LV': 'tab:red', 'VT': 'tab:blue', 'VS': 'tab:green'}
 KIND_NAMES = {'LV': 'Language-to-Video', 'VT': 'Video Temporal', 'VS': 'Video Spatial'}
 
 
-def _save(fig, workdir: str, name: str) -> str:
+def save_figure(fig, workdir: str, name: str) -> str:
   path = os.path.join(workdir, name)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -38,7 +38,7 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
     ax.set(xlabel='layer ratio (layers left clean / L)', ylabel='performance ratio (acc / clean acc)',
            title=f'Global 1: knockout from layer i up\n{title}')
     ax.legend()
-    written.append(_save(fig, workdir, 'global1_performance_ratio.png'))
+    written.append(save_figure(fig, workdir, 'global1_performance_ratio.png'))
 
   if by_setting('global2'):
     fig, ax = plt.subplots(figsize=(5, 4))
@@ -47,7 +47,7 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
            color=[KIND_COLOURS.get(r['kind']) for r in g2])
     ax.axhline(1.0, color='grey', lw=0.8, ls='--')
     ax.set(ylabel='performance ratio', title=f'Global 2: one type in all layers\n{title}')
-    written.append(_save(fig, workdir, 'global2_performance_ratio.png'))
+    written.append(save_figure(fig, workdir, 'global2_performance_ratio.png'))
 
   if by_setting('fine'):
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -61,5 +61,5 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
     ax.set(xlabel=f'first layer of the {width}-layer window (1-based)', ylabel='accuracy change',
            title=f'Fine-grained: sliding window\n{title}')
     ax.legend()
-    written.append(_save(fig, workdir, 'fine_accuracy_change.png'))
+    written.append(save_figure(fig, workdir, 'fine_accuracy_change.png'))
   return written

@@ -9,6 +9,7 @@ import pytest
 import torch
 import transformers
 
+from configs.plan import QWEN2, SIGLIP_SO400M_IN_LLAVA
 from jaxvlm import checkpoints
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2
@@ -124,16 +125,8 @@ def test_bilinear_pooling_matrix_matches_torch_interpolate():
     np.testing.assert_allclose(w @ x.numpy()[0, 0] @ w.T, ref, atol=1e-5)
 
 
-SIGLIP_SO400M_IN_LLAVA = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                              num_attention_heads=16, image_size=384, patch_size=14, vision_use_head=False)
-FULL_TEXT = {
-    '0.5b': dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=152000, tie_word_embeddings=True),
-    '7b': dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152128, tie_word_embeddings=False),
-    '72b': dict(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=152128, tie_word_embeddings=False),
-}
+# The full-size configs of the memory planner, keyed by preset (llava_ov_0_5b, llava_ov_7b, llava_ov_72b).
+FULL_TEXT = QWEN2
 
 
 @pytest.mark.parametrize('size', sorted(FULL_TEXT))

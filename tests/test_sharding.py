@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from configs.plan import QWEN2, SIGLIP_SO400M_IN_LLAVA
 from jaxvlm import knockout, sharding, sweep
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2, siglip
@@ -29,17 +30,8 @@ VIDEO_ID = 98
 NUM_FRAMES = 2
 OPTION_IDS = np.asarray([11, 12, 13, 14], np.int32)
 
-# Same numbers as tests/test_llava_onevision.py (kept here so this file needs no torch).
-SIGLIP_SO400M_IN_LLAVA = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                              num_attention_heads=16, image_size=384, patch_size=14, vision_use_head=False)
-FULL_TEXT = {
-    '0.5b': dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=152000, tie_word_embeddings=True),
-    '7b': dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152128, tie_word_embeddings=False),
-    '72b': dict(hidden_size=8192, intermediate_size=29568, num_hidden_layers=80, num_attention_heads=64,
-                num_key_value_heads=8, vocab_size=152128, tie_word_embeddings=False),
-}
+# The full-size configs of the memory planner, keyed by preset (llava_ov_0_5b, llava_ov_7b, llava_ov_72b).
+FULL_TEXT = QWEN2
 
 
 def llava_config(text: dict, vision: dict) -> lo.LlavaOnevisionConfig:
