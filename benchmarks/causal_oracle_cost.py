@@ -23,31 +23,14 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.knockout_sweep import OPTION_IDS, VIDEO_ID, mid_size_model
-from jaxvlm import knockout, sweep
+from benchmarks.knockout_sweep import OPTION_IDS, mid_size_model, prompt
+from jaxvlm import sweep
 from jaxvlm.keyframes import relevance
 from jaxvlm.models.attention import Group
 
 TEXT = [(Group.SYSTEM, 14), (Group.QUESTION, 28), (Group.OPTIONS, 36), (Group.LAST, 12)]
-
-
-def prompt(model, num_frames: int, seed: int = 0):
-  """ids [1, S], layout, answer index [1] of one multiple-choice video prompt (module docstring)."""
-  rng = np.random.default_rng(seed)
-  n_video = model.config.num_video_tokens(num_frames)
-  parts = TEXT[:1] + [(Group.VIDEO, n_video)] + TEXT[1:]
-  group = np.concatenate([np.full(n, g) for g, n in parts]).astype(np.int32)
-  ids = rng.integers(1, 240, size=len(group)).astype(np.int32)
-  ids[group == Group.VIDEO] = VIDEO_ID
-  frame = np.full(len(group), -1, np.int32)
-  frame[group == Group.VIDEO] = np.append(np.arange(n_video - 1) // model.config.tokens_per_frame, -1)
-  s = len(ids)
-  layout = knockout.TokenLayout(group=jnp.asarray(group)[None], frame=jnp.asarray(frame)[None],
-                                positions=jnp.arange(s, dtype=jnp.int32)[None], valid=jnp.ones((1, s), bool))
-  return ids[None], layout, jnp.asarray([s - 1], jnp.int32)
 
 
 def interleaved_times(fns: dict, repeats: int) -> dict[str, np.ndarray]:
@@ -70,7 +53,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
   _, model, params = mid_size_model(args.layers)
-  ids, layout, answer = prompt(model, args.frames)
+  ids, layout, answer = prompt(model, args.frames, text=TEXT)
   px = np.random.default_rng(1).normal(size=(1, args.frames, 196, 196, 3)).astype(np.float32)
   target = np.asarray([0])
   text_after = int(sum(n for _, n in TEXT[1:]))

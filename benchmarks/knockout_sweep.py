@@ -47,11 +47,14 @@ def mid_size_model(num_layers: int, seed: int = 0):
   return hf, model, jax.tree.map(jnp.asarray, params)
 
 
-def prompt(model, num_frames: int, seed: int = 0):
-  """ids, layout, answer index for a batch of one prompt: system, video, question, options, last."""
+TEXT = ((Group.SYSTEM, 5), (Group.QUESTION, 20), (Group.OPTIONS, 16), (Group.LAST, 4))
+
+
+def prompt(model, num_frames: int, seed: int = 0, text=TEXT):
+  """ids [1, S], layout, answer index [1] of one prompt: text[0], the video, then text[1:] (group, length)."""
   rng = np.random.default_rng(seed)
   n_video = model.config.num_video_tokens(num_frames)
-  parts = [(Group.SYSTEM, 5), (Group.VIDEO, n_video), (Group.QUESTION, 20), (Group.OPTIONS, 16), (Group.LAST, 4)]
+  parts = list(text[:1]) + [(Group.VIDEO, n_video)] + list(text[1:])
   group = np.concatenate([np.full(n, g) for g, n in parts]).astype(np.int32)
   ids = rng.integers(1, 240, size=len(group)).astype(np.int32)
   ids[group == Group.VIDEO] = VIDEO_ID
