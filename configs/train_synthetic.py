@@ -20,16 +20,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.log_every = 10
 
   c.siglip = config_dict.ConfigDict()
-  c.siglip.steps = 500
+  c.siglip.steps = 250
   c.siglip.batch_size = 128         # frames (and their captions) per step
   c.siglip.lr = 3e-3
   c.siglip.warmup = 20
   c.siglip.weight_decay = 1e-4
 
   c.llava = config_dict.ConfigDict()
-  c.llava.steps = 450
+  c.llava.steps = 600
   c.llava.batch_size = 8            # videos per step (small: many updates count more on CPU)
-  c.llava.lr = 2e-3
+  c.llava.lr = 3e-3
   c.llava.warmup = 30
   c.llava.weight_decay = 1e-4
   c.llava.train_vision = True       # the vision tower (from the SigLIP) keeps training

@@ -16,9 +16,11 @@ with `python -m experiments.eval_synthetic --assets=DIR/export`:
 
   rm -rf assets/siglip_tiny assets/llava_ov_tiny && cp -r DIR/export/* assets/
 
-Status (committed config, shared 2-core CPU under load 5-11): data 4 min, SigLIP 200 steps ~5 min,
-LLaVA 450 steps x 8 videos ~15 min. The bars are NOT met yet: the LLaVA stays at chance (25 %) and
-SigLIP R@1 is 0.04 global / 0.45 within video on the test split; both stages need many more steps.
+Status (committed config, shared 2-core CPU under load 5-8): SigLIP 250 steps ~4 min, LLaVA 600 steps
+x 8 videos ~16 min (data cached). The bars are NOT met: with the auxiliary frame-caption and
+option-line losses the LLaVA's answer loss still sits at ln 4 (chance) after 600 steps while the
+caption loss falls slowly (4.4 -> 2.3, floor ~1.7): the vision features are learned too slowly for
+the answer to follow within this budget; both stages need many more steps or a faster learner.
 """
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_at
 SIGLIP_TEXT = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=CAPTION_LENGTH, hidden_act='gelu_pytorch_tanh',
                    layer_norm_eps=1e-6)
-DECODER = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=8, num_attention_heads=4,
+DECODER = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0)
 
 

@@ -126,3 +126,25 @@ def test_resume_after_kill_continues_from_the_last_checkpoint(tmp_path):
   assert resumed == {killed_at}
   assert max(_checkpoint_steps(workdir)) == 40
   assert os.path.isfile(os.path.join(workdir, 'export', 'siglip_tiny', 'model.safetensors'))
+
+
+def test_auxiliary_loss_slots_and_targets():
+  """Frame ends, option-line ends and caption word targets point at the right tokens of a real prompt."""
+  tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
+  processor = tiny.video_processor(tokenizer, tiny.llava_config_dict(tokenizer))
+  options = ('red circle', 'blue square', 'green diamond', 'white triangle')
+  pb = prompts.collate([prompts.build_prompt(processor, 'Which object appeared only briefly in the video?',
+                                             options, 32)], tokenizer.pad_token_id)
+  letters = processor.option_letter_ids(4)
+  ends = tiny.option_end_index(pb.input_ids, pb.layout.group, letters)[0]
+  assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends].tolist()) == [
+      'circle', 'square', 'diamond', 'triangle']
+  assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends + 1].tolist())[:3] == ['B', 'C', 'D']
+  frame_ends = np.asarray(tiny.frame_end_index(jnp.asarray(pb.layout.frame), 32))[0]
+  per_frame = processor.tokens_per_frame
+  assert np.array_equal(np.diff(frame_ends), np.full(31, per_frame))
+  assert pb.layout.frame[0, frame_ends[-1]] == 31 and pb.layout.frame[0, frame_ends[-1] + 1] == -1
+  targets = tiny.frame_word_targets(tokenizer, ['a red circle at the top left on a dark green background'])
+  words = set(tokenizer.convert_ids_to_tokens(np.flatnonzero(targets[0]).tolist()))
+  assert words == {'red', 'circle', 'top', 'left', 'dark', 'green'}
+  np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
