@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from configs import keyframe_diagnosis as diagnosis_config
@@ -21,11 +20,7 @@ KS = (1, 4)
 
 @pytest.fixture(scope='module')
 def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
-  llava = tmp_path_factory.mktemp('llava')
-  config = test_processor.llava_config()
-  torch.manual_seed(0)
-  transformers.LlavaOnevisionForConditionalGeneration(config).save_pretrained(llava)
-  test_processor.write_llava_processor_dir(llava, config)
+  llava = test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('llava'))
   siglip = tmp_path_factory.mktemp('siglip')
   tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
   sig_config = transformers.SiglipConfig(

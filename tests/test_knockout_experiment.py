@@ -8,8 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from configs import knockout as knockout_config
 from experiments import knockout as experiment
@@ -20,14 +18,7 @@ NUM_SAMPLES = 6
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory) -> str:
-  path = tmp_path_factory.mktemp('ckpt')
-  config = test_processor.llava_config()
-  config.text_config.num_hidden_layers = 4
-  config.text_config.layer_types = ['full_attention'] * 4
-  torch.manual_seed(0)
-  transformers.LlavaOnevisionForConditionalGeneration(config).save_pretrained(path)
-  test_processor.write_llava_processor_dir(path, config)
-  return str(path)
+  return test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('ckpt'), num_layers=4)
 
 
 def make_config(checkpoint: str, **overrides):

@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -68,6 +69,17 @@ def write_llava_processor_dir(path, config=None, chat_template=LLAVA_TEMPLATE, p
     with open(os.path.join(path, 'video_preprocessor_config.json'), 'w') as f:
       json.dump(pixels, f)
   return path
+
+
+def write_random_llava_checkpoint(path, num_layers: int | None = None) -> str:
+  """A tiny random LLaVA-OneVision (seed 0) saved with transformers, plus tokenizer and pixel config."""
+  config = llava_config()
+  if num_layers is not None:
+    config.text_config.num_hidden_layers = num_layers
+    config.text_config.layer_types = ['full_attention'] * num_layers
+  torch.manual_seed(0)
+  transformers.LlavaOnevisionForConditionalGeneration(config).save_pretrained(path)
+  return write_llava_processor_dir(path, config)
 
 
 @pytest.fixture

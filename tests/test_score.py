@@ -8,8 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from jaxvlm.data import synthetic
 from tests import test_processor
@@ -19,14 +17,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def checkpoint_and_video(tmp_path_factory):
-  ckpt = tmp_path_factory.mktemp('ckpt')
-  config = test_processor.llava_config()
-  torch.manual_seed(0)
-  transformers.LlavaOnevisionForConditionalGeneration(config).save_pretrained(ckpt)
-  test_processor.write_llava_processor_dir(ckpt, config)
+  ckpt = test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('ckpt'))
   data = tmp_path_factory.mktemp('video')
   item = synthetic.generate(data, num=1, seed=3, num_frames=16, split='test')[0]
-  return str(ckpt), str(data / 'videos' / f'{item.id}.mp4')
+  return ckpt, str(data / 'videos' / f'{item.id}.mp4')
 
 
 def test_score_cli_prints_prompt_tokens_logprobs_and_choice(checkpoint_and_video):
