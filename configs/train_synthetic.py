@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.siglip.lr = 3e-3
   c.siglip.warmup = 20
   c.siglip.weight_decay = 1e-4
+  c.siglip.evidence_share = 0.5     # frames drawn from evidence frames (two objects) rather than uniformly
 
   c.llava = config_dict.ConfigDict()
   c.llava.steps = 600
@@ -32,9 +33,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.llava.lr = 3e-3
   c.llava.warmup = 30
   c.llava.weight_decay = 1e-4
-  c.llava.train_vision = True       # the vision tower (from the SigLIP) keeps training
   c.llava.frame_loss_weight = 1.0   # auxiliary loss: each frame's last slot predicts its caption words
-  c.llava.option_loss_weight = 1.0  # auxiliary loss: the answer letter at the end of each option line
+  c.llava.option_loss_weight = 1.0  # auxiliary loss: each option line's end predicts its letter or 'no'
 
   if arg == 'runlocal':
     c.data.num_train, c.data.num_val = 16, 5

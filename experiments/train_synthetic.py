@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -88,11 +87,15 @@ def _rng(config, stage: str, step: int) -> np.random.Generator:
 def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.ndarray], step: int
                  ) -> dict[str, np.ndarray]:
   """batch_size random (video, frame) pairs: pixels [I, H, W, C], caption_ids [I, L], caption_index [I]
-  (index into the sorted caption table: equal captions are positives of each other)."""
+  (index into the sorted caption table: equal captions are positives of each other). A share
+  `config.siglip.evidence_share` of the frames is drawn from the videos' evidence frames: most frames
+  show the distractor alone, and the frames with two objects would otherwise be rare."""
   rng = _rng(config, 'siglip', step)
   size = config.siglip.batch_size
   vids = rng.integers(0, len(data.items), size)
   frames = rng.integers(0, config.num_frames, size)
+  for i in np.flatnonzero(rng.random(size) < config.siglip.evidence_share):
+    frames[i] = rng.choice(data.items[vids[i]].question.evidence_frames)
   texts = [data.captions[v][f] for v, f in zip(vids, frames)]
   index = {t: i for i, t in enumerate(sorted(set(texts)))}
   return {'pixels': processor.preprocess(np.stack([data.frames[v, f] for v, f in zip(vids, frames)])),
@@ -100,9 +103,11 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
           'caption_index': np.asarray([index[t] for t in texts], np.int32)}
 
 
-def llava_batch(config, data: TrainData, processor, prompt_cache: dict, step: int) -> dict[str, np.ndarray]:
-  """batch_size random videos with their question prompts (collated as evaluation collates them) and
-  the per-frame caption word targets of the auxiliary loss (frame_words [B, F, V])."""
+def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_cache: dict, step: int
+                ) -> dict[str, np.ndarray]:
+  """batch_size random videos with their question prompts (collated as evaluation collates them),
+  their frozen-tower features (tower [N, F, P, Dv] cached once) and the targets of the auxiliary
+  losses: per-frame caption words frame_words [B, F, V], option-line targets option_target [B, O]."""
   rng = _rng(config, 'llava', step)
   vids = rng.choice(len(data.items), config.llava.batch_size, replace=False)
   built, words = [], []
@@ -115,12 +120,28 @@ def llava_batch(config, data: TrainData, processor, prompt_cache: dict, step: in
     words.append(prompt_cache[v][1])
   pb = prompts.collate(built, processor.tokenizer.pad_token_id)
   letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
+  answers = np.asarray([data.items[v].question.answer for v in vids])
+  wrong = processor.tokenizer.convert_tokens_to_ids(tiny.WRONG_OPTION)
   return {'input_ids': pb.input_ids, 'group': pb.layout.group, 'frame': pb.layout.frame,
           'positions': pb.layout.positions, 'valid': pb.layout.valid, 'answer_index': pb.answer_index,
-          'answer_id': letters[[data.items[v].question.answer for v in vids]],
-          'frame_words': np.stack(words),
+          'answer_id': letters[answers], 'frame_words': np.stack(words),
           'option_end': tiny.option_end_index(pb.input_ids, pb.layout.group, letters),
-          'pixels': np.stack([processor.preprocess(np.asarray(data.frames[v])) for v in vids])}
+          'option_target': tiny.option_line_targets(letters, answers, wrong),
+          'tower': tower[vids]}
+
+
+def tower_cache(workdir: str, model, params: dict, processor, data: TrainData) -> np.ndarray:
+  """The frozen vision tower's features of every training video, float32 [N, F, P, Dv], computed
+  once (workdir/data/train_tower.npy; the tower never changes during stage 2)."""
+  path = os.path.join(workdir, 'data', 'train_tower.npy')
+  if not os.path.isfile(path):
+    chunks = []
+    for i in tqdm(range(0, len(data.items), 16), desc='vision tower features'):
+      pixels = np.stack([processor.preprocess(np.asarray(v)) for v in data.frames[i:i + 16]])
+      chunks.append(np.asarray(tiny.tower_features(params, model, jnp.asarray(pixels))))
+    np.save(path + '.tmp.npy', np.concatenate(chunks))
+    os.replace(path + '.tmp.npy', path)
+  return np.load(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,20 +257,22 @@ def train_siglip(config, workdir: str, data: TrainData, tokenizer, sig_config: d
 
 def train_llava(config, workdir: str, data: TrainData, tokenizer, llava_config: dict,
                 siglip_params: dict) -> dict:
+  """Stage 2: the vision tower is the stage-1 SigLIP's, frozen (its features are cached once); the
+  projector, image_newline and decoder train."""
   model = tiny.build_llava(llava_config, jnp.dtype(config.dtype))
   processor = tiny.video_processor(tokenizer, llava_config)
   c = config.llava
   tx = tiny.optimizer(c.lr, c.warmup, c.steps, c.weight_decay)
   params = tiny.init_llava(model, jax.random.PRNGKey(config.seed + 1), siglip_params)
-  if not c.train_vision:
-    labels = {k: 'frozen' if k == 'vision_tower' else 'train' for k in params}
-    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+  frozen = {'vision_tower': params.pop('vision_tower')}
+  tower = tower_cache(workdir, model, {**params, **frozen}, processor, data)
   prompt_cache: dict = {}
   state = train_loop(config, workdir, 'llava', tiny.create_state(params, tx),
                      lambda s, b: tiny.llava_step(s, b, model, tx, c.frame_loss_weight,
                                                     c.option_loss_weight),
-                     lambda step: llava_batch(config, data, processor, prompt_cache, step), c.steps)
-  params = jax.device_get(state.params)
+                     lambda step: llava_batch(config, data, processor, tower, prompt_cache, step),
+                     c.steps)
+  params = {**jax.device_get(state.params), **frozen}
   out = _export_dir(workdir, 'llava_ov_tiny')
   checkpoints.export_pretrained(model, params, llava_config, out, processor)
   write_image_config(out)

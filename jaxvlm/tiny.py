@@ -42,15 +42,16 @@ IMAGE_SIZE = 64
 PIXEL_CONFIG = {'size': {'height': IMAGE_SIZE, 'width': IMAGE_SIZE}, 'resample': 3,
                 'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5], 'rescale_factor': 1 / 255,
                 'do_resize': True, 'do_rescale': True, 'do_normalize': True, 'do_convert_rgb': True}
-CAPTION_LENGTH = 32  # SigLIP text length (captions are at most ~22 words)
+CAPTION_LENGTH = 16  # SigLIP text length (captions are at most 13 words)
 CAPTION_STOPWORDS = frozenset({'a', 'an', 'at', 'the', 'on', 'and', 'background'})
+WRONG_OPTION = 'no'  # what the end of a wrong option line learns to predict (see llava_loss_fn)
 
 VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
               image_size=IMAGE_SIZE, patch_size=16, hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6)
 SIGLIP_TEXT = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=CAPTION_LENGTH, hidden_act='gelu_pytorch_tanh',
                    layer_norm_eps=1e-6)
-DECODER = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
+DECODER = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=8, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0)
 
 
@@ -60,8 +61,8 @@ DECODER = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=8, num_a
 
 def world_texts(num_items: int = 400, seed: int = 0) -> list[str]:
   """Every kind of text the synthetic world and the prompts produce (questions, options, captions,
-  the answer instruction, option letters and role names), from `num_items` items per question type."""
-  texts = [ANSWER_INSTRUCTION, 'system user assistant', ' '.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
+  the answer instruction, option letters, role names and WRONG_OPTION), from `num_items` items per question type."""
+  texts = [ANSWER_INSTRUCTION, 'system user assistant', WRONG_OPTION, ' '.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
            ' '.join(synthetic.COLOURS), ' '.join(synthetic.BACKGROUNDS), ' '.join(synthetic.SHAPES),
            ' '.join(synthetic.DIRECTIONS), ' '.join(str(d) for d in range(10))]
   for i in range(num_items):
@@ -232,12 +233,20 @@ def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
 
 def _hidden(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None
             ) -> jnp.ndarray:
-  """Last-layer hidden states [B, S, D] of a prompt batch (keys as in `answer_logits`)."""
+  """Last-layer hidden states [B, S, D] of a prompt batch (keys as in `answer_logits`; the video
+  comes from batch['pixels'] or, with a frozen tower, from its cached output batch['tower'])."""
   ids = batch['input_ids']
   index = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
   meta = TokenMeta(index=index, valid=batch['valid'], group=batch['group'], frame=batch['frame'])
-  return model.apply({'params': params}, ids, batch['pixels'], batch['positions'], meta,
-                     spec=spec).hidden
+  return model.apply({'params': params}, ids, batch.get('pixels'), batch['positions'], meta,
+                     spec=spec, tower_features=batch.get('tower')).hidden
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def tower_features(params, model: lo.LlavaOnevisionForConditionalGeneration, pixels: jnp.ndarray
+                   ) -> jnp.ndarray:
+  """pixels [B, F, H, W, C] -> the vision tower's selected features [B, F, P, Dv]."""
+  return model.apply({'params': params}, pixels, method='tower_features')
 
 
 def _logits_at(params, model, hidden: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -296,6 +305,13 @@ def option_end_index(input_ids: np.ndarray, group: np.ndarray, letter_ids: np.nd
   return out
 
 
+def option_line_targets(letter_ids: np.ndarray, answers: np.ndarray, wrong_id: int) -> np.ndarray:
+  """letter_ids [O], answers [B] -> int32 [B, O]: what the end of each option line should predict,
+  its own letter on the correct line and `wrong_id` on the others."""
+  is_answer = np.arange(len(letter_ids))[None] == np.asarray(answers)[:, None]
+  return np.where(is_answer, np.asarray(letter_ids)[None], wrong_id).astype(np.int32)
+
+
 def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
                   frame_weight: float = 0.0, option_weight: float = 0.0
                   ) -> tuple[jnp.ndarray, dict]:
@@ -303,8 +319,10 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
     frame's caption (batch['frame_words'] [B, F, V]), so every video token carries what it shows;
-  - `option_weight` x early-answer loss: the answer letter also at the end of every option line
-    (batch['option_end'] [B, O]), so each option is checked against the video where it is read.
+  - `option_weight` x option-line loss: the end of every option line predicts its own letter if the
+    option is right and WRONG_OPTION if not (batch['option_end'], batch['option_target'] [B, O]),
+    so each option is checked against the video where it is read and the answer slot only has to
+    copy the letter of the line that holds it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['option_loss']})."""
   hidden = _hidden(params, model, batch)
   logits = _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
@@ -312,14 +330,14 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   metrics = {'answer_loss': answer, 'accuracy': acc}
   loss = answer
   if frame_weight:
-    ends = frame_end_index(batch['frame'], batch['pixels'].shape[1])
+    ends = frame_end_index(batch['frame'], batch['frame_words'].shape[1])
     frame = soft_cross_entropy(_logits_at(params, model, hidden, ends), batch['frame_words'])
     metrics['frame_loss'] = frame
     loss = loss + frame_weight * frame
   if option_weight:
     at_options = _logits_at(params, model, hidden, batch['option_end'])          # [B, O, V]
-    targets = jax.nn.one_hot(batch['answer_id'], at_options.shape[-1])[:, None]
-    option = soft_cross_entropy(at_options, jnp.broadcast_to(targets, at_options.shape))
+    targets = jax.nn.one_hot(batch['option_target'], at_options.shape[-1])
+    option = soft_cross_entropy(at_options, targets)
     metrics['option_loss'] = option
     loss = loss + option_weight * option
   return loss, metrics

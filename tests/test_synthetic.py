@@ -119,10 +119,18 @@ def test_answers_are_right_on_the_pixels(items):
       moved = ('right' if dx > 0 else 'left') if abs(dx) > abs(dy) else (
           'down' if dy > 0 else 'up')
       assert moved == correct and max(abs(dx), abs(dy)) > 0.4 * spec.size
+      assert q.options == syn.DIRECTIONS
     elif q.qtype == 'needle':
       obj = spec.objects[q.event_objects[0]]
       assert correct == f'{obj.colour} {obj.shape}'
       assert 2 <= len(q.evidence_frames) <= 3
+    if q.qtype in ('needle', 'order'):
+      # Options that are not in the video share no colour with anything visible.
+      present = {o.colour for o in spec.objects}
+      named = {o.colour for o in (spec.objects[i] for i in q.event_objects)}
+      absent = [o for o in q.options if o.split()[0] not in named]
+      assert len(absent) == syn.NUM_OPTIONS - len(named)
+      assert not {o.split()[0] for o in absent} & present
     seen.add(q.qtype)
   assert seen == set(syn.QTYPES)
 
@@ -167,13 +175,16 @@ def test_generate_is_byte_deterministic(tmp_path):
     assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes(), name
 
 
-def test_captions_name_visible_objects():
+def test_captions_name_visible_objects_in_colour_order():
   item = syn.generate_specs(1, seed=0)[0]
   captions = syn.frame_captions(item.video)
-  event = item.video.objects[item.question.event_objects[0]]
+  distractor, event = item.video.objects[0], item.video.objects[item.question.event_objects[0]]
+  first, second = sorted([distractor, event], key=lambda o: list(syn.COLOURS).index(o.colour))
   for f, caption in enumerate(captions):
     assert caption.endswith(f'on a {item.video.background} background')
-    assert (f'a {event.colour} {event.shape} at the' in caption) == (f in event.frames)
+    assert (f'a {event.colour} {event.shape}' in caption) == (f in event.frames)
+    if f in event.frames:  # order fixed by colour, not by which object is the distractor
+      assert caption.startswith(f'a {first.colour} {first.shape} and a {second.colour} {second.shape}')
 
 
 def test_make_item_rejects_bad_arguments():

@@ -133,7 +133,7 @@ def test_auxiliary_loss_slots_and_targets():
   tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
   processor = tiny.video_processor(tokenizer, tiny.llava_config_dict(tokenizer))
   options = ('red circle', 'blue square', 'green diamond', 'white triangle')
-  pb = prompts.collate([prompts.build_prompt(processor, 'Which object appeared only briefly in the video?',
+  pb = prompts.collate([prompts.build_prompt(processor, 'Which object appeared briefly in the video?',
                                              options, 32)], tokenizer.pad_token_id)
   letters = processor.option_letter_ids(4)
   ends = tiny.option_end_index(pb.input_ids, pb.layout.group, letters)[0]
@@ -144,7 +144,10 @@ def test_auxiliary_loss_slots_and_targets():
   per_frame = processor.tokens_per_frame
   assert np.array_equal(np.diff(frame_ends), np.full(31, per_frame))
   assert pb.layout.frame[0, frame_ends[-1]] == 31 and pb.layout.frame[0, frame_ends[-1] + 1] == -1
-  targets = tiny.frame_word_targets(tokenizer, ['a red circle at the top left on a dark green background'])
+  line_targets = tiny.option_line_targets(letters, np.asarray([2, 0]), tokenizer.convert_tokens_to_ids('no'))
+  assert [tokenizer.convert_ids_to_tokens(row.tolist()) for row in line_targets] == [
+      ['no', 'no', 'C', 'no'], ['A', 'no', 'no', 'no']]
+  targets = tiny.frame_word_targets(tokenizer, ['a red circle and a white square on a dark green background'])
   words = set(tokenizer.convert_ids_to_tokens(np.flatnonzero(targets[0]).tolist()))
-  assert words == {'red', 'circle', 'top', 'left', 'dark', 'green'}
+  assert words == {'red', 'circle', 'white', 'square', 'dark', 'green'}
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)

@@ -4,17 +4,19 @@ Every video is a dark background with a persistent distractor shape drifting acr
 event of its question:
 
 - needle: an object is visible for 2-3 consecutive frames; "which object appeared briefly?"
+  (the other options are objects absent from the video)
 - counting: an object flashes (2 frames each) k in 1..4 times; "how many times did it flash?"
 - order: two objects appear (3 frames each) one after the other; "which of them appeared first?"
   (the question names neither: the options hold both and two objects absent from the video)
 - direction: an object is visible only while it moves left/right/up/down; "where did it move?"
+  (options always left, right, up, down in this order, as counting's are 1..4)
 - background (control): "what colour is the background?", answerable from any single frame.
 
 The evidence frames are exactly the frames in which the event object(s) are visible (all frames
 for the control). Event colours are saturated and never shared with the distractor, objects are
 big (radius 14 % of the frame), and backgrounds are dark, so H.264 at 64x64 keeps them visible.
 
-Four options per question, the answer letters balanced within every question type and overall
+Absent options never share a colour with a visible object. Four options per question, the answer letters balanced within every question type and overall
 (counts differ by at most one), everything deterministic given (seed, split). Output layout of
 `generate(out_dir, ...)`:
 
@@ -125,23 +127,21 @@ def render(spec: VideoSpec) -> np.ndarray:
   return video
 
 
-def _place(pos: float, size: int) -> str:
-  return ('top', 'middle', 'bottom')[min(int(3 * pos / size), 2)]
-
-
-def _hplace(pos: float, size: int) -> str:
-  return ('left', 'center', 'right')[min(int(3 * pos / size), 2)]
-
-
 def frame_captions(spec: VideoSpec) -> list[str]:
-  """One caption per frame naming every visible object, its coarse position and the background."""
-  parts = [[] for _ in range(spec.num_frames)]
+  """One caption per frame naming every visible object and the background. Objects are listed in
+  the fixed order of COLOURS (colours are distinct within a video), never in drawing order: a single
+  frame cannot tell which object is the distractor, so a caption must not depend on it."""
+  visible = [[] for _ in range(spec.num_frames)]
   for obj in spec.objects:
-    for frame, x, y in zip(obj.frames, obj.xs, obj.ys):
-      where = f'{_place(y, spec.size)} {_hplace(x, spec.size)}'
-      parts[frame].append(f'a {obj.colour} {obj.shape} at the {where}')
-  return [' and '.join(p) + f' on a {spec.background} background' if p
-          else f'an empty {spec.background} background' for p in parts]
+    for frame in obj.frames:
+      visible[frame].append(obj)
+  order = list(COLOURS)
+  captions = []
+  for objs in visible:
+    names = [f'a {o.colour} {o.shape}' for o in sorted(objs, key=lambda o: order.index(o.colour))]
+    captions.append(' and '.join(names) + f' on a {spec.background} background' if names
+                    else f'an empty {spec.background} background')
+  return captions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +184,10 @@ def _options_with_answer(rng, correct: str, distractors: list[str],
   return tuple(others[:answer] + [correct] + others[answer:])
 
 
-def _other_objects(rng, exclude: set[str], count: int) -> list[str]:
-  """Distinct 'colour shape' names not in `exclude`."""
-  names = [f'{c} {s}' for c in COLOURS for s in SHAPES if f'{c} {s}' not in exclude]
+def _absent_objects(rng, present_colours: set[str], count: int) -> list[str]:
+  """Distinct 'colour shape' names of colours absent from the video (an absent option never shares
+  a colour with a visible object, so colour alone tells it apart)."""
+  names = [f'{c} {s}' for c in COLOURS for s in SHAPES if c not in present_colours]
   return [names[i] for i in rng.choice(len(names), count, replace=False)]
 
 
@@ -202,14 +203,13 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
   colours = [str(c) for c in rng.permutation(list(COLOURS))]  # distinct: events first
   shapes = [str(s) for s in rng.permutation(SHAPES)]
   distractor = _distractor(rng, colours[-1], shapes[-1], radius, num_frames, size)
-  distractor_name = f'{distractor.colour} {distractor.shape}'
 
   if qtype == 'needle':
     (frames,) = _windows(rng, num_frames, [int(rng.integers(2, 4))], 0)
     event = _static(rng, shapes[0], colours[0], radius, frames, size)
     correct = f'{colours[0]} {shapes[0]}'
-    pool = _other_objects(rng, {correct, distractor_name}, NUM_OPTIONS - 2) + [distractor_name]
-    question = 'Which object appeared only briefly in the video?'
+    pool = _absent_objects(rng, {colours[0], distractor.colour}, NUM_OPTIONS - 1)
+    question = 'Which object appeared briefly in the video?'
     options = _options_with_answer(rng, correct, pool, answer)
     events = [event]
   elif qtype == 'counting':
@@ -224,14 +224,15 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
     a = _static(rng, shapes[0], colours[0], radius, first, size)
     b = _static(rng, shapes[1], colours[1], radius, second, size)
     names = [f'{colours[0]} {shapes[0]}', f'{colours[1]} {shapes[1]}']
-    pool = [names[1]] + _other_objects(rng, set(names) | {distractor_name}, NUM_OPTIONS - 2)
+    pool = [names[1]] + _absent_objects(rng, {colours[0], colours[1], distractor.colour},
+                                        NUM_OPTIONS - 2)
     # The question names neither object: with both among the options and two objects that never
     # appear, the text alone cannot single out the pair (a question naming them left a coin flip).
     question = 'Two objects each appeared briefly. Which of them appeared first?'
     options = _options_with_answer(rng, names[0], pool, answer)
     events = [a, b]
   elif qtype == 'direction':
-    direction = str(rng.choice(DIRECTIONS))
+    direction = DIRECTIONS[answer]  # options in the fixed order of DIRECTIONS, like the counts
     length = int(rng.integers(8, 13))
     (frames,) = _windows(rng, num_frames, [length], 0)
     dx, dy = _DIRECTION_VECTORS[direction]
@@ -245,8 +246,7 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
     event = ObjectTrack(shapes[0], colours[0], radius, tuple(frames),
                         tuple(float(v) for v in xs), tuple(float(v) for v in ys))
     question = f'In which direction did the {colours[0]} {shapes[0]} move?'
-    options = _options_with_answer(rng, direction, [d for d in DIRECTIONS if d != direction],
-                                   answer)
+    options = DIRECTIONS
     events = [event]
   else:  # background control
     question = 'What colour is the background of the video?'

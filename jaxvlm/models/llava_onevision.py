@@ -120,8 +120,9 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = nn.Dense(cfg.text.vocab_size, use_bias=False, dtype=self.dtype)
 
-  def video_features(self, pixel_values_videos: jnp.ndarray) -> jnp.ndarray:
-    """pixel_values_videos [B, F, H, W, C] (normalized) -> video slot embeddings [B, F*t + 1, D]."""
+  def tower_features(self, pixel_values_videos: jnp.ndarray) -> jnp.ndarray:
+    """pixel_values_videos [B, F, H, W, C] (normalized) -> the selected vision-tower features
+    [B, F, P, Dv] (P patches per frame), before the projector."""
     cfg = self.config
     b, f = pixel_values_videos.shape[:2]
     out = self.vision_tower(pixel_values_videos.reshape((b * f,) + pixel_values_videos.shape[2:]))
@@ -132,8 +133,15 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
       feats = jnp.concatenate([out.hidden_states[i] for i in layers], axis=-1)
     if cfg.vision_feature_select_strategy == 'default':
       feats = feats[:, 1:]
-    feats = self.multi_modal_projector(feats)                            # [BF, P, D]
-    feats = nn.with_logical_constraint(feats, ('batch', 'length', 'act_embed'))
+    return feats.reshape((b, f) + feats.shape[1:])
+
+  def project_video(self, tower_features: jnp.ndarray) -> jnp.ndarray:
+    """tower_features [B, F, P, Dv] -> video slot embeddings [B, F*t + 1, D] (projected, pooled,
+    image_newline last)."""
+    cfg = self.config
+    b, f = tower_features.shape[:2]
+    feats = self.multi_modal_projector(tower_features.reshape((b * f,) + tower_features.shape[2:]))
+    feats = nn.with_logical_constraint(feats, ('batch', 'length', 'act_embed'))   # [BF, P, D]
     p, q = cfg.patch_grid, cfg.pooled_grid
     grid = feats.reshape(b * f, p, p, -1)
     pool = jnp.asarray(bilinear_matrix(p, q), grid.dtype)
@@ -142,15 +150,25 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     newline = jnp.broadcast_to(self.image_newline.astype(frames.dtype), (b, 1, frames.shape[-1]))
     return jnp.concatenate([frames, newline], axis=1)
 
-  def embed(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None) -> jnp.ndarray:
-    """input_ids [B, S] -> embeddings [B, S, D] with the video slots filled in order (row by row).
+  def video_features(self, pixel_values_videos: jnp.ndarray) -> jnp.ndarray:
+    """pixel_values_videos [B, F, H, W, C] (normalized) -> video slot embeddings [B, F*t + 1, D]."""
+    return self.project_video(self.tower_features(pixel_values_videos))
 
-    Each row must hold exactly `num_video_tokens(F)` `<video>` slots when pixels are given.
+  def embed(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None,
+            tower_features: jnp.ndarray | None = None) -> jnp.ndarray:
+    """input_ids [B, S] -> embeddings [B, S, D] with the video slots filled in order (row by row),
+    from pixels or from precomputed `tower_features` [B, F, P, Dv] (a frozen tower's output).
+
+    Each row must hold exactly `num_video_tokens(F)` `<video>` slots when video is given.
     """
     embeds = self.language_model.embed(input_ids)
-    if pixel_values_videos is None:
+    if tower_features is not None:
+      video = self.project_video(tower_features)
+    elif pixel_values_videos is not None:
+      video = self.video_features(pixel_values_videos)
+    else:
       return embeds
-    video = self.video_features(pixel_values_videos).astype(embeds.dtype)   # [B, N, D]
+    video = video.astype(embeds.dtype)                                   # [B, N, D]
     is_video = input_ids == self.config.video_token_id
     # k-th video slot of a row takes the k-th video embedding of that row.
     rank = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
@@ -169,10 +187,12 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
 
   def __call__(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None,
                positions: jnp.ndarray, meta: TokenMeta, spec: LayerRule | None = None,
-               return_hidden_states: bool = False) -> LlavaOutput:
-    """Full forward of a prompt batch: input_ids [B, S], pixels [B, F, H, W, C], positions [B, S],
-    meta: TokenMeta [B, S] (index, valid, group, frame), spec: per-layer rule [L, ...] or None."""
-    embeds = self.embed(input_ids, pixel_values_videos)
+               return_hidden_states: bool = False, tower_features: jnp.ndarray | None = None
+               ) -> LlavaOutput:
+    """Full forward of a prompt batch: input_ids [B, S], pixels [B, F, H, W, C] (or None with
+    tower_features [B, F, P, Dv]), positions [B, S], meta: TokenMeta [B, S] (index, valid, group,
+    frame), spec: per-layer rule [L, ...] or None."""
+    embeds = self.embed(input_ids, pixel_values_videos, tower_features)
     b, s = input_ids.shape
     cache = qwen2.KVCache.empty(self.config.text, b, s, embeds.dtype)
     return self.decode(embeds, positions, meta, cache, meta, jnp.zeros((b,), jnp.int32), spec,
