@@ -7,7 +7,9 @@ LLaVA-OneVision, three ways, timed in the same run:
            masks are built before the clock starts (generous to the baseline)
   (b)      our own model with one full forward per spec (compiled once; spec values change only)
 
-  python -m benchmarks.knockout_sweep [--frames=16 --repeats=3]
+  python -m benchmarks.knockout_sweep [--frames=16 --repeats=3 --only=ours,b,a]
+
+Also prints where our time goes: the clean run and the sweep of each knockout type alone.
 
 Every way includes the vision tower in each full forward, as the anchor tools do.
 """
@@ -102,7 +104,9 @@ def main():
   parser.add_argument('--frames', type=int, default=16)
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--only', default='ours,b,a', help='comma-separated subset of ours,b,a to time')
   args = parser.parse_args()
+  only = set(args.only.split(','))
   torch.set_num_threads(max(1, torch.get_num_threads()))
   hf, model, params = mid_size_model(args.layers)
   ids, layout, answer = prompt(model, args.frames)
@@ -146,15 +150,38 @@ def main():
       out.append(torch.log_softmax(logits, -1)[OPTION_IDS].numpy())
     return np.stack(out)
 
-  reference = transformers_hooks()
-  got = ours()
-  print(f'max |ours - transformers| over the sweep: {np.abs(got[:, 0] - reference).max():.2e}')
-  t_ours = time_it(ours, args.repeats)
-  t_b = time_it(ours_one_per_spec, args.repeats)
-  t_a = time_it(transformers_hooks, max(1, args.repeats - 2))
-  print(f'ours (reuse, batched specs):            {t_ours:8.3f} s')
-  print(f'(b) ours, one full forward per spec:    {t_b:8.3f} s   ratio {t_b / t_ours:6.1f}x (goal >= 3x)')
-  print(f'(a) transformers dense-mask hooks:      {t_a:8.3f} s   ratio {t_a / t_ours:6.1f}x (goal >= 10x)')
+  if {'a', 'ours'} <= only:
+    reference = transformers_hooks()
+    print(f'max |ours - transformers| over the sweep: {np.abs(ours()[:, 0] - reference).max():.2e}')
+  times = {}
+  if 'ours' in only:
+    times['ours'] = time_it(ours, args.repeats)
+    print(f'ours (reuse, batched specs):            {times["ours"]:8.3f} s')
+    print_breakdown(model, params, ids, px, layout, answer, sw, args.repeats)
+  if 'b' in only:
+    times['b'] = time_it(ours_one_per_spec, args.repeats)
+    print(f'(b) ours, one full forward per spec:    {times["b"]:8.3f} s')
+  if 'a' in only:
+    times['a'] = time_it(transformers_hooks, max(1, args.repeats - 2))
+    print(f'(a) transformers dense-mask hooks:      {times["a"]:8.3f} s')
+  for key, goal in (('b', 3), ('a', 10)):
+    if 'ours' in times and key in times:
+      print(f'ratio ({key}) / ours: {times[key] / times["ours"]:6.1f}x (goal >= {goal}x)')
+
+
+def print_breakdown(model, params, ids, px, layout, answer, sw, repeats: int):
+  """Times the clean run and, from it, the sweep of each knockout type alone."""
+  clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
+  t_clean = time_it(lambda: jax.block_until_ready(
+      sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)), repeats)
+  parts = [f'clean run {t_clean:.3f} s']
+  for kind in knockout.KINDS:
+    chosen = np.asarray([e.kind == kind for e in sw.entries])
+    specs = jax.tree.map(lambda x: jnp.asarray(x[chosen]), sw.specs)
+    t = time_it(lambda: jax.block_until_ready(
+        sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS, specs)), repeats)
+    parts.append(f'{kind} ({chosen.sum()} specs) {t:.3f} s')
+  print('  of which: ' + ', '.join(parts))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Knockout sweep engine: a whole sweep from one clean run, sharing every computation specs have in common.
 
 The clean forward runs once and keeps the input of every decoder layer and the KV cache of every
-layer. Two savings follow, both exact (the same rows are computed from the same inputs):
+layer. Three savings follow, all exact (the same rows are computed from the same inputs):
   * positions: a spec changes nothing before its first affected query p_b (see
     `knockout.first_affected_position`), so only the tail [start_b, start_b + T) is recomputed, with the
     clean keys/values of the prefix in the cache. For Language-to-Video the tail is just the text after
@@ -10,10 +10,14 @@ layer. Two savings follow, both exact (the same rows are computed from the same 
     engine walks the layers once and computes each distinct *state* (parent state, rule of this layer)
     once: specs that are still clean cost nothing, and e.g. a fine-grained window starting at layer i and
     the global-1 cut at i share layers i .. i+w-1.
-Specs are array values [N, L, ...] and states are processed up to `spec_chunk` at a time by a compiled
-layer step whose shapes depend only on (tail length, power-of-two state count <= spec_chunk): new
-windows, cutoffs and knockout types never add more than those few shapes. Tail lengths are rounded up to `tail_multiple`; typically there are three
-(text after the video for LV, from the second frame for VT, from the first video token for VS).
+  * the last layer: the readout reads one slot, so there only the answer row queries (every tail row
+    still supplies its keys/values): the last layer costs two small projections of the tail.
+States are processed up to `spec_chunk` at a time, folded into the batch axis (row c * B + b, one rule
+per row), by a compiled layer step whose shapes depend only on (tail length, power-of-two state count
+<= spec_chunk): a layer's M states run as pieces of spec_chunk and then the powers of two of the rest
+(no padding), so new windows, cutoffs and knockout types never add more than those few shapes. Tail
+lengths are rounded up to `tail_multiple`; typically there are three (text after the video for LV, from
+the second frame for VT, from the first video token for VS).
 
 Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
 D hidden, O answer options.
@@ -72,25 +76,44 @@ def _layer(params, index):
   return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), params)
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _layer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start):
-  """Decoder layer `layer` on C states: inputs [C, B, T, D] (tail slots start[b] + arange(T)), rules
-  [C, ...] (this layer's rule of each state) -> [C, B, T, D]."""
+def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
+                layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start, out_rows):
+  """Decoder layer `layer` on C states folded into the batch: inputs [C, B, T, D] (tail slots
+  start[b] + arange(T)), rules [C, ...] (this layer's rule of each state), out_rows None or [B, R]
+  (tail rows whose outputs are wanted) -> [C, B, T or R, D]. Folding (row c * B + b, one rule per
+  row) rather than vmap keeps every matmul and attention tile in the layout of a plain forward."""
   cfg = model.config.text
   layer_module = qwen2.Qwen2DecoderLayer(cfg, dtype=model.dtype)
-  tail = inputs.shape[2]
+  c, b, tail, d = inputs.shape
   k_meta = layout.meta()
   idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]              # [B, T]
   q_meta = k_meta.take(idx)
   positions = jnp.take_along_axis(layout.positions, idx, axis=1)
   layer_params = {'params': _layer(params['language_model']['layers'], layer)}
   cache_k, cache_v = _layer(clean.cache.k, layer), _layer(clean.cache.v, layer)
+  fold = lambda x: jnp.broadcast_to(x[None], (c,) + x.shape).reshape((c * b,) + x.shape[1:])
+  per_row = lambda x: jnp.repeat(x, b, axis=0)                                 # [C, ...] -> [C*B, ...]
+  out = layer_module.apply(layer_params, inputs.reshape(c * b, tail, d), fold(positions),
+                           jax.tree.map(fold, q_meta), fold(cache_k), fold(cache_v),
+                           jax.tree.map(fold, k_meta), fold(start), jax.tree.map(per_row, rules),
+                           None if out_rows is None else fold(out_rows))[0]
+  return out.reshape(c, b, -1, d)
 
-  def one_state(h, rule):
-    return layer_module.apply(layer_params, h, positions, q_meta, cache_k, cache_v, k_meta, start, rule)[0]
 
-  return jax.vmap(one_state)(inputs, rules)
+@functools.partial(jax.jit, static_argnames=('model',))
+def _layer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
+                layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start):
+  """A layer below the last on C states: every tail row, [C, B, T, D]."""
+  return _layer_rows(model, params, clean, layout, layer, inputs, rules, start, None)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _answer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
+                 layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start, answer_index):
+  """The last layer on C states: only the answer row queries (every tail row still supplies its
+  keys/values), [C, B, 1, D]; the readout reads nothing else."""
+  return _layer_rows(model, params, clean, layout, layer, inputs, rules, start,
+                     (answer_index - start)[:, None])
 
 
 @jax.jit
@@ -105,13 +128,13 @@ def _gather_inputs(states, clean_hidden, parents, start):
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _readout(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun, states, final,
-             start, answer_index, option_ids):
-  """Option log-probs [N, B, O] of N specs whose last-layer state is final[n] (-1: clean)."""
+def _readout(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun, answers, final,
+             answer_index, option_ids):
+  """Option log-probs [N, B, O] of N specs whose answer-row output of the last layer is
+  answers[final[n]] (answers [M, B, D]; final -1: clean)."""
   cfg = model.config.text
   norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype=model.dtype)
-  rows = jax.vmap(lambda st: _at(st, answer_index - start))(states)            # [M, B, D]
-  rows = jnp.where((final >= 0)[:, None, None], rows[jnp.maximum(final, 0)],
+  rows = jnp.where((final >= 0)[:, None, None], answers[jnp.maximum(final, 0)],
                    _at(clean.hidden_states[-1], answer_index)[None])
   normed = norm.apply({'params': params['language_model']['norm']}, rows)
   return option_logprobs(model, params, normed, option_ids)
@@ -175,44 +198,55 @@ def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
   return StatePlan(parents, rule_of, np.asarray([current[int(n)] for n in chosen], np.int32))
 
 
-def _bucket(count: int, spec_chunk: int) -> int:
-  """States per compiled step: a power of two up to spec_chunk, so padding wastes < 2x and a tail
-  length compiles at most log2(spec_chunk) + 1 step shapes, whatever the sweep."""
-  return min(spec_chunk, 1 << max(count - 1, 0).bit_length())
-
-
-def _pad_to(x: np.ndarray, size: int) -> np.ndarray:
-  """Pads axis 0 to `size` by repeating the first row (padding states are computed and dropped)."""
-  return np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)]) if len(x) < size else x
+def _chunks(count: int, spec_chunk: int) -> list[tuple[int, int]]:
+  """(offset, size) pieces of `count` states: spec_chunk-sized, then the powers of two of the rest, so
+  nothing is padded and a tail length compiles at most log2(spec_chunk) + 1 step shapes per step
+  function, whatever the sweep. spec_chunk must be a power of two."""
+  out, offset = [], 0
+  while offset < count:
+    size = min(spec_chunk, 1 << ((count - offset).bit_length() - 1))
+    out.append((offset, size))
+    offset += size
+  return out
 
 
 def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
               layout: knockout.TokenLayout, answer_index, option_ids, specs: LayerRule,
               tail_multiple: int = 32, spec_chunk: int = 16) -> jnp.ndarray:
-  """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`."""
+  """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`.
+  answer_index [B] must lie in every spec's tail (it does for the last prompt token)."""
+  if spec_chunk & (spec_chunk - 1):
+    raise ValueError(f'spec_chunk must be a power of two, got {spec_chunk}')
   layout_np = {k: np.asarray(getattr(layout, k)) for k in ('group', 'frame', 'valid')}
   _, tails, starts = plan_tails(layout_np, specs, tail_multiple)
   specs_np = jax.tree.map(np.asarray, specs)
+  num_layers = specs_np.block.shape[1]
+  d = model.config.text.hidden_size
   out = [None] * len(tails)
   for tail in np.unique(tails):
     chosen = np.flatnonzero(tails == tail)
     start = jnp.asarray(starts[chosen].min(axis=0))   # one tail for the group: starting earlier is exact
     plan = plan_states(specs_np, chosen)
-    d = model.config.text.hidden_size
-    states = jnp.zeros((1, len(start), int(tail), d), model.dtype)
+    states = jnp.zeros((1, len(start), int(tail), d), model.dtype)   # [M, B, T, D] of the previous layer
     for layer, (parents, rule_of) in enumerate(zip(plan.parents, plan.rule_of)):
       if not len(parents):
         continue
-      chunks = []
-      for c in range(0, len(parents), spec_chunk):
-        size = _bucket(len(parents) - c, spec_chunk)
-        par = _pad_to(parents[c:c + size], size)
-        src = _pad_to(rule_of[c:c + size], size)
+      last = layer == num_layers - 1
+      pieces = []
+      for offset, size in _chunks(len(parents), spec_chunk):
+        src = rule_of[offset:offset + size]
         rules = jax.tree.map(lambda x: jnp.asarray(x[src, layer]), specs_np)
-        inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(par), start)
-        chunks.append(_layer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start))
-      states = jnp.concatenate(chunks)[:len(parents)]
-    logp = _readout(model, params, clean, states, jnp.asarray(plan.final), start, answer_index, option_ids)
+        inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(parents[offset:offset + size]),
+                                start)
+        if last:
+          pieces.append(_answer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start,
+                                     answer_index))
+        else:
+          pieces.append(_layer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start))
+      states = jnp.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    # Specs whose last layer is knocked end in the answer step's [M, B, 1, D]; final == -1 otherwise.
+    answers = states[:, :, 0] if plan.parents[-1].size else jnp.zeros((1, len(start), d), model.dtype)
+    logp = _readout(model, params, clean, answers, jnp.asarray(plan.final), answer_index, option_ids)
     for k, i in enumerate(chosen):
       out[i] = logp[k]
   return jnp.stack(out)

@@ -1,7 +1,7 @@
 """Masked attention whose allowed key set is derived from O(S) token metadata plus a per-layer rule.
 
-No S x S mask is ever materialised: the kernel walks over key blocks (online softmax) and rebuilds the
-[T, block] slice of the mask from the metadata of the queries and of the keys in that block.
+No S x S mask is ever materialised: the kernel walks over (query block, key block) tiles (online
+softmax) and rebuilds each tile of the mask from the metadata of its queries and keys.
 
 Einsum letters: B batch, T query tokens, S key slots, H query heads, K key/value heads, G = H // K,
 D head dim, F frames.
@@ -62,6 +62,8 @@ class LayerRule:
   cross_frame: bool [], Video Temporal: video -> video tokens of another frame removed.
   same_frame: bool [], Video Spatial: video -> other tokens of its own frame removed (itself kept).
   frames: bool [F], text queries may not attend to the tokens of frame f.
+  Every field may also carry a leading batch axis [B, ...]: one rule per batch row (e.g. the states of
+  a knockout sweep folded into the batch).
   """
   block: jnp.ndarray
   cross_frame: jnp.ndarray
@@ -71,19 +73,26 @@ class LayerRule:
 
 def _knocked_out(q: TokenMeta, k: TokenMeta, rule: LayerRule) -> jnp.ndarray:
   """Edges the rule removes, bool [B, T, N] (before the diagonal is added back)."""
+  b = q.group.shape[0]
+  per_row = jnp.ndim(rule.cross_frame) == 1
+  rows = lambda x: jnp.broadcast_to(x if per_row else x[None], (b,) + jnp.shape(x)[per_row:])
+  # Each query group's blocked key groups as bits: one O(T) gather, then a shift per edge (not a
+  # [T, N] gather into block).
+  bits = (rows(rule.block).astype(jnp.int32) << jnp.arange(NUM_GROUPS, dtype=jnp.int32)).sum(-1)  # [B, G]
+  q_bits = jnp.take_along_axis(bits, q.group, axis=1)                                  # [B, T]
   q_group, k_group = q.group[:, :, None], k.group[:, None, :]
   q_frame, k_frame = q.frame[:, :, None], k.frame[:, None, :]
+  out = ((q_bits[:, :, None] >> k_group) & 1).astype(bool)
   both_video = (q_group == Group.VIDEO) & (k_group == Group.VIDEO)
   both_framed = both_video & (q_frame >= 0) & (k_frame >= 0)
-  out = rule.block[q_group, k_group]
-  out |= rule.cross_frame & both_framed & (q_frame != k_frame)
-  out |= rule.same_frame & both_framed & (q_frame == k_frame)
+  out |= rows(rule.cross_frame)[:, None, None] & both_framed & (q_frame != k_frame)
+  out |= rows(rule.same_frame)[:, None, None] & both_framed & (q_frame == k_frame)
   num_frames = rule.frames.shape[-1]
   if num_frames:
     # Frames beyond the rule's F are never knocked out; clip only keeps the gather in range.
-    in_range = (k_frame >= 0) & (k_frame < num_frames)
-    frame_off = rule.frames[jnp.clip(k_frame, 0, num_frames - 1)] & in_range
-    out |= (q_group != Group.VIDEO) & frame_off
+    in_range = (k.frame >= 0) & (k.frame < num_frames)
+    frame_off = jnp.take_along_axis(rows(rule.frames), jnp.clip(k.frame, 0, num_frames - 1), axis=1)
+    out |= (q_group != Group.VIDEO) & (frame_off & in_range)[:, None, :]
   return out
 
 
@@ -96,17 +105,23 @@ def allowed(q: TokenMeta, k: TokenMeta, rule: LayerRule | None) -> jnp.ndarray:
   return ok | (k_index == q_index)
 
 
-def _pad_keys(x: jnp.ndarray, pad: int, value) -> jnp.ndarray:
-  """Pads axis 1 (the key axis) of x with `pad` copies of value."""
+def _pad_tokens(x: jnp.ndarray, pad: int, value) -> jnp.ndarray:
+  """Pads axis 1 (the token axis) of x with `pad` copies of value."""
   widths = [(0, 0)] * x.ndim
   widths[1] = (0, pad)
   return jnp.pad(x, widths, constant_values=value)
 
 
 def _to_blocks(x: jnp.ndarray, num_blocks: int) -> jnp.ndarray:
-  """[B, nb * blk, ...] -> [nb, B, blk, ...], the block axis first for lax.scan."""
+  """[B, nb * blk, ...] -> [nb, B, blk, ...], the block axis first for lax.scan / lax.map."""
   x = x.reshape(x.shape[0], num_blocks, -1, *x.shape[2:])
   return jnp.moveaxis(x, 1, 0)
+
+
+def _pad_meta(meta: TokenMeta, pad: int, index) -> TokenMeta:
+  """Appends `pad` invalid, frameless slots with the given index."""
+  return TokenMeta(index=_pad_tokens(meta.index, pad, index), valid=_pad_tokens(meta.valid, pad, False),
+                   group=_pad_tokens(meta.group, pad, 0), frame=_pad_tokens(meta.frame, pad, -1))
 
 
 def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: TokenMeta,
@@ -114,9 +129,13 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
                      frame_mass: int = 0) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
   """Scaled dot-product attention over the keys `allowed` by the metadata and the rule.
 
-  Online softmax over key blocks: memory is O(B * H * T * block), never O(T * S). Accumulators are
-  float32 whatever the input dtype. A query whose own slot is not among the keys and whose other keys
-  are all masked gets a zero output (cannot happen when the caller writes the query's k/v first).
+  Tiled online softmax: queries and keys are cut into blocks of `block_size`; for each query block
+  the key blocks are visited in turn and a tile is skipped (lax.cond) when causality alone rules it
+  out (every key index > every query index of the block), so a full causal forward computes about
+  half the tiles. Memory is O(B * H * block^2), never O(T * S). Accumulators are float32 whatever
+  the input dtype. A query whose own slot is not among the keys and whose other keys are all masked
+  gets a zero output (cannot happen when the caller writes the query's k/v first). The skip test
+  reads only the metadata, so under vmap over rules (a batch of specs) it stays a real branch.
 
   Args:
     q: [B, T, H, D] queries, H = K * G; query head h reads key/value head h // G (as HF repeat_kv).
@@ -125,7 +144,7 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
     q_meta: TokenMeta [B, T] of the queries.
     k_meta: TokenMeta [B, S] of the key slots.
     rule: LayerRule of this layer (traced arrays) or None for causal + valid + diagonal only.
-    block_size: keys per block (static); S is padded with invalid slots to a multiple of it.
+    block_size: queries and keys per tile (static); T and S are padded to multiples of it.
     frame_mass: F > 0 (static) also returns the attention probability that each query head puts on
       the tokens of each frame 0..F-1, accumulated block by block like the output (keys of frame -1,
       e.g. text and image_newline, count for no frame).
@@ -136,50 +155,66 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
   batch, num_q, num_heads, head_dim = q.shape
   num_keys, num_kv_heads = k.shape[1], k.shape[2]
   groups = num_heads // num_kv_heads
-  block = min(block_size, num_keys)
-  num_blocks = -(-num_keys // block)
-  pad = num_blocks * block - num_keys
-  # Padding slots: invalid, and an index no query reaches, so neither causal nor diagonal.
-  k_meta = TokenMeta(index=_pad_keys(k_meta.index, pad, jnp.iinfo(jnp.int32).max),
-                     valid=_pad_keys(k_meta.valid, pad, False),
-                     group=_pad_keys(k_meta.group, pad, 0),
-                     frame=_pad_keys(k_meta.frame, pad, -1))
-  xs = (_to_blocks(_pad_keys(k, pad, 0), num_blocks), _to_blocks(_pad_keys(v, pad, 0), num_blocks),
-        jax.tree.map(lambda a: _to_blocks(a, num_blocks), k_meta))
-  q = q.reshape(batch, num_q, num_kv_heads, groups, head_dim)
+  k_block, q_block = min(block_size, num_keys), min(block_size, num_q)
+  num_k_blocks, num_q_blocks = -(-num_keys // k_block), -(-num_q // q_block)
+  k_pad, q_pad = num_k_blocks * k_block - num_keys, num_q_blocks * q_block - num_q
+  int_max, int_min = jnp.iinfo(jnp.int32).max, jnp.iinfo(jnp.int32).min
+  # Padding key slots: invalid, an index no query reaches. Padding queries: an index below every key,
+  # so they see nothing (zero output, dropped) and never keep a tile alive.
+  k_meta, q_meta = _pad_meta(k_meta, k_pad, int_max), _pad_meta(q_meta, q_pad, int_min)
+  # Heads before tokens ([B, K, ., D]): batched matmuls in this layout are several times faster on CPU
+  # than with the token axis between batch and head axes.
+  to_heads = lambda x: jnp.moveaxis(_to_blocks(_pad_tokens(x, k_pad, 0), num_k_blocks), 3, 2)
+  keys = (to_heads(k), to_heads(v), jax.tree.map(lambda a: _to_blocks(a, num_k_blocks), k_meta))
+  k_first = keys[2].index.min(axis=(1, 2))                                           # [nk]
   scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
+  q = (q.astype(jnp.float32) * scale).astype(q.dtype)
+  q = _pad_tokens(q, q_pad, 0).reshape(batch, num_q_blocks, q_block, num_kv_heads, groups, head_dim)
+  queries = (jnp.transpose(q, (1, 0, 3, 4, 2, 5)),                                   # [nq, B, K, G, qb, D]
+             jax.tree.map(lambda a: _to_blocks(a, num_q_blocks), q_meta))
   # Masked scores get a finite floor and p is zeroed explicitly: no inf - inf, no NaN in any gradient.
   floor = jnp.finfo(jnp.float32).min
 
-  def step(carry, x):
-    row_max, row_sum, acc = carry[:3]  # [B, K, G, T], [B, K, G, T], [B, K, G, T, D]
-    k_blk, v_blk, meta_blk = x
-    scores = jnp.einsum('btkgd,bskd->bkgts', q, k_blk, preferred_element_type=jnp.float32) * scale
-    mask = allowed(q_meta, meta_blk, rule)[:, None, None]  # [B, 1, 1, T, blk]
-    scores = jnp.where(mask, scores, floor)
-    new_max = jnp.maximum(row_max, scores.max(-1))
-    p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
-    correction = jnp.exp(row_max - new_max)
-    row_sum = row_sum * correction + p.sum(-1)
-    pv = jnp.einsum('bkgts,bskd->bkgtd', p.astype(v_blk.dtype), v_blk,
-                    preferred_element_type=jnp.float32)
-    acc = acc * correction[..., None] + pv
-    if not frame_mass:
-      return (new_max, row_sum, acc), None
-    in_frame = (meta_blk.frame[..., None] == jnp.arange(frame_mass)).astype(jnp.float32)  # [B, blk, F]
-    mass = carry[3] * correction[..., None] + jnp.einsum('bkgts,bsf->bkgtf', p, in_frame)
-    return (new_max, row_sum, acc, mass), None
+  def query_block(x):
+    q_blk, q_meta_blk = x
+    q_last = q_meta_blk.index.max()
 
-  stats_shape = (batch, num_kv_heads, groups, num_q)
-  init = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
-          jnp.zeros((*stats_shape, head_dim), jnp.float32))
-  if frame_mass:
-    init += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
-  final, _ = jax.lax.scan(step, init, xs)
-  row_sum, acc = final[1:3]
-  denom = jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
-  out = jnp.moveaxis(acc / denom, 3, 1).reshape(batch, num_q, num_heads, head_dim)  # [B, T, H, D]
-  if not frame_mass:
-    return out.astype(q.dtype)
-  mass = jnp.moveaxis(final[3] / denom, 3, 1).reshape(batch, num_q, num_heads, frame_mass)
-  return out.astype(q.dtype), mass
+    def tile(carry, key_x):
+      row_max, row_sum, acc = carry[:3]  # [B, K, G, qb], [B, K, G, qb], [B, K, G, qb, D]
+      k_blk, v_blk, meta_blk = key_x
+      scores = jnp.einsum('bkgtd,bksd->bkgts', q_blk, k_blk, preferred_element_type=jnp.float32)
+      mask = allowed(q_meta_blk, meta_blk, rule)[:, None, None]  # [B, 1, 1, qb, kb]
+      scores = jnp.where(mask, scores, floor)
+      new_max = jnp.maximum(row_max, scores.max(-1))
+      p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+      correction = jnp.exp(row_max - new_max)
+      row_sum = row_sum * correction + p.sum(-1)
+      pv = jnp.einsum('bkgts,bksd->bkgtd', p.astype(v_blk.dtype), v_blk,
+                      preferred_element_type=jnp.float32)
+      acc = acc * correction[..., None] + pv
+      if not frame_mass:
+        return new_max, row_sum, acc
+      in_frame = (meta_blk.frame[..., None] == jnp.arange(frame_mass)).astype(jnp.float32)  # [B, kb, F]
+      mass = carry[3] * correction[..., None] + jnp.einsum('bkgts,bsf->bkgtf', p, in_frame)
+      return new_max, row_sum, acc, mass
+
+    def step(carry, key_x):
+      return jax.lax.cond(key_x[3] <= q_last, tile, lambda c, _: c, carry, key_x[:3]), None
+
+    stats_shape = (batch, num_kv_heads, groups, q_block)
+    init = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
+            jnp.zeros((*stats_shape, head_dim), jnp.float32))
+    if frame_mass:
+      init += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
+    final, _ = jax.lax.scan(step, init, keys + (k_first,))
+    denom = jnp.where(final[1] > 0, final[1], 1.0)[..., None]
+    return (final[2] / denom,) + ((final[3] / denom,) if frame_mass else ())
+
+  outs = jax.lax.map(query_block, queries)  # each [nq, B, K, G, qb, .]
+
+  def to_tokens(x):  # [nq, B, K, G, qb, E] -> [B, T, H, E]
+    x = jnp.transpose(x, (1, 0, 4, 2, 3, 5)).reshape(batch, num_q_blocks * q_block, num_heads, -1)
+    return x[:, :num_q]
+
+  out = to_tokens(outs[0]).astype(q.dtype)
+  return (out, to_tokens(outs[1])) if frame_mass else out

@@ -113,6 +113,12 @@ def write_slots(cache: jnp.ndarray, new: jnp.ndarray, write_index: jnp.ndarray) 
   return jax.vmap(write)(cache, new, write_index)
 
 
+def _rows(x, rows: jnp.ndarray):
+  """Rows [B, R] of every leaf of x ([B, T, ...] arrays or a TokenMeta [B, T]) -> [B, R, ...]."""
+  pick = lambda a: jnp.take_along_axis(a, rows.reshape(rows.shape + (1,) * (a.ndim - 2)), axis=1)
+  return jax.tree.map(pick, x)
+
+
 class RMSNorm(nn.Module):
   """Qwen2RMSNorm: normalised in float32, cast back to the input dtype, then scaled by `weight` [D]."""
   eps: float = 1e-6
@@ -158,17 +164,23 @@ class Qwen2Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache_k: jnp.ndarray,
                cache_v: jnp.ndarray, k_meta: TokenMeta, write_index: jnp.ndarray,
-               rule: LayerRule | None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """x [B, T, D] -> (out [B, T, D], cache_k', cache_v' [B, S, K, Dh]); arguments as Qwen2DecoderLayer."""
+               rule: LayerRule | None, out_rows: jnp.ndarray | None = None
+               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """x [B, T, D] -> (out [B, T, D], cache_k', cache_v' [B, S, K, Dh]); arguments as Qwen2DecoderLayer
+    (with out_rows [B, R]: out [B, R, D] of those rows only)."""
     cfg = self.config
     b, t, _ = x.shape
     heads, kv_heads, dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = _dense(heads * dh, True, self.dtype, 'q_proj')(x).reshape(b, t, heads, dh)
+    q_proj = _dense(heads * dh, True, self.dtype, 'q_proj')
     k = _dense(kv_heads * dh, True, self.dtype, 'k_proj')(x).reshape(b, t, kv_heads, dh)
     v = _dense(kv_heads * dh, True, self.dtype, 'v_proj')(x).reshape(b, t, kv_heads, dh)
-    q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', 'head_dim'))
     k, v = (nn.with_logical_constraint(y, ('batch', 'length', 'act_kv_heads', 'head_dim')) for y in (k, v))
-    q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+    k = rotary(k, positions, cfg.rope_theta)
+    if out_rows is not None:
+      x, positions, q_meta = (_rows(y, out_rows) for y in (x, positions, q_meta))
+    q = q_proj(x).reshape(b, x.shape[1], heads, dh)
+    q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', 'head_dim'))
+    q = rotary(q, positions, cfg.rope_theta)
     cache_k = write_slots(cache_k, k, write_index)
     cache_v = write_slots(cache_v, v, write_index)
     out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, block_size=cfg.attention_block_size,
@@ -176,7 +188,7 @@ class Qwen2Attention(nn.Module):
     if self.frame_mass:
       out, mass = out
       self.sow('intermediates', 'frame_mass', mass)
-    out = _dense(cfg.hidden_size, False, self.dtype, 'o_proj')(out.reshape(b, t, heads * dh))
+    out = _dense(cfg.hidden_size, False, self.dtype, 'o_proj')(out.reshape(b, x.shape[1], heads * dh))
     return out, cache_k, cache_v
 
 
@@ -190,7 +202,8 @@ class Qwen2DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, h: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache_k: jnp.ndarray,
                cache_v: jnp.ndarray, k_meta: TokenMeta, write_index: jnp.ndarray,
-               rule: LayerRule | None = None) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+               rule: LayerRule | None = None, out_rows: jnp.ndarray | None = None
+               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One layer on T new tokens.
 
     Args:
@@ -201,15 +214,18 @@ class Qwen2DecoderLayer(nn.Module):
       k_meta: TokenMeta [B, S] of the cache slots, already marking the slots written here valid.
       write_index: [B] int32 first slot written in each row.
       rule: this layer's knockout rule or None.
+      out_rows: optional [B, R] rows of the T new tokens whose outputs are wanted: every row still
+        writes its keys/values, but only these R query, so the rest of the layer costs R / T (e.g. the
+        last layer of a prompt whose answer is read off one slot).
 
     Returns:
-      (h_out [B, T, D], cache_k', cache_v').
+      (h_out [B, T, D] (or [B, R, D] with out_rows), cache_k', cache_v').
     """
     eps = self.config.rms_norm_eps
     attn, cache_k, cache_v = Qwen2Attention(self.config, self.dtype, self.frame_mass, name='self_attn')(
         RMSNorm(eps, self.dtype, name='input_layernorm')(h), positions, q_meta, cache_k, cache_v, k_meta,
-        write_index, rule)
-    h = h + attn
+        write_index, rule, out_rows)
+    h = h + attn if out_rows is None else _rows(h, out_rows) + attn
     h = h + Qwen2MLP(self.config, self.dtype, name='mlp')(
         RMSNorm(eps, self.dtype, name='post_attention_layernorm')(h))
     return nn.with_logical_constraint(h, ('batch', 'length', 'act_embed')), cache_k, cache_v
