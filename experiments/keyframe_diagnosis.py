@@ -32,7 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from experiments import common, keyframe_plots, results, train_selector
+from experiments import common, keyframe_plots, learned_selector, results
 from jaxvlm import checkpoints, data, knockout, prompts, sweep, video
 from jaxvlm.keyframes import metrics, relevance, selector_model, selectors, teacher
 
@@ -194,7 +194,7 @@ def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
 
 
 def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates], plan: Plan, config,
-                   learned: train_selector.TrainedSelector | None = None) -> list[dict]:
+                   learned: learned_selector.TrainedSelector | None = None) -> list[dict]:
   """The per-sample records of a batch of prepared samples. siglip: (model, params, processor);
   learned: the trained selector behind selector 'learned'."""
   batch = common.collate(cands, processor)
@@ -229,7 +229,7 @@ def run(config, workdir: str) -> dict:
   model, params, processor = common.load_model(config)
   plan = plan_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
   siglip = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
-  learned = train_selector.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
+  learned = learned_selector.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
   if learned is not None and learned.num_candidates != config.num_candidates:
     raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {learned.num_candidates} '
                      f'candidates, the diagnosis uses num_candidates={config.num_candidates}')

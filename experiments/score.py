@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import train_selector
+from experiments import learned_selector
 from jaxvlm import checkpoints, prompts, sweep, video
 from jaxvlm.models import llava_onevision as lo
 
@@ -68,8 +68,8 @@ def main(argv):
   if _SELECTOR.value == 'learned':
     if not _SELECTOR_CHECKPOINT.value:
       raise app.UsageError('--selector=learned needs --selector_checkpoint=DIR (a train_selector workdir)')
-    picked = train_selector.pick_frames(train_selector.load_trained(_SELECTOR_CHECKPOINT.value), _VIDEO.value,
-                                        _QUESTION.value, _OPTIONS.value, _K.value)
+    picked = learned_selector.pick_frames(learned_selector.load_trained(_SELECTOR_CHECKPOINT.value),
+                                          _VIDEO.value, _QUESTION.value, _OPTIONS.value, _K.value)
     frames, extra = picked.pixels, {'selected_frame_indices': picked.indices.tolist()}
   else:
     frames, extra = video.sample_frames(_VIDEO.value, _NUM_FRAMES.value).pixels, {}

@@ -26,7 +26,6 @@ import zlib
 import jax
 import jax.numpy as jnp
 import matplotlib
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -37,8 +36,8 @@ from tqdm import tqdm
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
-from experiments import common, keyframe_diagnosis, results  # pylint: disable=wrong-import-position
-from jaxvlm import checkpoints, knockout, sharding, video  # pylint: disable=wrong-import-position
+from experiments import common, keyframe_diagnosis, learned_selector, results  # pylint: disable=wrong-import-position
+from jaxvlm import checkpoints, knockout, sharding  # pylint: disable=wrong-import-position
 from jaxvlm.keyframes import (metrics, relevance, selector_model, selectors,  # pylint: disable=wrong-import-position
                               teacher)
 
@@ -239,15 +238,7 @@ def checkpoint_managers(workdir: str, keep: int) -> tuple[ocp.CheckpointManager,
   latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                  options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                                       enable_async_checkpointing=False))
-  best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'),
-                               options=ocp.CheckpointManagerOptions(
-                                   max_to_keep=1, create=True, best_fn=lambda m: m['val_recall'],
-                                   best_mode='max', enable_async_checkpointing=False))
-  return latest, best
-
-
-def selector_from_config(config) -> selector_model.FrameSelector:
-  return selector_model.FrameSelector(selector_model.SelectorConfig(**config.model), jnp.dtype(config.dtype))
+  return latest, learned_selector.best_manager(workdir)
 
 
 def load_labels(config, workdir: str) -> tuple[dict, dict, list[np.ndarray], list[tuple[str, str]]]:
@@ -271,7 +262,7 @@ def run(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(devices=devices)
   if config.batch_size % len(devices):
     raise ValueError(f'batch_size={config.batch_size} is not a multiple of the {len(devices)} devices')
-  model = selector_from_config(config)
+  model = learned_selector.selector_from_config(config)
   hp = Hyper.from_config(config)
   params = selector_model.init_params(model, config.num_candidates, train['frame_emb'].shape[-1], config.seed)
   state = jax.device_put({'params': params, 'opt_state': init_opt_state(model, hp, params)},
@@ -307,49 +298,6 @@ def run(config, workdir: str) -> dict:
              'final': evals[-1] if evals else None}
   results.write_summary(workdir, summary, evals)
   return summary
-
-
-def load_selector(config, workdir: str, num_candidates: int, embed_dim: int):
-  """(model, params) of the best checkpoint of a training run in `workdir`."""
-  model = selector_from_config(config)
-  abstract = jax.eval_shape(lambda: selector_model.init_params(model, num_candidates, embed_dim))
-  _, best = checkpoint_managers(workdir, config.keep)
-  step = best.best_step()
-  if step is None:
-    raise ValueError(f'no best checkpoint under {workdir}/best')
-  return model, best.restore(step, args=ocp.args.StandardRestore(abstract))
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedSelector:
-  """A trained selector with the SigLIP it reads (model, params, processor) and its pool size N."""
-  model: selector_model.FrameSelector
-  params: dict
-  siglip: tuple
-  num_candidates: int
-
-
-def load_trained(workdir: str) -> TrainedSelector:
-  """The best selector of the training run in `workdir` (its config.json names SigLIP and N)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'{workdir} holds no train_selector run (no config.json)')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  sig = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
-  embed_dim = sig[0].config.vision_config.hidden_size
-  model, params = load_selector(config, workdir, config.num_candidates, embed_dim)
-  return TrainedSelector(model, params, sig, config.num_candidates)
-
-
-def pick_frames(trained: TrainedSelector, video_path: str, question: str, options, k: int,
-                start_s: float | None = None, end_s: float | None = None) -> video.Frames:
-  """The k frames the selector picks from the video's N-frame candidate pool (time order)."""
-  pool = video.sample_frames(video_path, trained.num_candidates, start_s=start_s, end_s=end_s, rule='pool')
-  frame_emb, text_emb = teacher.siglip_features(*trained.siglip, pool.pixels,
-                                                relevance.query_texts(question, options)[1])
-  idx = selector_model.select(selector_model.scores(trained.model, trained.params, frame_emb, text_emb), k)
-  return video.Frames(pool.pixels[idx], pool.indices[idx], pool.timestamps_s[idx])
 
 
 def main(argv):
