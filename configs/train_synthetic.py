@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.log_every = 10
 
   c.siglip = config_dict.ConfigDict()
-  c.siglip.steps = 250
+  c.siglip.steps = 800
   c.siglip.batch_size = 128         # frames (and their captions) per step
   c.siglip.lr = 3e-3
   c.siglip.warmup = 20
@@ -28,18 +28,21 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.siglip.evidence_share = 0.5     # frames drawn from evidence frames (two objects) rather than uniformly
 
   c.llava = config_dict.ConfigDict()
-  c.llava.steps = 600
-  c.llava.batch_size = 8            # videos per step (small: many updates count more on CPU)
+  c.llava.steps = 1800
+  c.llava.batch_size = 16           # videos per step
   c.llava.lr = 3e-3
   c.llava.warmup = 30
+  c.llava.short_steps = 900         # curriculum: the first steps see videos cut to short_frames frames
+  c.llava.short_frames = 16         # ... around their evidence (train_synthetic.curriculum_frames)
   c.llava.weight_decay = 1e-4
   c.llava.frame_loss_weight = 1.0   # auxiliary loss: each frame's last slot predicts its caption words
+  c.llava.frame_loss_layer = 2      # ... read from the input of this decoder layer (early, see tiny.llava_loss_fn)
   c.llava.option_loss_weight = 1.0  # auxiliary loss: each option line's end predicts its letter or 'no'
 
   if arg == 'runlocal':
     c.data.num_train, c.data.num_val = 16, 5
     c.siglip.steps, c.siglip.batch_size, c.siglip.warmup = 4, 16, 1
-    c.llava.steps, c.llava.batch_size, c.llava.warmup = 4, 2, 1
+    c.llava.steps, c.llava.batch_size, c.llava.warmup, c.llava.short_steps = 4, 2, 1, 2
     c.checkpoint_every, c.log_every = 2, 1
   elif arg:
     raise ValueError(f'unknown config argument {arg!r}; expected runlocal or nothing')

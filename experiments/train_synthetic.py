@@ -103,21 +103,44 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
           'caption_index': np.asarray([index[t] for t in texts], np.int32)}
 
 
+def curriculum_frames(item, num_frames: int, keep: int, rng: np.random.Generator) -> np.ndarray:
+  """`keep` sorted frame indices of a `num_frames`-frame video that keep its question answerable:
+  every evidence frame, the frames on both sides of each (so flashes stay apart and counts hold),
+  the rest drawn at random."""
+  evidence = set(item.question.evidence_frames)
+  if len(evidence) >= keep:  # the control: any frames show the background
+    return np.sort(rng.choice(sorted(evidence), keep, replace=False))
+  border = {g for f in evidence for g in (f - 1, f + 1) if 0 <= g < num_frames} - evidence
+  chosen = evidence | set(sorted(border)[:keep - len(evidence)])
+  rest = sorted(set(range(num_frames)) - chosen)
+  chosen |= set(rng.choice(rest, keep - len(chosen), replace=False).tolist())
+  return np.asarray(sorted(chosen))
+
+
 def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_cache: dict, step: int
                 ) -> dict[str, np.ndarray]:
   """batch_size random videos with their question prompts (collated as evaluation collates them),
   their frozen-tower features (tower [N, F, P, Dv] cached once) and the targets of the auxiliary
-  losses: per-frame caption words frame_words [B, F, V], option-line targets option_target [B, O]."""
+  losses: per-frame caption words frame_words [B, F, V], option-line targets option_target [B, O].
+  For the first `config.llava.short_steps` steps every video is cut to `short_frames` frames around
+  its evidence (`curriculum_frames`): shorter prompts, and the evidence is denser while the model
+  learns where to look."""
+  c = config.llava
   rng = _rng(config, 'llava', step)
-  vids = rng.choice(len(data.items), config.llava.batch_size, replace=False)
-  built, words = [], []
+  vids = rng.choice(len(data.items), c.batch_size, replace=False)
+  short = step < c.short_steps
+  num = c.short_frames if short else config.num_frames
+  built, words, feats = [], [], []
   for v in vids:
-    if v not in prompt_cache:
-      q = data.items[v].question
-      prompt_cache[v] = (prompts.build_prompt(processor, q.question, q.options, config.num_frames),
-                         tiny.frame_word_targets(processor.tokenizer, data.captions[v]))
-    built.append(prompt_cache[v][0])
-    words.append(prompt_cache[v][1])
+    item = data.items[v]
+    if (v, num) not in prompt_cache:
+      prompt_cache[v, num] = prompts.build_prompt(processor, item.question.question,
+                                                  item.question.options, num)
+    frames = (curriculum_frames(item, config.num_frames, num, rng) if short
+              else np.arange(config.num_frames))
+    built.append(prompt_cache[v, num])
+    words.append(tiny.frame_word_targets(processor.tokenizer, [data.captions[v][f] for f in frames]))
+    feats.append(tower[v, frames])
   pb = prompts.collate(built, processor.tokenizer.pad_token_id)
   letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
   answers = np.asarray([data.items[v].question.answer for v in vids])
@@ -127,7 +150,7 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
           'answer_id': letters[answers], 'frame_words': np.stack(words),
           'option_end': tiny.option_end_index(pb.input_ids, pb.layout.group, letters),
           'option_target': tiny.option_line_targets(letters, answers, wrong),
-          'tower': tower[vids]}
+          'tower': np.stack(feats)}
 
 
 def tower_cache(workdir: str, model, params: dict, processor, data: TrainData) -> np.ndarray:
@@ -269,7 +292,7 @@ def train_llava(config, workdir: str, data: TrainData, tokenizer, llava_config: 
   prompt_cache: dict = {}
   state = train_loop(config, workdir, 'llava', tiny.create_state(params, tx),
                      lambda s, b: tiny.llava_step(s, b, model, tx, c.frame_loss_weight,
-                                                    c.option_loss_weight),
+                                                    c.option_loss_weight, c.frame_loss_layer),
                      lambda step: llava_batch(config, data, processor, tower, prompt_cache, step),
                      c.steps)
   params = {**jax.device_get(state.params), **frozen}

@@ -103,9 +103,9 @@ def llava_config_dict(tokenizer: transformers.PreTrainedTokenizerBase) -> dict:
   config = transformers.LlavaOnevisionConfig(
       vision_config={**VISION, 'model_type': 'siglip_vision_model', 'vision_use_head': False},
       text_config={**DECODER, 'model_type': 'qwen2', 'vocab_size': len(tokenizer),
-                   'tie_word_embeddings': False, 'pad_token_id': tokenizer.pad_token_id},
+                   'tie_word_embeddings': True, 'pad_token_id': tokenizer.pad_token_id},
       video_token_index=video_id, image_token_index=image_id, vision_feature_layer=-1,
-      vision_feature_select_strategy='full', tie_word_embeddings=False)
+      vision_feature_select_strategy='full', tie_word_embeddings=True)
   return config.to_dict()
 
 
@@ -231,15 +231,16 @@ def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
   return _apply_grads(state, grads, tx), {'loss': loss}
 
 
-def _hidden(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None
-            ) -> jnp.ndarray:
-  """Last-layer hidden states [B, S, D] of a prompt batch (keys as in `answer_logits`; the video
-  comes from batch['pixels'] or, with a frozen tower, from its cached output batch['tower'])."""
+def _forward(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None,
+             return_hidden_states: bool = False) -> lo.LlavaOutput:
+  """The forward of a prompt batch (keys as in `answer_logits`; the video comes from batch['pixels']
+  or, with a frozen tower, from its cached output batch['tower'])."""
   ids = batch['input_ids']
   index = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
   meta = TokenMeta(index=index, valid=batch['valid'], group=batch['group'], frame=batch['frame'])
   return model.apply({'params': params}, ids, batch.get('pixels'), batch['positions'], meta,
-                     spec=spec, tower_features=batch.get('tower')).hidden
+                     spec=spec, return_hidden_states=return_hidden_states,
+                     tower_features=batch.get('tower'))
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
@@ -259,7 +260,7 @@ def answer_logits(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
                   spec=None) -> jnp.ndarray:
   """The next-token logits [B, V] at each prompt's answer slot. batch: input_ids [B, S], pixels
   [B, F, H, W, C], group/frame/positions [B, S] int32, valid [B, S] bool, answer_index [B]."""
-  hidden = _hidden(params, model, batch, spec)
+  hidden = _forward(params, model, batch, spec).hidden
   return _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
 
 
@@ -312,26 +313,35 @@ def option_line_targets(letter_ids: np.ndarray, answers: np.ndarray, wrong_id: i
   return np.where(is_answer, np.asarray(letter_ids)[None], wrong_id).astype(np.int32)
 
 
+def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp.ndarray
+                ) -> jnp.ndarray:
+  return model.apply({'params': params}, h, method=lambda m, x: m.language_model.norm(x))
+
+
 def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
-                  frame_weight: float = 0.0, option_weight: float = 0.0
+                  frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1
                   ) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus two
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
-    frame's caption (batch['frame_words'] [B, F, V]), so every video token carries what it shows;
+    frame's caption (batch['frame_words'] [B, F, V]) from the input of decoder layer `frame_layer`
+    (read through the final norm and the tied head, i.e. in the space of the word embeddings), so
+    video tokens carry what they show early, in the form the question and option words have;
   - `option_weight` x option-line loss: the end of every option line predicts its own letter if the
     option is right and WRONG_OPTION if not (batch['option_end'], batch['option_target'] [B, O]),
     so each option is checked against the video where it is read and the answer slot only has to
     copy the letter of the line that holds it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['option_loss']})."""
-  hidden = _hidden(params, model, batch)
+  out = _forward(params, model, batch, return_hidden_states=bool(frame_weight))
+  hidden = out.hidden
   logits = _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
   answer, acc = answer_loss(logits, batch['answer_id'])
   metrics = {'answer_loss': answer, 'accuracy': acc}
   loss = answer
   if frame_weight:
     ends = frame_end_index(batch['frame'], batch['frame_words'].shape[1])
-    frame = soft_cross_entropy(_logits_at(params, model, hidden, ends), batch['frame_words'])
+    early = _final_norm(params, model, out.hidden_states[frame_layer])
+    frame = soft_cross_entropy(_logits_at(params, model, early, ends), batch['frame_words'])
     metrics['frame_loss'] = frame
     loss = loss + frame_weight * frame
   if option_weight:
@@ -343,11 +353,11 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   return loss, metrics
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tx', 'frame_weight', 'option_weight'),
-                   donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'frame_weight', 'option_weight',
+                                             'frame_layer'), donate_argnums=(0,))
 def llava_step(state: TrainState, batch: dict, model: lo.LlavaOnevisionForConditionalGeneration,
                tx: optax.GradientTransformation, frame_weight: float = 0.0,
-               option_weight: float = 0.0) -> tuple[TrainState, dict]:
+               option_weight: float = 0.0, frame_layer: int = -1) -> tuple[TrainState, dict]:
   (loss, metrics), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(
-      state.params, model, batch, frame_weight, option_weight)
+      state.params, model, batch, frame_weight, option_weight, frame_layer)
   return _apply_grads(state, grads, tx), {'loss': loss, **metrics}
