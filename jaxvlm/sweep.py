@@ -173,28 +173,28 @@ class StatePlan:
 
 def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
   """Shares every layer computation that specs `chosen` (indices into specs_np [N, L, ...]) have in
-  common: a state is identified by (its parent state, this layer's rule)."""
+  common: a state is identified by (its parent state, this layer's rule). A layer's states are ordered
+  by rule, so a chunk of them tends to share one rule and the attention can skip the tiles that rule
+  empties for every row."""
   num_layers = specs_np.block.shape[1]
   fields = (specs_np.block, specs_np.cross_frame, specs_np.same_frame, specs_np.frames)
   current = {int(n): -1 for n in chosen}
   parents, rule_of = [], []
   for l in range(num_layers):
-    ids: dict[tuple, int] = {}
-    layer_parents, layer_rules, nxt = [], [], {}
+    states: dict[tuple, int] = {}                     # (rule, parent) -> a spec applying the rule
+    nxt = {}
     for n, parent in current.items():
-      rule = tuple(f[n, l].tobytes() for f in fields)
       if parent == -1 and not any(f[n, l].any() for f in fields):
         nxt[n] = -1                                   # still clean: reuse the clean run for free
         continue
-      key = (parent, rule)
-      if key not in ids:
-        ids[key] = len(layer_parents)
-        layer_parents.append(parent)
-        layer_rules.append(n)
-      nxt[n] = ids[key]
-    parents.append(np.asarray(layer_parents, np.int32))
-    rule_of.append(np.asarray(layer_rules, np.int32))
-    current = nxt
+      key = (tuple(f[n, l].tobytes() for f in fields), parent)
+      states.setdefault(key, n)
+      nxt[n] = key
+    keys = sorted(states)
+    ids = {key: i for i, key in enumerate(keys)}
+    parents.append(np.asarray([key[1] for key in keys], np.int32))
+    rule_of.append(np.asarray([states[key] for key in keys], np.int32))
+    current = {n: -1 if key == -1 else ids[key] for n, key in nxt.items()}
   return StatePlan(parents, rule_of, np.asarray([current[int(n)] for n in chosen], np.int32))
 
 

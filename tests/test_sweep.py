@@ -2,6 +2,8 @@
 anchor tools do it), exactness of the clean-run reuse, and no recompilation across windows/types."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,8 +142,14 @@ def test_knockouts_match_transformers_dense_masks(tiny):
   assert np.abs(np.asarray(ours)[0] - clean).max() > 1e-3
 
 
-def test_reuse_equals_full_recompute(tiny):
+@pytest.mark.parametrize('attention_block_size', [None, 8])
+def test_reuse_equals_full_recompute(tiny, attention_block_size):
+  """Also with tiles much smaller than S: then the states' per-row rules (folded into the batch) let
+  the attention skip tiles, which must change nothing."""
   _, model, params, ids, layout, answer, pixels = tiny
+  if attention_block_size:
+    text = dataclasses.replace(model.config.text, attention_block_size=attention_block_size)
+    model = dataclasses.replace(model, config=dataclasses.replace(model.config, text=text))
   named = specs_under_test(model.config.text.num_hidden_layers)
   specs = knockout.stack_specs([s for _, s in named])
   clean = sweep.clean_run(model, params, ids, pixels, layout, answer, OPTION_IDS)

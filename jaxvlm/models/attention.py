@@ -132,10 +132,11 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
   Tiled online softmax: queries and keys are cut into blocks of `block_size`; for each query block
   the key blocks are visited in turn and a tile is skipped (lax.cond) when causality alone rules it
   out (every key index > every query index of the block), so a full causal forward computes about
-  half the tiles. Memory is O(B * H * block^2), never O(T * S). Accumulators are float32 whatever
+  half the tiles, or when the rule masks all of it (e.g. Video Temporal, frames far apart). Memory is O(B * H * block^2), never O(T * S). Accumulators are float32 whatever
   the input dtype. A query whose own slot is not among the keys and whose other keys are all masked
-  gets a zero output (cannot happen when the caller writes the query's k/v first). The skip test
-  reads only the metadata, so under vmap over rules (a batch of specs) it stays a real branch.
+  gets a zero output (cannot happen when the caller writes the query's k/v first). The causal skip
+  reads only the metadata, so it stays a real branch under vmap over rules; the rule skip pays off
+  when the rules are per batch row (`LayerRule` doc) rather than vmapped.
 
   Args:
     q: [B, T, H, D] queries, H = K * G; query head h reads key/value head h // G (as HF repeat_kv).
@@ -179,11 +180,11 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
     q_blk, q_meta_blk = x
     q_last = q_meta_blk.index.max()
 
-    def tile(carry, key_x):
+    def tile(carry, key_x, mask):
       row_max, row_sum, acc = carry[:3]  # [B, K, G, qb], [B, K, G, qb], [B, K, G, qb, D]
       k_blk, v_blk, meta_blk = key_x
       scores = jnp.einsum('bkgtd,bksd->bkgts', q_blk, k_blk, preferred_element_type=jnp.float32)
-      mask = allowed(q_meta_blk, meta_blk, rule)[:, None, None]  # [B, 1, 1, qb, kb]
+      mask = mask[:, None, None]  # [B, 1, 1, qb, kb]
       scores = jnp.where(mask, scores, floor)
       new_max = jnp.maximum(row_max, scores.max(-1))
       p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
@@ -198,8 +199,16 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
       mass = carry[3] * correction[..., None] + jnp.einsum('bkgts,bsf->bkgtf', p, in_frame)
       return new_max, row_sum, acc, mass
 
+    def masked_tile(carry, key_x):
+      mask = allowed(q_meta_blk, key_x[2], rule)  # [B, qb, kb]
+      if rule is None:
+        return tile(carry, key_x, mask)
+      # A knockout can empty a whole tile (Video Temporal: another frame's keys); its update would be
+      # the identity, so skip it.
+      return jax.lax.cond(mask.any(), tile, lambda c, *_: c, carry, key_x, mask)
+
     def step(carry, key_x):
-      return jax.lax.cond(key_x[3] <= q_last, tile, lambda c, _: c, carry, key_x[:3]), None
+      return jax.lax.cond(key_x[3] <= q_last, masked_tile, lambda c, _: c, carry, key_x[:3]), None
 
     stats_shape = (batch, num_kv_heads, groups, q_block)
     init = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
