@@ -51,8 +51,11 @@ VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_at
 SIGLIP_TEXT = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=CAPTION_LENGTH, hidden_act='gelu_pytorch_tanh',
                    layer_norm_eps=1e-6)
-DECODER = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=8, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0)
+# Two heads of 32 dims and RoPE base 1e6 (as Qwen2's real checkpoints): a question or option token
+# must find a few matching video tokens ~100 slots back by content, and with 16-dim heads at base
+# 1e4 only a few rotary pairs turn slowly enough over that distance to compare content.
+DECODER = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=8, num_attention_heads=2,
+               num_key_value_heads=1, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,19 +218,20 @@ def _apply_grads(state: TrainState, grads: Any, tx: optax.GradientTransformation
 
 
 def siglip_loss_fn(params, model: siglip.SiglipModel, pixels: jnp.ndarray, caption_ids: jnp.ndarray,
-                   caption_index: jnp.ndarray) -> jnp.ndarray:
-  """pixels [I, H, W, C], caption_ids [I, L] (the caption of each image), caption_index [I] (its
-  caption's identity) -> sigmoid loss over all image-caption pairs of the batch."""
+                   caption_index: jnp.ndarray, image_caption: jnp.ndarray) -> jnp.ndarray:
+  """pixels [I, H, W, C], caption_ids [Q, L], caption_index [Q] (identity of each text),
+  image_caption [I] (identity of each image's caption) -> sigmoid loss over all I x Q pairs."""
   logits = model.apply({'params': params}, pixels, caption_ids)
-  return sigmoid_loss(logits, caption_index[:, None] == caption_index[None, :])
+  return sigmoid_loss(logits, image_caption[:, None] == caption_index[None, :])
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0,))
 def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
                 tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
-  """batch: pixels [I, H, W, C], caption_ids [I, L], caption_index [I]."""
+  """batch: pixels [I, H, W, C], caption_ids [Q, L], caption_index [Q], image_caption [I]."""
   loss, grads = jax.value_and_grad(siglip_loss_fn)(
-      state.params, model, batch['pixels'], batch['caption_ids'], batch['caption_index'])
+      state.params, model, batch['pixels'], batch['caption_ids'], batch['caption_index'],
+      batch['image_caption'])
   return _apply_grads(state, grads, tx), {'loss': loss}
 
 
@@ -288,6 +292,18 @@ def frame_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions
   return out
 
 
+def seen_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]
+                      ) -> np.ndarray:
+  """Per-frame captions [F] -> float32 [F, V]: uniform over the content words of every frame up to
+  and including f (what the video has shown so far)."""
+  out = np.zeros((len(captions), len(tokenizer)), np.float32)
+  seen: set[int] = set()
+  for f, caption in enumerate(captions):
+    seen.update(caption_words(tokenizer, caption))
+    out[f, sorted(seen)] = 1.0 / len(seen)
+  return out
+
+
 def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
   """logits, targets [..., V] (targets sum to 1) -> mean cross-entropy."""
   return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1))
@@ -318,32 +334,46 @@ def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp
   return model.apply({'params': params}, h, method=lambda m, x: m.language_model.norm(x))
 
 
+def _frame_loss(params, model, hidden_states: jnp.ndarray, layer: int, ends: jnp.ndarray,
+                targets: jnp.ndarray) -> jnp.ndarray:
+  """Soft cross-entropy of targets [B, F, V] at the frame ends [B, F], read from the input of
+  decoder `layer` through the final norm and the tied head."""
+  early = _final_norm(params, model, hidden_states[layer])
+  return soft_cross_entropy(_logits_at(params, model, early, ends), targets)
+
+
 def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
-                  frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1
-                  ) -> tuple[jnp.ndarray, dict]:
+                  frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1,
+                  seen_weight: float = 0.0, seen_layer: int = -1) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus two
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
     frame's caption (batch['frame_words'] [B, F, V]) from the input of decoder layer `frame_layer`
     (read through the final norm and the tied head, i.e. in the space of the word embeddings), so
     video tokens carry what they show early, in the form the question and option words have;
+  - `seen_weight` x seen loss: the same slots predict the words of everything shown so far
+    (batch['seen_words'] [B, F, V]) from the input of layer `seen_layer`, so the last frames sum up
+    the video and a question or option word finds its object there instead of in a few frames;
   - `option_weight` x option-line loss: the end of every option line predicts its own letter if the
     option is right and WRONG_OPTION if not (batch['option_end'], batch['option_target'] [B, O]),
     so each option is checked against the video where it is read and the answer slot only has to
     copy the letter of the line that holds it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['option_loss']})."""
-  out = _forward(params, model, batch, return_hidden_states=bool(frame_weight))
+  out = _forward(params, model, batch, return_hidden_states=bool(frame_weight or seen_weight))
   hidden = out.hidden
   logits = _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
   answer, acc = answer_loss(logits, batch['answer_id'])
   metrics = {'answer_loss': answer, 'accuracy': acc}
   loss = answer
+  ends = frame_end_index(batch['frame'], batch['frame_words'].shape[1])
   if frame_weight:
-    ends = frame_end_index(batch['frame'], batch['frame_words'].shape[1])
-    early = _final_norm(params, model, out.hidden_states[frame_layer])
-    frame = soft_cross_entropy(_logits_at(params, model, early, ends), batch['frame_words'])
+    frame = _frame_loss(params, model, out.hidden_states, frame_layer, ends, batch['frame_words'])
     metrics['frame_loss'] = frame
     loss = loss + frame_weight * frame
+  if seen_weight:
+    seen = _frame_loss(params, model, out.hidden_states, seen_layer, ends, batch['seen_words'])
+    metrics['seen_loss'] = seen
+    loss = loss + seen_weight * seen
   if option_weight:
     at_options = _logits_at(params, model, hidden, batch['option_end'])          # [B, O, V]
     targets = jax.nn.one_hot(batch['option_target'], at_options.shape[-1])
@@ -353,11 +383,10 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   return loss, metrics
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tx', 'frame_weight', 'option_weight',
-                                             'frame_layer'), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'weights'), donate_argnums=(0,))
 def llava_step(state: TrainState, batch: dict, model: lo.LlavaOnevisionForConditionalGeneration,
-               tx: optax.GradientTransformation, frame_weight: float = 0.0,
-               option_weight: float = 0.0, frame_layer: int = -1) -> tuple[TrainState, dict]:
+               tx: optax.GradientTransformation, weights: tuple = ()) -> tuple[TrainState, dict]:
+  """weights: (name, value) pairs of llava_loss_fn's keyword arguments (hashable: static)."""
   (loss, metrics), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(
-      state.params, model, batch, frame_weight, option_weight, frame_layer)
+      state.params, model, batch, **dict(weights))
   return _apply_grads(state, grads, tx), {'loss': loss, **metrics}
