@@ -92,6 +92,14 @@ def dense_masks(layout, spec) -> list[torch.Tensor | None]:
   return masks
 
 
+def with_attention_block(model, block_size: int):
+  """`model` whose attention kernel uses block_size x block_size tiles (0: keep the config's)."""
+  if not block_size:
+    return model
+  text = dataclasses.replace(model.config.text, attention_block_size=block_size)
+  return dataclasses.replace(model, config=dataclasses.replace(model.config, text=text))
+
+
 def time_it(fn, repeats: int) -> float:
   fn()  # warm-up: compile / allocate
   times = []
@@ -115,9 +123,7 @@ def main():
   only = set(args.only.split(','))
   torch.set_num_threads(max(1, torch.get_num_threads()))
   hf, model, params = mid_size_model(args.layers)
-  if args.attention_block_size:
-    text = dataclasses.replace(model.config.text, attention_block_size=args.attention_block_size)
-    model = dataclasses.replace(model, config=dataclasses.replace(model.config, text=text))
+  model = with_attention_block(model, args.attention_block_size)
   ids, layout, answer = prompt(model, args.frames)
   px = np.random.default_rng(1).normal(size=(1, args.frames, 196, 196, 3)).astype(np.float32)
   sw = knockout.build_sweep(args.layers, args.frames)
