@@ -20,6 +20,17 @@ SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
 SELECTORS = 'oracle_top,oracle_bottom,answer_free_top,attention_top,siglip_q,siglip_qo,bolt,aks,uniform,random'
 
 
+def use_hub_preset(c: config_dict.ConfigDict, preset: str) -> None:
+  """Points `c` at the hub Video-LLM of `preset`, SigLIP so400m and the MVBench paths, in bfloat16."""
+  if preset not in HUB:
+    raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(HUB)}')
+  c.checkpoint = HUB[preset]
+  c.siglip_checkpoint = SIGLIP_HUB
+  c.dtype = 'bfloat16'
+  c.benchmark = 'mvbench'
+  c.data = config_dict.ConfigDict({'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'})
+
+
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   parts = [p for p in (arg or 'default').split(',') if p]
   preset = next((p for p in parts if p != 'runlocal'), 'default')
@@ -45,13 +56,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.strip_samples = 4                 # samples drawn as frame strips with their scores
   c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'
   if preset != 'default':
-    if preset not in HUB:
-      raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(HUB)}')
-    c.checkpoint = HUB[preset]
-    c.siglip_checkpoint = SIGLIP_HUB
-    c.dtype = 'bfloat16'
-    c.benchmark = 'mvbench'
-    c.data = config_dict.ConfigDict({'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'})
+    use_hub_preset(c, preset)
     c.batch_size = 1
   if 'runlocal' in parts:
     c.max_samples = 4

@@ -50,13 +50,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.keep = 2                          # latest checkpoints kept (the best one is kept separately)
   c.stop_after_steps = -1             # > 0: stop after this step without a checkpoint, as a kill would
   if preset != 'default':
-    if preset not in keyframe_diagnosis.HUB:
-      raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(keyframe_diagnosis.HUB)}')
-    c.checkpoint = keyframe_diagnosis.HUB[preset]
-    c.siglip_checkpoint = keyframe_diagnosis.SIGLIP_HUB
-    c.dtype = 'bfloat16'
-    c.benchmark = 'mvbench'
-    c.data = config_dict.ConfigDict({'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'})
+    keyframe_diagnosis.use_hub_preset(c, preset)
     c.label_batch_size = 1
   if 'runlocal' in parts:
     c.max_samples = 8
