@@ -12,7 +12,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.seed = 0
   c.num_frames = 32                 # the LLaVA sees every frame of the 32-frame videos
-  c.data = config_dict.ConfigDict({'num_train': 2400, 'num_val': 100, 'fps': 8})
+  # 16000 videos, each seen ~3 times: with 2400 (seen 16 times) the LLaVA memorised them (train 0.74,
+  # validation 0.51).
+  c.data = config_dict.ConfigDict({'num_train': 16000, 'num_val': 100, 'fps': 8, 'workers': 2})
   c.dtype = 'float32'
   c.stages = 'siglip,llava'         # 'siglip' alone stops after stage 1
   c.checkpoint_every = 50           # steps between orbax checkpoints (and metric lines)

@@ -27,6 +27,7 @@ SigLIP R@1 0.44 global (errors are almost all shapes), 1.00 within video. The is
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 
@@ -62,17 +63,33 @@ class TrainData:
     self.frames, self.items, self.captions = frames, items, captions
 
 
+def _encode_and_decode(job: tuple) -> np.ndarray:
+  """(item, mp4 path, num_frames, fps) -> the item rendered, written as H.264 mp4 and decoded back,
+  uint8 [F, H, W, 3] (what evaluation sees)."""
+  item, path, num_frames, fps = job
+  synthetic.write_video(path, synthetic.render(item.video), fps)
+  return video.sample_frames(path, num_frames).pixels
+
+
 def load_train_data(config, workdir: str) -> TrainData:
-  root = os.path.join(workdir, 'data', 'train')
+  """The train split's decoded frames, made once (`config.data.workers` processes encode and decode
+  the videos in parallel) and cached as workdir/data/train_frames.npy (memory-mapped)."""
+  root = os.path.join(workdir, 'data', 'train', 'videos')
   cache = os.path.join(workdir, 'data', 'train_frames.npy')
   n = config.data.num_train
   items = synthetic.generate_specs(n, config.seed, 'train', config.num_frames)
   if not os.path.isfile(cache):
-    synthetic.generate(root, n, config.seed, config.num_frames, split='train', fps=config.data.fps)
-    frames = np.stack([video.sample_frames(os.path.join(root, 'videos', f'{it.id}.mp4'),
-                                           config.num_frames).pixels
-                       for it in tqdm(items, desc='decode train videos')])
-    np.save(cache + '.tmp.npy', frames)
+    os.makedirs(root, exist_ok=True)
+    jobs = [(it, os.path.join(root, f'{it.id}.mp4'), config.num_frames, config.data.fps) for it in items]
+    out = np.lib.format.open_memmap(cache + '.tmp.npy', 'w+', np.uint8,
+                                    (n, config.num_frames, items[0].video.size, items[0].video.size, 3))
+    # spawn, not fork: the parent has JAX's threads running.
+    with multiprocessing.get_context('spawn').Pool(config.data.workers) as pool:
+      for i, frames in enumerate(tqdm(pool.imap(_encode_and_decode, jobs, chunksize=16), total=n,
+                                      desc='encode + decode train videos')):
+        out[i] = frames
+    out.flush()
+    del out
     os.replace(cache + '.tmp.npy', cache)
   frames = np.load(cache, mmap_mode='r')
   return TrainData(frames, items, [synthetic.frame_captions(it.video) for it in items])
@@ -230,6 +247,8 @@ class MetricsLog:
       f.write(json.dumps({'stage': self.stage, 'step': step, **values}) + '\n')
 
   def records(self) -> list[dict]:
+    if not os.path.isfile(self.path):  # resumed at the stage's last step: nothing was logged
+      return []
     with open(self.path) as f:
       return [r for r in map(json.loads, f) if r['stage'] == self.stage]
 
