@@ -81,7 +81,8 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   """Decoder layer `layer` on C states folded into the batch: inputs [C, B, T, D] (tail slots
   start[b] + arange(T)), rules [C, ...] (this layer's rule of each state), out_rows None or [B, R]
   (tail rows whose outputs are wanted) -> [C, B, T or R, D]. Folding (row c * B + b, one rule per
-  row) rather than vmap keeps every matmul and attention tile in the layout of a plain forward."""
+  row) rather than vmap keeps every matmul in the layout of a plain forward, and the layer then
+  scores the C states' queries against one copy of the clean cache (see Qwen2DecoderLayer)."""
   cfg = model.config.text
   layer_module = qwen2.Qwen2DecoderLayer(cfg, dtype=model.dtype)
   c, b, tail, d = inputs.shape
@@ -94,9 +95,8 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   fold = lambda x: jnp.broadcast_to(x[None], (c,) + x.shape).reshape((c * b,) + x.shape[1:])
   per_row = lambda x: jnp.repeat(x, b, axis=0)                                 # [C, ...] -> [C*B, ...]
   out = layer_module.apply(layer_params, inputs.reshape(c * b, tail, d), fold(positions),
-                           jax.tree.map(fold, q_meta), fold(cache_k), fold(cache_v),
-                           jax.tree.map(fold, k_meta), fold(start), jax.tree.map(per_row, rules),
-                           None if out_rows is None else fold(out_rows))[0]
+                           jax.tree.map(fold, q_meta), cache_k, cache_v, k_meta, start,
+                           jax.tree.map(per_row, rules), None if out_rows is None else fold(out_rows))[0]
   return out.reshape(c, b, -1, d)
 
 
