@@ -205,7 +205,7 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
   key_sets = [(False, _key_blocks(k, v, k_meta, block_size, 1))]
   if own is not None:
     key_sets.append((True, _key_blocks(*own, block_size, states)))
-  # Masked scores get a finite floor and p is zeroed explicitly: no inf - inf, no NaN in any gradient.
+  # Masked scores get a finite floor (no inf - inf, no NaN in any gradient), which exp turns into 0.
   floor = jnp.finfo(jnp.float32).min
   by_sample = lambda x: x.reshape(states, batch, *x.shape[1:])                # [R, ...] -> [C, B, ...]
 
@@ -221,7 +221,9 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
       mask = jnp.swapaxes(by_sample(mask), 0, 1)[:, None, :, None]            # [B, 1, C, 1, qb, kb]
       scores = jnp.where(mask, scores, floor)
       new_max = jnp.maximum(row_max, scores.max(-1))
-      p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+      # Masked scores sit at the floor, so exp sends them to exactly 0 with no second select over the
+      # tile; a row with nothing allowed yet (max still the floor) is shifted by 0 for the same effect.
+      p = jnp.exp(scores - jnp.where(new_max > floor, new_max, 0.0)[..., None])
       correction = jnp.exp(row_max - new_max)
       row_sum = row_sum * correction + p.sum(-1)
       pv = jnp.einsum(f'bkcgts,bk{c}sd->bkcgtd', p.astype(v_blk.dtype), v_blk,
