@@ -13,11 +13,12 @@ layer. Three savings follow, all exact (the same rows are computed from the same
   * the last layer: the readout reads one slot, so there only the answer row queries (every tail row
     still supplies its keys/values): the last layer costs two small projections of the tail.
 States are processed up to `spec_chunk` at a time, folded into the batch axis (row c * B + b, one rule
-per row), by a compiled layer step whose shapes depend only on (tail length, power-of-two state count
-<= spec_chunk): a layer's M states run as pieces of spec_chunk and then the powers of two of the rest
-(no padding), so new windows, cutoffs and knockout types never add more than those few shapes. Tail
-lengths are rounded up to `tail_multiple`; typically there are three (text after the video for LV, from
-the second frame for VT, from the first video token for VS).
+per row; all states read one copy of the clean cache outside their own tails), by a compiled layer step
+whose shapes depend only on (tail length, power-of-two state count <= spec_chunk): a layer's M states
+run as pieces of spec_chunk and then the powers of two of the rest (no padding), so new windows,
+cutoffs and knockout types never add more than those few shapes. Tail lengths are rounded up to
+`tail_multiple`; typically there are three (text after the video for LV, from the second frame for VT,
+from the first video token for VS).
 
 Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
 D hidden, O answer options.
