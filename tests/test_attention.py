@@ -232,3 +232,9 @@ def test_states_sharing_keys_match_each_state_on_its_own_copy(block_size):
     _check(out[r:r + 1], q[r:r + 1], full_k[r:r + 1], full_v[r:r + 1], row(qm), row(full_meta),
            RULES[names[r // batch]], names[r // batch])
     np.testing.assert_allclose(out[r], alone[r], atol=1e-5)
+
+
+def test_query_rows_must_be_a_multiple_of_key_rows():
+  q, k, v = _qkv(jax.random.PRNGKey(7), S, S)
+  with pytest.raises(ValueError, match='not a multiple'):
+    masked_attention(jnp.concatenate([q, q[:1]]), k, v, META, META, None)

@@ -189,6 +189,8 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
   """
   rows, num_q, num_heads, head_dim = q.shape
   batch, num_kv_heads = k.shape[0], k.shape[2]
+  if rows % batch:
+    raise ValueError(f'{rows} query rows are not a multiple of {batch} key rows')
   states, groups = rows // batch, num_heads // num_kv_heads
   q_block = min(block_size, num_q)
   num_q_blocks = -(-num_q // q_block)
