@@ -13,11 +13,12 @@ layer. Three savings follow, all exact (the same rows are computed from the same
   * the last layer: the readout reads one slot, so there only the answer row queries (every tail row
     still supplies its keys/values): the last layer costs two small projections of the tail.
 States are processed up to `spec_chunk` at a time, folded into the batch axis (row c * B + b, one rule
-per row), by a compiled layer step whose shapes depend only on (tail length, power-of-two state count
-<= spec_chunk): a layer's M states run as pieces of spec_chunk and then the powers of two of the rest
-(no padding), so new windows, cutoffs and knockout types never add more than those few shapes. Tail
-lengths are rounded up to `tail_multiple`; typically there are three (text after the video for LV, from
-the second frame for VT, from the first video token for VS).
+per row; all states read one copy of the clean cache outside their own tails), by a compiled layer step
+whose shapes depend only on (tail length, power-of-two state count <= spec_chunk): a layer's M states
+run as pieces of spec_chunk and then the powers of two of the rest (no padding), so new windows,
+cutoffs and knockout types never add more than those few shapes. Tail lengths are rounded up to
+`tail_multiple`; typically there are three (text after the video for LV, from the second frame for VT,
+from the first video token for VS).
 
 Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
 D hidden, O answer options.
@@ -81,7 +82,8 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   """Decoder layer `layer` on C states folded into the batch: inputs [C, B, T, D] (tail slots
   start[b] + arange(T)), rules [C, ...] (this layer's rule of each state), out_rows None or [B, R]
   (tail rows whose outputs are wanted) -> [C, B, T or R, D]. Folding (row c * B + b, one rule per
-  row) rather than vmap keeps every matmul and attention tile in the layout of a plain forward."""
+  row) rather than vmap keeps every matmul in the layout of a plain forward, and the layer then
+  scores the C states' queries against one copy of the clean cache (see Qwen2DecoderLayer)."""
   cfg = model.config.text
   layer_module = qwen2.Qwen2DecoderLayer(cfg, dtype=model.dtype)
   c, b, tail, d = inputs.shape
@@ -94,9 +96,8 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   fold = lambda x: jnp.broadcast_to(x[None], (c,) + x.shape).reshape((c * b,) + x.shape[1:])
   per_row = lambda x: jnp.repeat(x, b, axis=0)                                 # [C, ...] -> [C*B, ...]
   out = layer_module.apply(layer_params, inputs.reshape(c * b, tail, d), fold(positions),
-                           jax.tree.map(fold, q_meta), fold(cache_k), fold(cache_v),
-                           jax.tree.map(fold, k_meta), fold(start), jax.tree.map(per_row, rules),
-                           None if out_rows is None else fold(out_rows))[0]
+                           jax.tree.map(fold, q_meta), cache_k, cache_v, k_meta, start,
+                           jax.tree.map(per_row, rules), None if out_rows is None else fold(out_rows))[0]
   return out.reshape(c, b, -1, d)
 
 

@@ -198,3 +198,43 @@ def test_rule_values_do_not_retrace():
 
   outs = [attend_rule(RULES[n]) for n in ('block_random', 'cross_frame', 'all_kinds')]
   assert np.abs(np.asarray(outs[0] - outs[1])).max() > 1e-2
+
+
+@pytest.mark.parametrize('block_size', [4, 512])  # 4: several shared and own key tiles, padded
+def test_states_sharing_keys_match_each_state_on_its_own_copy(block_size):
+  """C = 3 states per sample (query row c * B + b), each with its own rule and its own keys/values at
+  the last t slots (a sweep's recomputed tail), scored against one copy of the other slots == each
+  state alone on a copy of the keys with its tail written in (checked against the dense reference)."""
+  states, t, f = 3, 9, NUM_FRAMES
+  names = ('frames', 'cross_frame', 'all_kinds')
+  batch = META.index.shape[0]
+  rows = lambda x: jnp.concatenate([x] * states)                       # [B, ...] -> [C * B, ...]
+  rules = jax.tree.map(lambda *a: jnp.repeat(jnp.stack(a), batch, axis=0), *[RULES[n] for n in names])
+  kq, kk, ko = jax.random.split(jax.random.PRNGKey(6), 3)
+  q = jax.random.normal(kq, (states * batch, t, 4, 8))
+  k, v = jax.random.normal(kk, (2, batch, S, 2, 8))
+  own_k, own_v = jax.random.normal(ko, (2, states * batch, t, 2, 8))
+  qm = jax.tree.map(lambda a: rows(a[:, S - t:]), META)
+  int_max = jnp.iinfo(jnp.int32).max
+  shared_meta = META.replace(index=META.index.at[:, S - t:].set(int_max),
+                             valid=META.valid.at[:, S - t:].set(False))   # the tail slots, hidden
+  out, mass = jax.jit(masked_attention, static_argnames=('block_size', 'frame_mass'))(
+      q, k, v, qm, shared_meta, rules, own=(own_k, own_v, qm), block_size=block_size, frame_mass=f)
+  # Each state on its own copy: the shared slots, then its tail.
+  full_k, full_v = (jnp.concatenate([rows(x[:, :S - t]), own], axis=1)
+                    for x, own in ((k, own_k), (v, own_v)))
+  full_meta = jax.tree.map(rows, META)
+  alone, alone_mass = masked_attention(q, full_k, full_v, qm, full_meta, rules, block_size=block_size,
+                                       frame_mass=f)
+  np.testing.assert_allclose(mass, alone_mass, atol=1e-5)
+  for r in range(states * batch):
+    row = lambda x: jax.tree.map(lambda a: a[r:r + 1], x)
+    _check(out[r:r + 1], q[r:r + 1], full_k[r:r + 1], full_v[r:r + 1], row(qm), row(full_meta),
+           RULES[names[r // batch]], names[r // batch])
+    np.testing.assert_allclose(out[r], alone[r], atol=1e-5)
+
+
+def test_query_rows_must_be_a_multiple_of_key_rows():
+  q, k, v = _qkv(jax.random.PRNGKey(7), S, S)
+  with pytest.raises(ValueError, match='not a multiple'):
+    masked_attention(jnp.concatenate([q, q[:1]]), k, v, META, META, None)

@@ -4,7 +4,7 @@ No S x S mask is ever materialised: the kernel walks over (query block, key bloc
 softmax) and rebuilds each tile of the mask from the metadata of its queries and keys.
 
 Einsum letters: B batch, T query tokens, S key slots, H query heads, K key/value heads, G = H // K,
-D head dim, F frames.
+D head dim, F frames; C query rows per key row (states of a knockout sweep), R = C * B.
 
 Allowed(q, k) =  causal (k.index <= q.index)  and  k.valid
                  and not rule.block[q.group, k.group]
@@ -16,6 +16,7 @@ Allowed(q, k) =  causal (k.index <= q.index)  and  k.valid
 from __future__ import annotations
 
 import enum
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -124,105 +125,153 @@ def _pad_meta(meta: TokenMeta, pad: int, index) -> TokenMeta:
                    group=_pad_tokens(meta.group, pad, 0), frame=_pad_tokens(meta.frame, pad, -1))
 
 
+def _key_blocks(k: jnp.ndarray, v: jnp.ndarray, meta: TokenMeta, block_size: int, states: int):
+  """Key tiles for the scan. k, v [R, N, K, D] and meta [R, N], with R = B (keys shared by every
+  state) or R = C * B (each query row's own keys, states = C) -> (k, v [nk, B, K, kb, D] or
+  [nk, B, K, C, kb, D], meta [nk, R, kb], smallest index of each tile [nk])."""
+  block = min(block_size, k.shape[1])
+  num_blocks = -(-k.shape[1] // block)
+  pad = num_blocks * block - k.shape[1]
+  # Padding key slots: invalid, an index no query reaches.
+  meta = _pad_meta(meta, pad, jnp.iinfo(jnp.int32).max)
+  meta = jax.tree.map(lambda a: _to_blocks(a, num_blocks), meta)
+
+  def to_heads(x):
+    # Heads before tokens ([B, K, ., D]): batched matmuls in this layout are several times faster on
+    # CPU than with the token axis between batch and head axes.
+    x = _to_blocks(_pad_tokens(x, pad, 0), num_blocks)                     # [nk, R, kb, K, D]
+    if states == 1:
+      return jnp.moveaxis(x, 3, 2)
+    x = x.reshape(num_blocks, states, -1, *x.shape[2:])                   # [nk, C, B, kb, K, D]
+    return jnp.transpose(x, (0, 2, 4, 1, 3, 5))
+
+  return to_heads(k), to_heads(v), meta, meta.index.min(axis=(1, 2))
+
+
 def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: TokenMeta,
-                     k_meta: TokenMeta, rule: LayerRule | None, *, block_size: int = 512,
+                     k_meta: TokenMeta, rule: LayerRule | None, *,
+                     own: tuple[jnp.ndarray, jnp.ndarray, TokenMeta] | None = None, block_size: int = 512,
                      frame_mass: int = 0) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
   """Scaled dot-product attention over the keys `allowed` by the metadata and the rule.
 
   Tiled online softmax: queries and keys are cut into blocks of `block_size`; for each query block
   the key blocks are visited in turn and a tile is skipped (lax.cond) when causality alone rules it
   out (every key index > every query index of the block), so a full causal forward computes about
-  half the tiles, or when the rule masks all of it (e.g. Video Temporal, frames far apart). Memory is O(B * H * block^2), never O(T * S). Accumulators are float32 whatever
-  the input dtype. A query whose own slot is not among the keys and whose other keys are all masked
-  gets a zero output (cannot happen when the caller writes the query's k/v first). The causal skip
-  reads only the metadata, so it stays a real branch under vmap over rules; the rule skip pays off
-  when the rules are per batch row (`LayerRule` doc) rather than vmapped.
+  half the tiles, or when the rule masks all of it (e.g. Video Temporal, frames far apart). Memory is
+  O(R * H * block^2), never O(T * S). Accumulators are float32 whatever the input dtype. A query whose
+  own slot is not among the keys and whose other keys are all masked gets a zero output (cannot happen
+  when the caller writes the query's k/v first). The causal skip reads only the metadata, so it stays
+  a real branch under vmap over rules; the rule skip pays off when the rules are per batch row
+  (`LayerRule` doc) rather than vmapped.
+
+  Query rows may outnumber key rows: with R = C * B, row c * B + b reads key row b, and the C rows of
+  a sample score against ONE copy of its keys in the same matmuls (the states of a knockout sweep share
+  the clean prefix). Keys a row has of its own (a state's recomputed tail) come in `own`.
 
   Args:
-    q: [B, T, H, D] queries, H = K * G; query head h reads key/value head h // G (as HF repeat_kv).
-    k: [B, S, K, D] keys.
+    q: [R, T, H, D] queries, H = K * G; query head h reads key/value head h // G (as HF repeat_kv).
+      R = C * B (C = 1: a plain batch).
+    k: [B, S, K, D] keys shared by the C rows of each sample.
     v: [B, S, K, D] values.
-    q_meta: TokenMeta [B, T] of the queries.
+    q_meta: TokenMeta [R, T] of the queries.
     k_meta: TokenMeta [B, S] of the key slots.
-    rule: LayerRule of this layer (traced arrays) or None for causal + valid + diagonal only.
-    block_size: queries and keys per tile (static); T and S are padded to multiples of it.
+    rule: LayerRule of this layer (traced arrays), per query row [R, ...] or shared; None for
+      causal + valid + diagonal only.
+    own: optional (k, v [R, N, K, D], meta TokenMeta [R, N]): each query row's own keys, visited after
+      the shared ones. The caller hides from k_meta the shared slots they replace.
+    block_size: queries and keys per tile (static); T, S and N are padded to multiples of it.
     frame_mass: F > 0 (static) also returns the attention probability that each query head puts on
       the tokens of each frame 0..F-1, accumulated block by block like the output (keys of frame -1,
       e.g. text and image_newline, count for no frame).
 
   Returns:
-    [B, T, H, D] in q's dtype; with frame_mass, (that, mass [B, T, H, F] float32).
+    [R, T, H, D] in q's dtype; with frame_mass, (that, mass [R, T, H, F] float32).
   """
-  batch, num_q, num_heads, head_dim = q.shape
-  num_keys, num_kv_heads = k.shape[1], k.shape[2]
-  groups = num_heads // num_kv_heads
-  k_block, q_block = min(block_size, num_keys), min(block_size, num_q)
-  num_k_blocks, num_q_blocks = -(-num_keys // k_block), -(-num_q // q_block)
-  k_pad, q_pad = num_k_blocks * k_block - num_keys, num_q_blocks * q_block - num_q
-  int_max, int_min = jnp.iinfo(jnp.int32).max, jnp.iinfo(jnp.int32).min
-  # Padding key slots: invalid, an index no query reaches. Padding queries: an index below every key,
-  # so they see nothing (zero output, dropped) and never keep a tile alive.
-  k_meta, q_meta = _pad_meta(k_meta, k_pad, int_max), _pad_meta(q_meta, q_pad, int_min)
-  # Heads before tokens ([B, K, ., D]): batched matmuls in this layout are several times faster on CPU
-  # than with the token axis between batch and head axes.
-  to_heads = lambda x: jnp.moveaxis(_to_blocks(_pad_tokens(x, k_pad, 0), num_k_blocks), 3, 2)
-  keys = (to_heads(k), to_heads(v), jax.tree.map(lambda a: _to_blocks(a, num_k_blocks), k_meta))
-  k_first = keys[2].index.min(axis=(1, 2))                                           # [nk]
+  rows, num_q, num_heads, head_dim = q.shape
+  batch, num_kv_heads = k.shape[0], k.shape[2]
+  if rows % batch:
+    raise ValueError(f'{rows} query rows are not a multiple of {batch} key rows')
+  states, groups = rows // batch, num_heads // num_kv_heads
+  q_block = min(block_size, num_q)
+  num_q_blocks = -(-num_q // q_block)
+  q_pad = num_q_blocks * q_block - num_q
+  # Padding queries: an index below every key, so they see nothing (zero output, dropped) and never
+  # keep a tile alive.
+  q_meta = _pad_meta(q_meta, q_pad, jnp.iinfo(jnp.int32).min)
   scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  q = _pad_tokens(q, q_pad, 0).reshape(batch, num_q_blocks, q_block, num_kv_heads, groups, head_dim)
-  queries = (jnp.transpose(q, (1, 0, 3, 4, 2, 5)),                                   # [nq, B, K, G, qb, D]
-             jax.tree.map(lambda a: _to_blocks(a, num_q_blocks), q_meta))
-  # Masked scores get a finite floor and p is zeroed explicitly: no inf - inf, no NaN in any gradient.
+  q = _pad_tokens(q, q_pad, 0).reshape(states, batch, num_q_blocks, q_block, num_kv_heads, groups,
+                                       head_dim)
+  queries = (jnp.transpose(q, (2, 1, 4, 0, 5, 3, 6)),                          # [nq, B, K, C, G, qb, D]
+             jax.tree.map(lambda a: _to_blocks(a, num_q_blocks), q_meta))     # [nq, R, qb]
+  key_sets = [(False, _key_blocks(k, v, k_meta, block_size, 1))]
+  if own is not None:
+    key_sets.append((True, _key_blocks(*own, block_size, states)))
+  # Masked scores get a finite floor (no inf - inf, no NaN in any gradient), which exp turns into 0.
   floor = jnp.finfo(jnp.float32).min
+  by_sample = lambda x: x.reshape(states, batch, *x.shape[1:])                # [R, ...] -> [C, B, ...]
 
   def query_block(x):
     q_blk, q_meta_blk = x
     q_last = q_meta_blk.index.max()
 
-    def tile(carry, key_x, mask):
-      row_max, row_sum, acc = carry[:3]  # [B, K, G, qb], [B, K, G, qb], [B, K, G, qb, D]
+    def tile(carry, key_x, mask, is_own):
+      row_max, row_sum, acc = carry[:3]  # [B, K, C, G, qb], [B, K, C, G, qb], [B, K, C, G, qb, D]
       k_blk, v_blk, meta_blk = key_x
-      scores = jnp.einsum('bkgtd,bksd->bkgts', q_blk, k_blk, preferred_element_type=jnp.float32)
-      mask = mask[:, None, None]  # [B, 1, 1, qb, kb]
+      c = 'c' if is_own else ''          # own keys carry the state axis, shared keys do not
+      scores = jnp.einsum(f'bkcgtd,bk{c}sd->bkcgts', q_blk, k_blk, preferred_element_type=jnp.float32)
+      mask = jnp.swapaxes(by_sample(mask), 0, 1)[:, None, :, None]            # [B, 1, C, 1, qb, kb]
       scores = jnp.where(mask, scores, floor)
       new_max = jnp.maximum(row_max, scores.max(-1))
-      p = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
+      # Masked scores sit at the floor, so exp sends them to exactly 0 with no second select over the
+      # tile; a row with nothing allowed yet (max still the floor) is shifted by 0 for the same effect.
+      p = jnp.exp(scores - jnp.where(new_max > floor, new_max, 0.0)[..., None])
       correction = jnp.exp(row_max - new_max)
       row_sum = row_sum * correction + p.sum(-1)
-      pv = jnp.einsum('bkgts,bksd->bkgtd', p.astype(v_blk.dtype), v_blk,
+      pv = jnp.einsum(f'bkcgts,bk{c}sd->bkcgtd', p.astype(v_blk.dtype), v_blk,
                       preferred_element_type=jnp.float32)
       acc = acc * correction[..., None] + pv
       if not frame_mass:
         return new_max, row_sum, acc
-      in_frame = (meta_blk.frame[..., None] == jnp.arange(frame_mass)).astype(jnp.float32)  # [B, kb, F]
-      mass = carry[3] * correction[..., None] + jnp.einsum('bkgts,bsf->bkgtf', p, in_frame)
+      in_frame = (meta_blk.frame[..., None] == jnp.arange(frame_mass)).astype(jnp.float32)  # [R', kb, F]
+      if is_own:
+        in_frame = by_sample(in_frame)
+      mass = carry[3] * correction[..., None] + jnp.einsum(f'bkcgts,{c}bsf->bkcgtf', p, in_frame)
       return new_max, row_sum, acc, mass
 
-    def masked_tile(carry, key_x):
-      mask = allowed(q_meta_blk, key_x[2], rule)  # [B, qb, kb]
+    def masked_tile(carry, key_x, is_own):
+      meta_blk = key_x[2] if is_own else jax.tree.map(lambda a: jnp.tile(a, (states, 1)), key_x[2])
+      mask = allowed(q_meta_blk, meta_blk, rule)  # [R, qb, kb]
       if rule is None:
-        return tile(carry, key_x, mask)
+        return tile(carry, key_x, mask, is_own)
       # A knockout can empty a whole tile (Video Temporal: another frame's keys); its update would be
       # the identity, so skip it.
-      return jax.lax.cond(mask.any(), tile, lambda c, *_: c, carry, key_x, mask)
+      return jax.lax.cond(mask.any(), functools.partial(tile, is_own=is_own), lambda c, *_: c, carry,
+                          key_x, mask)
 
-    def step(carry, key_x):
-      return jax.lax.cond(key_x[3] <= q_last, masked_tile, lambda c, _: c, carry, key_x[:3]), None
+    def scan_keys(carry, key_set):
+      is_own, blocks = key_set
 
-    stats_shape = (batch, num_kv_heads, groups, q_block)
-    init = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
-            jnp.zeros((*stats_shape, head_dim), jnp.float32))
+      def step(carry, key_x):
+        visit = functools.partial(masked_tile, is_own=is_own)
+        return jax.lax.cond(key_x[3] <= q_last, visit, lambda c, _: c, carry, key_x[:3]), None
+
+      return jax.lax.scan(step, carry, blocks)[0]
+
+    stats_shape = (batch, num_kv_heads, states, groups, q_block)
+    carry = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
+             jnp.zeros((*stats_shape, head_dim), jnp.float32))
     if frame_mass:
-      init += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
-    final, _ = jax.lax.scan(step, init, keys + (k_first,))
-    denom = jnp.where(final[1] > 0, final[1], 1.0)[..., None]
-    return (final[2] / denom,) + ((final[3] / denom,) if frame_mass else ())
+      carry += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
+    for key_set in key_sets:
+      carry = scan_keys(carry, key_set)
+    denom = jnp.where(carry[1] > 0, carry[1], 1.0)[..., None]
+    return (carry[2] / denom,) + ((carry[3] / denom,) if frame_mass else ())
 
-  outs = jax.lax.map(query_block, queries)  # each [nq, B, K, G, qb, .]
+  outs = jax.lax.map(query_block, queries)  # each [nq, B, K, C, G, qb, .]
 
-  def to_tokens(x):  # [nq, B, K, G, qb, E] -> [B, T, H, E]
-    x = jnp.transpose(x, (1, 0, 4, 2, 3, 5)).reshape(batch, num_q_blocks * q_block, num_heads, -1)
+  def to_tokens(x):  # [nq, B, K, C, G, qb, E] -> [R, T, H, E]
+    x = jnp.transpose(x, (3, 1, 0, 5, 2, 4, 6)).reshape(rows, num_q_blocks * q_block, num_heads, -1)
     return x[:, :num_q]
 
   out = to_tokens(outs[0]).astype(q.dtype)

@@ -113,6 +113,15 @@ def write_slots(cache: jnp.ndarray, new: jnp.ndarray, write_index: jnp.ndarray) 
   return jax.vmap(write)(cache, new, write_index)
 
 
+def _hide_slots(meta: TokenMeta, write_index: jnp.ndarray, count: int) -> TokenMeta:
+  """meta [B, S] with slots [write_index[b], write_index[b] + count) of row b made unreachable: invalid,
+  and an index past every query, so not even a query's own diagonal picks them."""
+  slot = jnp.arange(meta.index.shape[1], dtype=jnp.int32)[None]
+  hidden = (slot >= write_index[:, None]) & (slot < write_index[:, None] + count)
+  return meta.replace(index=jnp.where(hidden, jnp.iinfo(jnp.int32).max, meta.index),
+                      valid=meta.valid & ~hidden)
+
+
 def _rows(x, rows: jnp.ndarray):
   """Rows [B, R] of every leaf of x ([B, T, ...] arrays or a TokenMeta [B, T]) -> [B, R, ...]."""
   pick = lambda a: jnp.take_along_axis(a, rows.reshape(rows.shape + (1,) * (a.ndim - 2)), axis=1)
@@ -166,8 +175,8 @@ class Qwen2Attention(nn.Module):
                cache_v: jnp.ndarray, k_meta: TokenMeta, write_index: jnp.ndarray,
                rule: LayerRule | None, out_rows: jnp.ndarray | None = None
                ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """x [B, T, D] -> (out [B, T, D], cache_k', cache_v' [B, S, K, Dh]); arguments as Qwen2DecoderLayer
-    (with out_rows [B, R]: out [B, R, D] of those rows only)."""
+    """x [B or C * B, T, D] -> (out [., T, D], cache_k', cache_v' [B, S, K, Dh]); arguments as
+    Qwen2DecoderLayer (with out_rows [., R]: out [., R, D] of those rows only)."""
     cfg = self.config
     b, t, _ = x.shape
     heads, kv_heads, dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -176,15 +185,21 @@ class Qwen2Attention(nn.Module):
     v = _dense(kv_heads * dh, True, self.dtype, 'v_proj')(x).reshape(b, t, kv_heads, dh)
     k, v = (nn.with_logical_constraint(y, ('batch', 'length', 'act_kv_heads', 'head_dim')) for y in (k, v))
     k = rotary(k, positions, cfg.rope_theta)
+    if b == cache_k.shape[0]:
+      cache_k = write_slots(cache_k, k, write_index)
+      cache_v = write_slots(cache_v, v, write_index)
+      own = None
+    else:
+      # States sharing the cache: each keeps its new keys/values to itself, the cache stays clean.
+      own = (k, v, q_meta)
+      k_meta = _hide_slots(k_meta, write_index, t)
     if out_rows is not None:
       x, positions, q_meta = (_rows(y, out_rows) for y in (x, positions, q_meta))
     q = q_proj(x).reshape(b, x.shape[1], heads, dh)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', 'head_dim'))
     q = rotary(q, positions, cfg.rope_theta)
-    cache_k = write_slots(cache_k, k, write_index)
-    cache_v = write_slots(cache_v, v, write_index)
-    out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, block_size=cfg.attention_block_size,
-                           frame_mass=self.frame_mass)
+    out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, own=own,
+                           block_size=cfg.attention_block_size, frame_mass=self.frame_mass)
     if self.frame_mass:
       out, mass = out
       self.sow('intermediates', 'frame_mass', mass)
@@ -206,20 +221,26 @@ class Qwen2DecoderLayer(nn.Module):
                ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One layer on T new tokens.
 
+    The batch of h may be C times the cache's (rows c * B + b, e.g. the states of a knockout sweep):
+    then every row reads the cache of sample b except slots [write_index[b], write_index[b] + T), where
+    it sees its own new keys/values instead, and the cache is returned unchanged (one copy serves every
+    state; see `masked_attention`).
+
     Args:
-      h: [B, T, D] input hidden states of the new tokens.
-      positions: [B, T] int rotary positions.
-      q_meta: TokenMeta [B, T] of the new tokens (their index must be the slot they are written to).
+      h: [B, T, D] (or [C * B, T, D]) input hidden states of the new tokens.
+      positions: [B, T] (or [C * B, T]) int rotary positions.
+      q_meta: TokenMeta [B, T] (or [C * B, T]) of the new tokens (their index must be the slot they
+        are written to).
       cache_k, cache_v: [B, S, K, Dh] this layer's cache.
       k_meta: TokenMeta [B, S] of the cache slots, already marking the slots written here valid.
-      write_index: [B] int32 first slot written in each row.
-      rule: this layer's knockout rule or None.
-      out_rows: optional [B, R] rows of the T new tokens whose outputs are wanted: every row still
-        writes its keys/values, but only these R query, so the rest of the layer costs R / T (e.g. the
-        last layer of a prompt whose answer is read off one slot).
+      write_index: [B] int32 first slot written in each row of the cache.
+      rule: this layer's knockout rule or None (per row of h, or shared).
+      out_rows: optional [B, R] (or [C * B, R]) rows of the T new tokens whose outputs are wanted: every
+        row still writes its keys/values, but only these R query, so the rest of the layer costs R / T
+        (e.g. the last layer of a prompt whose answer is read off one slot).
 
     Returns:
-      (h_out [B, T, D] (or [B, R, D] with out_rows), cache_k', cache_v').
+      (h_out [B or C * B, T, D] (or [., R, D] with out_rows), cache_k', cache_v').
     """
     eps = self.config.rms_norm_eps
     attn, cache_k, cache_v = Qwen2Attention(self.config, self.dtype, self.frame_mass, name='self_attn')(
