@@ -30,11 +30,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.siglip.evidence_share = 0.5     # frames drawn from evidence frames (two objects) rather than uniformly
 
   c.llava = config_dict.ConfigDict()
-  c.llava.steps = 2400
+  c.llava.steps = 3200
   c.llava.batch_size = 16           # videos per step
   c.llava.lr = 3e-3
   c.llava.warmup = 30
-  c.llava.short_steps = 1000        # curriculum: the first steps see videos cut to short_frames frames
+  c.llava.short_steps = 1300        # curriculum: the first steps see videos cut to short_frames frames
   c.llava.short_frames = 16         # ... around their evidence (train_synthetic.curriculum_frames)
   c.llava.weight_decay = 1e-4
   c.llava.frame_loss_weight = 1.0   # auxiliary loss: each frame's last slot predicts its caption words

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 
 KIND_COLOURS = {'LV': 'tab:red', 'VT': 'tab:blue', 'VS': 'tab:green'}
 KIND_NAMES = {'LV': 'Language-to-Video', 'VT': 'Video Temporal', 'VS': 'Video Spatial'}
@@ -60,6 +61,7 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
     width = by_setting('fine')[0]['last_layer'] - by_setting('fine')[0]['first_layer'] + 1
     ax.set(xlabel=f'first layer of the {width}-layer window (1-based)', ylabel='accuracy change',
            title=f'Fine-grained: sliding window\n{title}')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.legend()
     written.append(save_figure(fig, workdir, 'fine_accuracy_change.png'))
   return written

@@ -18,11 +18,19 @@ with `python -m experiments.eval_synthetic --assets=DIR/export`:
 
   rm -rf assets/siglip_tiny assets/llava_ov_tiny && cp -r DIR/export/* assets/
 
-Status (committed config, 2-core CPU at load 2-5): data 2.5 min, SigLIP 800 steps 9.7 min, then
-tower cache + LLaVA 2400 x 16 + export + validation 21.2 min (~33 min in all). Validation (100 items):
-background 1.00, counting 0.65, needle 0.35, order 0.35, direction 0.20 (text-only 0.25-0.30);
-SigLIP R@1 0.44 global (errors are almost all shapes), 1.00 within video. The issue's bars (85 %,
-75 % per type, R@1 80 %) are NOT met: the frame-dependent types only start to move after ~1500 steps.
+Status (committed config, measured 2026-11-24 on the 2-core CPU shared with 2-3 other jobs, load 3-5):
+data (16000 videos encoded + decoded by 2 workers) 4 min, SigLIP 800 steps 5 min, tower cache + LLaVA
+3200 x 16 + export + validation 41 min (~3 steps/s when alone on the machine, ~17 min). This run is
+what assets/ holds. Validation (100 items): background 1.00, counting 0.65, direction 0.30, needle
+0.35, order 0.30 (text-only 0.20-0.30); held-out test split (200 items, eval_synthetic): overall 0.505,
+counting 0.78, direction 0.25, needle 0.28, order 0.23. SigLIP R@1 0.48 global on the 100 validation
+videos (176 captions), 1.00 within video. The issue's bars (85 %, 75 % per type, R@1 80 %) are NOT
+met. What is known: with the earlier 2400 training videos the LLaVA memorised them (0.74 on training
+items, 0.51 on validation); 16000 videos close that gap but do not raise validation accuracy at 3200
+steps. On needle the option lines themselves fail (the end of the right option line out-scores the
+others in 25 % of validation items, counting's in 65 %): the model does not yet match an option's
+colour against the video. The frame-caption loss sits 0.39 nats above its floor (1.21), about what
+not knowing the shape costs (0.35): the video tokens carry colour and background, not shape.
 """
 from __future__ import annotations
 
