@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.data = config_dict.ConfigDict({'num_train': 16000, 'num_val': 100, 'fps': 8, 'workers': 2})
   c.dtype = 'float32'
   c.stages = 'siglip,llava'         # 'siglip' alone stops after stage 1
+  c.stage1_from = ''                # workdir of an earlier run: reuse its data, SigLIP and tower features
   c.checkpoint_every = 50           # steps between orbax checkpoints (and metric lines)
   c.keep_checkpoints = 2
   c.log_every = 10

@@ -1,6 +1,9 @@
 r"""Trains the embedded default on the synthetic world and exports it as Hugging Face directories.
 
   python -m experiments.train_synthetic --config=configs/train_synthetic.py --workdir=DIR
+  # the LLaVA stage again with other settings, on DIR's data, SigLIP and tower features (~10 min less):
+  python -m experiments.train_synthetic --config=configs/train_synthetic.py --workdir=DIR2 \
+      --config.stage1_from=DIR --config.llava.steps=6400
 
 Stage 1: a tiny SigLIP (both towers) with the sigmoid loss on (frame, caption) pairs, half of the
 frames drawn from evidence frames, one shape-swapped hard-negative caption per frame. Stage 2: a tiny
@@ -376,6 +379,8 @@ def run(config, workdir: str) -> dict:
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   start = time.time()
+  if config.stage1_from:
+    link_stage1(config, config.stage1_from, workdir)
   tokenizer = tiny.build_tokenizer(tiny.world_texts())
   data = load_train_data(config, workdir)
   logging.info('data ready in %.0f s', time.time() - start)
@@ -392,6 +397,39 @@ def run(config, workdir: str) -> dict:
   with open(os.path.join(workdir, 'val_summary.json'), 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   return summary
+
+
+# What stage 1 leaves in a workdir that stage 2 reads: the decoded videos, the SigLIP checkpoints and
+# the frozen tower's features (present once a LLaVA stage has started there).
+STAGE1_FILES = ('data/train_frames.npy', 'ckpt/siglip', 'data/train_tower.npy')
+STAGE1_FIELDS = ('seed', 'num_frames', 'data.num_train', 'data.fps', 'siglip')
+
+
+def link_stage1(config, source: str, workdir: str) -> None:
+  """Symlinks `source`'s stage-1 outputs (STAGE1_FILES) into workdir, so the LLaVA stage can be rerun
+  with other settings without re-making the data and SigLIP. Fails, naming the field, when the two
+  configs differ in what stage 1 depends on (STAGE1_FIELDS), or when source has no finished stage 1."""
+  with open(os.path.join(source, 'config.json')) as f:
+    theirs = json.load(f)
+  ours = json.loads(config.to_json_best_effort())
+  def get(tree: dict, dotted: str):
+    for key in dotted.split('.'):
+      tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+  for field in STAGE1_FIELDS:
+    if get(theirs, field) != get(ours, field):
+      raise ValueError(f'stage1_from={source}: its config.{field} = {get(theirs, field)!r} differs from '
+                       f'this run\'s {get(ours, field)!r}')
+  for name in STAGE1_FILES:
+    src, dst = os.path.abspath(os.path.join(source, name)), os.path.join(workdir, name)
+    if not os.path.exists(src):
+      if name == 'data/train_tower.npy':  # made on first use
+        continue
+      raise FileNotFoundError(f'stage1_from={source}: {name} is missing (is its stage 1 finished?)')
+    if not os.path.lexists(dst):
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      os.symlink(src, dst)
 
 
 def parse_stages(value: str) -> list[str]:

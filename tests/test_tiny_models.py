@@ -152,3 +152,22 @@ def test_auxiliary_loss_slots_and_targets():
   words = set(tokenizer.convert_ids_to_tokens(np.flatnonzero(targets[0]).tolist()))
   assert words == {'red', 'circle', 'white', 'square', 'dark', 'green'}
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_stage1_from_reuses_data_and_siglip_and_checks_the_config(tmp_path):
+  """A second run pointed at a finished stage 1 trains no SigLIP step and makes no data; a run whose
+  data differs is refused with the field named."""
+  first, second = os.fspath(tmp_path / 'first'), os.fspath(tmp_path / 'second')
+  subprocess.run(_train_command(first), cwd=REPO, check=True, capture_output=True, timeout=300)
+  subprocess.run(_train_command(second) + [f'--config.stage1_from={first}'], cwd=REPO, check=True,
+                 capture_output=True, timeout=300)
+  assert os.path.realpath(os.path.join(second, 'ckpt', 'siglip')) == os.path.realpath(
+      os.path.join(first, 'ckpt', 'siglip'))
+  assert os.path.islink(os.path.join(second, 'data', 'train_frames.npy'))
+  assert not os.path.exists(os.path.join(second, 'data', 'train'))  # no video was written
+  assert not os.path.exists(os.path.join(second, 'metrics.jsonl'))  # no step was trained
+  assert os.path.isfile(os.path.join(second, 'export', 'siglip_tiny', 'model.safetensors'))
+  refused = subprocess.run(_train_command(os.fspath(tmp_path / 'third')) +
+                           [f'--config.stage1_from={first}', '--config.data.num_train=17'],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert refused.returncode != 0 and 'config.data.num_train' in refused.stderr
