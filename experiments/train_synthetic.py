@@ -399,35 +399,37 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-# What stage 1 leaves in a workdir that stage 2 reads: the decoded videos, the SigLIP checkpoints and
-# the frozen tower's features (present once a LLaVA stage has started there).
-STAGE1_FILES = ('data/train_frames.npy', 'ckpt/siglip', 'data/train_tower.npy')
+# What stage 1 leaves in a workdir that stage 2 reads: the decoded videos and the SigLIP checkpoints,
+# and, once a LLaVA stage has started there, the frozen tower's features.
+STAGE1_FILES = ('data/train_frames.npy', 'ckpt/siglip')
+STAGE1_OPTIONAL_FILES = ('data/train_tower.npy',)
 STAGE1_FIELDS = ('seed', 'num_frames', 'data.num_train', 'data.fps', 'siglip')
 
 
+def _config_field(config: dict, dotted: str):
+  """config['a']['b'] for 'a.b'; None where a key is missing."""
+  for key in dotted.split('.'):
+    config = config.get(key) if isinstance(config, dict) else None
+  return config
+
+
 def link_stage1(config, source: str, workdir: str) -> None:
-  """Symlinks `source`'s stage-1 outputs (STAGE1_FILES) into workdir, so the LLaVA stage can be rerun
-  with other settings without re-making the data and SigLIP. Fails, naming the field, when the two
-  configs differ in what stage 1 depends on (STAGE1_FIELDS), or when source has no finished stage 1."""
+  """Symlinks `source`'s stage-1 outputs into workdir, so the LLaVA stage can be rerun with other
+  settings without re-making the data and SigLIP. Fails, naming the field, when the two configs differ
+  in what stage 1 depends on (STAGE1_FIELDS), or when source has no finished stage 1."""
   with open(os.path.join(source, 'config.json')) as f:
     theirs = json.load(f)
   ours = json.loads(config.to_json_best_effort())
-  def get(tree: dict, dotted: str):
-    for key in dotted.split('.'):
-      tree = tree.get(key) if isinstance(tree, dict) else None
-    return tree
-
   for field in STAGE1_FIELDS:
-    if get(theirs, field) != get(ours, field):
-      raise ValueError(f'stage1_from={source}: its config.{field} = {get(theirs, field)!r} differs from '
-                       f'this run\'s {get(ours, field)!r}')
-  for name in STAGE1_FILES:
+    if _config_field(theirs, field) != _config_field(ours, field):
+      raise ValueError(f'stage1_from={source}: its config.{field} = {_config_field(theirs, field)!r} '
+                       f'differs from this run\'s {_config_field(ours, field)!r}')
+  missing = [name for name in STAGE1_FILES if not os.path.exists(os.path.join(source, name))]
+  if missing:
+    raise FileNotFoundError(f'stage1_from={source}: {missing} missing (is its stage 1 finished?)')
+  for name in STAGE1_FILES + STAGE1_OPTIONAL_FILES:
     src, dst = os.path.abspath(os.path.join(source, name)), os.path.join(workdir, name)
-    if not os.path.exists(src):
-      if name == 'data/train_tower.npy':  # made on first use
-        continue
-      raise FileNotFoundError(f'stage1_from={source}: {name} is missing (is its stage 1 finished?)')
-    if not os.path.lexists(dst):
+    if os.path.exists(src) and not os.path.lexists(dst):
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       os.symlink(src, dst)
 
