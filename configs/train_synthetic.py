@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.llava.frame_loss_layer = 2      # ... read from the input of this decoder layer (early, see tiny.llava_loss_fn)
   c.llava.seen_loss_weight = 1.0    # auxiliary loss: each frame's last slot predicts all words shown so far
   c.llava.seen_loss_layer = 4       # ... read from the input of this decoder layer
+  c.llava.event_loss_weight = 1.0   # auxiliary loss: each frame's last slot predicts its event words
+  c.llava.event_loss_layer = 4      # ... (flash number, direction, first/second; synthetic.frame_events)
   c.llava.option_loss_weight = 1.0  # auxiliary loss: each option line's end predicts its letter or 'no'
 
   if arg == 'runlocal':

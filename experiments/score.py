@@ -1,7 +1,7 @@
 r"""Score one multiple-choice video question with a LLaVA-OneVision checkpoint; prints JSON.
 
   python -m experiments.score --checkpoint=assets/llava_ov_tiny --video=clip.mp4 \
-      --question="What appeared briefly?" --options="red circle,blue square,green diamond,white triangle" \
+      --question="What appeared briefly?" --options="red ring,blue square,green cross,white triangle" \
       [--num_frames=32] [--max_new_tokens=16] [--selector=learned --k=4 --selector_checkpoint=DIR]
 
 Output: the exact prompt text fed to the tokenizer, the number of video tokens, the log-probability of

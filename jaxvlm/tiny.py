@@ -71,7 +71,8 @@ def world_texts(num_items: int = 400, seed: int = 0) -> list[str]:
   for i in range(num_items):
     for k, qtype in enumerate(synthetic.QTYPES):
       item = synthetic.make_item(np.random.default_rng([seed, k, i]), qtype, i % synthetic.NUM_OPTIONS, '')
-      texts += [item.question.question, *item.question.options, *synthetic.frame_captions(item.video)]
+      texts += [item.question.question, *item.question.options, *synthetic.frame_captions(item.video),
+                *(' '.join(words) for words in synthetic.frame_events(item.video))]
   return texts
 
 
@@ -292,6 +293,18 @@ def frame_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions
   return out
 
 
+def event_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, events: list[list[str]]
+                       ) -> np.ndarray:
+  """Per-frame event words [F] (synthetic.frame_events) -> float32 [F, V]: uniform over each
+  frame's event words, all zero for a frame without events."""
+  out = np.zeros((len(events), len(tokenizer)), np.float32)
+  for f, words in enumerate(events):
+    if words:
+      ids = sorted(set(tokenizer.convert_tokens_to_ids(words)))
+      out[f, ids] = 1.0 / len(ids)
+  return out
+
+
 def seen_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]
                       ) -> np.ndarray:
   """Per-frame captions [F] -> float32 [F, V]: uniform over the content words of every frame up to
@@ -311,7 +324,7 @@ def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray
 
 def option_end_index(input_ids: np.ndarray, group: np.ndarray, letter_ids: np.ndarray
                      ) -> np.ndarray:
-  """input_ids, group [B, S] -> int32 [B, O]: the last slot of each option line ("B. red circle")."""
+  """input_ids, group [B, S] -> int32 [B, O]: the last slot of each option line ("B. red ring")."""
   out = np.zeros((input_ids.shape[0], len(letter_ids)), np.int32)
   for b in range(input_ids.shape[0]):
     options = group[b] == Group.OPTIONS
@@ -337,14 +350,19 @@ def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp
 def _frame_loss(params, model, hidden_states: jnp.ndarray, layer: int, ends: jnp.ndarray,
                 targets: jnp.ndarray) -> jnp.ndarray:
   """Soft cross-entropy of targets [B, F, V] at the frame ends [B, F], read from the input of
-  decoder `layer` through the final norm and the tied head."""
+  decoder `layer` through the final norm and the tied head; averaged over the frames that have a
+  target (an all-zero row, e.g. a frame without events, does not count)."""
   early = _final_norm(params, model, hidden_states[layer])
-  return soft_cross_entropy(_logits_at(params, model, early, ends), targets)
+  logp = jax.nn.log_softmax(_logits_at(params, model, early, ends), axis=-1)
+  per_frame = -jnp.sum(targets * logp, axis=-1)
+  has_target = jnp.sum(targets, axis=-1) > 0
+  return jnp.sum(per_frame) / jnp.maximum(jnp.sum(has_target), 1)
 
 
 def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
                   frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1,
-                  seen_weight: float = 0.0, seen_layer: int = -1) -> tuple[jnp.ndarray, dict]:
+                  seen_weight: float = 0.0, seen_layer: int = -1, event_weight: float = 0.0,
+                  event_layer: int = -1) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus two
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
@@ -354,12 +372,18 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   - `seen_weight` x seen loss: the same slots predict the words of everything shown so far
     (batch['seen_words'] [B, F, V]) from the input of layer `seen_layer`, so the last frames sum up
     the video and a question or option word finds its object there instead of in a few frames;
+  - `event_weight` x event loss: the same slots predict the frame's event words (flash number so far,
+    direction, first/second, with the object's colour and shape: batch['event_words'] [B, F, V],
+    zero rows where nothing comes or goes; see `synthetic.frame_events`) from the input of layer
+    `event_layer`, so what happens over time is written where the frame is read;
   - `option_weight` x option-line loss: the end of every option line predicts its own letter if the
     option is right and WRONG_OPTION if not (batch['option_end'], batch['option_target'] [B, O]),
     so each option is checked against the video where it is read and the answer slot only has to
     copy the letter of the line that holds it.
-  -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['option_loss']})."""
-  out = _forward(params, model, batch, return_hidden_states=bool(frame_weight or seen_weight))
+  -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['seen_loss'], ['event_loss'],
+  ['option_loss']})."""
+  out = _forward(params, model, batch,
+                 return_hidden_states=bool(frame_weight or seen_weight or event_weight))
   hidden = out.hidden
   logits = _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
   answer, acc = answer_loss(logits, batch['answer_id'])
@@ -374,6 +398,10 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     seen = _frame_loss(params, model, out.hidden_states, seen_layer, ends, batch['seen_words'])
     metrics['seen_loss'] = seen
     loss = loss + seen_weight * seen
+  if event_weight:
+    event = _frame_loss(params, model, out.hidden_states, event_layer, ends, batch['event_words'])
+    metrics['event_loss'] = event
+    loss = loss + event_weight * event
   if option_weight:
     at_options = _logits_at(params, model, hidden, batch['option_end'])          # [B, O, V]
     targets = jax.nn.one_hot(batch['option_target'], at_options.shape[-1])

@@ -150,11 +150,14 @@ def test_generate_writes_h264_that_keeps_the_evidence(tmp_path):
     assert sample.evidence_frames == list(item.question.evidence_frames)
     decoded = video.read_frames(sample.video, np.arange(32)).pixels
     rendered = syn.render(item.video)
-    assert np.abs(decoded.astype(int) - rendered).mean() < 4.0
+    # yuv420p: a uniform 2-3 level offset from the colour conversion plus 4:2:0 chroma at the edges;
+    # these 20 videos 1.4-5.5 with radius-0.2 rings and crosses (worst 3.64 with the earlier smaller
+    # shapes); equal at crf 18, 15 and 12, so the encoder's quality is not what sets it.
+    assert np.abs(decoded.astype(int) - rendered).mean() < 6.0
     if item.question.qtype == 'background':
       continue
     # After H.264 the event colour is still clearly present exactly at the evidence frames
-    # (objects cover ~190-250 px; 4:2:0 chroma bleeding leaves a few near-colour pixels elsewhere).
+    # (objects cover ~200-470 px; 4:2:0 chroma bleeding leaves a few near-colour pixels elsewhere).
     counts = np.max([_near_colour_pixels(decoded, item.video.objects[i].colour)
                      for i in item.question.event_objects], axis=0)  # [F]
     evidence = np.zeros(32, bool)
@@ -220,3 +223,26 @@ def test_ensure_generates_once_and_loads_through_the_registry(tmp_path):
   assert len(result.samples) == 5 and result.skipped == []
   syn.ensure(tmp_path, num=6, seed=2, split='test')  # other arguments: regenerated
   assert len(data.load_benchmark('synthetic', ann=split_dir).samples) == 6
+
+
+def test_frame_events_say_what_the_answer_needs_where_it_is_visible(items):
+  """Causal event words: at the last evidence frame the flash number is the count, the direction
+  word is the answer, 'first' sits on the object the order answer names; the distractor has none."""
+  for item in items:
+    q, events = item.question, syn.frame_events(item.video)
+    answer = q.options[q.answer]
+    assert [f for f, words in enumerate(events) if words] == (
+        list(q.evidence_frames) if q.event_objects else [])
+    if not q.event_objects:
+      continue
+    last = events[q.evidence_frames[-1]]
+    if q.qtype == 'counting':
+      assert last[0] == answer
+    elif q.qtype == 'direction':
+      assert last[0] == answer and events[q.evidence_frames[0]][0] == syn.frame_events(
+          item.video)[q.evidence_frames[0]][0] != answer  # no direction before it moved
+    elif q.qtype == 'needle':
+      assert last == ['1', *answer.split()]
+    elif q.qtype == 'order':
+      first = events[q.evidence_frames[0]]
+      assert first == ['1', 'first', *answer.split()] and last[:2] == ['1', 'second']

@@ -133,13 +133,13 @@ def test_auxiliary_loss_slots_and_targets():
   """Frame ends, option-line ends and caption word targets point at the right tokens of a real prompt."""
   tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
   processor = tiny.video_processor(tokenizer, tiny.llava_config_dict(tokenizer))
-  options = ('red circle', 'blue square', 'green diamond', 'white triangle')
+  options = ('red ring', 'blue square', 'green cross', 'white triangle')
   pb = prompts.collate([prompts.build_prompt(processor, 'Which object appeared briefly in the video?',
                                              options, 32)], tokenizer.pad_token_id)
   letters = processor.option_letter_ids(4)
   ends = tiny.option_end_index(pb.input_ids, pb.layout.group, letters)[0]
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends].tolist()) == [
-      'circle', 'square', 'diamond', 'triangle']
+      'ring', 'square', 'cross', 'triangle']
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends + 1].tolist())[:3] == ['B', 'C', 'D']
   frame_ends = np.asarray(tiny.frame_end_index(jnp.asarray(pb.layout.frame), 32))[0]
   per_frame = processor.tokens_per_frame
@@ -148,10 +148,14 @@ def test_auxiliary_loss_slots_and_targets():
   line_targets = tiny.option_line_targets(letters, np.asarray([2, 0]), tokenizer.convert_tokens_to_ids('no'))
   assert [tokenizer.convert_ids_to_tokens(row.tolist()) for row in line_targets] == [
       ['no', 'no', 'C', 'no'], ['A', 'no', 'no', 'no']]
-  targets = tiny.frame_word_targets(tokenizer, ['a red circle and a white square on a dark green background'])
+  targets = tiny.frame_word_targets(tokenizer, ['a red ring and a white square on a dark green background'])
   words = set(tokenizer.convert_ids_to_tokens(np.flatnonzero(targets[0]).tolist()))
-  assert words == {'red', 'circle', 'white', 'square', 'dark', 'green'}
+  assert words == {'red', 'ring', 'white', 'square', 'dark', 'green'}
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+  events = tiny.event_word_targets(tokenizer, [[], ['2', 'red', 'ring'], ['second', 'up']])
+  assert events[0].sum() == 0  # no event: the row does not count in the loss
+  assert [set(tokenizer.convert_ids_to_tokens(np.flatnonzero(row).tolist())) for row in events[1:]] == [
+      {'2', 'red', 'ring'}, {'second', 'up'}]
 
 
 def test_stage1_from_reuses_data_and_siglip_and_checks_the_config(tmp_path):
