@@ -148,9 +148,9 @@ def test_auxiliary_loss_slots_and_targets():
   line_targets = tiny.option_line_targets(letters, np.asarray([2, 0]), tokenizer.convert_tokens_to_ids('no'))
   assert [tokenizer.convert_ids_to_tokens(row.tolist()) for row in line_targets] == [
       ['no', 'no', 'C', 'no'], ['A', 'no', 'no', 'no']]
-  targets = tiny.frame_word_targets(tokenizer, ['a red ring and a white square on a dark green background'])
+  targets = tiny.frame_word_targets(tokenizer, ['a red ring and a white square on a forest background'])
   words = set(tokenizer.convert_ids_to_tokens(np.flatnonzero(targets[0]).tolist()))
-  assert words == {'red', 'ring', 'white', 'square', 'dark', 'green'}
+  assert words == {'red', 'ring', 'white', 'square', 'forest'}
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
   events = tiny.event_word_targets(tokenizer, [[], ['2', 'red', 'ring'], ['second', 'up']])
   assert events[0].sum() == 0  # no event: the row does not count in the loss

@@ -59,7 +59,7 @@ BACKGROUNDS = {
     'grey': (110, 110, 110),
     'brown': (110, 60, 20),
     'navy': (20, 20, 110),
-    'dark green': (20, 90, 20),
+    'forest': (20, 90, 20),  # not 'dark green': 'green' is an object colour
 }
 SHAPES = ('ring', 'square', 'triangle', 'cross')
 DIRECTIONS = ('left', 'right', 'up', 'down')
