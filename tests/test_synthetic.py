@@ -238,11 +238,37 @@ def test_frame_events_say_what_the_answer_needs_where_it_is_visible(items):
     last = events[q.evidence_frames[-1]]
     if q.qtype == 'counting':
       assert last[0] == answer
-    elif q.qtype == 'direction':
-      assert last[0] == answer and events[q.evidence_frames[0]][0] == syn.frame_events(
-          item.video)[q.evidence_frames[0]][0] != answer  # no direction before it moved
+    elif q.qtype == 'direction':  # the trail shows it from the first frame on
+      assert all(events[f][0] == answer for f in q.evidence_frames)
     elif q.qtype == 'needle':
       assert last == ['1', *answer.split()]
     elif q.qtype == 'order':
       first = events[q.evidence_frames[0]]
       assert first == ['1', 'first', *answer.split()] and last[:2] == ['1', 'second']
+
+
+def test_the_trail_lies_behind_the_moving_object_in_every_frame(items):
+  """Direction is visible in one frame: pixels blended towards the object's colour (its trail) sit
+  on the side it comes from, and captions name the direction."""
+  checked = 0
+  for item in items:
+    if item.question.qtype != 'direction':
+      continue
+    obj = item.video.objects[item.question.event_objects[0]]
+    video = syn.render(item.video).astype(int)
+    colour = np.array(syn.COLOURS[obj.colour])
+    background = np.array(syn.BACKGROUNDS[item.video.background])
+    answer = np.array(syn._DIRECTION_VECTORS[item.question.options[item.question.answer]])
+    captions = syn.frame_captions(item.video)
+    for f, x, y in zip(obj.frames, obj.xs, obj.ys):
+      solid = np.all(video[f] == colour, axis=-1)
+      # a trail pixel: between background and the object's colour, on the segment joining them
+      towards = (video[f] - background) @ (colour - background) / np.sum((colour - background) ** 2)
+      on_segment = np.abs(video[f] - background - towards[..., None] * (colour - background)).max(-1) <= 2
+      ghost = (towards > 0.1) & (towards < 0.9) & on_segment & ~solid
+      ys, xs = np.nonzero(ghost)
+      offset = np.array([xs.mean() + 0.5 - x, ys.mean() + 0.5 - y])
+      assert offset @ answer < -0.3 * obj.radius, (item.id, f, offset)
+      assert f'{obj.colour} {obj.shape} moving {obj.direction()}' in captions[f]
+      checked += 1
+  assert checked > 50
