@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.llava.event_loss_weight = 1.0   # auxiliary loss: each frame's last slot predicts its event words
   c.llava.event_loss_layer = 4      # ... (flash number, direction, first/second; synthetic.frame_events)
   c.llava.option_loss_weight = 1.0  # auxiliary loss: each option line's end predicts its letter or 'no'
+  c.llava.ground_loss_weight = 1.0  # auxiliary loss: an option's colour word predicts what the video
+                                    # shows of its object (synthetic.option_events)
 
   if arg == 'runlocal':
     c.data.num_train, c.data.num_val = 16, 5

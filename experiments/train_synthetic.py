@@ -171,8 +171,8 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
   """batch_size random videos with their question prompts (collated as evaluation collates them),
   their frozen-tower features (tower [N, F, P, Dv] cached once) and the targets of the auxiliary
   losses: per-frame caption words frame_words [B, F, V], words shown so far seen_words [B, F, V],
-  event words event_words [B, F, V],
-  option-line targets option_target [B, O].
+  event words event_words [B, F, V], option-line targets option_target [B, O], and what the video
+  shows of each option's object option_events [B, O, V] at its colour word option_word [B, O].
   For the first `config.llava.short_steps` steps every video is cut to `short_frames` frames around
   its evidence (`curriculum_frames`): shorter prompts, and the evidence is denser while the model
   learns where to look."""
@@ -181,7 +181,7 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
   vids = rng.choice(len(data.items), c.batch_size, replace=False)
   short = step < c.short_steps
   num = c.short_frames if short else config.num_frames
-  built, words, seen, events, feats = [], [], [], [], []
+  built, words, seen, events, grounding, feats = [], [], [], [], [], []
   for v in vids:
     item = data.items[v]
     if (v, num) not in prompt_cache:
@@ -195,16 +195,21 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
     seen.append(tiny.seen_word_targets(processor.tokenizer, captions))
     happened = synthetic.frame_events(item.video)
     events.append(tiny.event_word_targets(processor.tokenizer, [happened[f] for f in frames]))
+    grounding.append(tiny.event_word_targets(processor.tokenizer,
+                                             synthetic.option_events(item, tiny.WRONG_OPTION)))
     feats.append(tower[v, frames])
   pb = prompts.collate(built, processor.tokenizer.pad_token_id)
   letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
   answers = np.asarray([data.items[v].question.answer for v in vids])
   wrong = processor.tokenizer.convert_tokens_to_ids(tiny.WRONG_OPTION)
+  option_end = tiny.option_end_index(pb.input_ids, pb.layout.group, letters)
   return {'input_ids': pb.input_ids, 'group': pb.layout.group, 'frame': pb.layout.frame,
           'positions': pb.layout.positions, 'valid': pb.layout.valid, 'answer_index': pb.answer_index,
           'answer_id': letters[answers], 'frame_words': np.stack(words), 'seen_words': np.stack(seen),
           'event_words': np.stack(events),
-          'option_end': tiny.option_end_index(pb.input_ids, pb.layout.group, letters),
+          'option_end': option_end,
+          'option_word': option_end - 1,  # an object option's colour word ("B . red ring")
+          'option_events': np.stack(grounding),
           'option_target': tiny.option_line_targets(letters, answers, wrong),
           'tower': np.stack(feats)}
 
@@ -351,7 +356,7 @@ def train_llava(config, workdir: str, data: TrainData, tokenizer, llava_config: 
   weights = (('frame_weight', c.frame_loss_weight), ('frame_layer', c.frame_loss_layer),
              ('seen_weight', c.seen_loss_weight), ('seen_layer', c.seen_loss_layer),
              ('event_weight', c.event_loss_weight), ('event_layer', c.event_loss_layer),
-             ('option_weight', c.option_loss_weight))
+             ('option_weight', c.option_loss_weight), ('ground_weight', c.ground_loss_weight))
   state = train_loop(config, workdir, 'llava', tiny.create_state(params, tx),
                      lambda s, b: tiny.llava_step(s, b, model, tx, weights),
                      lambda step: llava_batch(config, data, processor, tower, prompt_cache, step),

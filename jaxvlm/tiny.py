@@ -347,22 +347,26 @@ def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp
   return model.apply({'params': params}, h, method=lambda m, x: m.language_model.norm(x))
 
 
+def masked_word_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+  """logits, targets [..., V] (each target row sums to 1, or is all zero: no target there) -> soft
+  cross-entropy averaged over the rows that have a target."""
+  per_row = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  has_target = jnp.sum(targets, axis=-1) > 0
+  return jnp.sum(per_row) / jnp.maximum(jnp.sum(has_target), 1)
+
+
 def _frame_loss(params, model, hidden_states: jnp.ndarray, layer: int, ends: jnp.ndarray,
                 targets: jnp.ndarray) -> jnp.ndarray:
-  """Soft cross-entropy of targets [B, F, V] at the frame ends [B, F], read from the input of
-  decoder `layer` through the final norm and the tied head; averaged over the frames that have a
-  target (an all-zero row, e.g. a frame without events, does not count)."""
+  """masked_word_loss of targets [B, F, V] at the frame ends [B, F], read from the input of decoder
+  `layer` through the final norm and the tied head."""
   early = _final_norm(params, model, hidden_states[layer])
-  logp = jax.nn.log_softmax(_logits_at(params, model, early, ends), axis=-1)
-  per_frame = -jnp.sum(targets * logp, axis=-1)
-  has_target = jnp.sum(targets, axis=-1) > 0
-  return jnp.sum(per_frame) / jnp.maximum(jnp.sum(has_target), 1)
+  return masked_word_loss(_logits_at(params, model, early, ends), targets)
 
 
 def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
                   frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1,
                   seen_weight: float = 0.0, seen_layer: int = -1, event_weight: float = 0.0,
-                  event_layer: int = -1) -> tuple[jnp.ndarray, dict]:
+                  event_layer: int = -1, ground_weight: float = 0.0) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus two
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
@@ -379,7 +383,12 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   - `option_weight` x option-line loss: the end of every option line predicts its own letter if the
     option is right and WRONG_OPTION if not (batch['option_end'], batch['option_target'] [B, O]),
     so each option is checked against the video where it is read and the answer slot only has to
-    copy the letter of the line that holds it.
+    copy the letter of the line that holds it;
+  - `ground_weight` x grounding loss: the colour word of every option naming an object predicts what
+    the video shows of that object (its event words, e.g. '1 first', or WRONG_OPTION if it never
+    appears: batch['option_word'] [B, O], batch['option_events'] [B, O, V], zero rows for options
+    naming no object; see `synthetic.option_events`), a copy of what that object's frames predict
+    under the event loss, so the option looks the object up in the video where it names it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['seen_loss'], ['event_loss'],
   ['option_loss']})."""
   out = _forward(params, model, batch,
@@ -408,6 +417,11 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     option = soft_cross_entropy(at_options, targets)
     metrics['option_loss'] = option
     loss = loss + option_weight * option
+  if ground_weight:
+    ground = masked_word_loss(_logits_at(params, model, hidden, batch['option_word']),
+                              batch['option_events'])
+    metrics['ground_loss'] = ground
+    loss = loss + ground_weight * ground
   return loss, metrics
 
 

@@ -272,3 +272,22 @@ def test_the_trail_lies_behind_the_moving_object_in_every_frame(items):
       assert f'{obj.colour} {obj.shape} moving {obj.direction()}' in captions[f]
       checked += 1
   assert checked > 50
+
+
+def test_option_events_ground_each_named_object_in_the_video(items):
+  """What the video shows of each option's object: the right needle option flashed once, the right
+  order option came first and the other shown one second, absent objects are 'no', and options that
+  name no object (counts, directions, backgrounds) have nothing."""
+  for item in items:
+    q, grounded = item.question, syn.option_events(item)
+    if q.qtype in ('counting', 'direction', 'background'):
+      assert grounded == [[]] * len(q.options)
+      continue
+    shown = {f'{item.video.objects[i].colour} {item.video.objects[i].shape}' for i in q.event_objects}
+    for option, words in zip(q.options, grounded):
+      if option not in shown:
+        assert words == ['no']
+      elif q.qtype == 'needle':
+        assert words == ['1'] and option == q.options[q.answer]
+      else:
+        assert words == ['1', 'first' if option == q.options[q.answer] else 'second']

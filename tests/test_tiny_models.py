@@ -141,6 +141,9 @@ def test_auxiliary_loss_slots_and_targets():
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends].tolist()) == [
       'ring', 'square', 'cross', 'triangle']
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends + 1].tolist())[:3] == ['B', 'C', 'D']
+  # option_word = ends - 1 in train_synthetic.llava_batch: the colour word of each object option
+  assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends - 1].tolist()) == [
+      'red', 'blue', 'green', 'white']
   frame_ends = np.asarray(tiny.frame_end_index(jnp.asarray(pb.layout.frame), 32))[0]
   per_frame = processor.tokens_per_frame
   assert np.array_equal(np.diff(frame_ends), np.full(31, per_frame))

@@ -196,6 +196,26 @@ def frame_events(spec: VideoSpec) -> list[list[str]]:
   return out
 
 
+def option_events(item: SyntheticItem, absent: str = 'no') -> list[list[str]]:
+  """Per option, what the video shows of the object it names: the event words of its last frame
+  without colour and shape (e.g. ['1', 'first']), `absent` for an object the video never shows, and
+  nothing for an option that names no object (a count, a direction, a background)."""
+  events = frame_events(item.video)
+  out = []
+  for option in item.question.options:
+    words = option.split(' ')
+    if len(words) != 2 or words[0] not in COLOURS or words[1] not in SHAPES:
+      out.append([])
+      continue
+    shown = [o for o in item.video.objects if [o.colour, o.shape] == words]
+    if not shown:
+      out.append([absent])
+      continue
+    last = events[shown[0].frames[-1]] if len(shown[0].frames) < item.video.num_frames else []
+    out.append([w for w in last if w not in words])
+  return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Specs.
 
