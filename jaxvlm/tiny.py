@@ -286,22 +286,23 @@ def caption_words(tokenizer: transformers.PreTrainedTokenizerBase, caption: str)
 def frame_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]
                        ) -> np.ndarray:
   """Per-frame captions [F] -> float32 [F, V]: uniform distribution over each caption's words."""
-  out = np.zeros((len(captions), len(tokenizer)), np.float32)
-  for f, caption in enumerate(captions):
-    ids = caption_words(tokenizer, caption)
-    out[f, ids] = 1.0 / len(ids)
-  return out
+  return _uniform_rows(len(tokenizer), [caption_words(tokenizer, c) for c in captions])
 
 
 def event_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, events: list[list[str]]
                        ) -> np.ndarray:
-  """Per-frame event words [F] (synthetic.frame_events) -> float32 [F, V]: uniform over each
-  frame's event words, all zero for a frame without events."""
-  out = np.zeros((len(events), len(tokenizer)), np.float32)
-  for f, words in enumerate(events):
-    if words:
-      ids = sorted(set(tokenizer.convert_tokens_to_ids(words)))
-      out[f, ids] = 1.0 / len(ids)
+  """Per-row word lists [R] (a frame's event words, synthetic.frame_events, or an option's,
+  synthetic.option_events) -> float32 [R, V]: uniform over each row's words, all zero for an empty
+  row (no target there)."""
+  return _uniform_rows(len(tokenizer), [tokenizer.convert_tokens_to_ids(w) for w in events])
+
+
+def _uniform_rows(vocab_size: int, id_lists: list[list[int]]) -> np.ndarray:
+  out = np.zeros((len(id_lists), vocab_size), np.float32)
+  for row, ids in enumerate(id_lists):
+    if ids:
+      ids = sorted(set(ids))
+      out[row, ids] = 1.0 / len(ids)
   return out
 
 
@@ -367,7 +368,7 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
                   frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1,
                   seen_weight: float = 0.0, seen_layer: int = -1, event_weight: float = 0.0,
                   event_layer: int = -1, ground_weight: float = 0.0) -> tuple[jnp.ndarray, dict]:
-  """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus two
+  """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
     frame's caption (batch['frame_words'] [B, F, V]) from the input of decoder layer `frame_layer`
@@ -390,7 +391,7 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     naming no object; see `synthetic.option_events`), a copy of what that object's frames predict
     under the event loss, so the option looks the object up in the video where it names it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['seen_loss'], ['event_loss'],
-  ['option_loss']})."""
+  ['option_loss'], ['ground_loss']})."""
   out = _forward(params, model, batch,
                  return_hidden_states=bool(frame_weight or seen_weight or event_weight))
   hidden = out.hidden
