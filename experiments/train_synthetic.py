@@ -6,8 +6,7 @@ r"""Trains the embedded default on the synthetic world and exports it as Hugging
       --config.stage1_from=DIR --config.llava.steps=6400
 
 Stage 1: a tiny SigLIP (both towers) with the sigmoid loss on (frame, caption) pairs, half of the
-frames drawn from evidence frames, one hard-negative caption per frame (another direction for a
-moving object's frames, else another shape). Stage 2: a tiny
+frames drawn from evidence frames, one shape-swapped hard-negative caption per frame. Stage 2: a tiny
 LLaVA-OneVision whose vision tower is the stage-1 SigLIP's, frozen (its features cached once); the
 projector and decoder train on the answer letter plus five auxiliary losses (see
 `tiny.llava_loss_fn`): frame captions, words seen so far and event words at each frame's last slot,
@@ -118,30 +117,27 @@ def _rng(config, stage: str, step: int) -> np.random.Generator:
   return np.random.default_rng([config.seed, STAGES.index(stage), step])
 
 
-def hard_negative(caption: str, rng: np.random.Generator) -> str:
-  """`caption` with one detail a frame shows but random negatives rarely test changed: the direction
-  of a moving object (its trail) if it has one, else one object's shape. Colours, count and background
-  still match the frame."""
+def shape_swapped(caption: str, rng: np.random.Generator) -> str:
+  """`caption` with one object's shape replaced by another shape (a hard negative: colours, count
+  and background still match the frame)."""
   words = caption.split(' ')
-  moving = [i + 1 for i, w in enumerate(words[:-1]) if w == 'moving']
-  at, choices = (moving, synthetic.DIRECTIONS) if moving else (
-      [i for i, w in enumerate(words) if w in synthetic.SHAPES], synthetic.SHAPES)
+  at = [i for i, w in enumerate(words) if w in synthetic.SHAPES]
   if not at:  # an empty frame has no shape to swap
     return caption
   i = int(rng.choice(at))
-  words[i] = str(rng.choice([c for c in choices if c != words[i]]))
+  words[i] = str(rng.choice([s for s in synthetic.SHAPES if s != words[i]]))
   return ' '.join(words)
 
 
 def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.ndarray], step: int
                  ) -> dict[str, np.ndarray]:
   """batch_size random (video, frame) pairs and their captions plus one hard negative per frame:
-  pixels [I, H, W, C], caption_ids [2I, L] (the I captions, then their I hard negatives),
+  pixels [I, H, W, C], caption_ids [2I, L] (the I captions, then the I shape-swapped ones),
   caption_index [2I] (identity of each text: equal texts are positives of each other),
   image_caption [I] (identity of each frame's caption). A share `config.siglip.evidence_share` of
   the frames is drawn from the videos' evidence frames: most frames show the distractor alone, and
-  the frames with two objects would otherwise be rare. Shape and a trail's direction are what random
-  negatives teach least (colours are distinct within a frame), hence `hard_negative`."""
+  the frames with two objects would otherwise be rare. Shape is what random negatives teach least
+  (colours are distinct within a frame), hence the shape-swapped negatives."""
   rng = _rng(config, 'siglip', step)
   size = config.siglip.batch_size
   vids = rng.integers(0, len(data.items), size)
@@ -149,7 +145,7 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
   for i in np.flatnonzero(rng.random(size) < config.siglip.evidence_share):
     frames[i] = rng.choice(data.items[vids[i]].question.evidence_frames)
   texts = [data.captions[v][f] for v, f in zip(vids, frames)]
-  negatives = [hard_negative(t, rng) for t in texts]
+  negatives = [shape_swapped(t, rng) for t in texts]
   index = {t: i for i, t in enumerate(sorted(set(texts + negatives)))}
   missing = sorted({t for t in negatives if t not in caption_ids})
   caption_ids.update(zip(missing, processor.tokenize(missing)) if missing else ())
