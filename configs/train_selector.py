@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.dtype = 'float32'                 # compute dtype of the teacher and the selector
   c.benchmark = 'synthetic'
   # 2000 labelled videos: with 400 the selector fit its 320 training ids and no more (best at step 100);
-  # with 2000 its recall@4 of the evidence frames went from 0.73 to 0.90 on the test split.
+  # with 2000 its recall@4 of the evidence frames went from 0.73 to 0.90 on the test split (earlier
+  # default model).
   c.data = config_dict.ConfigDict({'split': 'train', 'num': 2000, 'seed': 4321})
   c.max_samples = -1
   c.num_candidates = 32               # candidate pool N
@@ -33,7 +34,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # Selector.
   c.model = config_dict.ConfigDict({'width': 128, 'depth': 2, 'num_heads': 4, 'mlp_ratio': 2, 'num_freqs': 8})
   # Loss: cross-entropy between softmax(teacher / tau) and softmax(student), plus a pairwise hinge.
-  c.tau = 0.5
+  # tau 0.25 rather than 0.5: the teacher's few decisive frames dominate its target; on the embedded
+  # default, validation recall@4 of the evidence 0.73 -> 0.86, test accuracy at k=4 0.48 -> 0.57.
+  c.tau = 0.25
   c.pairwise_weight = 0.1
   c.pairwise_margin = 0.1
   # Optimisation.
