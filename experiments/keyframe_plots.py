@@ -10,7 +10,8 @@ from jaxvlm import video
 STYLE = {'oracle_top': ('black', '-'), 'oracle_bottom': ('grey', '-'), 'answer_free_top': ('black', ':'),
          'attention_top': ('tab:brown', '-'), 'siglip_q': ('tab:blue', '-'), 'siglip_qo': ('tab:cyan', '-'),
          'bolt': ('tab:orange', '-'), 'aks': ('tab:green', '-'), 'uniform': ('tab:purple', '--'),
-         'random': ('tab:pink', '--')}
+         'random': ('tab:pink', '--'), 'learned': ('tab:olive', '-')}  # a colour of its own: None
+# would take the first of the default cycle, tab:blue, which SigLIP q already has
 
 
 def _by_selector(rows: list[dict], key: str) -> dict[str, list[tuple[int, float]]]:
