@@ -45,8 +45,9 @@ NUM_OPTIONS = 4
 # object's caption (its shape) in 44 % of frames; at 0.2 with a hollow ring and a cross, in 82 %.
 OBJECT_RADIUS = 0.2
 # The moving object's motion blur: copies TRAIL_SPACING radii apart behind it, blended at these
-# opacities (nearest first). Without it a 2x2-pooled frame token moves ~3 px between frames and the
-# tiny LLaVA did not learn direction (0.26 on its frames' direction words, chance 0.25).
+# opacities (nearest first). Without it the object moves ~3 px between frames, inside one 2x2-pooled
+# frame token, and the tiny LLaVA's frames got their direction words right 26 % of the time (chance
+# 25 %); with it 34 %: the tiny SigLIP does not yet read a trail's direction (train_synthetic).
 TRAIL_SPACING = 0.5
 TRAIL_ALPHAS = (0.5, 0.3, 0.15)
 
@@ -159,9 +160,9 @@ def render(spec: VideoSpec) -> np.ndarray:
 
 def frame_captions(spec: VideoSpec) -> list[str]:
   """One caption per frame naming every visible object (and the direction of one with a trail) and
-  the background. Objects are listed in
-  the fixed order of COLOURS (colours are distinct within a video), never in drawing order: a single
-  frame cannot tell which object is the distractor, so a caption must not depend on it."""
+  the background. Objects are listed in the fixed order of COLOURS (colours are distinct within a
+  video), never in drawing order: a single frame cannot tell which object is the distractor, so a
+  caption must not depend on it."""
   visible = [[] for _ in range(spec.num_frames)]
   for obj in spec.objects:
     for frame in obj.frames:
@@ -243,8 +244,9 @@ def _clear_of(other: ObjectTrack, frames, xs, ys, gap: float) -> bool:
 
 
 def _static(rng, shape, colour, radius, frames, size, avoid: ObjectTrack) -> ObjectTrack:
-  """An object resting at one place for `frames`, drawn so it does not occlude `avoid` (a shape
-  half hidden behind another could not be named from the frame); the last of 100 tries otherwise."""
+  """An object resting at one place for `frames`, its centre >= 1.5 radii from `avoid`'s in every
+  shared frame, so at most a rim of either is hidden (a shape half hidden behind another could not be
+  named from the frame); the last of 100 tries if none is that far."""
   lo, hi = radius + 1, size - radius - 1
   for _ in range(100):
     x, y = rng.uniform(lo, hi, 2)
