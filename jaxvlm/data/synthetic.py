@@ -14,7 +14,7 @@ event of its question:
 
 The evidence frames are exactly the frames in which the event object(s) are visible (all frames
 for the control). Event colours are saturated and never shared with the distractor, objects are
-big (radius 20 % of the frame) and never drawn over the distractor, shapes differ inside a 16-pixel
+big (radius 20 % of the frame) and kept clear of the distractor, shapes differ inside a 16-pixel
 patch (a hollow ring, a square, a triangle, a cross), and backgrounds are dark, so H.264 at 64x64
 keeps them visible and a tiny ViT can name them.
 
