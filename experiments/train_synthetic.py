@@ -26,7 +26,8 @@ with `python -m experiments.eval_synthetic --assets=DIR/export`:
 Status (committed config, 2-core CPU, measured 2026-11-24). assets/ holds a run made in two parts with
 other jobs on the machine: stage 1 (data 4.2 min, SigLIP 6.5 min, tower features 3.1 min) and the
 LLaVA stage with --config.stage1_from (17.5 min incl. export): 31 min in all under
-load; the same config without the grounding loss ran from scratch in 25.6 min alone. Validation (100
+load; the committed config from scratch on a fresh clone, alone: 24.6 min, the same validation
+numbers to the last digit. Validation (100
 items): background, counting, needle 1.00, order 0.50, direction 0.20 (text-only 0.20-0.30); test
 split (200 items, eval_synthetic): overall 0.76, needle/counting/background 1.00, order 0.55, direction
 0.25. SigLIP R@1 0.852 global on the 100 validation videos (177 captions), 0.740 on the 200 test
