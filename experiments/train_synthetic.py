@@ -72,10 +72,23 @@ STAGES = ('siglip', 'llava')
 
 
 class TrainData:
-  """frames uint8 [N, F, H, W, 3] (decoded mp4), items (SyntheticItem), captions [N, F] (str)."""
+  """frames uint8 [N, F, H, W, 3] (decoded mp4), items (SyntheticItem), captions [N, F] (str);
+  moving_videos: indices of the videos whose event object moves (direction questions)."""
 
   def __init__(self, frames: np.ndarray, items: list, captions: list[list[str]]):
     self.frames, self.items, self.captions = frames, items, captions
+    self._by_types: dict[str, np.ndarray] = {}
+    self.moving_videos = self.videos_of('direction')
+
+  def videos_of(self, qtypes: str) -> np.ndarray:
+    """Indices of the videos whose question type is among the comma-separated `qtypes` (cached)."""
+    if qtypes not in self._by_types:
+      wanted = {q.strip() for q in qtypes.split(',')}
+      unknown = wanted - set(synthetic.QTYPES)
+      if unknown:
+        raise ValueError(f'unknown question types {sorted(unknown)}; expected some of {synthetic.QTYPES}')
+      self._by_types[qtypes] = np.flatnonzero([it.question.qtype in wanted for it in self.items])
+    return self._by_types[qtypes]
 
 
 def _encode_and_decode(job: tuple) -> np.ndarray:
@@ -135,15 +148,22 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
   """batch_size random (video, frame) pairs and their captions plus one hard negative per frame:
   pixels [I, H, W, C], caption_ids [2I, L] (the I captions, then the I shape-swapped ones),
   caption_index [2I] (identity of each text: equal texts are positives of each other),
-  image_caption [I] (identity of each frame's caption). A share `config.siglip.evidence_share` of
-  the frames is drawn from the videos' evidence frames: most frames show the distractor alone, and
-  the frames with two objects would otherwise be rare. Shape is what random negatives teach least
-  (colours are distinct within a frame), hence the shape-swapped negatives."""
+  image_caption [I] (identity of each frame's caption), caption_words [I, V] (its words, for the
+  word loss of `tiny.siglip_loss_fn`). A share `config.siglip.evidence_share` of the frames is drawn
+  from the videos' evidence frames: most frames show the distractor alone, and the frames with two
+  objects would otherwise be rare; a share `config.siglip.moving_share` more from the frames of moving
+  objects (the tiny tower learns a trail's direction only after tens of thousands of them). Shape is
+  what random negatives teach least (colours are distinct within a frame), hence the shape-swapped
+  negatives."""
   rng = _rng(config, 'siglip', step)
   size = config.siglip.batch_size
   vids = rng.integers(0, len(data.items), size)
   frames = rng.integers(0, config.num_frames, size)
-  for i in np.flatnonzero(rng.random(size) < config.siglip.evidence_share):
+  draw = rng.random(size)
+  moving = draw < config.siglip.moving_share
+  if len(data.moving_videos):
+    vids[moving] = rng.choice(data.moving_videos, int(moving.sum()))
+  for i in np.flatnonzero(draw < config.siglip.moving_share + config.siglip.evidence_share):
     frames[i] = rng.choice(data.items[vids[i]].question.evidence_frames)
   texts = [data.captions[v][f] for v, f in zip(vids, frames)]
   negatives = [shape_swapped(t, rng) for t in texts]
@@ -153,7 +173,8 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
   return {'pixels': processor.preprocess(np.stack([data.frames[v, f] for v, f in zip(vids, frames)])),
           'caption_ids': np.stack([caption_ids[t] for t in texts + negatives]),
           'caption_index': np.asarray([index[t] for t in texts + negatives], np.int32),
-          'image_caption': np.asarray([index[t] for t in texts], np.int32)}
+          'image_caption': np.asarray([index[t] for t in texts], np.int32),
+          'caption_words': tiny.frame_word_targets(processor.tokenizer, texts)}
 
 
 def curriculum_frames(item, num_frames: int, keep: int, rng: np.random.Generator) -> np.ndarray:
@@ -176,13 +197,17 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
   their frozen-tower features (tower [N, F, P, Dv] cached once) and the targets of the auxiliary
   losses: per-frame caption words frame_words [B, F, V], words shown so far seen_words [B, F, V],
   event words event_words [B, F, V], option-line targets option_target [B, O], and what the video
-  shows of each option's object option_events [B, O, V] at its colour word option_word [B, O].
-  For the first `config.llava.short_steps` steps every video is cut to `short_frames` frames around
-  its evidence (`curriculum_frames`): shorter prompts, and the evidence is denser while the model
-  learns where to look."""
+  shows of each option's object option_events [B, O, V] at its colour word option_word [B, O], and
+  the right option's words answer_words [B, V] at the question's last slot question_end [B].
+  Two curricula: the first `config.llava.first_steps` steps draw only questions of `first_types`
+  (needle and order: an object named by an option must be found in the video, and for order its
+  frames' first/second read off), and for the first `short_steps` steps every video is cut to
+  `short_frames` frames around its evidence (`curriculum_frames`): shorter prompts, and the evidence
+  is denser while the model learns where to look."""
   c = config.llava
   rng = _rng(config, 'llava', step)
-  vids = rng.choice(len(data.items), c.batch_size, replace=False)
+  pool = data.videos_of(c.first_types) if step < c.first_steps else np.arange(len(data.items))
+  vids = pool[rng.choice(len(pool), c.batch_size, replace=False)]
   short = step < c.short_steps
   num = c.short_frames if short else config.num_frames
   built, words, seen, events, grounding, feats = [], [], [], [], [], []
@@ -215,6 +240,9 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
           'option_word': option_end - 1,  # an object option's colour word ("B . red ring")
           'option_events': np.stack(grounding),
           'option_target': tiny.option_line_targets(letters, answers, wrong),
+          'question_end': tiny.question_end_index(pb.layout.group),
+          'answer_words': tiny.event_word_targets(processor.tokenizer, [
+              data.items[v].question.options[a].split(' ') for v, a in zip(vids, answers)]),
           'tower': np.stack(feats)}
 
 
@@ -334,13 +362,16 @@ def train_siglip(config, workdir: str, data: TrainData, tokenizer, sig_config: d
   processor = tiny.siglip_processor(tokenizer)
   c = config.siglip
   tx = tiny.optimizer(c.lr, c.warmup, c.steps, c.weight_decay)
-  state = tiny.create_state(tiny.init_siglip(model, jax.random.PRNGKey(config.seed)), tx)
+  model_rng, head_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = {'model': tiny.init_siglip(model, model_rng),
+            'word_head': tiny.init_word_head(model, len(tokenizer), head_rng)}
+  state = tiny.create_state(params, tx)
   captions = sorted({t for caps in data.captions for t in caps})
   caption_ids = dict(zip(captions, processor.tokenize(captions)))
   state = train_loop(config, workdir, 'siglip', state,
-                     lambda s, b: tiny.siglip_step(s, b, model, tx),
+                     lambda s, b: tiny.siglip_step(s, b, model, tx, c.word_loss_weight),
                      lambda step: siglip_batch(config, data, processor, caption_ids, step), c.steps)
-  params = jax.device_get(state.params)
+  params = jax.device_get(state.params['model'])  # the word head only trains the tower
   checkpoints.export_pretrained(model, params, sig_config, _export_dir(workdir, 'siglip_tiny'), processor)
   return params
 
@@ -360,7 +391,8 @@ def train_llava(config, workdir: str, data: TrainData, tokenizer, llava_config: 
   weights = (('frame_weight', c.frame_loss_weight), ('frame_layer', c.frame_loss_layer),
              ('seen_weight', c.seen_loss_weight), ('seen_layer', c.seen_loss_layer),
              ('event_weight', c.event_loss_weight), ('event_layer', c.event_loss_layer),
-             ('option_weight', c.option_loss_weight), ('ground_weight', c.ground_loss_weight))
+             ('option_weight', c.option_loss_weight), ('recall_weight', c.recall_loss_weight),
+             ('ground_weight', c.ground_loss_weight))
   state = train_loop(config, workdir, 'llava', tiny.create_state(params, tx),
                      lambda s, b: tiny.llava_step(s, b, model, tx, weights),
                      lambda step: llava_batch(config, data, processor, tower, prompt_cache, step),

@@ -218,22 +218,48 @@ def _apply_grads(state: TrainState, grads: Any, tx: optax.GradientTransformation
   return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
 
 
-def siglip_loss_fn(params, model: siglip.SiglipModel, pixels: jnp.ndarray, caption_ids: jnp.ndarray,
-                   caption_index: jnp.ndarray, image_caption: jnp.ndarray) -> jnp.ndarray:
-  """pixels [I, H, W, C], caption_ids [Q, L], caption_index [Q] (identity of each text),
-  image_caption [I] (identity of each image's caption) -> sigmoid loss over all I x Q pairs."""
-  logits = model.apply({'params': params}, pixels, caption_ids)
-  return sigmoid_loss(logits, image_caption[:, None] == caption_index[None, :])
+def init_word_head(model: siglip.SiglipModel, vocab_size: int, rng: jax.Array) -> dict:
+  """The SigLIP's training-only word head: patch mean [Dv] -> caption-word logits [V]."""
+  width = model.config.vision_config.hidden_size
+  return {'kernel': 0.02 * jax.random.normal(rng, (width, vocab_size), jnp.float32),
+          'bias': jnp.zeros((vocab_size,), jnp.float32)}
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'tx'), donate_argnums=(0,))
+def _siglip_logits_and_patches(module: siglip.SiglipModel, pixels: jnp.ndarray, caption_ids: jnp.ndarray
+                               ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """-> logits [I, Q] and the patch features the LLaVA's tower passes on [I, P, Dv] (last layer)."""
+  vision = module.vision_model(pixels)
+  return module.pair_logits(vision.pooled, module.text_features(caption_ids)), vision.hidden_states[-1]
+
+
+def siglip_loss_fn(params: dict, model: siglip.SiglipModel, batch: dict, word_weight: float
+                   ) -> tuple[jnp.ndarray, dict]:
+  """params {'model': SigLIP params, 'word_head': init_word_head}; batch as in `siglip_step` ->
+  sigmoid loss over all I x Q pairs + word_weight x the word loss, and both parts.
+
+  The word loss (each frame's mean patch feature predicts its caption's words) is not contrastive: a
+  batch's captions almost always differ in colour or shape already, so the sigmoid loss alone never
+  needs the rarer words (a moving object's direction) and the tower drops them."""
+  logits, patches = model.apply({'params': params['model']}, batch['pixels'], batch['caption_ids'],
+                                method=_siglip_logits_and_patches)
+  contrastive = sigmoid_loss(logits, batch['image_caption'][:, None] == batch['caption_index'][None, :])
+  head = params['word_head']
+  word_logits = patches.mean(1) @ head['kernel'] + head['bias']
+  # One binary decision per vocabulary word (not a softmax over the caption's words, where a frame's
+  # direction word is one of ~7 targets and barely moves the loss).
+  words = jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(word_logits, batch['caption_words'] > 0),
+                           axis=-1))
+  return contrastive + word_weight * words, {'sigmoid_loss': contrastive, 'word_loss': words}
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'word_weight'), donate_argnums=(0,))
 def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
-                tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
-  """batch: pixels [I, H, W, C], caption_ids [Q, L], caption_index [Q], image_caption [I]."""
-  loss, grads = jax.value_and_grad(siglip_loss_fn)(
-      state.params, model, batch['pixels'], batch['caption_ids'], batch['caption_index'],
-      batch['image_caption'])
-  return _apply_grads(state, grads, tx), {'loss': loss}
+                tx: optax.GradientTransformation, word_weight: float = 0.0) -> tuple[TrainState, dict]:
+  """batch: pixels [I, H, W, C], caption_ids [Q, L], caption_index [Q] (identity of each text),
+  image_caption [I] (identity of each image's caption), caption_words [I, V] (frame_word_targets)."""
+  (loss, parts), grads = jax.value_and_grad(siglip_loss_fn, has_aux=True)(
+      state.params, model, batch, word_weight)
+  return _apply_grads(state, grads, tx), {'loss': loss, **parts}
 
 
 def _forward(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None,
@@ -323,6 +349,14 @@ def soft_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray
   return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1))
 
 
+def question_end_index(group: np.ndarray) -> np.ndarray:
+  """group [B, S] -> int32 [B]: the last slot of each row's question (before the option lines)."""
+  is_question = group == Group.QUESTION
+  if not is_question.any(axis=1).all():
+    raise ValueError('a prompt row has no question slot')
+  return (group.shape[1] - 1 - np.argmax(is_question[:, ::-1], axis=1)).astype(np.int32)
+
+
 def option_end_index(input_ids: np.ndarray, group: np.ndarray, letter_ids: np.ndarray
                      ) -> np.ndarray:
   """input_ids, group [B, S] -> int32 [B, O]: the last slot of each option line ("B. red ring")."""
@@ -367,7 +401,8 @@ def _frame_loss(params, model, hidden_states: jnp.ndarray, layer: int, ends: jnp
 def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
                   frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1,
                   seen_weight: float = 0.0, seen_layer: int = -1, event_weight: float = 0.0,
-                  event_layer: int = -1, ground_weight: float = 0.0) -> tuple[jnp.ndarray, dict]:
+                  event_layer: int = -1, recall_weight: float = 0.0, ground_weight: float = 0.0
+                  ) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
@@ -385,13 +420,19 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     option is right and WRONG_OPTION if not (batch['option_end'], batch['option_target'] [B, O]),
     so each option is checked against the video where it is read and the answer slot only has to
     copy the letter of the line that holds it;
+  - `recall_weight` x recall loss: the last question slot, before any option is read, predicts the
+    words of the right option (batch['question_end'] [B], batch['answer_words'] [B, V]: 'red ring',
+    '3', 'up', 'forest'), so the question fetches its answer from the video with a query that is the
+    same for every video ('which came first?'), and each option line only compares its own words
+    with it; without it an order option had to find its own object's frames and read their
+    order, and stayed at first-vs-second chance;
   - `ground_weight` x grounding loss: the colour word of every option naming an object predicts what
     the video shows of that object (its event words, e.g. '1 first', or WRONG_OPTION if it never
     appears: batch['option_word'] [B, O], batch['option_events'] [B, O, V], zero rows for options
     naming no object; see `synthetic.option_events`), a copy of what that object's frames predict
     under the event loss, so the option looks the object up in the video where it names it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['seen_loss'], ['event_loss'],
-  ['option_loss'], ['ground_loss']})."""
+  ['option_loss'], ['recall_loss'], ['ground_loss']})."""
   out = _forward(params, model, batch,
                  return_hidden_states=bool(frame_weight or seen_weight or event_weight))
   hidden = out.hidden
@@ -418,6 +459,11 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     option = soft_cross_entropy(at_options, targets)
     metrics['option_loss'] = option
     loss = loss + option_weight * option
+  if recall_weight:
+    at_question = _logits_at(params, model, hidden, batch['question_end'][:, None])[:, 0]   # [B, V]
+    recall = soft_cross_entropy(at_question, batch['answer_words'])
+    metrics['recall_loss'] = recall
+    loss = loss + recall_weight * recall
   if ground_weight:
     ground = masked_word_loss(_logits_at(params, model, hidden, batch['option_word']),
                               batch['option_events'])

@@ -364,11 +364,14 @@ class SiglipModel(nn.Module):
     """input_ids [B, S] -> unnormalized pooled text embeddings [B, D]."""
     return self.text_model(input_ids).pooled
 
+  def pair_logits(self, image_embeds: jnp.ndarray, text_embeds: jnp.ndarray) -> jnp.ndarray:
+    """Pooled embeddings image_embeds [I, D], text_embeds [Q, D] -> logits_per_image [I, Q] (float32)."""
+    img, txt = _l2_normalize(image_embeds), _l2_normalize(text_embeds)
+    return img @ txt.T * jnp.exp(self.logit_scale) + self.logit_bias
+
   def __call__(self, pixel_values: jnp.ndarray, input_ids: jnp.ndarray) -> jnp.ndarray:
     """pixel_values [I, H, W, C], input_ids [Q, S] -> logits_per_image [I, Q] (float32)."""
-    img = _l2_normalize(self.image_features(pixel_values))
-    txt = _l2_normalize(self.text_features(input_ids))
-    return img @ txt.T * jnp.exp(self.logit_scale) + self.logit_bias
+    return self.pair_logits(self.image_features(pixel_values), self.text_features(input_ids))
 
 
 @functools.partial(jax.jit, static_argnums=0)
