@@ -47,7 +47,8 @@ OBJECT_RADIUS = 0.2
 # The moving object's motion blur: copies TRAIL_SPACING radii apart behind it, blended at these
 # opacities (nearest first). Without it the object moves ~3 px between frames, inside one 2x2-pooled
 # frame token, and the tiny LLaVA's frames got their direction words right 26 % of the time (chance
-# 25 %); with it 34 %: the tiny SigLIP does not yet read a trail's direction (train_synthetic).
+# 25 %). With it, a tiny SigLIP whose tower is taught the caption words directly (train_synthetic)
+# reads the direction from one frame's pooled tokens 74 % of the time.
 TRAIL_SPACING = 0.5
 TRAIL_ALPHAS = (0.5, 0.3, 0.15)
 
