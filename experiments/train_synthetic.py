@@ -27,15 +27,16 @@ with `python -m experiments.eval_synthetic --assets=DIR/export`:
   rm -rf assets/siglip_tiny assets/llava_ov_tiny && cp -r DIR/export/* assets/
 
 Status (committed config, 2-core CPU, measured 2026-11-24). From scratch on a fresh clone, machine
-otherwise idle: 27.4 min (data 2, SigLIP 5.5, tower features 2, LLaVA 17); assets/ holds a run of the
-same config made in two parts (stage 1, then the LLaVA stage with --config.stage1_from) whose
-validation numbers the from-scratch run reproduces to the last digit. Test split (200 items, eval_synthetic): overall 0.945; background,
-needle, order 1.00, counting 0.95, direction 0.775; text-only 0.225-0.325; SigLIP R@1 0.965 global
-(296 captions), 1.00 within video. Validation (100 items): overall 0.98, direction 0.90, the rest 1.00;
-R@1 0.974. What got order and direction there (from 0.55 / 0.25): the SigLIP word loss with 40 % of
-its frames from moving objects (a linear probe of the 2x2-pooled tower features reads the direction
-in 74 % of moving frames and, summed over a video's frames, 85 % of videos; 40 % of frames before; R@1 0.74 -> 0.965 on the test split as a
-side effect), and for order the recall loss with events read from layer 2 instead of 4 and a
+otherwise idle: 27.4 min (data 2, SigLIP 5.5, tower features 2, LLaVA 17); assets/ holds a run of
+the same config made in two parts (stage 1, then the LLaVA stage with --config.stage1_from) whose
+validation numbers the from-scratch run reproduces to the last digit. Test split (200 items,
+eval_synthetic): overall 0.945; background, needle, order 1.00, counting 0.95, direction 0.775;
+text-only 0.225-0.325; SigLIP R@1 0.965 global (296 captions), 1.00 within video. Validation (100
+items): overall 0.98, direction 0.90, the rest 1.00; R@1 0.974. What got order and direction there
+(from 0.55 / 0.25): the SigLIP word loss with 40 % of its frames from moving objects (a linear probe
+of the 2x2-pooled tower features reads the direction in 74 % of moving frames and, summed over a
+video's frames, 85 % of videos; 40 % of frames before; R@1 0.74 -> 0.965 on the test split as a side
+effect), and for order the recall loss with events read from layer 2 instead of 4 and a
 needle+order-only first phase (order's train accuracy jumps from ~0.55 to 0.94 between steps 600 and
 800 of such a phase; without the recall loss it is 0.70 at step 1000).
 """
