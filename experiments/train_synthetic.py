@@ -73,13 +73,11 @@ STAGES = ('siglip', 'llava')
 
 
 class TrainData:
-  """frames uint8 [N, F, H, W, 3] (decoded mp4), items (SyntheticItem), captions [N, F] (str);
-  moving_videos: indices of the videos whose event object moves (direction questions)."""
+  """frames uint8 [N, F, H, W, 3] (decoded mp4), items (SyntheticItem), captions [N, F] (str)."""
 
   def __init__(self, frames: np.ndarray, items: list, captions: list[list[str]]):
     self.frames, self.items, self.captions = frames, items, captions
     self._by_types: dict[str, np.ndarray] = {}
-    self.moving_videos = self.videos_of('direction')
 
   def videos_of(self, qtypes: str) -> np.ndarray:
     """Indices of the videos whose question type is among the comma-separated `qtypes` (cached)."""
@@ -162,8 +160,9 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
   frames = rng.integers(0, config.num_frames, size)
   draw = rng.random(size)
   moving = draw < config.siglip.moving_share
-  if len(data.moving_videos):
-    vids[moving] = rng.choice(data.moving_videos, int(moving.sum()))
+  moving_videos = data.videos_of('direction')  # their event object moves
+  if len(moving_videos):
+    vids[moving] = rng.choice(moving_videos, int(moving.sum()))
   for i in np.flatnonzero(draw < config.siglip.moving_share + config.siglip.evidence_share):
     frames[i] = rng.choice(data.items[vids[i]].question.evidence_frames)
   texts = [data.captions[v][f] for v, f in zip(vids, frames)]
