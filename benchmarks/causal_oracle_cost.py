@@ -26,7 +26,8 @@ import jax
 import numpy as np
 
 from benchmarks.knockout_sweep import OPTION_IDS, mid_size_model, prompt, with_attention_block
-from jaxvlm import sweep
+from jaxvlm import prompts
+from jaxvlm.knockout import engine as sweep
 from jaxvlm.keyframes import relevance
 from jaxvlm.models.attention import Group
 
@@ -67,7 +68,7 @@ def main():
   @jax.jit
   def forward(params, ids, px):
     out = model.apply({'params': params}, ids, px, layout.positions, layout.meta())
-    return sweep.option_logprobs(model, params, out.hidden[0, -1], OPTION_IDS)
+    return prompts.option_logprobs(model, params, out.hidden[0, -1], OPTION_IDS)
 
   def causal():
     clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import knockout
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2
 from jaxvlm.models.attention import TokenMeta
 

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 import transformers
 
-from jaxvlm import checkpoints, knockout, sweep
+from jaxvlm import checkpoints, prompts
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models.attention import Group
 
@@ -66,7 +68,7 @@ def prompt(model, num_frames: int, seed: int = 0, text=TEXT):
   frame = np.full(len(group), -1, np.int32)
   frame[group == Group.VIDEO] = np.append(np.arange(n_video - 1) // model.config.tokens_per_frame, -1)
   s = len(ids)
-  layout = knockout.TokenLayout(group=jnp.asarray(group)[None], frame=jnp.asarray(frame)[None],
+  layout = prompts.TokenLayout(group=jnp.asarray(group)[None], frame=jnp.asarray(frame)[None],
                                 positions=jnp.arange(s, dtype=jnp.int32)[None], valid=jnp.ones((1, s), bool))
   return ids[None], layout, jnp.asarray([s - 1], jnp.int32)
 
@@ -138,7 +140,7 @@ def main():
   @jax.jit
   def full_forward(params, ids, px, spec):
     out = model.apply({'params': params}, ids, px, layout.positions, layout.meta(), spec=spec)
-    return sweep.option_logprobs(model, params, out.hidden[0, -1], OPTION_IDS)
+    return prompts.option_logprobs(model, params, out.hidden[0, -1], OPTION_IDS)
 
   def ours_one_per_spec():
     return np.stack([np.asarray(full_forward(params, ids, px, jax.tree.map(lambda x: x[n], specs)))

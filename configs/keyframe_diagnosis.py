@@ -9,12 +9,10 @@ benchmark paths point at a local data root that you set with --config.data.ann=.
 """
 from ml_collections import config_dict
 
-HUB = {
-    'llava_ov_0_5b': 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf',
-    'llava_ov_7b': 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
-    'llava_video_7b': 'llava-hf/LLaVA-Video-7B-Qwen2-hf',
-}
-SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
+from configs import common
+
+# The diagnosis and the selector have presets for these hub models (no 72B).
+HUB = {k: v for k, v in common.HUB.items() if k != 'llava_ov_72b'}
 # Selector name -> what it ranks: the causal oracle (answer-based or answer-free), the attention
 # oracle, or SigLIP relevance to the question (q) or to question + options (qo).
 SELECTORS = 'oracle_top,oracle_bottom,answer_free_top,attention_top,siglip_q,siglip_qo,bolt,aks,uniform,random'
@@ -22,21 +20,19 @@ SELECTORS = 'oracle_top,oracle_bottom,answer_free_top,attention_top,siglip_q,sig
 
 def use_hub_preset(c: config_dict.ConfigDict, preset: str) -> None:
   """Points `c` at the hub Video-LLM of `preset`, SigLIP so400m and the MVBench paths, in bfloat16."""
-  if preset not in HUB:
-    raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(HUB)}')
+  common.parse_arg(preset, HUB)  # raises on an unknown preset
   c.checkpoint = HUB[preset]
-  c.siglip_checkpoint = SIGLIP_HUB
+  c.siglip_checkpoint = common.SIGLIP_HUB
   c.dtype = 'bfloat16'
   c.benchmark = 'mvbench'
-  c.data = config_dict.ConfigDict({'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'})
+  c.data = common.mvbench_data()
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  parts = [p for p in (arg or 'default').split(',') if p]
-  preset = next((p for p in parts if p != 'runlocal'), 'default')
+  preset, runlocal = common.parse_arg(arg, HUB)
   c = config_dict.ConfigDict()
-  c.checkpoint = 'assets/llava_ov_tiny'
-  c.siglip_checkpoint = 'assets/siglip_tiny'
+  c.checkpoint = common.TINY_LLAVA
+  c.siglip_checkpoint = common.TINY_SIGLIP
   c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
   c.benchmark = 'synthetic'
   c.data = config_dict.ConfigDict({'split': 'test', 'num': 200, 'seed': 1234})
@@ -58,7 +54,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   if preset != 'default':
     use_hub_preset(c, preset)
     c.batch_size = 1
-  if 'runlocal' in parts:
+  if runlocal:
     c.max_samples = 4
     c.num_candidates = min(c.num_candidates, 8)
     c.ks = '1,2,4'

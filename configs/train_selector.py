@@ -8,18 +8,17 @@ benchmark paths point at a local data root set with --config.data.ann=... --conf
 """
 from ml_collections import config_dict
 
-from configs import keyframe_diagnosis
+from configs import common, keyframe_diagnosis
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  parts = [p for p in (arg or 'default').split(',') if p]
-  preset = next((p for p in parts if p != 'runlocal'), 'default')
+  preset, runlocal = common.parse_arg(arg, keyframe_diagnosis.HUB)
   c = config_dict.ConfigDict()
   # Teacher labels (skipped for ids already in teacher_dir).
   c.label = True                      # False: train only on what teacher_dir already holds
   c.teacher_dir = ''                  # '' -> workdir/teacher
-  c.checkpoint = 'assets/llava_ov_tiny'
-  c.siglip_checkpoint = 'assets/siglip_tiny'
+  c.checkpoint = common.TINY_LLAVA
+  c.siglip_checkpoint = common.TINY_SIGLIP
   c.dtype = 'float32'                 # compute dtype of the teacher and the selector
   c.benchmark = 'synthetic'
   # 2000 labelled videos: with 400 the selector fit its 320 training ids and no more (best at step 100);
@@ -57,7 +56,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   if preset != 'default':
     keyframe_diagnosis.use_hub_preset(c, preset)
     c.label_batch_size = 1
-  if 'runlocal' in parts:
+  if runlocal:
     c.max_samples = 8
     c.num_candidates = min(c.num_candidates, 8)
     c.k = 2

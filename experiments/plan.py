@@ -1,182 +1,20 @@
-r"""Memory plan: bytes per device of a Video-LLM forward on a TPU slice, with no real memory.
+r"""Memory plan: bytes per device of a Video-LLM forward on a TPU slice, with no real memory (how it is
+counted: `jaxvlm.memory_plan`).
 
   python -m experiments.plan --config=configs/plan.py:llava_ov_7b --config.num_frames=32 \
       --config.tpu=v5e-8 [--config.mesh.fsdp=-1 --config.mesh.tensor=1 --config.batch_size=1]
-
-Parameters come from jax.eval_shape of the model and are split by the logical axis rules of
-jaxvlm/sharding.py exactly as `shard_params` would place them; the KV cache, the sweep's per-layer
-states and the activations are sized from the same rules (batch over data x fsdp, heads and MLP over
-tensor, indivisible axes replicated). Activations are an estimate: model inputs plus the larger of one
-SigLIP layer over all frames and one decoder layer over the prompt (attention scores per key block,
-float32 accumulators); XLA may fuse below it or keep a few buffers more.
-
-Letters: B batch, F frames, P patches per frame, S prompt slots, D / Dv text / vision width.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-
-import jax
-import jax.numpy as jnp
 from absl import app, flags
-from jax.sharding import PartitionSpec
 from ml_collections import config_flags
 
-from jaxvlm import sharding
-from jaxvlm.models import llava_onevision as lo
-
-
-GiB = 2 ** 30
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-  hbm_gib: float          # per chip
-  chips_per_host: int
-  cores_per_chip: int     # the accelerator-type suffix counts TensorCores on v4/v5p, chips on v5e/v6e
-
-
-GENERATIONS = {
-    'v4': Generation(32, 4, 2),
-    'v5e': Generation(16, 8, 1),
-    'v5p': Generation(95, 4, 2),
-    'v6e': Generation(32, 8, 1),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TpuSlice:
-  name: str
-  chips: int
-  hosts: int
-  hbm_bytes_per_chip: int
-
-
-def tpu_slice(name: str) -> TpuSlice:
-  """'v5e-8' / 'v5litepod-8' / 'v5p-32' / 'v4-16' / 'v6e-64' -> chips, hosts, HBM per chip."""
-  m = re.fullmatch(r'(v4|v5e|v5litepod|v5p|v6e)-(\d+)', name)
-  if not m:
-    raise ValueError(f'unknown TPU type {name!r}; expected e.g. v5e-8, v5p-32 ({", ".join(GENERATIONS)})')
-  gen_name = 'v5e' if m.group(1) == 'v5litepod' else m.group(1)
-  gen = GENERATIONS[gen_name]
-  count = int(m.group(2))
-  if count % gen.cores_per_chip:
-    raise ValueError(f'{name}: {gen_name} counts {gen.cores_per_chip} TensorCores per chip')
-  chips = count // gen.cores_per_chip
-  return TpuSlice(name, chips, math.ceil(chips / gen.chips_per_host), int(gen.hbm_gib * GiB))
-
-
-def llava_config(config) -> lo.LlavaOnevisionConfig:
-  text = config.text.to_dict()
-  return lo.LlavaOnevisionConfig.from_hf(dict(
-      vision_config=config.vision.to_dict(), text_config=text, video_token_index=151647,
-      image_token_index=151646, tie_word_embeddings=text['tie_word_embeddings']))
-
-
-class _Sizer:
-  """Per-device bytes of arrays named by logical axes, on a mesh of `axis_sizes`."""
-
-  def __init__(self, axis_sizes: dict[str, int]):
-    self.axis_sizes = axis_sizes
-
-  def __call__(self, shape, names, dtype) -> float:
-    spec = sharding.logical_to_spec(names, shape, self.axis_sizes)
-    return math.prod(shape) * jnp.dtype(dtype).itemsize / sharding.shard_count(spec, self.axis_sizes)
-
-
-def param_plan(shapes, axis_sizes: dict[str, int], param_dtype) -> dict:
-  """Parameter count, bytes per device and {shard count: parameter count} of a param-shape tree."""
-  specs = sharding.param_partition_specs(shapes, axis_sizes)
-  by_shards: dict[int, int] = {}
-  leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-  for leaf, spec in zip(jax.tree.leaves(shapes), leaves):
-    n = sharding.shard_count(spec, axis_sizes)
-    by_shards[n] = by_shards.get(n, 0) + math.prod(leaf.shape)
-  itemsize = jnp.dtype(param_dtype).itemsize
-  return {'count': sum(by_shards.values()),
-          'bytes_per_device': sum(count * itemsize / n for n, count in by_shards.items()),
-          'count_by_shard_count': dict(sorted(by_shards.items()))}
-
-
-def activation_bytes(cfg: lo.LlavaOnevisionConfig, size: _Sizer, b: int, f: int, s: int, dtype) -> dict:
-  """Inputs, one vision layer over all B*F frames, one decoder layer over [B, S] (per device)."""
-  v, t = cfg.vision, cfg.text
-  n, p = b * f, cfg.vision.num_patches
-  f32 = jnp.float32
-  inputs = size((b, f, v.image_size, v.image_size, v.num_channels), ('batch', None, None, None, None), f32)
-  vision = (3 * size((n, p, v.hidden_size), ('batch', 'length', 'act_embed'), dtype)
-            + 3 * size((n, p, v.num_attention_heads, v.hidden_size // v.num_attention_heads),
-                       ('batch', 'length', 'act_heads', 'head_dim'), dtype)
-            + size((n, v.num_attention_heads, p, p), ('batch', 'act_heads', 'length', None), f32)
-            + size((n, v.num_attention_heads, p, p), ('batch', 'act_heads', 'length', None), dtype)
-            + 2 * size((n, p, v.intermediate_size), ('batch', 'length', 'act_mlp'), dtype)
-            + size((n, p, t.hidden_size), ('batch', 'length', 'act_embed'), dtype))   # projector output
-  block = min(t.attention_block_size, s)
-  decoder = (4 * size((b, s, t.hidden_size), ('batch', 'length', 'act_embed'), dtype)
-             + size((b, s, t.num_attention_heads, t.head_dim), ('batch', 'length', 'act_heads', 'head_dim'), dtype)
-             + 2 * size((b, s, t.num_key_value_heads, t.head_dim),
-                        ('batch', 'length', 'act_kv_heads', 'head_dim'), dtype)
-             + 2 * size((b, t.num_attention_heads, s, block), ('batch', 'act_heads', 'length', None), f32)
-             + size((b, t.num_attention_heads, s, t.head_dim), ('batch', 'act_heads', 'length', 'head_dim'), f32)
-             + 3 * size((b, s, t.intermediate_size), ('batch', 'length', 'act_mlp'), dtype))
-  return {'inputs': inputs, 'vision_layer': vision, 'decoder_layer': decoder,
-          'total': inputs + max(vision, decoder)}
-
-
-def plan(config) -> dict:
-  """The memory plan of `config` (configs/plan.py) as a dict of bytes per device and the verdict."""
-  tpu = tpu_slice(config.tpu)
-  mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(
-      tpu.chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)))
-  cfg = llava_config(config)
-  model = lo.LlavaOnevisionForConditionalGeneration(cfg, dtype=jnp.dtype(config.dtype))
-  params = param_plan(lo.param_shapes(model), mesh, config.param_dtype)
-  size = _Sizer(mesh)
-  t = cfg.text
-  b, f = config.batch_size, config.num_frames
-  s = cfg.num_video_tokens(f) + config.prompt_tokens
-  kv = 2 * size((t.num_hidden_layers, b, s, t.num_key_value_heads, t.head_dim),
-                ('layers', 'batch', 'length', 'act_kv_heads', 'head_dim'), config.dtype)
-  states = size((t.num_hidden_layers + 1, b, s, t.hidden_size), ('layers', 'batch', 'length', 'act_embed'),
-                config.dtype) if config.sweep_states else 0.0
-  acts = activation_bytes(cfg, size, b, f, s, config.dtype)
-  total = params['bytes_per_device'] + kv + states + acts['total']
-  return {'model': config.model, 'tpu': dataclasses.asdict(tpu), 'mesh': mesh, 'num_frames': f,
-          'batch_size': b, 'prompt_slots': s, 'param_dtype': str(config.param_dtype),
-          'dtype': str(config.dtype), 'params': params, 'kv_cache_bytes_per_device': kv,
-          'sweep_states_bytes_per_device': states, 'activations': acts, 'total_bytes_per_device': total,
-          'fits': total <= tpu.hbm_bytes_per_chip}
-
-
-def format_plan(p: dict) -> str:
-  gib = lambda x: f'{x / GiB:10.3f} GiB'
-  tpu, params = p['tpu'], p['params']
-  split = ', '.join(f'{n}-way: {c / params["count"]:.4%}' for n, c in params['count_by_shard_count'].items())
-  lines = [
-      f"{p['model']}: {params['count']:,} parameters ({p['param_dtype']}), {p['num_frames']} frames, "
-      f"batch {p['batch_size']}, {p['prompt_slots']} prompt slots, compute {p['dtype']}",
-      f"{tpu['name']}: {tpu['chips']} chips on {tpu['hosts']} host(s), {gib(tpu['hbm_bytes_per_chip']).strip()} "
-      f"HBM per chip; mesh {p['mesh']}",
-      f'parameters split {split}',
-      'per device:',
-      f"  parameters       {gib(params['bytes_per_device'])}",
-      f"  KV cache         {gib(p['kv_cache_bytes_per_device'])}",
-      f"  sweep states     {gib(p['sweep_states_bytes_per_device'])}",
-      f"  activations      {gib(p['activations']['total'])}   (inputs {p['activations']['inputs'] / GiB:.3f}, "
-      f"vision layer {p['activations']['vision_layer'] / GiB:.3f}, decoder layer "
-      f"{p['activations']['decoder_layer'] / GiB:.3f})",
-      f"  total            {gib(p['total_bytes_per_device'])}",
-      f"fits {tpu['name']}: {'yes' if p['fits'] else 'NO'} "
-      f"({p['total_bytes_per_device'] / tpu['hbm_bytes_per_chip']:.0%} of HBM)",
-  ]
-  return '\n'.join(lines)
+from jaxvlm import memory_plan
 
 
 def main(argv):
   del argv
-  print(format_plan(plan(flags.FLAGS.config)))
+  print(memory_plan.format_plan(memory_plan.plan(flags.FLAGS.config)))
 
 
 if __name__ == '__main__':

@@ -19,22 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments import learned_selector
-from jaxvlm import checkpoints, prompts, sweep, video
+from jaxvlm import checkpoints, prompts, video
+from jaxvlm.keyframes import learned
+from jaxvlm.knockout import engine
 from jaxvlm.models import llava_onevision as lo
-
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'assets/llava_ov_tiny', 'local HF directory or hub id')
-_VIDEO = flags.DEFINE_string('video', None, 'video file', required=True)
-_QUESTION = flags.DEFINE_string('question', None, 'the question', required=True)
-_OPTIONS = flags.DEFINE_list('options', None, 'comma-separated answer options', required=True)
-_NUM_FRAMES = flags.DEFINE_integer('num_frames', 8, 'frames sampled uniformly over the video')
-_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 0, 'greedy tokens to generate (0: none)')
-_DTYPE = flags.DEFINE_string('dtype', 'float32', 'compute dtype')
-_SELECTOR = flags.DEFINE_enum('selector', 'uniform', ['uniform', 'learned'],
-                              'uniform: --num_frames over the video; learned: --k frames picked by a trained selector')
-_K = flags.DEFINE_integer('k', 4, 'frames the learned selector keeps')
-_SELECTOR_CHECKPOINT = flags.DEFINE_string('selector_checkpoint', None, 'workdir of experiments.train_selector')
-
 
 def score(model, params, processor, frames: np.ndarray, question: str, options: list[str],
           max_new_tokens: int = 0) -> dict:
@@ -44,7 +32,7 @@ def score(model, params, processor, frames: np.ndarray, question: str, options: 
   pixels = jnp.asarray(processor.preprocess(frames))[None]
   layout = jax.tree.map(jnp.asarray, batch.layout)
   option_ids = jnp.asarray(processor.option_letter_ids(len(options)))
-  clean = sweep.clean_run(model, params, jnp.asarray(batch.input_ids), pixels, layout,
+  clean = engine.clean_run(model, params, jnp.asarray(batch.input_ids), pixels, layout,
                           jnp.asarray(batch.answer_index), option_ids)
   logp = np.asarray(clean.option_logprobs[0])
   letters = string.ascii_uppercase[:len(options)]
@@ -60,22 +48,34 @@ def score(model, params, processor, frames: np.ndarray, question: str, options: 
 
 def main(argv):
   del argv
-  if not _OPTIONS.value:
+  f = flags.FLAGS
+  if not f.options:
     raise app.UsageError('--options needs at least one option')
-  model, params, processor = checkpoints.load_pretrained(_CHECKPOINT.value, dtype=jnp.dtype(_DTYPE.value))
+  model, params, processor = checkpoints.load_pretrained(f.checkpoint, dtype=jnp.dtype(f.dtype))
   if processor is None:
-    raise app.UsageError(f'{_CHECKPOINT.value} has no tokenizer: cannot build a prompt')
-  if _SELECTOR.value == 'learned':
-    if not _SELECTOR_CHECKPOINT.value:
+    raise app.UsageError(f'{f.checkpoint} has no tokenizer: cannot build a prompt')
+  if f.selector == 'learned':
+    if not f.selector_checkpoint:
       raise app.UsageError('--selector=learned needs --selector_checkpoint=DIR (a train_selector workdir)')
-    picked = learned_selector.pick_frames(learned_selector.load_trained(_SELECTOR_CHECKPOINT.value),
-                                          _VIDEO.value, _QUESTION.value, _OPTIONS.value, _K.value)
+    picked = learned.pick_frames(learned.load_trained(f.selector_checkpoint), f.video, f.question,
+                                 f.options, f.k)
     frames, extra = picked.pixels, {'selected_frame_indices': picked.indices.tolist()}
   else:
-    frames, extra = video.sample_frames(_VIDEO.value, _NUM_FRAMES.value).pixels, {}
-  print(json.dumps({**score(model, params, processor, frames, _QUESTION.value, _OPTIONS.value,
-                            _MAX_NEW_TOKENS.value), **extra}, indent=2))
+    frames, extra = video.sample_frames(f.video, f.num_frames).pixels, {}
+  print(json.dumps({**score(model, params, processor, frames, f.question, f.options,
+                            f.max_new_tokens), **extra}, indent=2))
 
 
 if __name__ == '__main__':
+  flags.DEFINE_string('checkpoint', 'assets/llava_ov_tiny', 'local HF directory or hub id')
+  flags.DEFINE_string('video', None, 'video file', required=True)
+  flags.DEFINE_string('question', None, 'the question', required=True)
+  flags.DEFINE_list('options', None, 'comma-separated answer options', required=True)
+  flags.DEFINE_integer('num_frames', 8, 'frames sampled uniformly over the video')
+  flags.DEFINE_integer('max_new_tokens', 0, 'greedy tokens to generate (0: none)')
+  flags.DEFINE_string('dtype', 'float32', 'compute dtype')
+  flags.DEFINE_enum('selector', 'uniform', ['uniform', 'learned'],
+                    'uniform: --num_frames over the video; learned: --k frames picked by a trained selector')
+  flags.DEFINE_integer('k', 4, 'frames the learned selector keeps')
+  flags.DEFINE_string('selector_checkpoint', None, 'workdir of experiments.train_selector')
   app.run(main)

@@ -453,20 +453,3 @@ def export_pretrained(model: Any, params: Any, config_dict: Mapping[str, Any], o
 
 # ----------------------------------------------------------------------------------------------
 # Orbax: params of experiments (fine-tuned selectors, trained tiny models) in native format.
-
-
-def save_params(path: str | os.PathLike, params: Any) -> None:
-  """Saves a param pytree with orbax at `path` (a new directory), blocking until written."""
-  import orbax.checkpoint as ocp
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(os.fspath(path)), params)
-  checkpointer.wait_until_finished()
-
-
-def restore_params(path: str | os.PathLike, target: Any) -> Any:
-  """Restores a pytree saved by `save_params`; `target` (arrays or ShapeDtypeStructs) gives the
-  structure, shapes, dtypes and shardings."""
-  import orbax.checkpoint as ocp
-  if not os.path.isdir(path):
-    raise CheckpointNotFoundError(f'orbax checkpoint {os.fspath(path)!r} does not exist')
-  return ocp.StandardCheckpointer().restore(os.path.abspath(os.fspath(path)), target)

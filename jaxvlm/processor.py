@@ -17,7 +17,7 @@ import jinja2
 import numpy as np
 import transformers
 
-from jaxvlm import video
+from jaxvlm import pixels
 from jaxvlm.models.siglip import SiglipVisionConfig
 
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -192,7 +192,7 @@ class VideoProcessor:
     """uint8 frames [N, H, W, 3] -> float32 [N, h, w, 3] normalized as the checkpoint specifies."""
     if self.pixel_config is None:
       raise ValueError(f'the checkpoint has no {VIDEO_CONFIG} or {IMAGE_CONFIG}')
-    return video.preprocess_from_processor_config(frames, self.pixel_config)
+    return pixels.preprocess_from_processor_config(frames, self.pixel_config)
 
   def save_pretrained(self, out_dir: str) -> None:
     """Writes tokenizer, chat template, processor and pixel configs so `from_pretrained` reloads them."""
@@ -232,7 +232,7 @@ class SiglipProcessor:
     """uint8 frames [N, H, W, 3] -> float32 [N, h, w, 3]."""
     if self.pixel_config is None:
       raise ValueError(f'the checkpoint has no {IMAGE_CONFIG}')
-    return video.preprocess_from_processor_config(frames, self.pixel_config)
+    return pixels.preprocess_from_processor_config(frames, self.pixel_config)
 
   def save_pretrained(self, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)

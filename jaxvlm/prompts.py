@@ -1,5 +1,10 @@
 """Multiple-choice video prompts: text -> input ids + token layout -> padded batches -> option scores.
 
+Everything that knows where a prompt's parts sit lives here: the per-token layout (`TokenLayout`), the
+slot indices the answer and the auxiliary losses read, and the one option scorer (`option_logprobs`:
+log p(option letter) under the full-vocabulary softmax at the answer slot) that every experiment,
+the sweep engine and the evaluations use.
+
 Token groups (see `attention.Group`), read off the rendered prompt by character offsets:
   SYSTEM    everything before the video (system turn, user header);
   VIDEO     the expanded `<video>` slots: frame f owns tokens_per_frame slots, the image_newline slot
@@ -12,13 +17,30 @@ Token groups (see `attention.Group`), read off the rendered prompt by character 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
-from jaxvlm.knockout import TokenLayout
-from jaxvlm.models.attention import Group
+from jaxvlm.models.attention import Group, TokenMeta
 from jaxvlm.processor import ANSWER_INSTRUCTION, VideoProcessor
+
+
+@struct.dataclass
+class TokenLayout:
+  """Per-token layout of a prompt batch, every field [B, S]: group (`Group`), frame (-1 if not a
+  frame token), positions (rotary position ids), valid (False for padding)."""
+  group: jnp.ndarray
+  frame: jnp.ndarray
+  positions: jnp.ndarray
+  valid: jnp.ndarray
+
+  def meta(self) -> TokenMeta:
+    index = jnp.broadcast_to(jnp.arange(self.group.shape[-1], dtype=jnp.int32), self.group.shape)
+    return TokenMeta(index=index, valid=self.valid, group=self.group, frame=self.frame)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +108,56 @@ def collate(prompts: Sequence[Prompt], pad_id: int, pad_multiple: int = 64) -> P
   positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
   return PromptBatch(ids, TokenLayout(group=group, frame=frame, positions=positions, valid=valid),
                      (lengths - 1).astype(np.int32))
+
+
+# ---------------------------------------------------------------- the option scorer
+
+def option_logprobs(model, params, hidden_last: jnp.ndarray, option_ids: jnp.ndarray) -> jnp.ndarray:
+  """hidden_last [..., D] (final-normed, at the answer slot) -> log p(option letter) [..., O] under the
+  full-vocabulary softmax. `model` is any Video-LLM with a `logits` method (the tied or untied head)."""
+  logits = model.apply({'params': params}, hidden_last, method='logits')
+  return jnp.take(jax.nn.log_softmax(logits, axis=-1), option_ids, axis=-1)
+
+
+def at_slot(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """x [B, S, ...], index [B] -> [B, ...]: each row's value at its own slot."""
+  return jnp.take_along_axis(x, index.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def answer_logprobs(model, params, input_ids, pixels, layout: TokenLayout, answer_index, option_ids,
+                    spec=None) -> jnp.ndarray:
+  """Option log-probs [B, O] of one full forward of prompts input_ids [B, S] with pixels
+  [B, F, H, W, C], under knockout `spec` (None: clean)."""
+  out = model.apply({'params': params}, input_ids, pixels, layout.positions, layout.meta(), spec=spec)
+  return option_logprobs(model, params, at_slot(out.hidden, answer_index), option_ids)
+
+
+# ---------------------------------------------------------------- slot indices
+
+def question_end_index(group: np.ndarray) -> np.ndarray:
+  """group [B, S] -> int32 [B]: the last slot of each row's question (before the option lines)."""
+  is_question = group == Group.QUESTION
+  if not is_question.any(axis=1).all():
+    raise ValueError('a prompt row has no question slot')
+  return (group.shape[1] - 1 - np.argmax(is_question[:, ::-1], axis=1)).astype(np.int32)
+
+
+def option_end_index(input_ids: np.ndarray, group: np.ndarray, letter_ids: np.ndarray
+                     ) -> np.ndarray:
+  """input_ids, group [B, S] -> int32 [B, O]: the last slot of each option line ("B. red ring")."""
+  out = np.zeros((input_ids.shape[0], len(letter_ids)), np.int32)
+  for b in range(input_ids.shape[0]):
+    options = group[b] == Group.OPTIONS
+    starts = np.flatnonzero(options & np.isin(input_ids[b], letter_ids))
+    if len(starts) != len(letter_ids):
+      raise ValueError(f'row {b}: expected {len(letter_ids)} option lines, found {len(starts)}')
+    out[b] = np.append(starts[1:], np.flatnonzero(options)[-1] + 1) - 1
+  return out
+
+
+def frame_end_index(frame: jnp.ndarray, num_frames: int) -> jnp.ndarray:
+  """frame [B, S] (frame of each slot, -1 if none) -> [B, F] the last slot of each frame."""
+  index = jnp.arange(frame.shape[1], dtype=jnp.int32)
+  own = frame[:, None, :] == jnp.arange(num_frames, dtype=frame.dtype)[None, :, None]   # [B, F, S]
+  return jnp.max(jnp.where(own, index, -1), axis=-1)

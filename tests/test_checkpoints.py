@@ -145,15 +145,6 @@ def test_bfloat16_checkpoint_converts_exactly(siglip_hf, tmp_path):
   _assert_trees_equal(checkpoints.params_to_state_dict(params), want)
 
 
-def test_orbax_round_trip(siglip_dir, tmp_path):
-  _, params, _ = checkpoints.load_pretrained(siglip_dir)
-  checkpoints.save_params(tmp_path / 'orbax', params)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  _assert_trees_equal(checkpoints.restore_params(tmp_path / 'orbax', target), params)
-  with pytest.raises(CheckpointNotFoundError, match='nowhere'):
-    checkpoints.restore_params(tmp_path / 'nowhere', target)
-
-
 # ------------------------------------------------------------------------------------------------
 # Clear errors
 

@@ -11,6 +11,7 @@ import transformers
 
 from configs import keyframe_diagnosis as diagnosis_config
 from experiments import keyframe_diagnosis as experiment
+from jaxvlm.keyframes import diagnosis
 from tests import test_processor
 
 NUM_SAMPLES = 4
@@ -76,7 +77,7 @@ def test_results_contract(full_run):
   assert 0.0 <= h['frame_sensitive_share'] <= 1.0 and set(h['spearman_vs_causal']) >= {'siglip_q', 'attention'}
   with open(os.path.join(workdir, 'summary.csv')) as f:
     assert len(f.read().strip().splitlines()) == len(names) * len(KS) + 1
-  table = experiment.format_table(summary)
+  table = diagnosis.format_table(summary)
   assert all(n in table for n in names)
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvlm import knockout
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.models.attention import Group, TokenMeta, allowed
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from configs import knockout as knockout_config
 from experiments import knockout as experiment
+from jaxvlm.knockout import metrics
 from tests import test_processor
 
 NUM_SAMPLES = 6
@@ -111,6 +112,6 @@ def test_bad_config_fails_before_any_sample(checkpoint, tmp_path, field, value, 
 
 def test_summary_table_prints_every_spec(full_run):
   _, summary = full_run
-  table = experiment.common.format_table(summary)
+  table = metrics.format_table(summary)
   assert all(r['name'] in table for r in summary['rows'])
   assert np.isfinite(summary['header']['clean_accuracy'])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import knockout_memory as bench
-from jaxvlm import knockout
+from jaxvlm.knockout import specs as knockout
 
 
 @pytest.fixture(scope='module')

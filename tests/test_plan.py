@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
 from configs import plan as plan_config
-from experiments import plan
+from jaxvlm import memory_plan as plan
 from jaxvlm import sharding
 from jaxvlm.models import llava_onevision as lo
 

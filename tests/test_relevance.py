@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from jaxvlm import knockout, sweep
+from jaxvlm import runs as common
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.keyframes import relevance
 from jaxvlm.models import attention
 from jaxvlm.models.attention import Group
@@ -132,7 +134,6 @@ def test_causal_oracle_finds_synthetic_evidence_frames(tmp_path):
   which hides a frame from the text only, credits those later frames too: recall 0.567 vs chance
   0.212 over the 9 samples answered from the video here; 0.417 vs 0.172 over 6 with the earlier
   default.) The recall over every frame-dependent sample is printed too."""
-  from experiments import common  # pylint: disable=g-import-not-at-top
   from jaxvlm import checkpoints, data, prompts, video  # pylint: disable=g-import-not-at-top
   from jaxvlm.data import synthetic  # pylint: disable=g-import-not-at-top
   from jaxvlm.keyframes import metrics  # pylint: disable=g-import-not-at-top

@@ -22,7 +22,10 @@ import pytest
 
 from configs import keyframe_diagnosis as diagnosis_config
 from configs import train_selector as selector_config
-from experiments import common, keyframe_diagnosis, learned_selector
+from experiments import keyframe_diagnosis
+from jaxvlm import runs as common
+from jaxvlm.keyframes import candidates
+from jaxvlm.keyframes import learned as learned_selector
 from experiments import train_selector as experiment
 from jaxvlm import video
 from jaxvlm.keyframes import relevance, selector_model, teacher
@@ -74,7 +77,7 @@ def test_cached_labels_equal_the_causal_oracle_of_full_forwards(labelled):
   config, workdir, _ = labelled
   model, params, processor = common.load_model(config)
   samples, _ = common.load_samples(config, workdir)
-  cands, failed = keyframe_diagnosis.prepare(samples[:2], processor, config)
+  cands, failed = candidates.prepare_pool(samples[:2], processor, config)
   assert not failed
   batch = common.collate(cands, processor)
   want = relevance.causal_relevance_full(model, params, batch.input_ids, batch.pixels, batch.layout,

@@ -20,7 +20,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs.plan import QWEN2, SIGLIP_SO400M_IN_LLAVA
-from jaxvlm import knockout, sharding, sweep
+from jaxvlm import prompts, sharding
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2, siglip
 from jaxvlm.models.attention import Group
@@ -204,7 +206,7 @@ def video_batch(model, batch: int, seed: int):
     ids[i, :n] = np.where(g == Group.VIDEO, VIDEO_ID, rng.integers(1, 90, size=n))
     group[i, :n], frame[i, :n], valid[i, :n] = g, f, True
   positions = np.broadcast_to(np.arange(s, dtype=np.int32), (batch, s)).copy()
-  layout = knockout.TokenLayout(group=group, frame=frame, positions=positions, valid=valid)
+  layout = prompts.TokenLayout(group=group, frame=frame, positions=positions, valid=valid)
   pixels = rng.normal(size=(batch, NUM_FRAMES, 35, 35, 3)).astype(np.float32)
   return ids, pixels, layout, (valid.sum(1) - 1).astype(np.int32)
 

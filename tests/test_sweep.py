@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from jaxvlm import knockout, sweep
-from jaxvlm.knockout import TokenLayout
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
+from jaxvlm.prompts import TokenLayout
 from jaxvlm.models.attention import Group
 from tests import test_llava_onevision as tl
 

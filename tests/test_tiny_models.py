@@ -16,8 +16,11 @@ import pytest
 import torch
 import transformers
 
-from experiments import eval_synthetic
-from jaxvlm import checkpoints, prompts, tiny, video
+from jaxvlm import checkpoints, prompts, video
+from jaxvlm.tiny import evaluation as eval_synthetic
+from jaxvlm.tiny import losses
+from jaxvlm.tiny import models as tiny_models
+from jaxvlm.tiny import tokenizer as tiny_tokenizer
 from jaxvlm.data import synthetic
 from jaxvlm.models.attention import Group
 
@@ -66,7 +69,7 @@ def test_transformers_gives_the_same_option_logits(test_split):
            'group': jnp.zeros(ids.shape, jnp.int32), 'frame': jnp.full(ids.shape, -1, jnp.int32),
            'positions': jnp.arange(ids.shape[1], dtype=jnp.int32)[None], 'valid': jnp.ones(ids.shape, bool),
            'answer_index': jnp.asarray([ids.shape[1] - 1])}
-  ours = np.asarray(jax.jit(lambda p, b: tiny.answer_logits(p, model, b))(params, batch))[0, letters]
+  ours = np.asarray(jax.jit(lambda p, b: losses.answer_logits(p, model, b))(params, batch))[0, letters]
 
   hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(LLAVA).eval()
   with torch.no_grad():
@@ -129,34 +132,34 @@ def test_resume_after_kill_continues_from_the_last_checkpoint(tmp_path):
 
 def test_auxiliary_loss_slots_and_targets():
   """Frame ends, option-line ends and caption word targets point at the right tokens of a real prompt."""
-  tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
-  processor = tiny.video_processor(tokenizer, tiny.llava_config_dict(tokenizer))
+  tokenizer = tiny_tokenizer.build_tokenizer(tiny_tokenizer.world_texts(num_items=20))
+  processor = tiny_models.video_processor(tokenizer, tiny_models.llava_config_dict(tokenizer))
   options = ('red ring', 'blue square', 'green cross', 'white triangle')
   pb = prompts.collate([prompts.build_prompt(processor, 'Which object appeared briefly in the video?',
                                              options, 32)], tokenizer.pad_token_id)
   letters = processor.option_letter_ids(4)
-  ends = tiny.option_end_index(pb.input_ids, pb.layout.group, letters)[0]
+  ends = prompts.option_end_index(pb.input_ids, pb.layout.group, letters)[0]
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends].tolist()) == [
       'ring', 'square', 'cross', 'triangle']
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends + 1].tolist())[:3] == ['B', 'C', 'D']
   # option_word = ends - 1 in train_synthetic.llava_batch: the colour word of each object option
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, ends - 1].tolist()) == [
       'red', 'blue', 'green', 'white']
-  question_end = tiny.question_end_index(pb.layout.group)[0]
+  question_end = prompts.question_end_index(pb.layout.group)[0]
   assert tokenizer.convert_ids_to_tokens(pb.input_ids[0, question_end - 1:question_end + 2].tolist()) == [
       'video', '?', 'A']
-  frame_ends = np.asarray(tiny.frame_end_index(jnp.asarray(pb.layout.frame), 32))[0]
+  frame_ends = np.asarray(prompts.frame_end_index(jnp.asarray(pb.layout.frame), 32))[0]
   per_frame = processor.tokens_per_frame
   assert np.array_equal(np.diff(frame_ends), np.full(31, per_frame))
   assert pb.layout.frame[0, frame_ends[-1]] == 31 and pb.layout.frame[0, frame_ends[-1] + 1] == -1
-  line_targets = tiny.option_line_targets(letters, np.asarray([2, 0]), tokenizer.convert_tokens_to_ids('no'))
+  line_targets = losses.option_line_targets(letters, np.asarray([2, 0]), tokenizer.convert_tokens_to_ids('no'))
   assert [tokenizer.convert_ids_to_tokens(row.tolist()) for row in line_targets] == [
       ['no', 'no', 'C', 'no'], ['A', 'no', 'no', 'no']]
-  targets = tiny.frame_word_targets(tokenizer, ['a red ring and a white square on a forest background'])
+  targets = losses.frame_word_targets(tokenizer, ['a red ring and a white square on a forest background'])
   words = set(tokenizer.convert_ids_to_tokens(np.flatnonzero(targets[0]).tolist()))
   assert words == {'red', 'ring', 'white', 'square', 'forest'}
   np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
-  events = tiny.event_word_targets(tokenizer, [[], ['2', 'red', 'ring'], ['second', 'up']])
+  events = losses.event_word_targets(tokenizer, [[], ['2', 'red', 'ring'], ['second', 'up']])
   assert events[0].sum() == 0  # no event: the row does not count in the loss
   assert [set(tokenizer.convert_ids_to_tokens(np.flatnonzero(row).tolist())) for row in events[1:]] == [
       {'2', 'red', 'ring'}, {'second', 'up'}]
@@ -166,12 +169,12 @@ def test_siglip_batches_oversample_moving_frames_and_carry_their_words():
   """moving_share of a SigLIP batch shows a moving object (its caption says where it moves), and each
   frame's word targets are its caption's content words."""
   from configs import train_synthetic as train_config  # pylint: disable=g-import-not-at-top
-  from experiments import train_synthetic  # pylint: disable=g-import-not-at-top
+  from jaxvlm.tiny import batches as train_synthetic  # pylint: disable=g-import-not-at-top
   items = synthetic.generate_specs(40, 0, 'train', 32)
   data = train_synthetic.TrainData(np.zeros((40, 32, 64, 64, 3), np.uint8), items,
                                    [synthetic.frame_captions(it.video) for it in items])
-  tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
-  processor = tiny.siglip_processor(tokenizer)
+  tokenizer = tiny_tokenizer.build_tokenizer(tiny_tokenizer.world_texts(num_items=20))
+  processor = tiny_models.siglip_processor(tokenizer)
   config = train_config.get_config()
   config.siglip.batch_size = 400
   texts = sorted({t for caps in data.captions for t in caps})
@@ -183,7 +186,7 @@ def test_siglip_batches_oversample_moving_frames_and_carry_their_words():
     captions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in batch['caption_ids'][:400]]
     for caption, row in zip(captions[:20], batch['caption_words']):
       assert set(tokenizer.convert_ids_to_tokens(np.flatnonzero(row).tolist())) == set(
-          tokenizer.convert_ids_to_tokens(tiny.caption_words(tokenizer, caption)))
+          tokenizer.convert_ids_to_tokens(tiny_tokenizer.caption_words(tokenizer, caption)))
     return np.mean([' moving ' in c for c in captions])
 
   assert moving_share(0.5) >= 0.45 > 0.2 >= moving_share(0.0)
@@ -191,15 +194,15 @@ def test_siglip_batches_oversample_moving_frames_and_carry_their_words():
 
 def test_llava_batches_draw_only_first_types_during_the_first_steps():
   from configs import train_synthetic as train_config  # pylint: disable=g-import-not-at-top
-  from experiments import train_synthetic  # pylint: disable=g-import-not-at-top
+  from jaxvlm.tiny import batches as train_synthetic  # pylint: disable=g-import-not-at-top
   items = synthetic.generate_specs(40, 0, 'train', 32)
   data = train_synthetic.TrainData(None, items, [synthetic.frame_captions(it.video) for it in items])
   assert {items[i].question.qtype for i in data.videos_of('needle,order')} == {'needle', 'order'}
   assert len(data.videos_of('needle,order')) == 16  # 8 of each type among 40
   with pytest.raises(ValueError, match='colour'):
     data.videos_of('needle,colour')
-  tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
-  processor = tiny.video_processor(tokenizer, tiny.llava_config_dict(tokenizer))
+  tokenizer = tiny_tokenizer.build_tokenizer(tiny_tokenizer.world_texts(num_items=20))
+  processor = tiny_models.video_processor(tokenizer, tiny_models.llava_config_dict(tokenizer))
   config = train_config.get_config()
   config.llava.first_steps, config.llava.short_steps = 2, 0
   tower = np.zeros((40, 32, 16, 96), np.float32)
@@ -215,20 +218,20 @@ def test_llava_batches_draw_only_first_types_during_the_first_steps():
 
 def test_siglip_word_loss_trains_the_patch_features_only_when_weighted():
   """The word loss reaches the vision tower's patch features (what LLaVA reads) and is off at weight 0."""
-  tokenizer = tiny.build_tokenizer(tiny.world_texts(num_items=20))
-  model = tiny.build_siglip(tiny.siglip_config_dict(len(tokenizer), tokenizer.pad_token_id))
-  processor = tiny.siglip_processor(tokenizer)
+  tokenizer = tiny_tokenizer.build_tokenizer(tiny_tokenizer.world_texts(num_items=20))
+  model = tiny_models.build_siglip(tiny_models.siglip_config_dict(len(tokenizer), tokenizer.pad_token_id))
+  processor = tiny_models.siglip_processor(tokenizer)
   rng_model, rng_head = jax.random.split(jax.random.PRNGKey(0))
-  params = {'model': tiny.init_siglip(model, rng_model),
-            'word_head': tiny.init_word_head(model, len(tokenizer), rng_head)}
+  params = {'model': tiny_models.init_siglip(model, rng_model),
+            'word_head': tiny_models.init_word_head(model, len(tokenizer), rng_head)}
   captions = ['a red ring moving up on a black background', 'an empty grey background']
   batch = {'pixels': jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3)),
            'caption_ids': jnp.asarray(processor.tokenize(captions)),
            'caption_index': jnp.asarray([0, 1]), 'image_caption': jnp.asarray([0, 1]),
-           'caption_words': jnp.asarray(tiny.frame_word_targets(tokenizer, captions))}
+           'caption_words': jnp.asarray(losses.frame_word_targets(tokenizer, captions))}
 
   def tower_grad(weight: float) -> float:
-    grads, parts = jax.grad(tiny.siglip_loss_fn, has_aux=True)(params, model, batch, weight)
+    grads, parts = jax.grad(losses.siglip_loss_fn, has_aux=True)(params, model, batch, weight)
     assert parts['word_loss'] > 0
     patch_embedding = grads['model']['vision_model']['embeddings']['patch_embedding']['kernel']
     head = grads['word_head']['kernel']

@@ -8,7 +8,6 @@ scores) as one JSON line.
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess
@@ -19,7 +18,8 @@ import numpy as np
 import pytest
 
 from configs import train_selector as selector_config
-from experiments import learned_selector
+from jaxvlm.keyframes import learned as learned_selector
+from jaxvlm.keyframes import selector_training
 from experiments import train_selector as experiment
 from jaxvlm.keyframes import selector_model, teacher
 
@@ -119,7 +119,7 @@ def run_results(workdir: str, labels_dir: str) -> dict:
   """What a run leaves behind: loss curve, every validation record, the best step and the best
   checkpoint's selector scores [M, N] on the held-out labels (JSON-ready)."""
   config = make_config(labels_dir)
-  _, val, _, _ = experiment.load_labels(config, workdir)
+  _, val, _, _ = selector_training.load_labels(config, workdir)
   model, params = learned_selector.load_selector(config, workdir, N, D)
   scores = selector_model.batch_scores(model, params, val['frame_emb'], val['text_emb'])
   with open(os.path.join(workdir, 'summary.json')) as f:
@@ -170,24 +170,6 @@ def test_eight_devices_give_the_same_validation_metrics_and_best_checkpoint(full
 def test_empty_teacher_cache_fails_clearly(tmp_path):
   with pytest.raises(ValueError, match='0 train and 0 validation labels'):
     experiment.run(make_config(str(tmp_path / 'empty')), str(tmp_path / 'run'))
-
-
-def test_experiment_modules_import_no_cycle():
-  """train_selector, keyframe_diagnosis and score share the trained-selector code through
-  experiments.learned_selector, not through each other."""
-  graph = {}
-  for name in os.listdir(os.path.join(REPO, 'experiments')):
-    if name.endswith('.py'):
-      with open(os.path.join(REPO, 'experiments', name)) as f:
-        tree = ast.parse(f.read())
-      graph[name[:-3]] = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == 'experiments'
-                          for a in n.names}
-  assert 'learned_selector' in graph['keyframe_diagnosis'] & graph['train_selector'] & graph['score']
-
-  def reaches(start: str, target: str, seen: set) -> bool:
-    return any(m == target or (m not in seen and reaches(m, target, seen | {m})) for m in graph.get(start, ()))
-
-  assert [m for m in graph if reaches(m, m, {m})] == []
 
 
 def main(workdir: str) -> None:

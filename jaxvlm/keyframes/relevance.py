@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import knockout, sweep
+from jaxvlm import prompts
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2, siglip
 from jaxvlm.models.attention import Group
 from jaxvlm.models.llava_onevision import LlavaOnevisionForConditionalGeneration
@@ -66,7 +68,7 @@ class CausalOracle:
 
 
 def causal_relevance(model: LlavaOnevisionForConditionalGeneration, params, clean: sweep.CleanRun,
-                     layout: knockout.TokenLayout, answer_index, option_ids, num_frames: int,
+                     layout: prompts.TokenLayout, answer_index, option_ids, num_frames: int,
                      target: np.ndarray, layers: np.ndarray | None = None, tail_multiple: int = 16,
                      spec_chunk: int = 8) -> CausalOracle:
   """The causal oracle of a batch whose clean run is `clean` (sweep.clean_run).
@@ -85,7 +87,7 @@ def causal_relevance(model: LlavaOnevisionForConditionalGeneration, params, clea
 
 
 def causal_relevance_full(model: LlavaOnevisionForConditionalGeneration, params, input_ids,
-                          pixel_values_videos, layout: knockout.TokenLayout, answer_index, option_ids,
+                          pixel_values_videos, layout: prompts.TokenLayout, answer_index, option_ids,
                           num_frames: int, target: np.ndarray, layers: np.ndarray | None = None
                           ) -> np.ndarray:
   """The reference of `causal_relevance`: one full forward per frame knockout -> [B, F]."""
@@ -98,7 +100,7 @@ def causal_relevance_full(model: LlavaOnevisionForConditionalGeneration, params,
   return logp_drop(logp[-1], logp[:-1], np.asarray(target))
 
 
-def text_tail(layout: knockout.TokenLayout, tail_multiple: int = 16) -> tuple[int, np.ndarray]:
+def text_tail(layout: prompts.TokenLayout, tail_multiple: int = 16) -> tuple[int, np.ndarray]:
   """(T, start [B]): the slots [start_b, start_b + T) cover every text token after the video (the
   tokens a text-to-video knockout changes), T rounded up to `tail_multiple`."""
   layout_np = {k: np.asarray(getattr(layout, k)) for k in ('group', 'frame', 'valid')}
@@ -110,7 +112,7 @@ def text_tail(layout: knockout.TokenLayout, tail_multiple: int = 16) -> tuple[in
 
 @functools.partial(jax.jit, static_argnames=('model', 'tail', 'num_frames'))
 def _tail_frame_mass(model: LlavaOnevisionForConditionalGeneration, params, clean: sweep.CleanRun,
-                     layout: knockout.TokenLayout, start, tail: int, num_frames: int) -> jnp.ndarray:
+                     layout: prompts.TokenLayout, start, tail: int, num_frames: int) -> jnp.ndarray:
   """Clean attention mass [L, B, T, H, F] of the tail slots start[b] + arange(T) on each frame.
 
   Each layer reruns on the clean run's own inputs to that layer, so layers are independent.
@@ -141,7 +143,7 @@ class AttentionOracle:
 
 
 def attention_relevance(model: LlavaOnevisionForConditionalGeneration, params, clean: sweep.CleanRun,
-                        layout: knockout.TokenLayout, answer_index, num_frames: int,
+                        layout: prompts.TokenLayout, answer_index, num_frames: int,
                         tail_multiple: int = 16) -> AttentionOracle:
   """The attention oracle of a batch whose clean run is `clean`."""
   tail, start = text_tail(layout, tail_multiple)

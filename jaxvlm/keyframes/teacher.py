@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import knockout, sweep
+from jaxvlm import prompts
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.keyframes import relevance
 from jaxvlm.models import siglip
 
@@ -90,7 +92,7 @@ def siglip_features(model: siglip.SiglipModel, params, processor, frames: np.nda
   return np.asarray(image), np.asarray(txt[0])
 
 
-def causal_labels(model, params, batch_input_ids, batch_pixels, layout: knockout.TokenLayout, answer_index,
+def causal_labels(model, params, batch_input_ids, batch_pixels, layout: prompts.TokenLayout, answer_index,
                   option_ids, num_frames: int, answers: np.ndarray, layers: np.ndarray | None = None,
                   tail_multiple: int = 16) -> np.ndarray:
   """Causal relevance [B, N] of a collated batch (all N candidates in each prompt): one clean forward

@@ -3,7 +3,7 @@
 The clean forward runs once and keeps the input of every decoder layer and the KV cache of every
 layer. Three savings follow, all exact (the same rows are computed from the same inputs):
   * positions: a spec changes nothing before its first affected query p_b (see
-    `knockout.first_affected_position`), so only the tail [start_b, start_b + T) is recomputed, with the
+    `specs.first_affected_position`), so only the tail [start_b, start_b + T) is recomputed, with the
     clean keys/values of the prefix in the cache. For Language-to-Video the tail is just the text after
     the video.
   * layers: two specs whose rules agree on layers [0, l] have the same hidden states after layer l. The
@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxvlm import knockout
+from jaxvlm import prompts, runs, sharding
+from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2
 from jaxvlm.models.attention import LayerRule
 from jaxvlm.models.llava_onevision import LlavaOnevisionForConditionalGeneration
@@ -49,27 +50,17 @@ class CleanRun:
   option_logprobs: jnp.ndarray
 
 
-def option_logprobs(model: LlavaOnevisionForConditionalGeneration, params, hidden_last: jnp.ndarray,
-                    option_ids: jnp.ndarray) -> jnp.ndarray:
-  """hidden_last [..., D] (final-normed, at the answer slot) -> log p(option letter) [..., O] under the
-  full-vocabulary softmax."""
-  logits = model.apply({'params': params}, hidden_last, method='logits')
-  return jnp.take(jax.nn.log_softmax(logits, axis=-1), option_ids, axis=-1)
-
-
-def _at(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
-  """x [B, S, ...], index [B] -> [B, ...]."""
-  return jnp.take_along_axis(x, index.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+_at = prompts.at_slot
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def clean_run(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-              layout: knockout.TokenLayout, answer_index, option_ids) -> CleanRun:
+              layout: prompts.TokenLayout, answer_index, option_ids) -> CleanRun:
   """The clean forward of a batch: input_ids [B, S], pixels [B, F, H, W, C], answer_index [B] (slot
   whose next-token distribution holds the answer letter), option_ids [O]."""
   out = model.apply({'params': params}, input_ids, pixel_values_videos, layout.positions, layout.meta(),
                     return_hidden_states=True)
-  logp = option_logprobs(model, params, _at(out.hidden, answer_index), option_ids)
+  logp = prompts.option_logprobs(model, params, _at(out.hidden, answer_index), option_ids)
   return CleanRun(out.hidden_states, out.cache, logp)
 
 
@@ -78,7 +69,7 @@ def _layer(params, index):
 
 
 def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start, out_rows):
+                layout: prompts.TokenLayout, layer, inputs, rules: LayerRule, start, out_rows):
   """Decoder layer `layer` on C states folded into the batch: inputs [C, B, T, D] (tail slots
   start[b] + arange(T)), rules [C, ...] (this layer's rule of each state), out_rows None or [B, R]
   (tail rows whose outputs are wanted) -> [C, B, T or R, D]. Folding (row c * B + b, one rule per
@@ -103,14 +94,14 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def _layer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start):
+                layout: prompts.TokenLayout, layer, inputs, rules: LayerRule, start):
   """A layer below the last on C states: every tail row, [C, B, T, D]."""
   return _layer_rows(model, params, clean, layout, layer, inputs, rules, start, None)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def _answer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                 layout: knockout.TokenLayout, layer, inputs, rules: LayerRule, start, answer_index):
+                 layout: prompts.TokenLayout, layer, inputs, rules: LayerRule, start, answer_index):
   """The last layer on C states: only the answer row queries (every tail row still supplies its
   keys/values), [C, B, 1, D]; the readout reads nothing else."""
   return _layer_rows(model, params, clean, layout, layer, inputs, rules, start,
@@ -138,7 +129,7 @@ def _readout(model: LlavaOnevisionForConditionalGeneration, params, clean: Clean
   rows = jnp.where((final >= 0)[:, None, None], answers[jnp.maximum(final, 0)],
                    _at(clean.hidden_states[-1], answer_index)[None])
   normed = norm.apply({'params': params['language_model']['norm']}, rows)
-  return option_logprobs(model, params, normed, option_ids)
+  return prompts.option_logprobs(model, params, normed, option_ids)
 
 
 def plan_tails(layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple: int = 32
@@ -212,7 +203,7 @@ def _chunks(count: int, spec_chunk: int) -> list[tuple[int, int]]:
 
 
 def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-              layout: knockout.TokenLayout, answer_index, option_ids, specs: LayerRule,
+              layout: prompts.TokenLayout, answer_index, option_ids, specs: LayerRule,
               tail_multiple: int = 32, spec_chunk: int = 16) -> jnp.ndarray:
   """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`.
   answer_index [B] must lie in every spec's tail (it does for the last prompt token)."""
@@ -254,12 +245,22 @@ def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: Clea
 
 
 def full_recompute(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-                   layout: knockout.TokenLayout, answer_index, option_ids, specs: Sequence[LayerRule]
+                   layout: prompts.TokenLayout, answer_index, option_ids, specs: Sequence[LayerRule]
                    ) -> jnp.ndarray:
   """The reference the reuse path must equal: one full forward per spec, [N, B, O]."""
-  @jax.jit
-  def forward(spec):
-    out = model.apply({'params': params}, input_ids, pixel_values_videos, layout.positions,
-                      layout.meta(), spec=spec)
-    return option_logprobs(model, params, _at(out.hidden, answer_index), option_ids)
-  return jnp.stack([forward(jax.tree.map(jnp.asarray, s)) for s in specs])
+  return jnp.stack([prompts.answer_logprobs(model, params, input_ids, pixel_values_videos, layout,
+                                            answer_index, option_ids, jax.tree.map(jnp.asarray, s))
+                    for s in specs])
+
+
+def evaluate_batch(model: LlavaOnevisionForConditionalGeneration, params, batch, specs: LayerRule, mesh,
+                   tail_multiple: int = 32, spec_chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+  """A `runs.ModelBatch` under every spec [N, L, ...] of a sweep -> clean option log-probs [B, O] and
+  per-spec [N, B, O] (numpy); samples sharded over the mesh's sample axes."""
+  batch = runs.place_batch(batch, mesh)
+  with sharding.activation_rules(mesh):
+    clean = clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
+                      batch.option_ids)
+    spec_logp = run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
+                          jax.tree.map(jnp.asarray, specs), tail_multiple, spec_chunk)
+  return np.asarray(clean.option_logprobs), np.asarray(spec_logp)

@@ -1,10 +1,22 @@
-"""Pieces every video-QA experiment shares: model and data from the config, sample preparation with
-per-sample failure capture, batching, and the printed summary table."""
+"""The results contract every experiment follows, and the sample path they share.
+
+Results:
+workdir/config.json      the resolved config
+workdir/samples.jsonl    one JSON object per finished (or failed) sample, append-only: a rerun reads
+                         it, skips what is there and never writes a sample twice
+workdir/summary.json/csv aggregate rows, rewritten from samples.jsonl at the end of every run
+workdir/*.png            plots
+
+Samples: the config's model and benchmark (`load_model`, `load_samples`), decoding + preprocessing +
+prompting with per-sample failure capture (`prepare`), device-ready batches (`collate`, `place_batch`).
+"""
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import os
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +24,92 @@ import numpy as np
 
 from jaxvlm import checkpoints, data, prompts, sharding, video
 from jaxvlm.data import synthetic
-from jaxvlm.knockout import TokenLayout
+from jaxvlm.prompts import TokenLayout
 
+
+def jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return jsonable(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    return None if not np.isfinite(x) else float(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomic write: a kill mid-write never leaves a half file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(jsonable(obj), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class SampleLog:
+  """Append-only JSON lines keyed by `id`. A torn last line (the run was killed mid-write) is cut off
+  on open, so the file always holds whole records."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._records: dict[str, dict] = {}
+    if os.path.exists(path):
+      self._load()
+
+  def _load(self) -> None:
+    with open(self.path, 'rb') as f:
+      data = f.read()
+    whole = data[:data.rfind(b'\n') + 1]
+    if len(whole) != len(data):
+      with open(self.path, 'r+b') as f:
+        f.truncate(len(whole))
+    for line in whole.decode().splitlines():
+      if line.strip():
+        rec = json.loads(line)
+        self._records.setdefault(rec['id'], rec)
+
+  def __contains__(self, sample_id: str) -> bool:
+    return sample_id in self._records
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def append(self, record: dict) -> None:
+    if record['id'] in self._records:
+      raise ValueError(f'sample {record["id"]!r} is already in {self.path}')
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(jsonable(record), sort_keys=True) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    self._records[record['id']] = record
+
+  def records(self) -> list[dict]:
+    return list(self._records.values())
+
+
+def write_summary(workdir: str, summary: dict, rows: Iterable[dict]) -> None:
+  """summary.json (the dict, with `rows`) and summary.csv (the rows)."""
+  rows = [jsonable(r) for r in rows]
+  write_json(os.path.join(workdir, 'summary.json'), {**summary, 'rows': rows})
+  fields = list(dict.fromkeys(k for r in rows for k in r))
+  tmp = os.path.join(workdir, 'summary.csv.tmp')
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, os.path.join(workdir, 'summary.csv'))
+
+
+def prepare_workdir(workdir: str, config) -> None:
+  """Creates workdir and writes config.json (the config as a plain dict)."""
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+
+
+# ---------------------------------------------------------------- samples
 
 def csv_list(value) -> list[str]:
   """'a,b' or ('a', 'b') -> ['a', 'b']; '' -> []."""
@@ -111,15 +207,3 @@ def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
   """Samples split over the mesh's sample axes; option ids replicated."""
   placed = sharding.shard_batch((batch.input_ids, batch.pixels, batch.layout, batch.answer_index), mesh)
   return ModelBatch(*placed, jax.device_put(batch.option_ids, sharding.replicated(mesh)))
-
-
-def format_table(summary: dict) -> str:
-  """Summary rows as a fixed-width text table, headed by clean accuracy and failure counts."""
-  h = summary['header']
-  lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy: "
-           f"{h['clean_accuracy'] if h['clean_accuracy'] is None else round(h['clean_accuracy'], 4)}"]
-  cols = ['name', 'accuracy', 'performance_ratio', 'delta_logp_correct', 'flip_rate']
-  lines.append(' '.join(f'{c:>20}' for c in cols))
-  for r in summary['rows']:
-    lines.append(' '.join(f'{r[c]:>20.4f}' if isinstance(r[c], float) else f'{str(r[c]):>20}' for c in cols))
-  return '\n'.join(lines)

@@ -1,24 +1,12 @@
-"""PNG plots of experiment summaries (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of a knockout summary: global 1, global 2 and fine-grained windows (layers 1-based)."""
 from __future__ import annotations
 
-import os
+from matplotlib.ticker import MaxNLocator
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+from jaxvlm.plotting import plt, save_figure
 
 KIND_COLOURS = {'LV': 'tab:red', 'VT': 'tab:blue', 'VS': 'tab:green'}
 KIND_NAMES = {'LV': 'Language-to-Video', 'VT': 'Video Temporal', 'VS': 'Video Spatial'}
-
-
-def save_figure(fig, workdir: str, name: str) -> str:
-  path = os.path.join(workdir, name)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
 
 
 def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.plots import plt, save_figure
 from jaxvlm import video
+from jaxvlm.plotting import plt, save_figure
 
 STYLE = {'oracle_top': ('black', '-'), 'oracle_bottom': ('grey', '-'), 'answer_free_top': ('black', ':'),
          'attention_top': ('tab:brown', '-'), 'siglip_q': ('tab:blue', '-'), 'siglip_qo': ('tab:cyan', '-'),

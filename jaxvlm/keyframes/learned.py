@@ -1,6 +1,6 @@
 """Using a keyframe selector trained by experiments.train_selector: load the best checkpoint of its
-workdir and pick frames of a video. Shared by train_selector (model and best-checkpoint layout),
-keyframe_diagnosis (selector 'learned') and score (--selector=learned); it imports none of them."""
+workdir and pick frames of a video (keyframe diagnosis's selector 'learned', score's
+--selector=learned, or any Python caller)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxvlm import checkpoints, video
+from jaxvlm import checkpoints, training, video
 from jaxvlm.keyframes import relevance, selector_model, teacher
 
 
@@ -22,10 +22,7 @@ def selector_from_config(config) -> selector_model.FrameSelector:
 
 def best_manager(workdir: str) -> ocp.CheckpointManager:
   """workdir/best: keeps the one step with the highest validation recall@k."""
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'best'),
-                               options=ocp.CheckpointManagerOptions(
-                                   max_to_keep=1, create=True, best_fn=lambda m: m['val_recall'],
-                                   best_mode='max', enable_async_checkpointing=False))
+  return training.checkpoint_manager(os.path.join(workdir, 'best'), keep=1, best_metric='val_recall')
 
 
 def load_selector(config, workdir: str, num_candidates: int, embed_dim: int):

@@ -1,4 +1,5 @@
-"""Token layout and knockout specs: which attention edges a study removes, in which layers.
+"""Knockout specs: which attention edges a study removes, in which layers (the token layout they
+read is `prompts.TokenLayout`).
 
 A `KnockoutSpec` is an `attention.LayerRule` whose arrays carry a leading layer axis [L, ...]
 (and, for a sweep, one more leading axis [N, L, ...]). Windows, cutoffs and knockout types are array
@@ -14,30 +15,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
-from jaxvlm.models.attention import NUM_GROUPS, Group, LayerRule, TokenMeta
+from jaxvlm.models.attention import NUM_GROUPS, Group, LayerRule
+from jaxvlm.runs import csv_list
 
 KnockoutSpec = LayerRule  # with a leading layer axis
 KINDS = ('LV', 'VT', 'VS')
 SETTINGS = ('global1', 'global2', 'fine')
 TEXT_GROUPS = tuple(g for g in Group if g != Group.VIDEO)
-
-
-@struct.dataclass
-class TokenLayout:
-  """Per-token layout of a prompt batch, every field [B, S]: group (`Group`), frame (-1 if not a
-  frame token), positions (rotary position ids), valid (False for padding)."""
-  group: jnp.ndarray
-  frame: jnp.ndarray
-  positions: jnp.ndarray
-  valid: jnp.ndarray
-
-  def meta(self) -> TokenMeta:
-    index = jnp.broadcast_to(jnp.arange(self.group.shape[-1], dtype=jnp.int32), self.group.shape)
-    return TokenMeta(index=index, valid=self.valid, group=self.group, frame=self.frame)
 
 
 def clean_spec(num_layers: int, num_frames: int) -> KnockoutSpec:
@@ -190,6 +176,16 @@ def build_sweep(num_layers: int, num_frames: int, settings: Sequence[str] = SETT
       entries.append(SweepEntry(f'{setting}/{kind}/{chosen[0]}-{chosen[-1]}', setting, kind, chosen, ratio))
       specs.append(knockout_spec(kind, layers, num_frames))
   return Sweep(tuple(entries), stack_specs(specs))
+
+
+def sweep_from_config(config, num_layers: int) -> Sweep:
+  """The sweep a knockout config asks for (fields settings, kinds, global1_step, window,
+  window_stride, explicit_layers; comma-separated strings or sequences)."""
+  return build_sweep(
+      num_layers, config.num_frames, settings=csv_list(config.settings),
+      kinds=csv_list(config.kinds), global1_step=config.global1_step,
+      window_size=config.window, window_stride=config.window_stride,
+      explicit_layers=[int(x) for x in csv_list(config.explicit_layers)] or None)
 
 
 # ---------------------------------------------------------------- what a spec can change

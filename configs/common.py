@@ -1,0 +1,34 @@
+"""What every config shares, written once: the hub ids of the presets, the embedded default's paths,
+and the parsing of `get_config(arg)`'s argument ('preset[,runlocal]')."""
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+# The embedded default (assets/, trained by experiments.train_synthetic).
+TINY_LLAVA = 'assets/llava_ov_tiny'
+TINY_SIGLIP = 'assets/siglip_tiny'
+
+# Video-LLM presets -> Hugging Face hub ids (downloaded when online, or a local directory instead).
+HUB = {
+    'llava_ov_0_5b': 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf',
+    'llava_ov_7b': 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
+    'llava_ov_72b': 'llava-hf/llava-onevision-qwen2-72b-ov-hf',
+    'llava_video_7b': 'llava-hf/LLaVA-Video-7B-Qwen2-hf',
+}
+# The keyframe scorer next to a hub Video-LLM.
+SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
+# Where a hub preset looks for MVBench until --config.data.ann / --config.data.video_root say otherwise.
+MVBENCH_DATA = {'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'}
+
+
+def parse_arg(arg: str | None, presets) -> tuple[str, bool]:
+  """'preset[,runlocal]' (or None) -> (preset, runlocal); the preset must be 'default' or in `presets`."""
+  parts = [p for p in (arg or 'default').split(',') if p]
+  preset = next((p for p in parts if p != 'runlocal'), 'default')
+  if preset != 'default' and preset not in presets:
+    raise ValueError(f'unknown preset {preset!r}; expected default or one of {sorted(presets)}')
+  return preset, 'runlocal' in parts
+
+
+def mvbench_data() -> config_dict.ConfigDict:
+  return config_dict.ConfigDict(dict(MVBENCH_DATA))

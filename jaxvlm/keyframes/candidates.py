@@ -1,0 +1,59 @@
+"""Candidate frames of a sample: the pool of N frames a selector picks from, decoded once and prompted
+over all N frames, with the candidate positions of the ground-truth evidence frames. Shared by the
+keyframe diagnosis and the selector's teacher labelling."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from jaxvlm import data, prompts, video
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """A sample with its candidate pool: prompt over all N frames, LLaVA pixels [N, H, W, C], the decoded
+  frames uint8 [N, h, w, 3] (for SigLIP), their frame indices [N] and the candidate positions of the
+  ground-truth evidence frames (empty when the benchmark has none)."""
+  sample: data.VideoQASample
+  prompt: prompts.Prompt
+  pixels: np.ndarray
+  frames: np.ndarray
+  indices: np.ndarray
+  evidence: np.ndarray
+
+
+def prepare_pool(samples: Sequence[data.VideoQASample], processor, config
+            ) -> tuple[list[Candidates], list[tuple[str, str]]]:
+  """Decodes the pool of each sample; a failing sample becomes (id, reason), never a crash."""
+  ok, failed = [], []
+  for s in samples:
+    try:
+      if s.answer is None:
+        raise ValueError('no answer: the diagnosis needs labelled samples')
+      frames = video.sample_frames(s.video, config.num_candidates, rule='pool')
+      if len(frames.indices) < config.num_candidates:
+        raise ValueError(f'video has {len(frames.indices)} frames, fewer than the '
+                         f'{config.num_candidates} candidates')
+      evidence = np.flatnonzero(np.isin(frames.indices, s.evidence_frames or []))
+      ok.append(Candidates(s, prompts.build_prompt(processor, s.question, s.options, config.num_candidates),
+                           processor.preprocess(frames.pixels), frames.pixels, frames.indices, evidence))
+    except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on
+      failed.append((s.id, f'{type(e).__name__}: {e}'))
+  return ok, failed
+
+
+
+
+def layer_range(text: str, num_layers: int, field: str) -> tuple[int, int]:
+  """'' -> all layers; 'a-b' -> (a, b), 0-based inclusive."""
+  if not text:
+    return 0, num_layers - 1
+  try:
+    first, last = (int(x) for x in text.split('-'))
+  except ValueError:
+    raise ValueError(f"{field}={text!r}: expected '' or 'first-last'") from None
+  if not 0 <= first <= last < num_layers:
+    raise ValueError(f'{field}={text!r} outside the layers 0..{num_layers - 1}')
+  return first, last

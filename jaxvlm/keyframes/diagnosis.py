@@ -1,0 +1,231 @@
+"""The keyframe diagnosis (Ok & Lee) per batch: oracles, SigLIP relevance, every selector at every k,
+the Video-LLM's answer from just the selected frames; and the summary of a run's records.
+
+Per sample, over a pool of N candidate frames spread uniformly over the video:
+  1. the Video-LLM sees all N frames: clean option log-probs; the causal oracle (drop of log p(answer)
+     when the text may not attend to frame f, through the sweep's reuse path), its answer-free variant
+     (the predicted option instead), the attention oracle (answer slot -> frame mass), and the text-only
+     answer (Language-to-Video knocked out in every layer: Language Independence);
+  2. SigLIP relevance of each frame to the question and to question + options;
+  3. every selector picks k frames for every k; the Video-LLM answers from a prompt with just those k
+     frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import zlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvlm import prompts, runs
+from jaxvlm.keyframes import learned as learned_lib
+from jaxvlm.keyframes import metrics, relevance, selector_model, selectors, teacher
+from jaxvlm.keyframes.candidates import Candidates, layer_range
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
+
+# Selector name -> (the per-frame scores it reads, the selector function).
+SELECTORS = {
+    'oracle_top': ('causal', 'top_k'),
+    'oracle_bottom': ('causal', 'bottom_k'),
+    'answer_free_top': ('answer_free', 'top_k'),
+    'attention_top': ('attention', 'top_k'),
+    'siglip_q': ('siglip_q', 'top_k'),
+    'siglip_qo': ('siglip_qo', 'top_k'),
+    'bolt': ('siglip_q', 'bolt'),
+    'aks': ('siglip_q', 'aks'),
+    'uniform': ('siglip_q', 'uniform'),   # reads only N
+    'random': ('siglip_q', 'random'),
+    'learned': ('learned', 'top_k'),     # experiments.train_selector run in config.selector_checkpoint
+}
+SCORES = ('causal', 'answer_free', 'attention', 'attention_question', 'siglip_q', 'siglip_qo')
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The validated study: selector names, frame budgets, oracle knockout layers (bool [L]) and the
+  attention oracle's layer range (0-based, inclusive)."""
+  selectors: tuple[str, ...]
+  ks: tuple[int, ...]
+  oracle_layers: np.ndarray
+  attention_range: tuple[int, int]
+
+
+def plan_from_config(config, num_layers: int) -> Plan:
+  """Checks every field that could fail later, before any sample runs."""
+  names = tuple(runs.csv_list(config.selectors))
+  unknown = [n for n in names if n not in SELECTORS]
+  if unknown or not names:
+    raise ValueError(f'unknown selectors {unknown}; expected some of {sorted(SELECTORS)}')
+  ks = tuple(int(k) for k in runs.csv_list(config.ks))
+  bad = [k for k in ks if not 1 <= k <= config.num_candidates]
+  if bad or not ks:
+    raise ValueError(f'ks {bad or ks} must lie in 1..num_candidates={config.num_candidates}')
+  if 'learned' in names and not config.get('selector_checkpoint'):
+    raise ValueError('selector learned needs selector_checkpoint (an experiments.train_selector workdir)')
+  if config.sensitive_k not in ks:
+    raise ValueError(f'sensitive_k={config.sensitive_k} is not one of ks {ks}')
+  first, last = layer_range(config.oracle_layers, num_layers, 'oracle_layers')
+  layers = knockout.window(num_layers, first, last - first + 1)
+  return Plan(names, ks, layers, layer_range(config.attention_layers, num_layers, 'attention_layers'))
+
+
+def select(name: str, scores: dict[str, np.ndarray], k: int, config, sample_id: str) -> np.ndarray:
+  source, fn = SELECTORS[name]
+  s = scores[source]
+  if fn == 'bolt':
+    return selectors.bolt(s, k, alpha=config.bolt_alpha)
+  if fn == 'aks':
+    return selectors.aks(s, k, max_depth=config.aks_depth, threshold=config.aks_threshold)
+  if fn == 'random':
+    return selectors.random(s, k, seed=zlib.crc32(sample_id.encode()) ^ config.seed)
+  return selectors.SELECTORS[fn](s, k)
+
+
+# ---------------------------------------------------------------- model calls
+
+def oracles(model, params, batch: runs.ModelBatch, cands: Sequence[Candidates], plan: Plan, config
+            ) -> dict[str, np.ndarray]:
+  """Clean and text-only option log-probs [B, O] and the oracles' per-frame scores [B, N] of a batch."""
+  n = config.num_candidates
+  clean = sweep.clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
+                          batch.option_ids)
+  clean_logp = np.asarray(clean.option_logprobs)
+  answers = np.asarray([c.sample.answer for c in cands])
+  causal = relevance.causal_relevance(model, params, clean, batch.layout, batch.answer_index,
+                                      batch.option_ids, n, answers, plan.oracle_layers, config.tail_multiple)
+  predicted = relevance.predicted_option(clean_logp, [len(c.sample.options) for c in cands])
+  num_layers = model.config.text.num_hidden_layers
+  lv = knockout.stack_specs([knockout.knockout_spec('LV', knockout.all_layers(num_layers), n)])
+  text_only = sweep.run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
+                              jax.tree.map(jnp.asarray, lv), config.tail_multiple)
+  attn = relevance.attention_relevance(model, params, clean, batch.layout, batch.answer_index, n,
+                                       config.tail_multiple)
+  return {'clean': clean_logp, 'text_only': np.asarray(text_only[0]), 'causal': causal.relevance,
+          'answer_free': relevance.logp_drop(clean_logp, causal.knocked_logp, predicted),
+          'attention': relevance.layer_average(attn.last, *plan.attention_range),
+          'attention_question': relevance.layer_average(attn.question, *plan.attention_range),
+          'attention_per_layer': attn.last}
+
+
+def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
+                     selections: list[dict[str, dict[int, np.ndarray]]], plan: Plan) -> list[dict]:
+  """Per sample {selector: {k: option log-probs [O]}} from prompts holding only the selected frames;
+  one batch per k (every selector of every sample)."""
+  out = [{name: {} for name in plan.selectors} for _ in cands]
+  for k in plan.ks:
+    jobs = [(i, name) for i in range(len(cands)) for name in plan.selectors]
+    prompt_k = [prompts.build_prompt(processor, c.sample.question, c.sample.options, k) for c in cands]
+    batch = runs.collate([runs.Prepared(cands[i].sample, prompt_k[i], cands[i].pixels[selections[i][name][k]])
+                            for i, name in jobs], processor)
+    logp = np.asarray(prompts.answer_logprobs(model, params, batch.input_ids, batch.pixels, batch.layout,
+                                              batch.answer_index, batch.option_ids))
+    for row, (i, name) in enumerate(jobs):
+      out[i][name][k] = logp[row, :len(cands[i].sample.options)]
+  return out
+
+
+def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates], plan: Plan, config,
+                   learned: learned_lib.TrainedSelector | None = None) -> list[dict]:
+  """The per-sample records of a batch of prepared samples. siglip: (model, params, processor);
+  learned: the trained selector behind selector 'learned'."""
+  batch = runs.collate(cands, processor)
+  out = oracles(model, params, batch, cands, plan, config)
+  records, selections = [], []
+  for i, c in enumerate(cands):
+    sig = relevance.siglip_relevance(*siglip, c.frames, relevance.query_texts(c.sample.question, c.sample.options))
+    scores = {name: out[name][i] for name in SCORES if name in out}
+    scores.update(siglip_q=sig[:, 0], siglip_qo=sig[:, 1])
+    if learned is not None:
+      emb = teacher.siglip_features(*learned.siglip, c.frames, relevance.query_texts(c.sample.question,
+                                                                                     c.sample.options)[1])
+      scores['learned'] = selector_model.scores(learned.model, learned.params, *emb)
+    selections.append({name: {k: select(name, scores, k, config, c.sample.id) for k in plan.ks}
+                       for name in plan.selectors})
+    n = len(c.sample.options)
+    records.append({'id': c.sample.id, 'task': c.sample.task, 'answer': c.sample.answer, 'video': c.sample.video,
+                    'candidates': c.indices, 'evidence': c.evidence, 'clean': out['clean'][i, :n],
+                    'text_only': out['text_only'][i, :n], 'scores': scores,
+                    'attention_per_layer': out['attention_per_layer'][i]})
+  k_logp = k_frame_logprobs(model, params, processor, cands, selections, plan)
+  for r, sel, logp in zip(records, selections, k_logp):
+    r['selections'] = {name: {str(k): idx for k, idx in per_k.items()} for name, per_k in sel.items()}
+    r['k_logp'] = {name: {str(k): lp for k, lp in per_k.items()} for name, per_k in logp.items()}
+  return records
+
+
+# ---------------------------------------------------------------- summary
+
+def _correct(logp, answer: int) -> bool:
+  return int(np.argmax(logp)) == answer
+
+
+def summarize(records: list[dict], plan: Plan, sensitive_k: int) -> dict:
+  """One row per (selector, k): accuracy (all samples and the frame-sensitive subset), recall@k and
+  nDCG@k against the causal oracle, recall@k against the ground-truth evidence frames. The header holds
+  clean / text-only accuracy, the frame-sensitive share and mean Spearman correlations with the
+  causal oracle."""
+  ok = [r for r in records if 'error' not in r]
+  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
+            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  if not ok:
+    return {'header': {**header, 'clean_accuracy': None}, 'rows': []}
+  answers = [r['answer'] for r in ok]
+  correct = lambda name, k: np.asarray([_correct(r['k_logp'][name][str(k)], a) for r, a in zip(ok, answers)])
+  no_frames = np.asarray([_correct(r['text_only'], a) for r, a in zip(ok, answers)])
+  header.update(clean_accuracy=float(np.mean([_correct(r['clean'], a) for r, a in zip(ok, answers)])),
+                text_only_accuracy=float(no_frames.mean()))
+  sensitive = np.zeros(len(ok), bool)
+  if {'oracle_top', 'oracle_bottom'} <= set(plan.selectors):
+    sensitive = metrics.frame_sensitive(correct('oracle_top', sensitive_k), correct('oracle_bottom', sensitive_k),
+                                        no_frames)
+    header['frame_selection_sensitivity'] = {
+        str(k): float(metrics.frame_selection_sensitivity(correct('oracle_top', k),
+                                                          correct('oracle_bottom', k)).mean()) for k in plan.ks}
+    header.update(frame_sensitive_k=sensitive_k, frame_sensitive_share=float(sensitive.mean()),
+                  num_frame_sensitive=int(sensitive.sum()))
+  header['spearman_vs_causal'] = {
+      name: float(np.nanmean([metrics.spearman(r['scores'][name], r['scores']['causal']) for r in ok]))
+      for name in SCORES if name != 'causal'}
+  rows = []
+  causal = [np.asarray(r['scores']['causal']) for r in ok]
+  for name in plan.selectors:
+    for k in plan.ks:
+      sel = [np.asarray(r['selections'][name][str(k)]) for r in ok]
+      hit = correct(name, k)
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN means (no evidence frames) stay NaN
+        rows.append({
+            'selector': name, 'k': k, 'accuracy': float(hit.mean()),
+            'accuracy_frame_sensitive': float(np.mean(hit[sensitive])) if sensitive.any() else float('nan'),
+            'recall_oracle': float(np.mean([metrics.recall_at_k(s, selectors.top_k(c, k))
+                                            for s, c in zip(sel, causal)])),
+            'ndcg_oracle': float(np.nanmean([metrics.ndcg_at_k(s, c) for s, c in zip(sel, causal)])),
+            'recall_evidence': float(np.nanmean([metrics.recall_at_k(s, r['evidence'])
+                                                 for s, r in zip(sel, ok)]))})
+  return {'header': header, 'rows': rows}
+
+
+def format_table(summary: dict) -> str:
+  """The header numbers and one line per (selector, k)."""
+  h = summary['header']
+  if h.get('clean_accuracy') is None:
+    return f"samples: {h['num_samples']}  failed: {h['num_failed']}  (nothing to summarise)"
+  lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy (all candidates): "
+           f"{h['clean_accuracy']:.4f}  text-only accuracy: {h['text_only_accuracy']:.4f}"]
+  if 'frame_sensitive_share' in h:
+    lines.append(f"frame-sensitive share (k={h['frame_sensitive_k']}): {h['frame_sensitive_share']:.4f} "
+                 f"({h['num_frame_sensitive']} samples)  FSS by k: "
+                 + ', '.join(f'{k}: {v:.3f}' for k, v in h['frame_selection_sensitivity'].items()))
+  lines.append('Spearman vs causal oracle: '
+               + ', '.join(f'{k}: {v:.3f}' for k, v in h['spearman_vs_causal'].items()))
+  cols = ['selector', 'k', 'accuracy', 'accuracy_frame_sensitive', 'recall_oracle', 'ndcg_oracle',
+          'recall_evidence']
+  lines.append(' '.join(f'{c:>16}' for c in cols))
+  for r in summary['rows']:
+    lines.append(' '.join(f'{r[c]:>16.4f}' if isinstance(r[c], float) else f'{str(r[c]):>16}' for c in cols))
+  return '\n'.join(lines)
