@@ -12,8 +12,10 @@ keys stored in a checkpoint file differ per family and format and are renamed by
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import struct
@@ -25,7 +27,9 @@ import ml_dtypes
 import numpy as np
 from flax import traverse_util
 from huggingface_hub import snapshot_download
+from safetensors import safe_open
 from safetensors.numpy import save_file
+from tqdm import tqdm
 
 STACKED = 'layers'
 _HF_LEAF_NAME = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight'}
@@ -96,48 +100,60 @@ def _layer_count(path: tuple[str, ...], shape: tuple[int, ...]) -> int | None:
   return shape[0] if STACKED in path else None
 
 
-def state_dict_to_params(state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
-  """Builds a param tree shaped like `target` (arrays or ShapeDtypeStructs) from HF tensors.
+def match_tensors(shapes: Mapping[str, tuple[int, ...]], target: Any) -> dict[tuple[str, ...], list[str]]:
+  """Pairs every leaf of `target` with the checkpoint keys that fill it, strictly, from shapes alone.
 
-  Strict: every target leaf must be filled with the right shape and every tensor must be used,
-  otherwise a `CheckpointError` names the offending tensors and shapes. Leaves are float32 numpy.
+  `shapes` maps our (renamed) checkpoint keys to their HF shapes. Returns {param path: [key]} for a plain
+  leaf and {param path: [key of layer 0, ..., key of layer L-1]} for a stacked one. Raises
+  `ShapeMismatchError` naming the tensor and both shapes, or `TensorSetError` listing every missing
+  and every unexpected tensor, before anything is read.
   """
-  flat_target = traverse_util.flatten_dict(target)
   used: set[str] = set()
   missing: list[str] = []
   out = {}
-  for path, leaf in flat_target.items():
+  for path, leaf in traverse_util.flatten_dict(target).items():
     shape = tuple(leaf.shape)
     n_layers = _layer_count(path, shape)
     layers = [None] if n_layers is None else range(n_layers)
-    per_layer_shape = shape if n_layers is None else shape[1:]
-    slices = []
+    want = _hf_shape(path, shape if n_layers is None else shape[1:])
+    keys = []
     for layer in layers:
       key = _hf_key(path, layer)
-      if key not in state_dict:
-        missing.append(f'{key} (expected shape {_hf_shape(path, per_layer_shape)})')
+      if key not in shapes:
+        missing.append(f'{key} (expected shape {want})')
         continue
-      value = _to_flax(path, np.asarray(state_dict[key]))
-      if value.shape != per_layer_shape:
+      if tuple(shapes[key]) != want:
         raise ShapeMismatchError(
-            f'tensor {key!r} has shape {tuple(np.asarray(state_dict[key]).shape)} in the checkpoint, '
-            f'the model expects {_hf_shape(path, per_layer_shape)} '
+            f'tensor {key!r} has shape {tuple(shapes[key])} in the checkpoint, the model expects {want} '
             f'(param {"/".join(path)} {shape})')
       used.add(key)
-      slices.append(value.astype(np.float32, copy=False))
-    if len(slices) == len(layers):
-      out[path] = slices[0] if n_layers is None else np.stack(slices)
-  unexpected = sorted(set(state_dict) - used)
+      keys.append(key)
+    out[path] = keys
+  unexpected = sorted(set(shapes) - used)
   if missing or unexpected:
     raise TensorSetError(
         'checkpoint does not match the model:' +
         (f'\n  missing tensors: {", ".join(missing)}' if missing else '') +
         (f'\n  unexpected tensors: {", ".join(unexpected)}' if unexpected else ''))
+  return out
+
+
+def state_dict_to_params(state_dict: Mapping[str, np.ndarray], target: Any, dtype: Any = np.float32) -> dict:
+  """Builds a param tree shaped like `target` (arrays or ShapeDtypeStructs) from HF tensors.
+
+  Strict (see `match_tensors`): every target leaf must be filled with the right shape and every tensor
+  must be used. Leaves are numpy arrays of `dtype` (default float32), converted tensor by tensor.
+  """
+  plan = match_tensors({k: np.shape(v) for k, v in state_dict.items()}, target)
+  out = {}
+  for path, keys in plan.items():
+    slices = [_to_flax(path, np.asarray(state_dict[k])).astype(dtype, copy=False) for k in keys]
+    out[path] = np.stack(slices) if STACKED in path else slices[0]
   return traverse_util.unflatten_dict(out)
 
 
 def params_to_state_dict(params: Any) -> dict[str, np.ndarray]:
-  """The inverse of `state_dict_to_params`: HF key -> numpy tensor (float32)."""
+  """The inverse of `state_dict_to_params`: HF key -> numpy tensor (the leaves' dtype)."""
   out = {}
   for path, leaf in traverse_util.flatten_dict(params).items():
     leaf = np.asarray(leaf)
@@ -197,13 +213,18 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of one .safetensors file as read-only memory-mapped numpy arrays.
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+  """Where one checkpoint tensor lives (nothing read): file, name inside it, safetensors dtype, shape."""
+  path: str
+  name: str
+  dtype: str
+  shape: tuple[int, ...]
 
-  Parses the (documented) header directly rather than through `safetensors.numpy`, which cannot
-  represent bfloat16: here bfloat16/float8 come out as `ml_dtypes` arrays, converted exactly to
-  float32 later, and nothing is read from disk until a tensor is used.
-  """
+
+def _read_header(path: str) -> tuple[dict, int]:
+  """The tensor entries of a .safetensors header (validated: known dtypes, no tensor past the end of
+  the file) and the byte offset where the data begins."""
   size = os.path.getsize(path)
   with open(path, 'rb') as f:
     try:
@@ -212,36 +233,55 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     except (struct.error, ValueError) as e:
       raise CheckpointError(f'{path} is not a safetensors file: {e}') from e
   begin = 8 + n
+  header.pop('__metadata__', None)
+  for name, info in header.items():
+    if info['dtype'] not in _SAFETENSORS_DTYPES:
+      raise CheckpointError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}')
+    end = info['data_offsets'][1]
+    if end > size - begin:
+      raise CheckpointError(f'{path} is truncated: tensor {name!r} ends at byte {end} of {max(size - begin, 0)}')
+  return header, begin
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """All tensors of one .safetensors file as read-only memory-mapped numpy arrays.
+
+  Parses the (documented) header directly rather than through `safetensors.numpy`, which cannot
+  represent bfloat16: here bfloat16/float8 come out as `ml_dtypes` arrays, converted exactly to
+  float32 later, and nothing is read from disk until a tensor is used.
+  """
+  header, begin = _read_header(path)
+  size = os.path.getsize(path)
   data = np.memmap(path, np.uint8, 'r', offset=begin) if size > begin else np.zeros(0, np.uint8)
   out = {}
   for name, info in header.items():
-    if name == '__metadata__':
-      continue
-    if info['dtype'] not in _SAFETENSORS_DTYPES:
-      raise CheckpointError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}')
     start, end = info['data_offsets']
-    if end > data.size:
-      raise CheckpointError(f'{path} is truncated: tensor {name!r} ends at byte {end} of {data.size}')
     out[name] = data[start:end].view(_SAFETENSORS_DTYPES[info['dtype']]).reshape(info['shape'])
   return out
 
 
-def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
-  """File key -> tensor from `model.safetensors` or from the shards of `model.safetensors.index.json`."""
+def read_tensor_refs(path: str) -> dict[str, TensorRef]:
+  """Name -> TensorRef of every tensor of one .safetensors file, from its header alone."""
+  header, _ = _read_header(path)
+  return {name: TensorRef(path, name, info['dtype'], tuple(info['shape'])) for name, info in header.items()}
+
+
+def _collect(ckpt_dir: str, read_file: Callable[[str], Mapping[str, Any]]) -> dict[str, Any]:
+  """File key -> read_file's value for it, over `model.safetensors` or the shards of the index file."""
   single = os.path.join(ckpt_dir, SINGLE_FILE)
   if os.path.isfile(single):
-    return read_safetensors(single)
+    return dict(read_file(single))
   index = read_json(ckpt_dir, INDEX_FILE)
   if index is None:
     raise CheckpointNotFoundError(
         f'{ckpt_dir} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)')
   weight_map: dict[str, str] = index['weight_map']
-  out: dict[str, np.ndarray] = {}
+  out: dict[str, Any] = {}
   for shard in sorted(set(weight_map.values())):
     path = os.path.join(ckpt_dir, shard)
     if not os.path.isfile(path):
       raise CheckpointNotFoundError(f'{INDEX_FILE} lists shard {shard!r}, which is not in {ckpt_dir}')
-    for name, tensor in read_safetensors(path).items():
+    for name, tensor in read_file(path).items():
       if name in out:
         raise CheckpointError(f'tensor {name!r} is stored in more than one shard (again in {shard})')
       out[name] = tensor
@@ -249,6 +289,16 @@ def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
     if name not in out:
       raise TensorSetError(f'{INDEX_FILE} maps tensor {name!r} to {shard}, which does not contain it')
   return out
+
+
+def read_state_dict(ckpt_dir: str) -> dict[str, np.ndarray]:
+  """File key -> tensor from `model.safetensors` or from the shards of `model.safetensors.index.json`."""
+  return _collect(ckpt_dir, read_safetensors)
+
+
+def read_tensor_index(ckpt_dir: str) -> dict[str, TensorRef]:
+  """File key -> TensorRef, like `read_state_dict` but from the headers only (no tensor data read)."""
+  return _collect(ckpt_dir, read_tensor_refs)
 
 
 def write_state_dict(state_dict: Mapping[str, np.ndarray], out_dir: str,
@@ -376,23 +426,25 @@ def _rename(state_dict: Mapping[str, np.ndarray], rename: Callable[[str], str]) 
   return out
 
 
-def _drop_tied_head(state_dict: dict[str, np.ndarray], target: Any, family: Family) -> None:
-  """A tied model has no head param; a checkpoint may still store the head as a copy of the embedding."""
+def _drop_tied_head(state_dict: dict[str, Any], target: Any, family: Family,
+                    equal: Callable[[Any, Any], bool] = np.array_equal) -> None:
+  """A tied model has no head param; a checkpoint may still store the head as a copy of the embedding.
+  `state_dict` values are tensors or TensorRefs (then `equal` compares what they point to)."""
   if family.tied is None:
     return
   head, embedding = family.tied
   if head not in state_dict or head.split('.')[0] in target or embedding not in state_dict:
     return
-  if not np.array_equal(state_dict[head], state_dict[embedding]):
+  if not equal(state_dict[head], state_dict[embedding]):
     raise TensorSetError(
         f'the config ties word embeddings, but the checkpoint holds a {head!r} that differs from {embedding!r}')
   del state_dict[head]
 
 
-def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any, dtype: Any = np.float32) -> dict:
   renamed = _rename(state_dict, family.to_ours)
   _drop_tied_head(renamed, target, family)
-  return state_dict_to_params(renamed, target)
+  return state_dict_to_params(renamed, target, dtype)
 
 
 def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
@@ -401,25 +453,156 @@ def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], ta
   return _convert(family_of({'model_type': model_type}), state_dict, target)
 
 
-def load_params(ckpt_dir: str, model: Any, family: Family) -> dict:
-  """Strictly converts the checkpoint in `ckpt_dir` into `model`'s param tree (float32 jax arrays)."""
-  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model))
+def load_params(ckpt_dir: str, model: Any, family: Family, dtype: Any = np.float32) -> dict:
+  """Strictly converts the checkpoint in `ckpt_dir` into `model`'s param tree: jax arrays of `dtype`
+  (default float32) on the default device, the whole model on this host."""
+  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model), np.dtype(dtype))
   return jax.tree.map(jnp.asarray, params)
 
 
-def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32) -> tuple[Any, dict, Any]:
+# ----------------------------------------------------------------------------------------------
+# Sharded loading: each process reads only the slices its own devices hold.
+
+
+def _flax_axes(path: tuple[str, ...], ndim: int) -> tuple[int, ...]:
+  """perm with flax_leaf = hf_tensor.transpose(perm) (the inverse view of `_to_flax`)."""
+  if path[-1] == 'kernel' and ndim == 2:
+    return (1, 0)
+  if path[-1] == 'kernel' and ndim == 4:
+    return (2, 3, 1, 0)  # OIHW -> HWIO
+  return tuple(range(ndim))
+
+
+class _SliceReader:
+  """Reads index slices of checkpoint tensors with `safetensors.safe_open(...).get_slice`.
+
+  Files stay open (memory-mapped) only until `close()`: pages touched while reading one parameter
+  count towards this process's RSS for as long as the mapping lives, so the loader closes after each.
+  """
+
+  def __init__(self):
+    self._files = contextlib.ExitStack()
+    self._open: dict[str, Any] = {}
+
+  def read(self, ref: TensorRef, index: tuple[slice, ...]) -> np.ndarray:
+    if ref.path not in self._open:
+      self._open[ref.path] = self._files.enter_context(safe_open(ref.path, framework='numpy'))
+    return self._open[ref.path].get_slice(ref.name)[index]
+
+  def close(self) -> None:
+    self._files.close()
+    self._open.clear()
+
+
+def _refs_equal(a: TensorRef, b: TensorRef, block_bytes: int = 64 * 2 ** 20) -> bool:
+  """Whether two checkpoint tensors hold the same values, compared in row blocks of ~block_bytes."""
+  if a.shape != b.shape:
+    return False
+  reader = _SliceReader()
+  try:
+    if not a.shape:
+      return bool(np.array_equal(reader.read(a, ()), reader.read(b, ())))
+    row_bytes = max(1, math.prod(a.shape[1:]) * np.dtype(_SAFETENSORS_DTYPES[a.dtype]).itemsize)
+    step = max(1, block_bytes // row_bytes)
+    for start in range(0, a.shape[0], step):
+      rows = (slice(start, min(start + step, a.shape[0])),)
+      if not np.array_equal(reader.read(a, rows), reader.read(b, rows)):
+        return False
+      reader.close()
+    return True
+  finally:
+    reader.close()
+
+
+def _index_key(index: tuple[slice, ...]) -> tuple:
+  return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _shard_callback(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef], shape: tuple[int, ...],
+                    dtype: np.dtype, reader: _SliceReader) -> Callable[[tuple[slice, ...]], np.ndarray]:
+  """index into the flax leaf `path` [shape] -> that block as numpy `dtype`, read from the HF tensors
+  `keys` (one per layer when stacked). Devices asking for the same block (replicas) share one read."""
+  stacked = STACKED in path
+  perm = _flax_axes(path, len(shape) - stacked)
+  cache: dict[tuple, np.ndarray] = {}
+
+  def read(key: str, index: tuple[slice, ...]) -> np.ndarray:
+    hf_index = [slice(None)] * len(index)
+    for k, sl in enumerate(index):
+      hf_index[perm[k]] = sl
+    return reader.read(refs[key], tuple(hf_index)).transpose(perm)
+
+  def callback(index: tuple[slice, ...]) -> np.ndarray:
+    index = tuple(index)
+    key = _index_key(index)
+    if key not in cache:
+      if stacked:
+        layers = range(*index[0].indices(shape[0]))
+        block = np.stack([np.asarray(read(keys[l], index[1:]), dtype) for l in layers])
+      else:
+        block = np.ascontiguousarray(read(keys[0], index), dtype)
+      cache[key] = block
+    return cache[key]
+
+  return callback
+
+
+def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dtype: Any = np.float32,
+                        rules: Any = None) -> dict:
+  """Strictly loads `ckpt_dir` into `model`'s param tree as global jax arrays of `dtype` placed with
+  `sharding.param_shardings(params, mesh, rules)`.
+
+  The checkpoint is checked from its headers first (missing / unexpected / mis-shaped tensors raise
+  before any data is read). Then, parameter by parameter, this process reads from the safetensors files
+  only the blocks its own devices of `mesh` hold and converts each block to `dtype` on its own, so no
+  host ever holds the whole model, nor a float32 copy of a bfloat16 checkpoint. Every process of a
+  multi-process run calls this with the same arguments (it is collective only through the mesh).
+  """
+  from jaxvlm import sharding  # pylint: disable=g-import-not-at-top
+  dtype = np.dtype(dtype)
+  rules = sharding.DEFAULT_RULES if rules is None else rules
+  refs = _rename(read_tensor_index(ckpt_dir), family.to_ours)
+  target = family.param_shapes(model)
+  _drop_tied_head(refs, target, family, equal=_refs_equal)
+  plan = match_tensors({k: r.shape for k, r in refs.items()}, target)
+  shardings = traverse_util.flatten_dict(sharding.param_shardings(target, mesh, rules))
+  shapes = traverse_util.flatten_dict(target)
+  reader = _SliceReader()
+  out = {}
+  try:
+    for path in tqdm(plan, desc=f'loading {os.path.basename(os.path.normpath(ckpt_dir))}', unit='param',
+                     disable=jax.process_index() != 0, leave=False):
+      shape = tuple(shapes[path].shape)
+      callback = _shard_callback(path, plan[path], refs, shape, dtype, reader)
+      out[path] = jax.make_array_from_callback(shape, shardings[path], callback, dtype=dtype)
+      reader.close()
+  finally:
+    reader.close()
+  return traverse_util.unflatten_dict(out)
+
+
+def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, *, param_dtype: Any = jnp.float32,
+                    mesh: Any = None, rules: Any = None) -> tuple[Any, dict, Any]:
   """Loads a local Hugging Face directory or hub id -> (model, params, processor).
 
-  `dtype` is the compute dtype given to the module; params are float32. `processor` is a
-  `jaxvlm.processor` object built from the checkpoint's tokenizer and processor configs, or None
-  when the directory has no tokenizer (e.g. a bare `save_pretrained` of a model).
+  `dtype` is the compute dtype given to the module; params are `param_dtype` (default float32; a
+  bfloat16 checkpoint loaded as bfloat16 is never widened). Without `mesh` the whole model is read on
+  this host into arrays on the default device. With `mesh` (a `sharding.make_mesh`, which may span
+  every process) params are global arrays sharded by the logical axis rules (`rules`, default
+  `sharding.DEFAULT_RULES`) and each process reads only the slices its devices hold
+  (`load_sharded_params`). `processor` is a `jaxvlm.processor` object built from the checkpoint's
+  tokenizer and processor configs, or None when the directory has no tokenizer (e.g. a bare
+  `save_pretrained` of a model).
   """
   from jaxvlm import processor as processor_lib
   ckpt_dir = resolve_checkpoint_dir(name_or_path)
   config = read_config(ckpt_dir)
   family = family_of(config)
   model = family.build(config, dtype)
-  params = load_params(ckpt_dir, model, family)
+  if mesh is None:
+    params = load_params(ckpt_dir, model, family, param_dtype)
+  else:
+    params = load_sharded_params(ckpt_dir, model, family, mesh, param_dtype, rules)
   return model, params, processor_lib.from_checkpoint_dir(ckpt_dir, config)
 
 
@@ -435,16 +618,17 @@ def _check_fits(params: Any, target: Any) -> None:
 
 
 def export_pretrained(model: Any, params: Any, config_dict: Mapping[str, Any], out_dir: str,
-                      processor: Any = None, max_shard_bytes: int | None = None) -> None:
-  """Writes `params` as a Hugging Face checkpoint transformers v5 loads: safetensors named as its
-  `save_pretrained` names them (sharded above `max_shard_bytes`), `config.json` from `config_dict`,
-  and the processor's tokenizer / chat template / preprocessor files when given."""
+                      processor: Any = None, max_shard_bytes: int | None = None, dtype: Any = np.float32) -> None:
+  """Writes `params` as a Hugging Face checkpoint transformers v5 loads: safetensors of `dtype` (default
+  float32; bfloat16 as the hub's large checkpoints are) named as its `save_pretrained` names them
+  (sharded above `max_shard_bytes`), `config.json` from `config_dict`, and the processor's tokenizer /
+  chat template / preprocessor files when given."""
+  dtype = np.dtype(dtype)
   family = family_of(config_dict)
   _check_fits(params, family.param_shapes(model))
   state_dict = _rename(params_to_state_dict(params), family.to_hf)
-  write_state_dict({k: v.astype(np.float32, copy=False) for k, v in state_dict.items()}, out_dir,
-                   max_shard_bytes)
-  config = {'architectures': [family.architecture], **config_dict, 'dtype': 'float32'}
+  write_state_dict({k: v.astype(dtype, copy=False) for k, v in state_dict.items()}, out_dir, max_shard_bytes)
+  config = {'architectures': [family.architecture], **config_dict, 'dtype': dtype.name}
   with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:
     json.dump(config, f, indent=2, sort_keys=True)
   if processor is not None:
