@@ -12,7 +12,7 @@ keys stored in a checkpoint file differ per family and format and are renamed by
 """
 from __future__ import annotations
 
-import contextlib
+import collections
 import dataclasses
 import json
 import math
@@ -473,78 +473,82 @@ def _flax_axes(path: tuple[str, ...], ndim: int) -> tuple[int, ...]:
   return tuple(range(ndim))
 
 
-class _SliceReader:
-  """Reads index slices of checkpoint tensors with `safetensors.safe_open(...).get_slice`.
+def _safe_open(path: str):
+  """safe_open with the pread backend where safetensors has it (>= 0.8): reads land in fresh buffers
+  instead of mapped file pages, which would count towards this process's RSS while the file is open."""
+  try:
+    return safe_open(path, framework='numpy', backend='pread')
+  except TypeError:  # an older safetensors without `backend`: memory-mapped, closed after each read
+    return safe_open(path, framework='numpy')
 
-  Files stay open (memory-mapped) only until `close()`: pages touched while reading one parameter
-  count towards this process's RSS for as long as the mapping lives, so the loader closes after each.
-  """
 
-  def __init__(self):
-    self._files = contextlib.ExitStack()
-    self._open: dict[str, Any] = {}
-
-  def read(self, ref: TensorRef, index: tuple[slice, ...]) -> np.ndarray:
-    if ref.path not in self._open:
-      self._open[ref.path] = self._files.enter_context(safe_open(ref.path, framework='numpy'))
-    return self._open[ref.path].get_slice(ref.name)[index]
-
-  def close(self) -> None:
-    self._files.close()
-    self._open.clear()
+def read_slice(ref: TensorRef, index: tuple[slice, ...]) -> np.ndarray:
+  """The block `index` (one slice per dim, () for a scalar) of checkpoint tensor `ref`, read with
+  `safetensors.safe_open(...).get_slice`: only that block's bytes are copied out of the file."""
+  with _safe_open(ref.path) as f:
+    return f.get_slice(ref.name)[index]
 
 
 def _refs_equal(a: TensorRef, b: TensorRef, block_bytes: int = 64 * 2 ** 20) -> bool:
   """Whether two checkpoint tensors hold the same values, compared in row blocks of ~block_bytes."""
   if a.shape != b.shape:
     return False
-  reader = _SliceReader()
-  try:
-    if not a.shape:
-      return bool(np.array_equal(reader.read(a, ()), reader.read(b, ())))
-    row_bytes = max(1, math.prod(a.shape[1:]) * np.dtype(_SAFETENSORS_DTYPES[a.dtype]).itemsize)
-    step = max(1, block_bytes // row_bytes)
-    for start in range(0, a.shape[0], step):
-      rows = (slice(start, min(start + step, a.shape[0])),)
-      if not np.array_equal(reader.read(a, rows), reader.read(b, rows)):
-        return False
-      reader.close()
-    return True
-  finally:
-    reader.close()
+  if not a.shape:
+    return bool(np.array_equal(read_slice(a, ()), read_slice(b, ())))
+  row_bytes = max(1, math.prod(a.shape[1:]) * np.dtype(_SAFETENSORS_DTYPES[a.dtype]).itemsize)
+  step = max(1, block_bytes // row_bytes)
+  for start in range(0, a.shape[0], step):
+    rows = (slice(start, min(start + step, a.shape[0])),)
+    if not np.array_equal(read_slice(a, rows), read_slice(b, rows)):
+      return False
+  return True
 
 
 def _index_key(index: tuple[slice, ...]) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
-def _shard_callback(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef], shape: tuple[int, ...],
-                    dtype: np.dtype, reader: _SliceReader) -> Callable[[tuple[slice, ...]], np.ndarray]:
-  """index into the flax leaf `path` [shape] -> that block as numpy `dtype`, read from the HF tensors
-  `keys` (one per layer when stacked). Devices asking for the same block (replicas) share one read."""
+def _read_block(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef], shape: tuple[int, ...],
+                index: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
+  """The block `index` of flax leaf `path` [shape] as numpy `dtype`, read from the HF tensors `keys`
+  (one per layer when stacked; a kernel's block is the transposed block of the HF weight). Converted
+  slice by slice, so a bfloat16 checkpoint never passes through float32 unless float32 is asked for."""
   stacked = STACKED in path
   perm = _flax_axes(path, len(shape) - stacked)
-  cache: dict[tuple, np.ndarray] = {}
 
-  def read(key: str, index: tuple[slice, ...]) -> np.ndarray:
-    hf_index = [slice(None)] * len(index)
-    for k, sl in enumerate(index):
+  def read(key: str, flax_index: tuple[slice, ...]) -> np.ndarray:
+    hf_index = [slice(None)] * len(flax_index)
+    for k, sl in enumerate(flax_index):
       hf_index[perm[k]] = sl
-    return reader.read(refs[key], tuple(hf_index)).transpose(perm)
+    return read_slice(refs[key], tuple(hf_index)).transpose(perm)
 
-  def callback(index: tuple[slice, ...]) -> np.ndarray:
-    index = tuple(index)
+  if not stacked:
+    return np.ascontiguousarray(read(keys[0], index), dtype)
+  block = np.empty([len(range(*sl.indices(n))) for sl, n in zip(index, shape)], dtype)
+  for i, layer in enumerate(range(*index[0].indices(shape[0]))):
+    block[i] = read(keys[layer], index[1:])
+  return block
+
+
+def _place_leaf(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef], shape: tuple[int, ...],
+                leaf_sharding: Any, dtype: np.dtype) -> jax.Array:
+  """The global array of one parameter: each of this process's devices gets its block, read and put on
+  the device one at a time (a block replicated on several local devices is read once)."""
+  index_map = leaf_sharding.addressable_devices_indices_map(shape)
+  uses = collections.Counter(_index_key(index) for index in index_map.values())
+  pending: dict[tuple, np.ndarray] = {}
+  arrays = []
+  for device, index in index_map.items():
     key = _index_key(index)
-    if key not in cache:
-      if stacked:
-        layers = range(*index[0].indices(shape[0]))
-        block = np.stack([np.asarray(read(keys[l], index[1:]), dtype) for l in layers])
-      else:
-        block = np.ascontiguousarray(read(keys[0], index), dtype)
-      cache[key] = block
-    return cache[key]
-
-  return callback
+    block = pending.pop(key, None)
+    if block is None:
+      block = _read_block(path, keys, refs, shape, index, dtype)
+    uses[key] -= 1
+    if uses[key]:
+      pending[key] = block
+    arrays.append(jax.device_put(block, device))
+    del block
+  return jax.make_array_from_single_device_arrays(shape, leaf_sharding, arrays)
 
 
 def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dtype: Any = np.float32,
@@ -553,10 +557,10 @@ def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dt
   `sharding.param_shardings(params, mesh, rules)`.
 
   The checkpoint is checked from its headers first (missing / unexpected / mis-shaped tensors raise
-  before any data is read). Then, parameter by parameter, this process reads from the safetensors files
-  only the blocks its own devices of `mesh` hold and converts each block to `dtype` on its own, so no
-  host ever holds the whole model, nor a float32 copy of a bfloat16 checkpoint. Every process of a
-  multi-process run calls this with the same arguments (it is collective only through the mesh).
+  before any data is read). Then, parameter by parameter and device by device, this process reads from
+  the safetensors files only the blocks its own devices of `mesh` hold, converting each block to `dtype`
+  on its own: no host ever holds the whole model, nor a float32 copy of a bfloat16 checkpoint. Every
+  process of a multi-process run calls this with the same arguments.
   """
   from jaxvlm import sharding  # pylint: disable=g-import-not-at-top
   dtype = np.dtype(dtype)
@@ -567,17 +571,10 @@ def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dt
   plan = match_tensors({k: r.shape for k, r in refs.items()}, target)
   shardings = traverse_util.flatten_dict(sharding.param_shardings(target, mesh, rules))
   shapes = traverse_util.flatten_dict(target)
-  reader = _SliceReader()
   out = {}
-  try:
-    for path in tqdm(plan, desc=f'loading {os.path.basename(os.path.normpath(ckpt_dir))}', unit='param',
-                     disable=jax.process_index() != 0, leave=False):
-      shape = tuple(shapes[path].shape)
-      callback = _shard_callback(path, plan[path], refs, shape, dtype, reader)
-      out[path] = jax.make_array_from_callback(shape, shardings[path], callback, dtype=dtype)
-      reader.close()
-  finally:
-    reader.close()
+  for path in tqdm(plan, desc=f'loading {os.path.basename(os.path.normpath(ckpt_dir))}', unit='param',
+                   disable=jax.process_index() != 0, leave=False):
+    out[path] = _place_leaf(path, plan[path], refs, tuple(shapes[path].shape), shardings[path], dtype)
   return traverse_util.unflatten_dict(out)
 
 

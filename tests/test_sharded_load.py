@@ -96,16 +96,14 @@ def test_bfloat16_stays_bfloat16_and_widens_exactly(ckpts, monkeypatch):
   stored = {k: np.asarray(v) for k, v in checkpoints.read_state_dict(path).items()}
   assert {v.dtype for v in stored.values()} == {np.dtype(ml_dtypes.bfloat16)}
   blocks = []
-  make = jax.make_array_from_callback
+  read_block = checkpoints._read_block
 
-  def spy(shape, sharding_, callback, dtype=None):
-    def recorded(index):
-      block = callback(index)
-      blocks.append(block.dtype)
-      return block
-    return make(shape, sharding_, recorded, dtype=dtype)
+  def spy(*args):
+    block = read_block(*args)
+    blocks.append(block.dtype)
+    return block
 
-  monkeypatch.setattr(jax, 'make_array_from_callback', spy)
+  monkeypatch.setattr(checkpoints, '_read_block', spy)
   model, bf16, _ = checkpoints.load_pretrained(path, param_dtype=jnp.bfloat16, mesh=one_device_mesh())
   assert 'lm_head' not in bf16  # tied: the stored head copy was checked equal and dropped
   assert blocks and set(blocks) == {np.dtype(ml_dtypes.bfloat16)}  # no float32 block ever built
@@ -160,9 +158,8 @@ def _set(key, value):
 def test_mesh_path_is_as_strict_and_fails_before_reading(ckpts, tmp_path, monkeypatch, edit, error, message):
   path = _variant(ckpts['siglip'], tmp_path / 'bad', edit)
   reads = []
-  read = checkpoints._SliceReader.read
-  monkeypatch.setattr(checkpoints._SliceReader, 'read', lambda self, ref, index: reads.append(ref) or read(
-      self, ref, index))
+  read = checkpoints.read_slice
+  monkeypatch.setattr(checkpoints, 'read_slice', lambda ref, index: reads.append(ref) or read(ref, index))
   for kwargs in ({}, {'mesh': one_device_mesh()}):
     with pytest.raises(error, match=message):
       checkpoints.load_pretrained(path, **kwargs)
@@ -204,25 +201,22 @@ def _owned_elements(x: jax.Array) -> int:
 def worker(cases: list[dict], out_dir: str, num_processes: int, process_id: int, port: int) -> None:
   distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
   reads = {'elements': 0, 'counting': False}
-  read = checkpoints._SliceReader.read
+  read, read_block = checkpoints.read_slice, checkpoints._read_block
 
-  def counted(self, ref, index):
-    block = read(self, ref, index)
+  def counted(ref, index):
+    block = read(ref, index)
     if reads['counting']:
       reads['elements'] += block.size
     return block
 
-  checkpoints._SliceReader.read = counted
-  make = jax.make_array_from_callback
-
-  def counting_make(*args, **kwargs):  # count only the parameter reads, not the tied-head comparison
+  def counting_block(*args):  # count only the parameter reads, not the tied-head comparison
     reads['counting'] = True
     try:
-      return make(*args, **kwargs)
+      return read_block(*args)
     finally:
       reads['counting'] = False
 
-  jax.make_array_from_callback = counting_make
+  checkpoints.read_slice, checkpoints._read_block = counted, counting_block
   results = []
   for case in cases:
     dtype = jnp.dtype(case['dtype'])
