@@ -11,6 +11,10 @@ no-ops unless `activation_rules` (or `jit_sharded`) puts rules and a mesh in con
 Divisibility: a dimension whose size is not a multiple of the product of its mesh axes is replicated
 on those axes (e.g. a 100-word vocabulary on tensor=8) instead of failing. Batch arrays must divide
 evenly (`shard_batch` says so); pad the batch instead.
+
+Meshes over every process (`mesh_from_config` with devices='global'): arrays are global (each process
+holds the blocks of its own devices). `put` builds one from a host value every process holds alike, and
+`to_host` gives every process the whole value back (a collective, so every process calls it).
 """
 from __future__ import annotations
 
@@ -127,6 +131,55 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+MESH_DEVICES = ('local', 'global')
+
+
+def mesh_devices(kind: str) -> list:
+  """'local': this process's devices (each process its own mesh, whole model per process);
+  'global': every process's devices (one mesh: weights split across hosts)."""
+  if kind == 'local':
+    return list(jax.local_devices())
+  if kind == 'global':
+    return list(jax.devices())
+  raise ValueError(f'mesh.devices={kind!r}: expected one of {", ".join(MESH_DEVICES)}')
+
+
+def mesh_from_config(mesh_config: Mapping[str, Any]) -> Mesh:
+  """The mesh of an experiment's `config.mesh` {devices: 'local'|'global', data, fsdp, tensor}; a
+  shape that does not fit the devices names the devices and the process count."""
+  fields = dict(mesh_config)
+  kind = fields.pop('devices', 'local')
+  unknown = set(fields) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f'config.mesh has unknown fields {sorted(unknown)}; expected devices, {", ".join(MESH_AXES)}')
+  devices = mesh_devices(kind)
+  try:
+    return make_mesh(**fields, devices=devices)
+  except ValueError as e:
+    raise ValueError(f'config.mesh (devices={kind}: {len(devices)} devices, {jax.process_count()} process(es), '
+                     f'{jax.local_device_count()} devices each): {e}') from e
+
+
+def put(x: Any, sharding: NamedSharding) -> jax.Array:
+  """Host value `x` placed with `sharding`. On a mesh spanning processes every process must pass the same
+  value; each transfers only the blocks of its own devices."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: Any) -> np.ndarray:
+  """The whole value of `x` as numpy on this process, also for a global array whose blocks live on other
+  processes (then gathered: a collective, every process must call it at the same point)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def _path_str(path) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
@@ -201,13 +254,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Every leaf [B, ...] placed with `batch_sharding`; B must be a multiple of data * fsdp."""
+  """Every leaf [B, ...] placed with `batch_sharding`; B must be a multiple of data * fsdp. On a mesh
+  spanning processes, every process passes the whole batch (see `put`)."""
   n = mesh.shape['data'] * mesh.shape['fsdp']
   for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
     if not x.shape or x.shape[0] % n:
       raise ValueError(f'batch leaf {_path_str(path) or "<root>"} has shape {x.shape}: the leading '
                        f'sample axis must be a multiple of data * fsdp = {n} (pad the batch)')
-  return jax.device_put(batch, batch_sharding(mesh))
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: put(x, sharding), batch)
 
 
 @contextlib.contextmanager
