@@ -1,5 +1,5 @@
-r"""Memory plan: bytes per device of a Video-LLM forward on a TPU slice, with no real memory (how it is
-counted: `jaxvlm.memory_plan`).
+r"""Memory plan: bytes per device of a Video-LLM forward on a TPU slice, with no real memory, host RAM
+at load, and the recommended mesh and launch (how it is counted: `jaxvlm.memory_plan`).
 
   python -m experiments.plan --config=configs/plan.py:llava_ov_7b --config.num_frames=32 \
       --config.tpu=v5e-8 [--config.mesh.fsdp=-1 --config.mesh.tensor=1 --config.batch_size=1]
@@ -14,7 +14,11 @@ from jaxvlm import memory_plan
 
 def main(argv):
   del argv
-  print(memory_plan.format_plan(memory_plan.plan(flags.FLAGS.config)))
+  config = flags.FLAGS.config
+  print(memory_plan.format_plan(memory_plan.plan(config)))
+  if config.recommend:
+    print()
+    print(memory_plan.format_recommendation(memory_plan.recommend(config)))
 
 
 if __name__ == '__main__':

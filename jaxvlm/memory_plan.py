@@ -1,5 +1,15 @@
-"""Memory plan: bytes per device of a Video-LLM forward on a TPU slice, with no real memory
-(`python -m experiments.plan` prints it).
+"""Memory plan: bytes per device of a Video-LLM forward on a TPU slice, with no real memory, host RAM
+while loading, and a recommended mesh and launch (`python -m experiments.plan` prints it).
+
+Host RAM at load: the sharded loader (`load_pretrained(..., mesh=...)`, what `--config.mesh.devices=global`
+uses) holds on the host at most about two per-device blocks of the largest parameter (the block being
+filled and its transfer to the chip); the whole-model path (`load_pretrained(path)`) builds a float32 copy
+of every parameter plus the stacked copy of the layers on every host (2.1x a float32 copy, measured by
+benchmarks/sharded_load_memory.py).
+
+Recommendation: every (data, fsdp, tensor) with tensor within one host and dividing the KV heads, data
+dividing the batch; the first that fits HBM and host RAM in the order (least tensor parallelism, then most
+data parallelism), else the smallest. One process per host; more than one host needs the global mesh.
 
 Parameters come from jax.eval_shape of the model and are split by the logical axis rules of
 jaxvlm/sharding.py exactly as `shard_params` would place them; the KV cache, the sweep's per-layer
@@ -32,13 +42,14 @@ class Generation:
   hbm_gib: float          # per chip
   chips_per_host: int
   cores_per_chip: int     # the accelerator-type suffix counts TensorCores on v4/v5p, chips on v5e/v6e
+  host_ram_gib: float     # RAM of one TPU VM host of a multi-chip slice (Compute Engine machine type)
 
 
 GENERATIONS = {
-    'v4': Generation(32, 4, 2),
-    'v5e': Generation(16, 8, 1),
-    'v5p': Generation(95, 4, 2),
-    'v6e': Generation(32, 8, 1),
+    'v4': Generation(32, 4, 2, 407),
+    'v5e': Generation(16, 8, 1, 384),     # ct5lp-hightpu-8t
+    'v5p': Generation(95, 4, 2, 448),     # ct5p-hightpu-4t
+    'v6e': Generation(32, 8, 1, 1440),    # ct6e-standard-8t
 }
 
 
@@ -48,6 +59,11 @@ class TpuSlice:
   chips: int
   hosts: int
   hbm_bytes_per_chip: int
+  host_ram_bytes: int = 0
+
+  @property
+  def chips_per_host(self) -> int:
+    return self.chips // self.hosts
 
 
 def tpu_slice(name: str) -> TpuSlice:
@@ -61,7 +77,8 @@ def tpu_slice(name: str) -> TpuSlice:
   if count % gen.cores_per_chip:
     raise ValueError(f'{name}: {gen_name} counts {gen.cores_per_chip} TensorCores per chip')
   chips = count // gen.cores_per_chip
-  return TpuSlice(name, chips, math.ceil(chips / gen.chips_per_host), int(gen.hbm_gib * GiB))
+  return TpuSlice(name, chips, math.ceil(chips / gen.chips_per_host), int(gen.hbm_gib * GiB),
+                  int(gen.host_ram_gib * GiB))
 
 
 def llava_config(config) -> lo.LlavaOnevisionConfig:
@@ -91,9 +108,17 @@ def param_plan(shapes, axis_sizes: dict[str, int], param_dtype) -> dict:
     n = sharding.shard_count(spec, axis_sizes)
     by_shards[n] = by_shards.get(n, 0) + math.prod(leaf.shape)
   itemsize = jnp.dtype(param_dtype).itemsize
+  largest_block = max(math.prod(leaf.shape) * itemsize / sharding.shard_count(spec, axis_sizes)
+                      for leaf, spec in zip(jax.tree.leaves(shapes), leaves))
   return {'count': sum(by_shards.values()),
           'bytes_per_device': sum(count * itemsize / n for n, count in by_shards.items()),
-          'count_by_shard_count': dict(sorted(by_shards.items()))}
+          'count_by_shard_count': dict(sorted(by_shards.items())),
+          'largest_block_bytes': largest_block}
+
+
+def host_load_bytes(params: dict) -> dict:
+  """Peak host RAM while loading, per host: the sharded loader vs the whole-model float32 path."""
+  return {'sharded': 2 * params['largest_block_bytes'], 'whole_model_float32': 2 * params['count'] * 4}
 
 
 def activation_bytes(cfg: lo.LlavaOnevisionConfig, size: _Sizer, b: int, f: int, s: int, dtype) -> dict:
@@ -139,11 +164,51 @@ def plan(config) -> dict:
                 config.dtype) if config.sweep_states else 0.0
   acts = activation_bytes(cfg, size, b, f, s, config.dtype)
   total = params['bytes_per_device'] + kv + states + acts['total']
-  return {'model': config.model, 'tpu': dataclasses.asdict(tpu), 'mesh': mesh, 'num_frames': f,
-          'batch_size': b, 'prompt_slots': s, 'param_dtype': str(config.param_dtype),
+  host = host_load_bytes(params)
+  ram = int(config.get('host_ram_gib', 0) * GiB) or tpu.host_ram_bytes
+  return {'model': config.model, 'tpu': {**dataclasses.asdict(tpu), 'host_ram_bytes': ram}, 'mesh': mesh,
+          'num_frames': f, 'batch_size': b, 'prompt_slots': s, 'param_dtype': str(config.param_dtype),
           'dtype': str(config.dtype), 'params': params, 'kv_cache_bytes_per_device': kv,
           'sweep_states_bytes_per_device': states, 'activations': acts, 'total_bytes_per_device': total,
-          'fits': total <= tpu.hbm_bytes_per_chip}
+          'fits_hbm': total <= tpu.hbm_bytes_per_chip, 'host_load_bytes': host,
+          'fits_host_ram': host['sharded'] <= ram, 'whole_model_load_fits_host_ram': host['whole_model_float32'] <= ram,
+          'fits': total <= tpu.hbm_bytes_per_chip and host['sharded'] <= ram}
+
+
+def candidate_meshes(config, tpu: TpuSlice) -> list[dict[str, int]]:
+  """(data, fsdp, tensor) over all chips: tensor within one host and dividing the KV heads (a split KV
+  head would be replicated), data dividing the batch; least tensor first, then most data."""
+  kv_heads = config.text.num_key_value_heads
+  out = []
+  for tensor in (t for t in range(1, tpu.chips_per_host + 1) if tpu.chips % t == 0 and kv_heads % t == 0):
+    for data in sorted((d for d in range(1, tpu.chips // tensor + 1)
+                        if (tpu.chips // tensor) % d == 0 and config.batch_size % d == 0), reverse=True):
+      out.append({'data': data, 'fsdp': tpu.chips // tensor // data, 'tensor': tensor})
+  return out
+
+
+def recommend(config) -> dict:
+  """The recommended mesh (the first candidate that fits, else the one with the fewest bytes per device),
+  its plan, the plan without sweep-state reuse when that is what stops a fit, and the launch."""
+  tpu = tpu_slice(config.tpu)
+  plans = []
+  for mesh in candidate_meshes(config, tpu):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.mesh = dict(mesh)
+    plans.append(plan(c))
+  best = next((p for p in plans if p['fits']), None)
+  out = {'plan': best or min(plans, key=lambda p: p['total_bytes_per_device']), 'candidates': len(plans)}
+  if best is None and config.sweep_states:
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.sweep_states = False
+    lean = recommend(c)['plan']
+    out['without_sweep_states'] = lean if lean['fits'] else None
+  chosen = out['plan']
+  out['launch'] = {'hosts': tpu.hosts, 'chips_per_host': tpu.chips_per_host, 'processes': tpu.hosts,
+                   'mesh_devices': 'global' if tpu.hosts > 1 else 'local', 'mesh': chosen['mesh']}
+  return out
 
 
 def format_plan(p: dict) -> str:
@@ -164,7 +229,41 @@ def format_plan(p: dict) -> str:
       f"vision layer {p['activations']['vision_layer'] / GiB:.3f}, decoder layer "
       f"{p['activations']['decoder_layer'] / GiB:.3f})",
       f"  total            {gib(p['total_bytes_per_device'])}",
+      f"host RAM at load (per host, {gib(tpu['host_ram_bytes']).strip()} each): sharded loader "
+      f"{p['host_load_bytes']['sharded'] / GiB:.3f} GiB ({'fits' if p['fits_host_ram'] else 'DOES NOT FIT'}); "
+      f"whole-model float32 path {p['host_load_bytes']['whole_model_float32'] / GiB:.1f} GiB "
+      f"({'fits' if p['whole_model_load_fits_host_ram'] else 'does not fit'})",
       f"fits {tpu['name']}: {'yes' if p['fits'] else 'NO'} "
-      f"({p['total_bytes_per_device'] / tpu['hbm_bytes_per_chip']:.0%} of HBM)",
+      f"({p['total_bytes_per_device'] / tpu['hbm_bytes_per_chip']:.0%} of HBM"
+      f"{'' if p['fits_host_ram'] else ', host RAM exceeded at load'})",
   ]
+  return '\n'.join(lines)
+
+
+def launch_command(p: dict, launch: dict, experiment: str = 'knockout') -> str:
+  mesh = p['mesh']
+  flags_ = (f"--config.mesh.devices={launch['mesh_devices']} --config.mesh.data={mesh['data']} "
+            f"--config.mesh.fsdp={mesh['fsdp']} --config.mesh.tensor={mesh['tensor']}")
+  return (f"tpu/run.sh python -m experiments.{experiment} --config=configs/{experiment}.py:{p['model']} "
+          f"--workdir=runs/{experiment}_{p['model']} {flags_}")
+
+
+def format_recommendation(r: dict) -> str:
+  p, launch = r['plan'], r['launch']
+  m = p['mesh']
+  lines = [f"recommended on {p['tpu']['name']} (best of {r['candidates']} meshes): data={m['data']} "
+           f"fsdp={m['fsdp']} tensor={m['tensor']}, {p['total_bytes_per_device'] / GiB:.3f} GiB per chip "
+           f"({p['total_bytes_per_device'] / p['tpu']['hbm_bytes_per_chip']:.0%} of HBM), "
+           f"host RAM at load {p['host_load_bytes']['sharded'] / GiB:.3f} GiB per host: "
+           f"{'fits' if p['fits'] else 'does NOT fit'}",
+           f"launch: {launch['hosts']} host(s) x {launch['chips_per_host']} chips, one process per host, "
+           f"mesh.devices={launch['mesh_devices']}"]
+  if 'without_sweep_states' in r:
+    lean = r['without_sweep_states']
+    lines.append('without sweep-state reuse (--config.sweep_states=False; knockout sweeps recompute every '
+                 'layer): ' + (f"fits with data={lean['mesh']['data']} fsdp={lean['mesh']['fsdp']} "
+                               f"tensor={lean['mesh']['tensor']}, {lean['total_bytes_per_device'] / GiB:.3f} GiB "
+                               f"per chip" if lean else 'does not fit either'))
+  if p['fits']:
+    lines.append('  ' + launch_command(p, launch))
   return '\n'.join(lines)

@@ -40,11 +40,13 @@ def plans():
 
 
 def test_tpu_table():
-  assert plan.tpu_slice('v5e-8') == plan.TpuSlice('v5e-8', 8, 1, 16 * 2 ** 30)
+  gib = 2 ** 30
+  assert plan.tpu_slice('v5e-8') == plan.TpuSlice('v5e-8', 8, 1, 16 * gib, 384 * gib)
   assert plan.tpu_slice('v5litepod-16').chips == 16
-  assert plan.tpu_slice('v5p-32') == plan.TpuSlice('v5p-32', 16, 4, 95 * 2 ** 30)
-  assert plan.tpu_slice('v4-16') == plan.TpuSlice('v4-16', 8, 2, 32 * 2 ** 30)
-  assert plan.tpu_slice('v6e-64') == plan.TpuSlice('v6e-64', 64, 8, 32 * 2 ** 30)
+  assert plan.tpu_slice('v5p-32') == plan.TpuSlice('v5p-32', 16, 4, 95 * gib, 448 * gib)
+  assert plan.tpu_slice('v4-16') == plan.TpuSlice('v4-16', 8, 2, 32 * gib, 407 * gib)
+  assert plan.tpu_slice('v6e-64') == plan.TpuSlice('v6e-64', 64, 8, 32 * gib, 1440 * gib)
+  assert plan.tpu_slice('v5e-32').chips_per_host == 8 and plan.tpu_slice('v5p-8').chips_per_host == 4
   with pytest.raises(ValueError, match='unknown TPU type'):
     plan.tpu_slice('v3-8')
   with pytest.raises(ValueError, match='TensorCores per chip'):
@@ -106,6 +108,57 @@ def test_cli_prints_the_plan():
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'llava_ov_0_5b: 893,' in out.stdout and '8 frames' in out.stdout
   assert 'fits v6e-8: yes' in out.stdout
+
+
+@pytest.fixture(scope='module')
+def recommended():
+  out = {}
+  for tpu in ('v5e-16', 'v5e-32', 'v5p-8'):
+    out[tpu] = plan.recommend(config('llava_ov_72b', tpu))
+    print(plan.format_plan(out[tpu]['plan']), plan.format_recommendation(out[tpu]), sep='\n', end='\n\n')
+  return out
+
+
+def test_host_ram_at_load_is_two_blocks_of_the_largest_parameter(plans):
+  p = plans['llava_ov_72b', 'v5p-32']
+  model = lo.LlavaOnevisionForConditionalGeneration(plan.llava_config(config('llava_ov_72b', 'v5p-32')))
+  shapes = lo.param_shapes(model)
+  # The largest per-chip block: the stacked MLP weights [80, 8192, 29568], mlp split over the 16 chips.
+  mlp = shapes['language_model']['layers']['mlp']['gate_proj']['kernel']
+  assert mlp.shape == (80, 8192, 29568)
+  assert p['params']['largest_block_bytes'] == math.prod(mlp.shape) * 2 / 16
+  assert p['host_load_bytes']['sharded'] == 2 * p['params']['largest_block_bytes']
+  # The whole-model path (float32 tree + the stacked copy) cannot load 72B on any TPU host.
+  assert p['host_load_bytes']['whole_model_float32'] == 2 * 4 * p['params']['count'] > 448 * 2 ** 30
+  assert p['fits_host_ram'] and not p['whole_model_load_fits_host_ram']
+  tiny_ram = plan.plan(config('llava_ov_72b', 'v5p-32', host_ram_gib=4.0))
+  assert tiny_ram['fits_hbm'] and not tiny_ram['fits_host_ram'] and not tiny_ram['fits']
+
+
+def test_candidate_meshes_keep_tensor_within_a_host_and_dividing_the_kv_heads():
+  meshes = plan.candidate_meshes(config('llava_ov_72b', 'v5e-32'), plan.tpu_slice('v5e-32'))
+  assert [m['tensor'] for m in meshes] == [1, 2, 4, 8]  # 8 KV heads, 8 chips per host
+  assert all(m['data'] == 1 and m['data'] * m['fsdp'] * m['tensor'] == 32 for m in meshes)
+  batched = plan.candidate_meshes(config('llava_ov_72b', 'v5e-32', batch_size=4), plan.tpu_slice('v5e-32'))
+  assert batched[0] == {'data': 4, 'fsdp': 8, 'tensor': 1}
+
+
+def test_72b_recommendations(recommended):
+  # v5e-32: fsdp alone replicates the KV cache and activations (batch 1); tensor=2 brings it under 16 GiB.
+  r = recommended['v5e-32']
+  assert r['plan']['fits'] and r['plan']['mesh'] == {'data': 1, 'fsdp': 16, 'tensor': 2}
+  assert r['launch'] == {'hosts': 4, 'chips_per_host': 8, 'processes': 4, 'mesh_devices': 'global',
+                         'mesh': r['plan']['mesh']}
+  assert '--config.mesh.devices=global --config.mesh.data=1 --config.mesh.fsdp=16 --config.mesh.tensor=2' in \
+      plan.format_recommendation(r)
+  # v5e-16: no mesh holds the sweep's per-layer states too; without them fsdp=16 fits.
+  r = recommended['v5e-16']
+  assert not r['plan']['fits'] and r['launch']['hosts'] == 2
+  assert r['without_sweep_states']['fits'] and r['without_sweep_states']['sweep_states_bytes_per_device'] == 0
+  # v5p-8: one host, 4 chips of 95 GiB: fsdp over the host's chips.
+  r = recommended['v5p-8']
+  assert r['plan']['fits'] and r['plan']['mesh'] == {'data': 1, 'fsdp': 4, 'tensor': 1}
+  assert r['launch']['hosts'] == 1 and r['launch']['mesh_devices'] == 'local'
 
 
 def test_unknown_preset_is_rejected():
