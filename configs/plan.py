@@ -36,4 +36,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.mesh = config_dict.ConfigDict({'data': 1, 'fsdp': -1, 'tensor': 1})
   c.host_ram_gib = 0.0              # RAM of one TPU VM host; 0: the machine type's (experiments/plan.py)
   c.recommend = True                # also print the recommended mesh and launch
+  c.output = 'text'                 # text | launch_flags (just the recommended --config.mesh.* flags)
   return c

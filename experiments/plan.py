@@ -3,8 +3,13 @@ at load, and the recommended mesh and launch (how it is counted: `jaxvlm.memory_
 
   python -m experiments.plan --config=configs/plan.py:llava_ov_7b --config.num_frames=32 \
       --config.tpu=v5e-8 [--config.mesh.fsdp=-1 --config.mesh.tensor=1 --config.batch_size=1]
+
+`--config.output=launch_flags` prints only the recommended `--config.mesh.*` flags (tpu/launch.sh reads
+them) and exits non-zero, with the plan on stderr, when no mesh fits.
 """
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -15,6 +20,13 @@ from jaxvlm import memory_plan
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  if config.output == 'launch_flags':
+    r = memory_plan.recommend(config)
+    if not r['plan']['fits']:
+      print(memory_plan.format_plan(r['plan']), memory_plan.format_recommendation(r), sep='\n', file=sys.stderr)
+      sys.exit(f'{config.model} does not fit {config.tpu} with any candidate mesh (see the plan above)')
+    print(memory_plan.mesh_flags(r['plan'], r['launch']))
+    return
   print(memory_plan.format_plan(memory_plan.plan(config)))
   if config.recommend:
     print()

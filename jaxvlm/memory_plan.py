@@ -241,11 +241,9 @@ def format_plan(p: dict) -> str:
 
 
 def launch_command(p: dict, launch: dict, experiment: str = 'knockout') -> str:
-  mesh = p['mesh']
-  flags_ = (f"--config.mesh.devices={launch['mesh_devices']} --config.mesh.data={mesh['data']} "
-            f"--config.mesh.fsdp={mesh['fsdp']} --config.mesh.tensor={mesh['tensor']}")
-  return (f"tpu/run.sh python -m experiments.{experiment} --config=configs/{experiment}.py:{p['model']} "
-          f"--workdir=runs/{experiment}_{p['model']} {flags_}")
+  return (f"tpu/launch.sh --name=NAME --zone=ZONE --accelerator-type={p['tpu']['name']} "
+          f"--experiment={experiment} --preset={p['model']}   # runs on every host: python -m "
+          f"experiments.{experiment} --config=configs/{experiment}.py:{p['model']} {mesh_flags(p, launch)}")
 
 
 def format_recommendation(r: dict) -> str:
@@ -260,10 +258,16 @@ def format_recommendation(r: dict) -> str:
            f"mesh.devices={launch['mesh_devices']}"]
   if 'without_sweep_states' in r:
     lean = r['without_sweep_states']
-    lines.append('without sweep-state reuse (--config.sweep_states=False; knockout sweeps recompute every '
-                 'layer): ' + (f"fits with data={lean['mesh']['data']} fsdp={lean['mesh']['fsdp']} "
+    lines.append('without the sweep\'s per-layer states (plan --config.sweep_states=False: forwards with no '
+                 'knockout sweep, e.g. experiments.score): ' + (f"fits with data={lean['mesh']['data']} fsdp={lean['mesh']['fsdp']} "
                                f"tensor={lean['mesh']['tensor']}, {lean['total_bytes_per_device'] / GiB:.3f} GiB "
                                f"per chip" if lean else 'does not fit either'))
   if p['fits']:
     lines.append('  ' + launch_command(p, launch))
   return '\n'.join(lines)
+
+
+def mesh_flags(p: dict, launch: dict) -> str:
+  mesh = p['mesh']
+  return (f"--config.mesh.devices={launch['mesh_devices']} --config.mesh.data={mesh['data']} "
+          f"--config.mesh.fsdp={mesh['fsdp']} --config.mesh.tensor={mesh['tensor']}")

@@ -19,7 +19,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TPU = REPO / 'tpu'
-SCRIPTS = ('create.sh', 'setup.sh', 'run.sh', 'fetch.sh', 'delete.sh')
+SCRIPTS = ('create.sh', 'setup.sh', 'run.sh', 'fetch.sh', 'delete.sh', 'launch.sh')
 LIBTPU_INDEX = 'https://storage.googleapis.com/jax-releases/libtpu_releases.html'
 
 FAKE_GCLOUD = f"""#!{sys.executable}
@@ -290,6 +290,54 @@ def test_fetch_copies_each_worker_into_its_own_directory(env, tmp_path):
     assert (tmp_path / 'res' / f'worker-{i}' / 'wd' / 'summary.json').read_text() == '{"acc": 1}'
 
 
+def _inner_command(call) -> list[str]:
+  """The experiment argv inside a recorded run.sh ssh call."""
+  script = ssh_script(call)
+  return shlex.split(next(w for w in shlex.split(script.split('; ')[-1]) if w.startswith('python -m')))
+
+
+def test_launch_runs_the_planned_72b_mesh_on_every_worker(env):
+  result = run('launch.sh', *SCOPE, '--accelerator-type=v5litepod-32', f'--python={sys.executable}',
+               '--', '--config.max_samples=10', env=env)
+  assert result.returncode == 0, result.stderr
+  [call] = gcloud_calls(env)
+  assert call[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu'] and '--worker=all' in call
+  # experiments.plan's recommendation for 72B on 32 v5e chips (4 hosts): one global mesh, tensor=2.
+  assert _inner_command(call) == [
+      'python', '-m', 'experiments.knockout', '--config=configs/knockout.py:llava_ov_72b',
+      '--workdir=workdirs/knockout_llava_ov_72b', '--config.mesh.devices=global', '--config.mesh.data=1',
+      '--config.mesh.fsdp=16', '--config.mesh.tensor=2', '--config.max_samples=10']
+  assert 'logs/knockout_llava_ov_72b.worker-' in ssh_script(call)
+
+
+def test_launch_dry_run_with_an_explicit_mesh_prints_the_call(env, tmp_path):
+  args = [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4,1', '--experiment=keyframe_diagnosis',
+          '--num-frames=16', '--workdir=wd 72b', '--env=HF_HOME=/mnt/disks/weights/hf', '--background']
+  real = run('launch.sh', *args, env=env)
+  assert real.returncode == 0, real.stderr
+  calls = gcloud_calls(env)
+  pathlib.Path(env['FAKE_GCLOUD_LOG']).unlink()
+  (tmp_path / 'dry').mkdir()
+  dry = run('launch.sh', '--dry-run', *args, env=env, cwd=tmp_path / 'dry')
+  assert dry.returncode == 0, dry.stderr
+  assert gcloud_calls(env) == [] and not list((tmp_path / 'dry').iterdir())
+  [line] = dry.stdout.splitlines()
+  assert shlex.split(line)[1:] == calls[0]
+  assert _inner_command(calls[0])[3:] == [
+      '--config=configs/keyframe_diagnosis.py:llava_ov_72b', '--workdir=wd 72b',
+      '--config.mesh.devices=global', '--config.mesh.data=1', '--config.mesh.fsdp=4', '--config.mesh.tensor=1',
+      '--config.num_frames=16']
+  assert 'HF_HOME=/mnt/disks/weights/hf' in ssh_script(calls[0]) and 'nohup' in ssh_script(calls[0])
+
+
+def test_launch_refuses_a_slice_the_preset_does_not_fit(env):
+  result = run('launch.sh', *SCOPE, '--accelerator-type=v5litepod-16', f'--python={sys.executable}', env=env)
+  assert result.returncode == 2
+  assert 'llava_ov_72b does not fit v5litepod-16' in result.stderr
+  assert 'fsdp=16' in result.stderr  # the plan's numbers are shown
+  assert gcloud_calls(env) == []
+
+
 MISSING = [
     ('create.sh', ['--zone=z'], ['--name', '--accelerator-type']),
     ('create.sh', ['--name=n', '--accelerator-type=v4-8'], ['--zone']),
@@ -305,6 +353,10 @@ MISSING = [
     ('run.sh', [*SCOPE, '--worker=first', '--', 'ls'], ['--worker']),
     ('delete.sh', [*SCOPE, '--bogus'], ['unknown flag --bogus']),
     ('delete.sh', [*SCOPE, '--zone'], ['--zone needs a value']),
+    ('launch.sh', SCOPE, ['--accelerator-type']),
+    ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4'], ['--mesh must be D,F,T']),
+    ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--experiment=nope'], ['no experiments/nope.py']),
+    ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4,1', '--', 'rm'], ["--config.* flags"]),
 ]
 
 
