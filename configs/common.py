@@ -32,3 +32,10 @@ def parse_arg(arg: str | None, presets) -> tuple[str, bool]:
 
 def mvbench_data() -> config_dict.ConfigDict:
   return config_dict.ConfigDict(dict(MVBENCH_DATA))
+
+
+def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> config_dict.ConfigDict:
+  """`config.mesh`: devices 'local' (each host its own mesh and the whole model; the samples are split
+  between hosts) or 'global' (one mesh over every host's devices: weights split over fsdp/tensor across
+  hosts, every host runs every batch), and the (data, fsdp, tensor) sizes (-1: the rest)."""
+  return config_dict.ConfigDict({'devices': 'local', 'data': data, 'fsdp': fsdp, 'tensor': tensor})

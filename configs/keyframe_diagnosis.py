@@ -24,6 +24,7 @@ def use_hub_preset(c: config_dict.ConfigDict, preset: str) -> None:
   c.checkpoint = HUB[preset]
   c.siglip_checkpoint = common.SIGLIP_HUB
   c.dtype = 'bfloat16'
+  c.param_dtype = 'bfloat16'
   c.benchmark = 'mvbench'
   c.data = common.mvbench_data()
 
@@ -51,6 +52,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.tail_multiple = 16                # text-tail lengths are rounded up to this
   c.strip_samples = 4                 # samples drawn as frame strips with their scores
   c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'
+  c.param_dtype = 'float32'           # Video-LLM weights on the devices; bfloat16 for the hub presets
+  c.mesh = common.mesh()              # devices local|global, data, fsdp, tensor (configs/common.py)
   if preset != 'default':
     use_hub_preset(c, preset)
     c.batch_size = 1

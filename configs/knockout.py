@@ -7,7 +7,7 @@ you set with --config.data.ann=... --config.data.video_root=...).
 """
 from ml_collections import config_dict
 
-from configs.common import HUB, TINY_LLAVA, mvbench_data, parse_arg
+from configs.common import HUB, TINY_LLAVA, mesh, mvbench_data, parse_arg
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -28,10 +28,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.explicit_layers = ''              # for setting 'explicit', e.g. '3,4,5'
   c.tail_multiple = 32                # tail lengths are rounded up to this (fewer compiled shapes)
   c.spec_chunk = 16                   # knockout states per compiled layer step
-  c.mesh = config_dict.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # over this host's devices
+  c.param_dtype = 'float32'           # weights on the devices; bfloat16 (as stored) for the hub presets
+  c.mesh = mesh()                     # configs/common.py: devices local|global, data, fsdp, tensor
   if preset != 'default':
     c.checkpoint = HUB[preset]
     c.dtype = 'bfloat16'
+    c.param_dtype = 'bfloat16'
     c.benchmark = 'mvbench'
     c.data = mvbench_data()
     c.num_frames = 32 if preset != 'llava_ov_72b' else 16

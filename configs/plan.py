@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.sweep_states = True             # the clean run keeps every layer's input (knockout sweep reuse)
   c.tpu = 'v5e-8'
   c.mesh = config_dict.ConfigDict({'data': 1, 'fsdp': -1, 'tensor': 1})
-  c.host_ram_gib = 0.0              # RAM of one TPU VM host; 0: the machine type's (experiments/plan.py)
+  c.host_ram_gib = 0.0              # RAM of one TPU VM host; 0: its machine type's (jaxvlm/memory_plan.py)
   c.recommend = True                # also print the recommended mesh and launch
   c.output = 'text'                 # text | launch_flags (just the recommended --config.mesh.* flags)
   return c

@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.oracle_layers = ''                # frame-knockout layers of the causal oracle: '' = all, 'a-b'
   c.tail_multiple = 16
   c.label_batch_size = 2              # samples per teacher batch
+  c.param_dtype = 'float32'           # the teacher's weights on the devices; bfloat16 for the hub presets
+  c.mesh = common.mesh()              # the teacher's mesh: devices local|global, data, fsdp, tensor
   # Selector.
   c.model = config_dict.ConfigDict({'width': 128, 'depth': 2, 'num_heads': 4, 'mlp_ratio': 2, 'num_freqs': 8})
   # Loss: cross-entropy between softmax(teacher / tau) and softmax(student), plus a pairwise hinge.

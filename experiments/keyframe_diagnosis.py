@@ -10,7 +10,6 @@ accuracy vs k, recall@k vs k, and frame strips with oracle and SigLIP scores.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import jax.numpy as jnp
@@ -18,43 +17,56 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, runs
+from jaxvlm import checkpoints, distributed, runs, sharding
 from jaxvlm.keyframes import candidates, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
 
+@distributed.guarded
 def run(config, workdir: str) -> dict:
-  """Runs (or resumes) the diagnosis; returns the summary dict."""
-  model, params, processor = runs.load_model(config)
+  """Runs (or resumes) the diagnosis; returns the summary dict (process 0 writes the results).
+
+  `--config.mesh.devices=global`: one mesh over every process's devices (the Video-LLM's weights split
+  across hosts), every process runs every batch; `local`: each process its share (see `runs.RunLog`).
+  """
+  distributed.initialize()
+  mesh = sharding.mesh_from_config(config.mesh)
+  model, params, processor = runs.load_model(config, mesh)
   plan = diagnosis.plan_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
   siglip = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
   trained = learned.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
   if trained is not None and trained.num_candidates != config.num_candidates:
     raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
                      f'candidates, the diagnosis uses num_candidates={config.num_candidates}')
-  runs.prepare_workdir(workdir, config)
+  if distributed.is_main():
+    runs.prepare_workdir(workdir, config)
+    runs.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
+  distributed.barrier('workdir')
   samples, skipped = runs.load_samples(config, workdir)
-  log = runs.SampleLog(os.path.join(workdir, 'samples.jsonl'))
-  for sample_id, reason in skipped:
-    if sample_id not in log:
-      log.append({'id': sample_id, 'error': f'annotation: {reason}'})
-  todo = [s for s in samples if s.id not in log]
-  logging.info('%d samples, %d done, %d to run, %d candidates, selectors %s, k %s', len(samples),
-               len(samples) - len(todo), len(todo), config.num_candidates, plan.selectors, plan.ks)
+  log = runs.RunLog(workdir, mesh)
+  log.record_skipped(skipped)
+  todo = log.todo(samples)
+  logging.info('%d samples, %d to run here, %d candidates, selectors %s, k %s', len(samples), len(todo),
+               config.num_candidates, plan.selectors, plan.ks)
   start = time.time()
-  with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True) as bar:
+  with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True,
+            disable=not distributed.is_main()) as bar:
     for chunk in runs.batches(todo, config.batch_size):
       cands, failed = candidates.prepare_pool(chunk, processor, config)
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if cands:
-        for record in diagnosis.evaluate_batch(model, params, processor, siglip, cands, plan, config, trained):
+        for record in diagnosis.evaluate_batch(model, params, processor, siglip, cands, plan, config, trained,
+                                               mesh):
           log.append(record)
       bar.update(len(chunk))
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
-  summary = diagnosis.summarize(log.records(), plan, config.sensitive_k)
-  runs.write_summary(workdir, summary['header'], summary['rows'])
-  keyframe_plots.diagnosis_plots(summary, log.records(), workdir, config.strip_samples)
+  records = log.records()
+  summary = diagnosis.summarize(records, plan, config.sensitive_k)
+  if distributed.is_main():
+    runs.write_summary(workdir, summary['header'], summary['rows'])
+    keyframe_plots.diagnosis_plots(summary, records, workdir, config.strip_samples)
+  distributed.barrier('summary')
   return summary
 
 

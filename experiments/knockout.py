@@ -7,10 +7,8 @@ Writes config.json, samples.jsonl (resumable), summary.json/csv and plots (see j
 """
 from __future__ import annotations
 
-import os
 import time
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -19,31 +17,29 @@ from jaxvlm import distributed, runs, sharding
 from jaxvlm.knockout import engine, metrics, plots, specs
 
 
+@distributed.guarded
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the study; returns the summary dict (on every process; only process 0 writes it).
 
-  Multi-process: each process evaluates its contiguous share of the samples on its own devices and
-  appends to its own samples.processNNNNN.jsonl; process 0 merges them into samples.jsonl.
+  `--config.mesh.devices=local`: each process evaluates its contiguous share of the samples on its own
+  devices and appends to its own samples.processNNNNN.jsonl; process 0 merges them into samples.jsonl.
+  `global`: one mesh over every process's devices (weights split across hosts); every process runs every
+  batch and process 0 writes samples.jsonl (see `runs.RunLog`).
   """
   info = distributed.initialize()
-  model, params, processor = runs.load_model(config)
+  mesh = sharding.mesh_from_config(config.mesh)
+  model, params, processor = runs.load_model(config, mesh)
   sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
-  mesh = sharding.make_mesh(**config.mesh, devices=jax.local_devices())
-  params = sharding.shard_params(params, mesh)
   if distributed.is_main():
     runs.prepare_workdir(workdir, config)
     runs.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
   distributed.barrier('workdir')
   samples, skipped = runs.load_samples(config, workdir)
-  log_name = distributed.process_filename('samples') if info.multi_process else 'samples.jsonl'
-  log = runs.SampleLog(os.path.join(workdir, log_name))
-  if distributed.is_main():
-    for sample_id, reason in skipped:
-      if sample_id not in log:
-        log.append({'id': sample_id, 'error': f'annotation: {reason}'})
-  todo = [s for s in distributed.process_share(samples) if s.id not in log]
-  logging.info('process %d/%d: %d samples here, %d to run, %d specs per sample', info.process_index,
-               info.process_count, len(distributed.process_share(samples)), len(todo), len(sw))
+  log = runs.RunLog(workdir, mesh)
+  log.record_skipped(skipped)
+  todo = log.todo(samples)
+  logging.info('process %d/%d: %d samples to run, %d specs per sample', info.process_index,
+               info.process_count, len(todo), len(sw))
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True,
             disable=not distributed.is_main()) as bar:
@@ -62,12 +58,7 @@ def run(config, workdir: str) -> dict:
                       'specs': {e.name: spec_logp[k, i, :n] for k, e in enumerate(sw.entries)}})
       bar.update(len(chunk))
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
-  distributed.barrier('samples')
-  if info.multi_process and distributed.is_main():
-    records = distributed.merge_results(workdir)
-  else:
-    records = runs.SampleLog(os.path.join(workdir, 'samples.jsonl')).records() if distributed.is_main() else []
-  summary = metrics.summarize(records, sw)
+  summary = metrics.summarize(log.records(), sw)
   if distributed.is_main():
     runs.write_summary(workdir, summary['header'], summary['rows'])
     plots.knockout_plots(summary['rows'], summary['header'], workdir)

@@ -8,9 +8,14 @@ Output: the exact prompt text fed to the tokenizer, the number of video tokens, 
 each option letter (full-vocabulary softmax at the answer slot), the chosen option, and with
 --max_new_tokens > 0 the greedy open-ended answer. With --selector=learned the model sees only the k frames that the selector
 trained by experiments.train_selector in DIR picks from its candidate pool (their indices are printed).
+
+A model bigger than one host: run the same command on every host with --mesh_devices=global (and
+--mesh_fsdp / --mesh_tensor, --param_dtype=bfloat16): the weights are loaded shard by shard across the
+hosts and process 0 prints the result.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import string
 
@@ -19,30 +24,33 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from jaxvlm import checkpoints, prompts, video
+from jaxvlm import checkpoints, distributed, prompts, sharding, video
 from jaxvlm.keyframes import learned
 from jaxvlm.knockout import engine
 from jaxvlm.models import llava_onevision as lo
 
 def score(model, params, processor, frames: np.ndarray, question: str, options: list[str],
-          max_new_tokens: int = 0) -> dict:
-  """frames uint8 [F, H, W, 3] -> the JSON-ready result dict."""
+          max_new_tokens: int = 0, mesh=None) -> dict:
+  """frames uint8 [F, H, W, 3] -> the JSON-ready result dict. mesh: where `params` live (then the one
+  sample is replicated over it: the weights are what is split)."""
   prompt = prompts.build_prompt(processor, question, options, len(frames))
   batch = prompts.collate([prompt], processor.tokenizer.pad_token_id or 0, pad_multiple=1)
-  pixels = jnp.asarray(processor.preprocess(frames))[None]
-  layout = jax.tree.map(jnp.asarray, batch.layout)
-  option_ids = jnp.asarray(processor.option_letter_ids(len(options)))
-  clean = engine.clean_run(model, params, jnp.asarray(batch.input_ids), pixels, layout,
-                          jnp.asarray(batch.answer_index), option_ids)
-  logp = np.asarray(clean.option_logprobs[0])
+  put = jnp.asarray if mesh is None else (lambda x: sharding.put(np.asarray(x), sharding.replicated(mesh)))
+  pixels = put(processor.preprocess(frames)[None])
+  layout = jax.tree.map(put, batch.layout)
+  option_ids = put(processor.option_letter_ids(len(options)))
+  input_ids, answer_index = put(batch.input_ids), put(batch.answer_index)
+  with sharding.activation_rules(mesh) if mesh is not None else contextlib.nullcontext():
+    clean = engine.clean_run(model, params, input_ids, pixels, layout, answer_index, option_ids)
+  logp = sharding.to_host(clean.option_logprobs)[0]
   letters = string.ascii_uppercase[:len(options)]
   out = {'prompt': prompt.text, 'num_frames': len(frames), 'num_video_tokens': prompt.num_video_tokens,
          'option_logprobs': {l: float(v) for l, v in zip(letters, logp)},
          'choice': letters[int(logp.argmax())], 'choice_text': options[int(logp.argmax())]}
   if max_new_tokens > 0:
-    tokens = lo.generate(model, params, jnp.asarray(batch.input_ids), pixels, layout.positions, layout.meta(),
+    tokens = lo.generate(model, params, input_ids, pixels, layout.positions, layout.meta(),
                          max_new_tokens, eos_token_id=processor.tokenizer.eos_token_id)
-    out['generated'] = processor.tokenizer.decode(np.asarray(tokens[0]), skip_special_tokens=True)
+    out['generated'] = processor.tokenizer.decode(sharding.to_host(tokens)[0], skip_special_tokens=True)
   return out
 
 
@@ -51,7 +59,13 @@ def main(argv):
   f = flags.FLAGS
   if not f.options:
     raise app.UsageError('--options needs at least one option')
-  model, params, processor = checkpoints.load_pretrained(f.checkpoint, dtype=jnp.dtype(f.dtype))
+  distributed.initialize()
+  mesh = None
+  if f.mesh_devices != 'none':
+    mesh = sharding.mesh_from_config({'devices': f.mesh_devices, 'data': 1, 'fsdp': f.mesh_fsdp,
+                                      'tensor': f.mesh_tensor})
+  model, params, processor = distributed.collective('load checkpoint', lambda: checkpoints.load_pretrained(
+      f.checkpoint, dtype=jnp.dtype(f.dtype), param_dtype=jnp.dtype(f.param_dtype), mesh=mesh))
   if processor is None:
     raise app.UsageError(f'{f.checkpoint} has no tokenizer: cannot build a prompt')
   if f.selector == 'learned':
@@ -62,8 +76,10 @@ def main(argv):
     frames, extra = picked.pixels, {'selected_frame_indices': picked.indices.tolist()}
   else:
     frames, extra = video.sample_frames(f.video, f.num_frames).pixels, {}
-  print(json.dumps({**score(model, params, processor, frames, f.question, f.options,
-                            f.max_new_tokens), **extra}, indent=2))
+  out = {**score(model, params, processor, frames, f.question, f.options, f.max_new_tokens, mesh), **extra}
+  if distributed.is_main():
+    print(json.dumps(out, indent=2))
+  distributed.barrier('printed')
 
 
 if __name__ == '__main__':
@@ -78,4 +94,10 @@ if __name__ == '__main__':
                     'uniform: --num_frames over the video; learned: --k frames picked by a trained selector')
   flags.DEFINE_integer('k', 4, 'frames the learned selector keeps')
   flags.DEFINE_string('selector_checkpoint', None, 'workdir of experiments.train_selector')
+  flags.DEFINE_enum('mesh_devices', 'none', ['none', 'local', 'global'],
+                    'none: the default device; local: a mesh over this host\'s devices; global: over every '
+                    'process\'s devices (the same command on every host)')
+  flags.DEFINE_integer('mesh_fsdp', -1, 'fsdp size of the mesh (-1: the devices left after tensor)')
+  flags.DEFINE_integer('mesh_tensor', 1, 'tensor size of the mesh')
+  flags.DEFINE_string('param_dtype', 'float32', 'weights on the devices (bfloat16 keeps a bf16 checkpoint as is)')
   app.run(main)

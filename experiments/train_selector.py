@@ -18,14 +18,23 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxvlm import runs, sharding, training
+from jaxvlm import distributed, runs, sharding, training
 from jaxvlm.keyframes import learned, selector_model
 from jaxvlm.keyframes import selector_training as st
 
 
+@distributed.guarded
 def run(config, workdir: str) -> dict:
-  """Labels (or reuses labels), trains or resumes, returns the summary dict."""
-  runs.prepare_workdir(workdir, config)
+  """Labels (or reuses labels), trains or resumes, returns the summary dict.
+
+  Multi-process: the teacher runs on `config.mesh` (see `selector_training.build_labels`); the selector
+  trains data-parallel over every process's devices (the same batches, so the same curve as one
+  process); process 0 writes metrics, plots and the summary. workdir must be shared by the processes.
+  """
+  distributed.initialize()
+  if distributed.is_main():
+    runs.prepare_workdir(workdir, config)
+  distributed.barrier('workdir')
   train, val, evidence, failures = st.load_labels(config, workdir)
   devices = jax.devices() if config.num_devices < 0 else jax.devices()[:config.num_devices]
   mesh = sharding.make_mesh(devices=devices)
@@ -37,7 +46,8 @@ def run(config, workdir: str) -> dict:
   params = selector_model.init_params(model, config.num_candidates, train['frame_emb'].shape[-1], config.seed)
   latest = training.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config.keep)
   best = learned.best_manager(workdir)
-  log = training.MetricsLog(os.path.join(workdir, 'metrics.jsonl'), latest.latest_step() or 0)
+  log = training.MetricsLog(os.path.join(workdir, 'metrics.jsonl'), latest.latest_step() or 0,
+                            write=distributed.is_main())
 
   def validate(done: int, state: training.TrainState) -> None:
     if done % config.eval_every == 0 or done == config.num_steps:
@@ -53,15 +63,18 @@ def run(config, workdir: str) -> dict:
       on_step=validate)
   best.wait_until_finished()
   records = log.records()
-  training.plot_curves(records, os.path.join(workdir, 'loss_curve.png'), 'training loss',
-                       eval_series=(('val_recall', 'learned'), ('siglip_recall', 'SigLIP top-k')))
+  if distributed.is_main():
+    training.plot_curves(records, os.path.join(workdir, 'loss_curve.png'), 'training loss',
+                         eval_series=(('val_recall', 'learned'), ('siglip_recall', 'SigLIP top-k')))
   evals = [r for r in records if 'val_recall' in r]
   end = config.num_steps if config.stop_after_steps <= 0 else min(config.num_steps, config.stop_after_steps)
   summary = {'step': end, 'num_train': len(train['relevance']), 'num_val': len(val['relevance']),
              'num_devices': len(devices), 'best_step': best.best_step(),
              'labelling_failures': [{'id': i, 'error': e} for i, e in failures],
              'final': evals[-1] if evals else None}
-  runs.write_summary(workdir, summary, evals)
+  if distributed.is_main():
+    runs.write_summary(workdir, summary, evals)
+  distributed.barrier('summary')
   return summary
 
 

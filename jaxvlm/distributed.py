@@ -350,3 +350,11 @@ def broadcast_json(value: Any, name: str = 'broadcast', timeout_s: float | None 
     return value
   return agree(name, value=value if is_main() else None, timeout_s=timeout_s)[0]
 
+
+
+def done_ids(mesh, ids: Sequence[str]) -> set[str]:
+  """The ids a resumed run skips: this process's own log's on a local mesh; process 0's log's, sent to
+  every process, on a mesh spanning the processes (they must all skip the same samples)."""
+  if mesh_spans_processes(mesh):
+    return set(broadcast_json(sorted(ids) if is_main() else [], name='done ids'))
+  return set(ids)

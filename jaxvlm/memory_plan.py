@@ -42,13 +42,13 @@ class Generation:
   hbm_gib: float          # per chip
   chips_per_host: int
   cores_per_chip: int     # the accelerator-type suffix counts TensorCores on v4/v5p, chips on v5e/v6e
-  host_ram_gib: float     # RAM of one TPU VM host of a multi-chip slice (Compute Engine machine type)
+  host_ram_gb: float      # RAM (10^9 bytes) of one TPU VM host of a multi-chip slice (its machine type)
 
 
 GENERATIONS = {
     'v4': Generation(32, 4, 2, 407),
-    'v5e': Generation(16, 8, 1, 384),     # ct5lp-hightpu-8t
-    'v5p': Generation(95, 4, 2, 448),     # ct5p-hightpu-4t
+    'v5e': Generation(16, 8, 1, 384),     # ct5lp-hightpu-8t: 224 vCPUs, 384 GB
+    'v5p': Generation(95, 4, 2, 448),     # 208 vCPUs, 448 GB
     'v6e': Generation(32, 8, 1, 1440),    # ct6e-standard-8t
 }
 
@@ -78,7 +78,7 @@ def tpu_slice(name: str) -> TpuSlice:
     raise ValueError(f'{name}: {gen_name} counts {gen.cores_per_chip} TensorCores per chip')
   chips = count // gen.cores_per_chip
   return TpuSlice(name, chips, math.ceil(chips / gen.chips_per_host), int(gen.hbm_gib * GiB),
-                  int(gen.host_ram_gib * GiB))
+                  int(gen.host_ram_gb * 1e9))
 
 
 def llava_config(config) -> lo.LlavaOnevisionConfig:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import checkpoints, data, prompts, sharding, video
+from jaxvlm import checkpoints, data, distributed, prompts, sharding, video
 from jaxvlm.data import synthetic
 from jaxvlm.prompts import TokenLayout
 
@@ -109,6 +109,47 @@ def prepare_workdir(workdir: str, config) -> None:
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
 
+class RunLog:
+  """This process's part in the sample records of a run on `mesh` (one or many processes).
+
+  Local mesh, several processes: each evaluates its `process_share` and appends to its own
+  samples.processNNNNN.jsonl; process 0 merges them. Mesh spanning the processes: every process
+  evaluates every sample (together), only process 0 reads and writes samples.jsonl, and the ids to
+  skip on a resume are process 0's, sent to all. One process: samples.jsonl, as always.
+  """
+
+  def __init__(self, workdir: str, mesh):
+    self.workdir, self.mesh = workdir, mesh
+    self.writes = distributed.writes_results(mesh)
+    self.log = SampleLog(os.path.join(workdir, distributed.sample_log_name(mesh))) if self.writes else None
+
+  def record_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
+    """Annotation failures, recorded once (by process 0)."""
+    if distributed.is_main():
+      for sample_id, reason in skipped:
+        if sample_id not in self.log:
+          self.log.append({'id': sample_id, 'error': f'annotation: {reason}'})
+
+  def todo(self, samples: Sequence[Any]) -> list:
+    """The samples this process evaluates that are not done yet (the same list on every process of a
+    spanning mesh)."""
+    done = distributed.done_ids(self.mesh, [r['id'] for r in self.log.records()] if self.writes else [])
+    return [s for s in distributed.work_share(samples, self.mesh) if s.id not in done]
+
+  def append(self, record: dict) -> None:
+    if self.writes:
+      self.log.append(record)
+
+  def records(self) -> list[dict]:
+    """After every process is done (a barrier): all records on process 0, [] elsewhere."""
+    distributed.barrier('samples')
+    if not distributed.is_main():
+      return []
+    if jax.process_count() > 1 and not distributed.mesh_spans_processes(self.mesh):
+      return distributed.merge_results(self.workdir)
+    return SampleLog(os.path.join(self.workdir, 'samples.jsonl')).records()
+
+
 # ---------------------------------------------------------------- samples
 
 def csv_list(value) -> list[str]:
@@ -118,8 +159,15 @@ def csv_list(value) -> list[str]:
   return [str(v) for v in value]
 
 
-def load_model(config):
-  return checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype))
+def load_model(config, mesh=None):
+  """(model, params, processor) of config.checkpoint. With `mesh` (`sharding.mesh_from_config`) the
+  params are read shard by shard straight onto it, each process the blocks of its own devices, in
+  config.param_dtype; a checkpoint that fails to load on any process fails on every process."""
+  if mesh is None:
+    return checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype))
+  param_dtype = jnp.dtype(config.get('param_dtype', 'float32'))
+  return distributed.collective(f'load {config.checkpoint}', lambda: checkpoints.load_pretrained(
+      config.checkpoint, dtype=jnp.dtype(config.dtype), param_dtype=param_dtype, mesh=mesh))
 
 
 def load_samples(config, workdir: str):
@@ -204,6 +252,13 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
 
 
 def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
-  """Samples split over the mesh's sample axes; option ids replicated."""
-  placed = sharding.shard_batch((batch.input_ids, batch.pixels, batch.layout, batch.answer_index), mesh)
-  return ModelBatch(*placed, jax.device_put(batch.option_ids, sharding.replicated(mesh)))
+  """Samples split over the mesh's sample axes; option ids replicated. On a mesh spanning processes
+  (every process passes the same whole batch) the prompt-side int arrays (ids, layout, answer slots:
+  [B, S] at most) are replicated too, so the sweeps' host-side planning reads them on every process;
+  the pixels stay split."""
+  if not distributed.mesh_spans_processes(mesh):
+    placed = sharding.shard_batch((batch.input_ids, batch.pixels, batch.layout, batch.answer_index), mesh)
+    return ModelBatch(*placed, jax.device_put(batch.option_ids, sharding.replicated(mesh)))
+  rep = lambda tree: jax.tree.map(lambda x: sharding.put(x, sharding.replicated(mesh)), tree)
+  return ModelBatch(rep(batch.input_ids), sharding.shard_batch(batch.pixels, mesh), rep(batch.layout),
+                    rep(batch.answer_index), rep(batch.option_ids))

@@ -74,12 +74,15 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
 class MetricsLog:
   """metrics.jsonl: one JSON object per line, {'step', ...} (plus 'stage' when given). On open, lines
   of this stage past `resume_step` (written by a killed run after its last checkpoint) and a torn last
-  line are dropped, so the file equals an uninterrupted run's; other stages' lines are kept."""
+  line are dropped, so the file equals an uninterrupted run's; other stages' lines are kept.
+  write=False (the processes other than 0 of a multi-process run) keeps this run's records in memory and
+  never touches the file."""
 
-  def __init__(self, path: str, resume_step: int, stage: str | None = None):
-    self.path, self.stage = path, stage
+  def __init__(self, path: str, resume_step: int, stage: str | None = None, write: bool = True):
+    self.path, self.stage, self.write = path, stage, write
+    self._memory: list[dict] = []
     kept, changed = [], False
-    if os.path.isfile(path):
+    if write and os.path.isfile(path):
       with open(path) as f:
         for line in f:
           try:
@@ -98,11 +101,16 @@ class MetricsLog:
 
   def append(self, step: int, **values) -> None:
     rec = {'step': step, **values} if self.stage is None else {'stage': self.stage, 'step': step, **values}
+    if not self.write:
+      self._memory.append(json.loads(json.dumps(runs.jsonable(rec))))
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(runs.jsonable(rec), sort_keys=True) + '\n')
 
   def records(self) -> list[dict]:
     """This stage's records (all of them without a stage)."""
+    if not self.write:
+      return list(self._memory)
     if not os.path.isfile(self.path):  # resumed at the stage's last step: nothing was logged
       return []
     with open(self.path) as f:

@@ -41,11 +41,12 @@ def plans():
 
 def test_tpu_table():
   gib = 2 ** 30
-  assert plan.tpu_slice('v5e-8') == plan.TpuSlice('v5e-8', 8, 1, 16 * gib, 384 * gib)
+  gb = 10 ** 9
+  assert plan.tpu_slice('v5e-8') == plan.TpuSlice('v5e-8', 8, 1, 16 * gib, 384 * gb)
   assert plan.tpu_slice('v5litepod-16').chips == 16
-  assert plan.tpu_slice('v5p-32') == plan.TpuSlice('v5p-32', 16, 4, 95 * gib, 448 * gib)
-  assert plan.tpu_slice('v4-16') == plan.TpuSlice('v4-16', 8, 2, 32 * gib, 407 * gib)
-  assert plan.tpu_slice('v6e-64') == plan.TpuSlice('v6e-64', 64, 8, 32 * gib, 1440 * gib)
+  assert plan.tpu_slice('v5p-32') == plan.TpuSlice('v5p-32', 16, 4, 95 * gib, 448 * gb)
+  assert plan.tpu_slice('v4-16') == plan.TpuSlice('v4-16', 8, 2, 32 * gib, 407 * gb)
+  assert plan.tpu_slice('v6e-64') == plan.TpuSlice('v6e-64', 64, 8, 32 * gib, 1440 * gb)
   assert plan.tpu_slice('v5e-32').chips_per_host == 8 and plan.tpu_slice('v5p-8').chips_per_host == 4
   with pytest.raises(ValueError, match='unknown TPU type'):
     plan.tpu_slice('v3-8')
@@ -129,7 +130,7 @@ def test_host_ram_at_load_is_two_blocks_of_the_largest_parameter(plans):
   assert p['params']['largest_block_bytes'] == math.prod(mlp.shape) * 2 / 16
   assert p['host_load_bytes']['sharded'] == 2 * p['params']['largest_block_bytes']
   # The whole-model path (float32 tree + the stacked copy) cannot load 72B on any TPU host.
-  assert p['host_load_bytes']['whole_model_float32'] == 2 * 4 * p['params']['count'] > 448 * 2 ** 30
+  assert p['host_load_bytes']['whole_model_float32'] == 2 * 4 * p['params']['count'] > 448 * 10 ** 9
   assert p['fits_host_ram'] and not p['whole_model_load_fits_host_ram']
   tiny_ram = plan.plan(config('llava_ov_72b', 'v5p-32', host_ram_gib=4.0))
   assert tiny_ram['fits_hbm'] and not tiny_ram['fits_host_ram'] and not tiny_ram['fits']

@@ -10,6 +10,7 @@ Usage: $SCRIPT_NAME --name=NAME --zone=ZONE --accelerator-type=TYPE [options] [-
 Plans PRESET on TYPE here (python -m experiments.plan, no TPU needed), then runs
   python -m experiments.EXPERIMENT --config=configs/EXPERIMENT.py:PRESET --workdir=WORKDIR \\
     --config.mesh.devices=global --config.mesh.data=D --config.mesh.fsdp=F --config.mesh.tensor=T [CONFIG_FLAG...]
+(devices=local on a one-host slice: the same devices)
 on every worker at once through run.sh (one process per host; jax.distributed initialises from the TPU
 environment). Fails before touching the VM if the preset does not fit TYPE. Words after '--' are
 extra --config.* flags for the experiment. Create and set up the VM first (create.sh, setup.sh).

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import prompts, runs
+from jaxvlm import prompts, runs, sharding
 from jaxvlm.keyframes import learned as learned_lib
 from jaxvlm.keyframes import metrics, relevance, selector_model, selectors, teacher
 from jaxvlm.keyframes.candidates import Candidates, layer_range
@@ -90,11 +90,13 @@ def select(name: str, scores: dict[str, np.ndarray], k: int, config, sample_id: 
 
 def oracles(model, params, batch: runs.ModelBatch, cands: Sequence[Candidates], plan: Plan, config
             ) -> dict[str, np.ndarray]:
-  """Clean and text-only option log-probs [B, O] and the oracles' per-frame scores [B, N] of a batch."""
+  """Clean and text-only option log-probs [B, O] and the oracles' per-frame scores [B, N] of a batch
+  (B may exceed len(cands): rows padded for the mesh repeat the last sample)."""
   n = config.num_candidates
   clean = sweep.clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
                           batch.option_ids)
-  clean_logp = np.asarray(clean.option_logprobs)
+  clean_logp = sharding.to_host(clean.option_logprobs)
+  cands = list(cands) + [cands[-1]] * (len(clean_logp) - len(cands))
   answers = np.asarray([c.sample.answer for c in cands])
   causal = relevance.causal_relevance(model, params, clean, batch.layout, batch.answer_index,
                                       batch.option_ids, n, answers, plan.oracle_layers, config.tail_multiple)
@@ -105,7 +107,7 @@ def oracles(model, params, batch: runs.ModelBatch, cands: Sequence[Candidates], 
                               jax.tree.map(jnp.asarray, lv), config.tail_multiple)
   attn = relevance.attention_relevance(model, params, clean, batch.layout, batch.answer_index, n,
                                        config.tail_multiple)
-  return {'clean': clean_logp, 'text_only': np.asarray(text_only[0]), 'causal': causal.relevance,
+  return {'clean': clean_logp, 'text_only': sharding.to_host(text_only)[0], 'causal': causal.relevance,
           'answer_free': relevance.logp_drop(clean_logp, causal.knocked_logp, predicted),
           'attention': relevance.layer_average(attn.last, *plan.attention_range),
           'attention_question': relevance.layer_average(attn.question, *plan.attention_range),
@@ -113,28 +115,33 @@ def oracles(model, params, batch: runs.ModelBatch, cands: Sequence[Candidates], 
 
 
 def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
-                     selections: list[dict[str, dict[int, np.ndarray]]], plan: Plan) -> list[dict]:
+                     selections: list[dict[str, dict[int, np.ndarray]]], plan: Plan, mesh) -> list[dict]:
   """Per sample {selector: {k: option log-probs [O]}} from prompts holding only the selected frames;
-  one batch per k (every selector of every sample)."""
+  one batch per k (every selector of every sample), split over the mesh."""
   out = [{name: {} for name in plan.selectors} for _ in cands]
   for k in plan.ks:
     jobs = [(i, name) for i in range(len(cands)) for name in plan.selectors]
     prompt_k = [prompts.build_prompt(processor, c.sample.question, c.sample.options, k) for c in cands]
     batch = runs.collate([runs.Prepared(cands[i].sample, prompt_k[i], cands[i].pixels[selections[i][name][k]])
-                            for i, name in jobs], processor)
-    logp = np.asarray(prompts.answer_logprobs(model, params, batch.input_ids, batch.pixels, batch.layout,
-                                              batch.answer_index, batch.option_ids))
+                          for i, name in jobs], processor, runs.batch_multiple(mesh))
+    batch = runs.place_batch(batch, mesh)
+    with sharding.activation_rules(mesh):
+      logp = sharding.to_host(prompts.answer_logprobs(model, params, batch.input_ids, batch.pixels,
+                                                      batch.layout, batch.answer_index, batch.option_ids))
     for row, (i, name) in enumerate(jobs):
       out[i][name][k] = logp[row, :len(cands[i].sample.options)]
   return out
 
 
 def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates], plan: Plan, config,
-                   learned: learned_lib.TrainedSelector | None = None) -> list[dict]:
+                   learned: learned_lib.TrainedSelector | None = None, mesh=None) -> list[dict]:
   """The per-sample records of a batch of prepared samples. siglip: (model, params, processor);
-  learned: the trained selector behind selector 'learned'."""
-  batch = runs.collate(cands, processor)
-  out = oracles(model, params, batch, cands, plan, config)
+  learned: the trained selector behind selector 'learned'; mesh: where `params` live (default: this
+  process's first device). SigLIP runs on this process's default device (the same on every process)."""
+  mesh = sharding.make_mesh(devices=jax.local_devices()[:1]) if mesh is None else mesh
+  batch = runs.place_batch(runs.collate(cands, processor, runs.batch_multiple(mesh)), mesh)
+  with sharding.activation_rules(mesh):
+    out = oracles(model, params, batch, cands, plan, config)
   records, selections = [], []
   for i, c in enumerate(cands):
     sig = relevance.siglip_relevance(*siglip, c.frames, relevance.query_texts(c.sample.question, c.sample.options))
@@ -151,7 +158,7 @@ def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates]
                     'candidates': c.indices, 'evidence': c.evidence, 'clean': out['clean'][i, :n],
                     'text_only': out['text_only'][i, :n], 'scores': scores,
                     'attention_per_layer': out['attention_per_layer'][i]})
-  k_logp = k_frame_logprobs(model, params, processor, cands, selections, plan)
+  k_logp = k_frame_logprobs(model, params, processor, cands, selections, plan, mesh)
   for r, sel, logp in zip(records, selections, k_logp):
     r['selections'] = {name: {str(k): idx for k, idx in per_k.items()} for name, per_k in sel.items()}
     r['k_logp'] = {name: {str(k): lp for k, lp in per_k.items()} for name, per_k in logp.items()}

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import prompts
+from jaxvlm import prompts, sharding
 from jaxvlm.knockout import engine as sweep
 from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2, siglip
@@ -54,8 +54,8 @@ def logp_drop(clean_logp: jnp.ndarray, knocked_logp: jnp.ndarray, target: np.nda
   """clean [B, O], knocked [F, B, O], target [B] -> clean - knocked log p(target), [B, F]. The same
   knocked log-probs give the answer-based and the answer-free oracle (target = predicted option)."""
   rows = np.arange(len(target))
-  clean = np.asarray(clean_logp)[rows, target]
-  knocked = np.asarray(knocked_logp)[:, rows, target]      # [F, B]
+  clean = sharding.to_host(clean_logp)[rows, target]
+  knocked = sharding.to_host(knocked_logp)[:, rows, target]      # [F, B]
   return (clean[None] - knocked).T
 
 
@@ -83,7 +83,8 @@ def causal_relevance(model: LlavaOnevisionForConditionalGeneration, params, clea
   knocked = sweep.run_sweep(model, params, clean, layout, answer_index, option_ids,
                             jax.tree.map(jnp.asarray, specs), tail_multiple, spec_chunk)
   target = np.asarray(target)
-  return CausalOracle(logp_drop(clean.option_logprobs, knocked, target), np.asarray(knocked), target)
+  knocked = sharding.to_host(knocked)
+  return CausalOracle(logp_drop(clean.option_logprobs, knocked, target), knocked, target)
 
 
 def causal_relevance_full(model: LlavaOnevisionForConditionalGeneration, params, input_ids,
@@ -147,7 +148,7 @@ def attention_relevance(model: LlavaOnevisionForConditionalGeneration, params, c
                         tail_multiple: int = 16) -> AttentionOracle:
   """The attention oracle of a batch whose clean run is `clean`."""
   tail, start = text_tail(layout, tail_multiple)
-  mass = np.asarray(_tail_frame_mass(model, params, clean, layout, jnp.asarray(start), tail, num_frames))
+  mass = sharding.to_host(_tail_frame_mass(model, params, clean, layout, jnp.asarray(start), tail, num_frames))
   mass = mass.mean(axis=3).transpose(1, 0, 2, 3)                                # [B, L, T, F]
   rows = np.arange(mass.shape[0])
   last = mass[rows, :, np.asarray(answer_index) - start]                         # [B, L, F]

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, runs, sharding, training
+from jaxvlm import checkpoints, distributed, runs, sharding, training
 from jaxvlm.keyframes import candidates, metrics, relevance, selector_model, selectors, teacher
 from jaxvlm.knockout import specs as knockout
 
@@ -36,20 +36,27 @@ def teacher_dir(config, workdir: str) -> str:
 
 
 def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tuple[str, str]]:
-  """Labels every sample not yet in `cache`; returns the (id, reason) of samples that failed."""
-  model, params, processor = runs.load_model(config)
+  """Labels every sample not yet in `cache`; returns the (id, reason) of samples that failed.
+
+  The teacher runs on `config.mesh` (`sharding.mesh_from_config`): on a mesh spanning the processes
+  every process labels every sample with the weights split across them and process 0 writes the
+  cache; on a local mesh each process labels its share. Multi-process runs need a teacher_dir every
+  process sees (the training reads it back on every process)."""
+  mesh = sharding.mesh_from_config(config.mesh)
+  model, params, processor = runs.load_model(config, mesh)
   sig_model, sig_params, sig_processor = checkpoints.load_pretrained(config.siglip_checkpoint,
                                                                      dtype=jnp.dtype(config.dtype))
   num_layers = model.config.text.num_hidden_layers
   first, last = candidates.layer_range(config.oracle_layers, num_layers, 'oracle_layers')
   layers = knockout.window(num_layers, first, last - first + 1)
-  mesh = sharding.make_mesh(devices=jax.local_devices())
-  params = sharding.shard_params(params, mesh)
   samples, skipped = runs.load_samples(config, workdir)
-  todo = [s for s in samples if s.id not in cache]
+  writes = distributed.writes_results(mesh)
+  done = distributed.done_ids(mesh, [s.id for s in samples if s.id in cache] if writes else [])
+  todo = [s for s in distributed.work_share(samples, mesh) if s.id not in done]
   failures = list(skipped)
-  logging.info('teacher: %d samples, %d cached, %d to label', len(samples), len(samples) - len(todo), len(todo))
-  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch'):
+  logging.info('teacher: %d samples, %d to label here', len(samples), len(todo))
+  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch',
+                    disable=not distributed.is_main()):
     cands, failed = candidates.prepare_pool(chunk, processor, config)
     failures += failed
     if not cands:
@@ -61,10 +68,11 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
       rel = teacher.causal_labels(model, params, batch.input_ids, batch.pixels, batch.layout,
                                   batch.answer_index, batch.option_ids, config.num_candidates,
                                   np.asarray(answers), layers, config.tail_multiple)
-    for i, c in enumerate(cands):
+    for i, c in enumerate(cands if writes else []):
       query = relevance.query_texts(c.sample.question, c.sample.options)[1]
       frame_emb, text_emb = teacher.siglip_features(sig_model, sig_params, sig_processor, c.frames, query)
       cache.put(teacher.Label(c.sample.id, frame_emb, text_emb, rel[i], c.evidence))
+  distributed.barrier('teacher labels')  # the cache is complete before any process reads it
   return failures
 
 

@@ -263,4 +263,4 @@ def evaluate_batch(model: LlavaOnevisionForConditionalGeneration, params, batch,
                       batch.option_ids)
     spec_logp = run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
                           jax.tree.map(jnp.asarray, specs), tail_multiple, spec_chunk)
-  return np.asarray(clean.option_logprobs), np.asarray(spec_logp)
+  return sharding.to_host(clean.option_logprobs), sharding.to_host(spec_logp)
