@@ -120,6 +120,33 @@ def paired_change_interval(base, other, strata=None, macro: bool = False,
   return _interval(o - b, single, strata, macro, num_resamples, level, seed)
 
 
+def paired_ratio_interval(base, other, num_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
+                          seed: int = 0) -> Interval:
+  """accuracy(other) / accuracy(base) (the knockout papers' performance ratio) with a bootstrap
+  interval paired by sample: both accuracies come from the same resample. A resample where base
+  gets nothing right gives an infinite or NaN ratio, which the percentiles then carry.
+
+  Args:
+    base: bool / 0-1 [B]; other: [B] or [N, B] on the same samples.
+  """
+  b, _ = _as_matrix(base, 'base')
+  o, single = _as_matrix(other, 'other')
+  if b.shape[0] != 1 or o.shape[1] != b.shape[1]:
+    raise ValueError(f'base must be [B] and other [B] or [N, B] on the same samples, got base '
+                     f'{np.shape(base)} and other {np.shape(other)}')
+  if not 0 < level < 1:
+    raise ValueError(f'level must lie in (0, 1), got {level}')
+  counts = resample_counts([np.arange(b.shape[1])], b.shape[1], num_resamples,
+                           np.random.default_rng(seed)).astype(np.float64)
+  with np.errstate(divide='ignore', invalid='ignore'):
+    estimate = o.mean(axis=1) / b.mean()
+    boot = (counts @ o.T) / (counts @ b.T)                                   # [R, N]
+  low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+  if single:
+    return Interval(float(estimate[0]), float(low[0]), float(high[0]))
+  return Interval(estimate, low, high)
+
+
 def mcnemar_exact(base, other) -> float | np.ndarray:
   """Two-sided exact McNemar p-value per condition: the binomial test of the discordant pairs.
 

@@ -73,6 +73,20 @@ def test_intervals_of_several_conditions_at_once():
   np.testing.assert_allclose(acc.estimate, conditions.mean(axis=1))
 
 
+def test_paired_ratio_interval_covers_the_true_performance_ratio():
+  rng = np.random.default_rng(5)
+  covered = 0
+  for run in range(RUNS):
+    clean = rng.random(200) < 0.7
+    knocked = clean & (rng.random(200) < 0.8)          # true ratio 0.8
+    ci = stats.paired_ratio_interval(clean, knocked, num_resamples=RESAMPLES, seed=run)
+    np.testing.assert_allclose(ci.estimate, knocked.mean() / clean.mean())
+    covered += ci.low <= 0.8 <= ci.high
+  assert covered / RUNS >= 0.9, covered / RUNS
+  many = stats.paired_ratio_interval(clean, np.stack([clean, knocked]), num_resamples=RESAMPLES)
+  assert (many.estimate[0], many.low[0], many.high[0]) == (1.0, 1.0, 1.0)
+
+
 def test_stratified_resampling_keeps_every_stratum_size():
   members = [np.array([0, 3, 4]), np.array([1, 2])]
   counts = stats.resample_counts(members, 5, 50, np.random.default_rng(0))
