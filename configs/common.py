@@ -17,8 +17,11 @@ HUB = {
 }
 # The keyframe scorer next to a hub Video-LLM.
 SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
-# Where a hub preset looks for MVBench until --config.data.ann / --config.data.video_root say otherwise.
-MVBENCH_DATA = {'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'}
+# Where a hub preset looks for MVBench until --config.data.ann / --config.data.video_root say otherwise;
+# the other keys are the optional loader arguments of other benchmarks (unset: '' / False), so
+# --config.benchmark=egoschema --config.data.answers_json=... works on the locked config (README).
+MVBENCH_DATA = {'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video', 'answers_json': '',
+                'subset_only': False, 'video_map_json': ''}
 
 
 def parse_arg(arg: str | None, presets) -> tuple[str, bool]:

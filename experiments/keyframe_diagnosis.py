@@ -5,8 +5,10 @@ SigLIP query-frame similarity pick those frames?
       [--config.max_samples=50 --config.ks=1,2,4 ...]
 
 What is computed per sample: `jaxvlm.keyframes.diagnosis`.
-Writes config.json, samples.jsonl (resumable), summary.json/csv (one row per selector and k) and plots:
-accuracy vs k, recall@k vs k, and frame strips with oracle and SigLIP scores.
+Writes config.json, samples.jsonl (resumable), summary.json/csv (one row per selector and k, with 95 %
+intervals and McNemar p against all candidates), summary_scores.csv (per condition x overall / task /
+official aggregate), plots: accuracy vs k, recall@k vs k, and frame strips with oracle and SigLIP
+scores; and, for benchmarks lmms-eval has, lmms_eval/ (the all-candidates answers in its format).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, runs
+from jaxvlm import benchmark_scores, checkpoints, lmms_eval_format, runs
 from jaxvlm.keyframes import candidates, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
@@ -52,8 +54,14 @@ def run(config, workdir: str) -> dict:
           log.append(record)
       bar.update(len(chunk))
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
-  summary = diagnosis.summarize(log.records(), plan, config.sensitive_k)
+  summary = diagnosis.summarize(log.records(), plan, config.sensitive_k, config.benchmark,
+                                {s.id: s.meta for s in samples})
   runs.write_summary(workdir, summary['header'], summary['rows'])
+  benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
+  lmms_eval_format.write_clean_answers(
+      workdir, config.benchmark, samples, log.records(),
+      lambda s: processor.render(processor.question_text(s.question, s.options)), config.checkpoint,
+      ann=config.data.get('ann', ''), run_config=config.to_dict())
   keyframe_plots.diagnosis_plots(summary, log.records(), workdir, config.strip_samples)
   return summary
 

@@ -3,7 +3,10 @@ r"""Attention-knockout study (Gou et al.): which attention edges does the answer
   python -m experiments.knockout --config=configs/knockout.py[:preset] --workdir=DIR \
       [--config.max_samples=100 --config.settings=global1,fine ...]
 
-Writes config.json, samples.jsonl (resumable), summary.json/csv and plots (see jaxvlm/runs.py).
+Writes config.json, samples.jsonl (resumable), summary.json/csv (per spec, with 95 % intervals and
+McNemar p against clean), summary_scores.csv (per condition x overall / task / official aggregate),
+plots (see jaxvlm/runs.py) and, for benchmarks lmms-eval has, lmms_eval/ (its per-sample log and
+results file of the clean answers).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import distributed, runs, sharding
+from jaxvlm import benchmark_scores, distributed, lmms_eval_format, runs, sharding
 from jaxvlm.knockout import engine, metrics, plots, specs
 
 
@@ -67,10 +70,15 @@ def run(config, workdir: str) -> dict:
     records = distributed.merge_results(workdir)
   else:
     records = runs.SampleLog(os.path.join(workdir, 'samples.jsonl')).records() if distributed.is_main() else []
-  summary = metrics.summarize(records, sw)
+  summary = metrics.summarize(records, sw, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
     runs.write_summary(workdir, summary['header'], summary['rows'])
+    benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
     plots.knockout_plots(summary['rows'], summary['header'], workdir)
+    lmms_eval_format.write_clean_answers(
+        workdir, config.benchmark, samples, records,
+        lambda s: processor.render(processor.question_text(s.question, s.options)),
+        config.checkpoint, ann=config.data.get('ann', ''), run_config=config.to_dict())
   distributed.barrier('summary')
   return summary
 

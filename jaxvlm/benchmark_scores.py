@@ -19,7 +19,9 @@ OFFICIAL, as each benchmark's own evaluation reports it:
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -115,3 +117,18 @@ def find_row(rows: Sequence[dict], condition: str, group: str = 'overall', kind:
     if r['condition'] == condition and r['group'] == group and (kind is None or r['group_kind'] == kind):
       return r
   raise KeyError(f'no score row for condition {condition!r}, group {group!r}')
+
+
+SCORE_COLUMNS = ('condition', 'group_kind', 'group', 'n', 'accuracy', 'accuracy_low', 'accuracy_high', 'change',
+                 'change_low', 'change_high', 'mcnemar_p')
+
+
+def write_csv(path: str, rows: Sequence[dict]) -> str:
+  """The score rows as a csv (the base condition's change columns left empty); atomic."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=SCORE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, path)
+  return path

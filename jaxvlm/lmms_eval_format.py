@@ -251,6 +251,32 @@ def write(out_dir: str, benchmark: str, samples: Sequence[VideoQASample], predic
   return written + [path]
 
 
+def write_clean_answers(workdir: str, benchmark: str, samples: Sequence[VideoQASample], records: Sequence[dict],
+                        prompt_of: Callable[[VideoQASample], str], model_name: str, ann: str = '',
+                        run_config: dict | None = None) -> list[str]:
+  """A run's clean answers (argmax of each record's 'clean' option log-probs) in lmms-eval's files under
+  workdir/lmms_eval/, replacing what an earlier pass of the same run wrote there.
+
+  Args:
+    records: the run's samples.jsonl records (failed ones are left out).
+    prompt_of: the prompt text the model was given for a sample (lmms-eval's `input`).
+    ann: the annotation file, whose stem names the split where lmms-eval needs it (NExT-QA test.csv).
+  """
+  by_id = {r['id']: r for r in records if 'error' not in r and 'clean' in r}
+  split = os.path.splitext(os.path.basename(os.fspath(ann)))[0] if ann else ''
+  chosen = [s for s in samples if s.id in by_id and task_of(benchmark, s, split) is not None]
+  if not chosen:
+    return []
+  folder = os.path.join(workdir, 'lmms_eval', sanitize_model_name(model_name))
+  if os.path.isdir(folder):
+    for name in os.listdir(folder):
+      if re.fullmatch(r'\d{8}_\d{6}_(samples_.+\.jsonl|results\.json)', name):
+        os.remove(os.path.join(folder, name))
+  return write(os.path.join(workdir, 'lmms_eval'), benchmark, chosen,
+               [int(np.argmax(by_id[s.id]['clean'])) for s in chosen], [prompt_of(s) for s in chosen],
+               model_name, split=split, run_config=run_config)
+
+
 def results_document(by_task: dict[str, list[dict]], clusters: dict[str, list[str]], model_name: str, date: str,
                      run_config: dict | None = None) -> dict:
   """The `<date>_results.json` dict for these per-task sample lines."""

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import checkpoints, data, prompts, sharding, video
+from jaxvlm import checkpoints, data, frame_folders, prompts, sharding
 from jaxvlm.data import synthetic
 from jaxvlm.prompts import TokenLayout
 
@@ -166,7 +166,7 @@ def prepare(samples: Sequence[data.VideoQASample], processor, config
         raise ValueError('empty option list')
       if s.answer is None or not 0 <= s.answer < len(s.options):
         raise ValueError(f'answer {s.answer} outside the {len(s.options)} options')
-      frames = video.sample_frames(s.video, config.num_frames, start_s=s.start_s, end_s=s.end_s)
+      frames = frame_folders.sample_frames_of(s, config.num_frames)  # a video file or a frame folder
       pixels = processor.preprocess(frames.pixels)
       ok.append(Prepared(s, prompts.build_prompt(processor, s.question, s.options, config.num_frames), pixels))
     except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on

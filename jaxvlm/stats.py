@@ -15,6 +15,7 @@ mean over its 20 tasks) instead of the pooled accuracy.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -138,10 +139,12 @@ def paired_ratio_interval(base, other, num_resamples: int = DEFAULT_RESAMPLES, l
     raise ValueError(f'level must lie in (0, 1), got {level}')
   counts = resample_counts([np.arange(b.shape[1])], b.shape[1], num_resamples,
                            np.random.default_rng(seed)).astype(np.float64)
-  with np.errstate(divide='ignore', invalid='ignore'):
+  with np.errstate(divide='ignore', invalid='ignore'), warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)   # all resamples undefined: the interval is NaN
     estimate = o.mean(axis=1) / b.mean()
     boot = (counts @ o.T) / (counts @ b.T)                                   # [R, N]
-  low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    # 'nearest': interpolating between two infinite resamples would give NaN, not the infinity it is.
+    low, high = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0, method='nearest')
   if single:
     return Interval(float(estimate[0]), float(low[0]), float(high[0]))
   return Interval(estimate, low, high)

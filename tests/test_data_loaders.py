@@ -405,6 +405,24 @@ def test_load_benchmark_takes_the_annotation_file_as_ann(tmp_path):
     data.load_benchmark('nextqa', ann='a.csv', csv_path='b.csv', video_root=root)
 
 
+def test_one_config_data_block_serves_every_benchmark():
+  """configs/common.py's data block (ann, video_root + every optional loader key, unset) on each tree."""
+  from configs import common  # pylint: disable=import-outside-toplevel
+  def block(**set_keys):
+    return {**common.MVBENCH_DATA, **set_keys}
+  assert len(data.load_benchmark('mvbench', **block(ann=MVBENCH / 'json', video_root=MVBENCH / 'video')).samples) == 9
+  assert len(data.load_benchmark('videomme', **block(ann=VIDEOMME, video_root=VIDEOMME_DATA)).samples) == 4
+  ego = data.load_benchmark('egoschema', **block(ann=EGOSCHEMA / 'questions.json', video_root=EGOSCHEMA / 'videos',
+                                                 answers_json=EGOSCHEMA / 'subset_answers.json', subset_only=True))
+  assert [s.answer for s in ego.samples] == [3, 3]
+  nextqa = data.load_benchmark('nextqa', **block(ann=NEXTQA / 'val.csv', video_root=FIXTURES / 'nextqa' / 'NExTVideo',
+                                                 video_map_json=NEXTQA / 'map_vid_vidorID.json'))
+  assert len(nextqa.samples) == 3
+  assert len(data.load_benchmark('longvideobench', **block(ann=LVB / 'lvb_val.json', video_root=LVB / 'videos')).samples) == 2
+  with pytest.raises(ValueError, match="mvbench: the loader takes no answers_json"):
+    data.load_benchmark('mvbench', **block(ann=MVBENCH / 'json', video_root=MVBENCH / 'video', answers_json='a.json'))
+
+
 def test_check_videos_can_be_disabled(tmp_path):
   result = data.load_nextqa(NEXTQA / 'val.csv', tmp_path, check_videos=False)
   assert len(result.samples) == 3 and result.skipped == []

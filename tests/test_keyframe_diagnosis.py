@@ -79,6 +79,19 @@ def test_results_contract(full_run):
     assert len(f.read().strip().splitlines()) == len(names) * len(KS) + 1
   table = diagnosis.format_table(summary)
   assert all(n in table for n in names)
+  # Intervals, change against all candidates, McNemar p; per-task score rows for every condition.
+  for r in summary['rows']:
+    assert r['accuracy_low'] <= r['accuracy'] <= r['accuracy_high'] and 0.0 <= r['mcnemar_p'] <= 1.0, r
+    assert r['change'] == pytest.approx(r['accuracy'] - h['clean_accuracy'])
+  assert h['clean_accuracy_low'] <= h['clean_accuracy'] <= h['clean_accuracy_high']
+  tasks = {r['task'] for r in read_records(workdir)}
+  groups = {(s['group_kind'], s['group']) for s in h['scores']}
+  assert groups == {('overall', 'overall')} | {('task', t) for t in tasks}
+  conditions = {s['condition'] for s in h['scores']}
+  assert conditions == {'clean', 'text_only'} | {diagnosis.condition_name(n, k) for n in names for k in KS}
+  with open(os.path.join(workdir, 'summary_scores.csv')) as f:
+    assert len(f.read().strip().splitlines()) == len(h['scores']) + 1
+  assert not os.path.exists(os.path.join(workdir, 'lmms_eval'))   # lmms-eval has no synthetic task
 
 
 def test_records_hold_valid_selections_and_scores(full_run):

@@ -502,20 +502,38 @@ LOADERS: dict[str, Callable[..., LoadResult]] = {
 }
 
 
+# Optional loader arguments a config may carry for every benchmark (configs/common.py), unset by default.
+OPTIONAL_ARGS = ('answers_json', 'subset_only', 'video_map_json')
+
+
 def load_benchmark(name: str, **kwargs: Any) -> LoadResult:
   """Dispatches to the loader registered under `name` (see LOADERS).
 
   Every loader's first argument is its annotation file; configs may pass it as `ann=` whatever
-  the loader calls it (`ann_json`, `parquet`, `questions_json`, `csv_path`, `json_path`).
+  the loader calls it (`ann_json`, `parquet`, `questions_json`, `csv_path`, `json_path`). One config
+  data block serves every benchmark: an OPTIONAL_ARGS key left unset ('', None or False) is dropped when
+  the loader does not take it, or passed as None ('' / None) when it does; a set one the loader does
+  not take is an error naming it.
   """
   try:
     loader = LOADERS[name.lower()]
   except KeyError:
     raise ValueError(f'unknown benchmark {name!r}; known: {sorted(LOADERS)}') from None
+  params = inspect.signature(loader).parameters
   if 'ann' in kwargs:
-    first = next(iter(inspect.signature(loader).parameters))
+    first = next(iter(params))
     if first != 'ann':
       if first in kwargs:
         raise ValueError(f'{name}: pass the annotation file as ann= or {first}=, not both')
       kwargs[first] = kwargs.pop('ann')
+  for key in OPTIONAL_ARGS:
+    if key not in kwargs:
+      continue
+    unset = kwargs[key] in ('', None, False)
+    if key not in params:
+      if not unset:
+        raise ValueError(f'{name}: the loader takes no {key} (got {kwargs[key]!r}); it takes {list(params)}')
+      del kwargs[key]
+    elif kwargs[key] in ('', None):
+      kwargs[key] = params[key].default
   return loader(**kwargs)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxvlm import data, prompts, video
+from jaxvlm import data, frame_folders, prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,8 @@ def prepare_pool(samples: Sequence[data.VideoQASample], processor, config
     try:
       if s.answer is None:
         raise ValueError('no answer: the diagnosis needs labelled samples')
-      frames = video.sample_frames(s.video, config.num_candidates, rule='pool')
+      # Inside the sample's clip, from its video file or frame folder.
+      frames = frame_folders.sample_frames_of(s, config.num_candidates, rule='pool')
       if len(frames.indices) < config.num_candidates:
         raise ValueError(f'video has {len(frames.indices)} frames, fewer than the '
                          f'{config.num_candidates} candidates')
