@@ -154,11 +154,32 @@ def params_to_state_dict(params: Any) -> dict[str, np.ndarray]:
 # Finding a checkpoint and reading its files.
 
 
+# The embedded default ships in the clone's assets/ and, in an installed jaxvlm, as package data
+# (jaxvlm/assets/, see pyproject.toml): so that `assets/llava_ov_tiny` names it from any directory.
+_EMBEDDED_PREFIX = 'assets/'
+_EMBEDDED_ROOTS = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets'),
+                   os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets'))
+
+
+def embedded_dir(path: str) -> str | None:
+  """'assets/NAME' -> the embedded default's directory NAME (the clone's assets/, else the installed
+  package's), or None when `path` names no shipped checkpoint."""
+  if not path.startswith(_EMBEDDED_PREFIX):
+    return None
+  name = path[len(_EMBEDDED_PREFIX):].rstrip('/')
+  found = [os.path.join(root, name) for root in _EMBEDDED_ROOTS if os.path.isdir(os.path.join(root, name))]
+  return found[0] if name and found else None
+
+
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> str:
-  """A local directory as is; an `org/name` hub id that is not a local path is downloaded."""
+  """A local directory as is; `assets/NAME` that is no directory here is the shipped embedded default
+  (from any working directory); an `org/name` hub id that is not a local path is downloaded."""
   path = os.path.expanduser(os.fspath(name_or_path))
   if os.path.isdir(path):
     return path
+  embedded = embedded_dir(path)
+  if embedded is not None:
+    return embedded
   if os.path.exists(path):
     raise CheckpointNotFoundError(f'{path!r} is a file, not a checkpoint directory')
   if not _HUB_ID.fullmatch(path):
