@@ -78,3 +78,14 @@ def test_every_experiment_is_an_entry_point(path):
   assert any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in tree.body), f'{path.name}: no main()'
   at_import = [ast.unparse(n) for n in tree.body if _is_flag_definition(n)]
   assert at_import == [], f'{path.name} defines flags at import time: {at_import}'
+
+
+def test_pyproject_packages_every_library_room_and_the_embedded_default():
+  """pyproject.toml lists packages by name (the embedded default is mapped in from assets/), so a
+  new room under jaxvlm/ must be added there or the installed package would lack it."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  config = tomllib.loads((REPO / 'pyproject.toml').read_text())['tool']['setuptools']
+  rooms = {'.'.join(p.parent.relative_to(REPO).parts) for p in (REPO / 'jaxvlm').rglob('*.py')}
+  assert rooms <= set(config['packages']), sorted(rooms - set(config['packages']))
+  shipped = {name: config['package-dir'][name] for name in config['packages'] if name.startswith('jaxvlm.assets.')}
+  assert sorted(shipped.values()) == sorted(f'assets/{p.name}' for p in (REPO / 'assets').iterdir() if p.is_dir())
