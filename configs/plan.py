@@ -3,6 +3,10 @@
 Presets: llava_ov_0_5b, llava_ov_7b (default), llava_ov_72b: LLaVA-OneVision with SigLIP so400m
 (26 layers used by LLaVA, no pooling head) and the Qwen2 decoder of each size. Override anything, e.g.
 `--config.num_frames=32 --config.tpu=v5p-32 --config.mesh.tensor=4`.
+
+An efficiency plan (jaxvlm.models.efficient, costed by jaxvlm.costs), layers 1-based as in the paper:
+`--config.exit_layer=18 --config.intra_frame_layers=8 --config.frames=32`. exit_layer 0 (default) means
+no exit (the video stays to the top); frames 0 (default) runs all num_frames.
 """
 from ml_collections import config_dict
 
@@ -33,5 +37,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.dtype = 'bfloat16'              # compute dtype: activations, KV cache, sweep states
   c.sweep_states = True             # the clean run keeps every layer's input (knockout sweep reuse)
   c.tpu = 'v5e-8'
+  c.exit_layer = 0                  # exit after this layer (1-based); 0: no exit
+  c.intra_frame_layers = 0          # layers 1..M keep within-frame attention among video tokens
+  c.frames = 0                      # frame budget k run of the num_frames (0: all)
+  c.prompt_prefix_tokens = 14       # of prompt_tokens, the text before the video (system turn, user header)
   c.mesh = config_dict.ConfigDict({'data': 1, 'fsdp': -1, 'tensor': 1})
   return c
