@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks import knockout_sweep as ks
 from jaxvlm import checkpoints, costs
-from jaxvlm.knockout import TokenLayout
+from jaxvlm.prompts import TokenLayout
 from jaxvlm.models import efficient
 from jaxvlm.models.attention import Group
 from jaxvlm.models.efficient import InferencePlan

@@ -26,11 +26,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxvlm import memory_plan
+from jaxvlm.models import efficient
 from jaxvlm.models.efficient import InferencePlan
 from jaxvlm.models.llava_onevision import LlavaOnevisionConfig
+from jaxvlm.models.siglip import SiglipEncoderLayer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,11 +192,6 @@ def xla_prefill_flops(model, params, input_ids, pixel_values_videos, positions, 
   compiled with its layer scans unrolled (the attention kernel's tile loops are exact when one tile
   covers the sequence: pass a model whose attention_block_size >= the prompt), and the vision tower's
   scanned encoder adds (layers - 1) times one encoder layer compiled alone."""
-  import jax
-  import jax.numpy as jnp
-
-  from jaxvlm.models import efficient
-  from jaxvlm.models.siglip import SiglipEncoderLayer
 
   def flops(fn, *args) -> float:
     analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
@@ -252,13 +251,8 @@ def cost_report(config) -> str:
   num_layers = cfg.text.num_hidden_layers
   prefix = min(config.prompt_prefix_tokens, config.prompt_tokens)
   shape = lambda f: PromptShape(prefix, config.prompt_tokens - prefix, f, cfg.tokens_per_frame, config.batch_size)
-  value_bytes = int(np.dtype(jnp_dtype(config.dtype)).itemsize)
+  value_bytes = jnp.dtype(config.dtype).itemsize
   full = prefill_cost(cfg, InferencePlan(num_layers), shape(config.num_frames), kv_bytes_per_value=value_bytes)
   cost = prefill_cost(cfg, plan, shape(frames), kv_bytes_per_value=value_bytes)
   title = f'prefill, {plan.name(num_layers)}, {frames} of {config.num_frames} frames x {cfg.tokens_per_frame} tokens'
   return format_cost(cost, full, title)
-
-
-def jnp_dtype(name: str):
-  import jax.numpy as jnp
-  return jnp.dtype(name)

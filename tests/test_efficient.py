@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvlm import sweep
-from jaxvlm.knockout import TokenLayout
+from jaxvlm.knockout import engine
 from jaxvlm.models import efficient
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models.attention import Group
+from jaxvlm.prompts import TokenLayout
 from tests import test_llava_onevision as tl
 
 OPTION_IDS = np.asarray([11, 12, 13, 14], np.int32)
@@ -64,11 +64,11 @@ def test_plan_logprobs_equal_the_equivalent_knockout(tiny, frames):
   span = efficient.video_span(np.asarray(layout.group), np.asarray(layout.frame), model.config.tokens_per_frame)
   plans = [efficient.InferencePlan(e, m) for e, m in PLANS[frames]]
   specs = [efficient.equivalent_spec(p, num_layers, frames) for p in plans]
-  masked = np.asarray(sweep.full_recompute(model, params, ids, px, layout, answer, OPTION_IDS, specs))
-  clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
-  engine = np.asarray(sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
+  masked = np.asarray(engine.full_recompute(model, params, ids, px, layout, answer, OPTION_IDS, specs))
+  clean = engine.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
+  by_engine = np.asarray(engine.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
                                       jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *specs)))
-  for plan, ref, ref_engine in zip(plans, masked, engine):
+  for plan, ref, ref_engine in zip(plans, masked, by_engine):
     ours = np.asarray(efficient.option_logprobs(model, params, ids, px, layout.positions, layout.meta(), answer,
                                                 OPTION_IDS, plan, span))
     err = max(np.abs(ours - ref).max(), np.abs(ours - ref_engine).max())
