@@ -2,7 +2,8 @@
 KV-cache bytes, analytically, plus XLA's own count of the same compiled prefill to check them against.
 
 Counting convention (multiply-add = 2 FLOPs; only matrix products are counted: norms, rotary, softmax,
-GELU/SiLU and biases are left out, they are < 5 % of XLA's count on the benchmark's mid-size model):
+GELU/SiLU and biases are left out; XLA counts them too, so its number is a little higher:
+benchmarks/efficient_prefill.py prints the ratio, docs/results.md has it):
   * linear: every projection of every row a layer computes (q/k/v/o, gate/up/down), plus the output
     head on the one answer row per sample. Layers below the exit compute all S prompt rows, layers above
     it the S' non-video rows only.
