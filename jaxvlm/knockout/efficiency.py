@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxvlm import costs, plotting, runs
+from jaxvlm import costs, plotting, runs, stats
 from jaxvlm.models.efficient import InferencePlan
 
 
@@ -113,40 +113,38 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> np.ndarray:
   return out
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-  """95 % Wilson score interval of an accuracy correct / n."""
-  if not n:
-    return float('nan'), float('nan')
-  p = correct / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return float(centre - half), float(centre + half)
-
-
 def summarize(records: list[dict], costs_by_key: dict, timings: dict, clean_key: str) -> dict:
-  """One row per (plan, selector, k): accuracy (+ Wilson 95 % interval) over the successful samples,
-  analytical FLOPs, measured prefill seconds and XLA's memory, speedups against `clean_key`
-  ('plan/selector/k' of the full model), Pareto membership (accuracy vs measured time)."""
-  ok = [r for r in records if 'error' not in r]
+  """One row per (plan, selector, k): accuracy with its bootstrap 95 % interval (resampled within
+  tasks, `jaxvlm.stats`), the paired change vs `clean_key` ('plan/selector/k' of the full model) with
+  its interval, analytical FLOPs, measured prefill seconds and XLA's memory, the measured speedup vs
+  clean, Pareto membership (accuracy vs measured time). Rows cover the successful samples scored under
+  every key."""
+  ok = sorted((r for r in records if 'error' not in r), key=lambda r: r['id'])
   header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
             'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
   keys = sorted({k for r in ok for k in r['logp']})
+  ok = [r for r in ok if all(k in r['logp'] for k in keys)]
+  tasks = np.asarray([r['task'] for r in ok])
+  correct = {key: np.asarray([int(np.argmax(r['logp'][key])) == r['answer'] for r in ok]) for key in keys}
   rows = []
   for key in keys:
     plan, selector, k = key.split('/')
-    scored = [r for r in ok if key in r['logp']]
-    correct = sum(int(np.argmax(r['logp'][key])) == r['answer'] for r in scored)
-    lo, hi = wilson_interval(correct, len(scored))
+    acc = stats.accuracy_interval(correct[key], strata=tasks) if ok else None
+    row = {'name': key, 'plan': plan, 'selector': selector, 'k': int(k), 'samples': len(ok),
+           'accuracy': float(acc.estimate) if acc else float('nan'),
+           'accuracy_low': float(acc.low) if acc else float('nan'),
+           'accuracy_high': float(acc.high) if acc else float('nan')}
+    if clean_key in correct and ok:
+      change = stats.paired_change_interval(correct[clean_key], correct[key], strata=tasks)
+      row.update(change_vs_clean=float(change.estimate), change_low=float(change.low), change_high=float(change.high))
     cost, timing = costs_by_key[f'{plan}/{k}'], timings[f'{plan}/{k}']
-    rows.append({'name': key, 'plan': plan, 'selector': selector, 'k': int(k), 'samples': len(scored),
-                 'accuracy': correct / max(len(scored), 1), 'accuracy_low': lo, 'accuracy_high': hi,
-                 'attention_gflops': cost['attention'] / 1e9, 'total_gflops': cost['total'] / 1e9,
-                 'attention_share': cost['attention_share'], 'total_share': cost['total_share'],
-                 'prefill_seconds': timing['seconds'], 'peak_memory_bytes': timing['peak_memory_bytes']})
+    row.update(attention_gflops=cost['attention'] / 1e9, total_gflops=cost['total'] / 1e9,
+               attention_share=cost['attention_share'], total_share=cost['total_share'],
+               prefill_seconds=timing['seconds'], peak_memory_bytes=timing['peak_memory_bytes'])
+    rows.append(row)
   clean = next((r for r in rows if r['name'] == clean_key), None)
   for r in rows:
     r['measured_speedup'] = clean['prefill_seconds'] / r['prefill_seconds'] if clean else None
-    r['accuracy_drop'] = clean['accuracy'] - r['accuracy'] if clean else None
   front = pareto_front([(r['prefill_seconds'], r['accuracy']) for r in rows])
   for r, on in zip(rows, front):
     r['pareto'] = bool(on)
@@ -156,10 +154,11 @@ def summarize(records: list[dict], costs_by_key: dict, timings: dict, clean_key:
 def format_table(summary: dict) -> str:
   h = summary['header']
   lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  baseline: {h['clean']}",
-           f"{'plan/selector/k':30s} {'acc':>6s} {'95% CI':>13s} {'attn %':>7s} {'total %':>8s} "
+           f"{'plan/selector/k':30s} {'acc':>6s} {'95% CI':>13s} {'vs clean':>8s} {'attn %':>7s} {'total %':>8s} "
            f"{'GFLOPs':>8s} {'prefill ms':>10s} {'speedup':>8s} {'mem MiB':>8s} pareto"]
   for r in summary['rows']:
     lines.append(f"{r['name']:30s} {r['accuracy']:6.3f} [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}] "
+                 f"{r.get('change_vs_clean', float('nan')):+8.3f} "
                  f"{100 * r['attention_share']:6.1f}% {100 * r['total_share']:7.1f}% {r['total_gflops']:8.3f} "
                  f"{1e3 * r['prefill_seconds']:10.2f} {r['measured_speedup']:7.2f}x "
                  f"{r['peak_memory_bytes'] / 2 ** 20:8.1f} {'*' if r['pareto'] else ''}")
