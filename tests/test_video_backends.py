@@ -98,15 +98,16 @@ def test_index_sources(videos):
     with container:
       index = pyav_decode.stream_index(container, stream)
     assert index.num_frames == 120 and index.exact == exact, name
-  container, stream = pyav_decode.open_video(videos['gop8'])
-  with container:
-    index = pyav_decode.stream_index(container, stream)
-  np.testing.assert_array_equal(index.keyframes, np.arange(0, 120, 8))
+  for exact in (False, True):  # from MP4's sample table, and from demuxed packets
+    container, stream = pyav_decode.open_video(videos['gop8'])
+    with container:
+      index = pyav_decode.stream_index(container, stream, exact=exact)
+      np.testing.assert_array_equal(index.keyframe_before(np.arange(120)), np.arange(120) // 8 * 8)
 
 
 def _index(num_frames: int, gop: int) -> pyav_decode.StreamIndex:
-  return pyav_decode.StreamIndex(np.arange(num_frames), np.arange(0, num_frames, gop),
-                                 fractions.Fraction(1, 30), 30.0, exact=True)
+  return pyav_decode.StreamIndex(np.arange(num_frames), fractions.Fraction(1, 30), 30.0, True,
+                                 lambda frames: np.asarray(frames) // gop * gop)
 
 
 def test_plan_seeks_for_sparse_frames_and_scans_dense_ones():
