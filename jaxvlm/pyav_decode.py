@@ -265,7 +265,9 @@ def read(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray | Non
     try:
       try:
         got = _decode(path, container, stream, index, distinct)
-      except _OffGrid:
+      except _OffGrid:  # not the constant rate the sample table promised: demux for the exact index
+        container.close()
+        container, stream = open_video(path)
         index = stream_index(container, stream, exact=True)
         got = _decode(path, container, stream, index, distinct)
     except VideoError:

@@ -3,6 +3,7 @@ timestamps for every kind of request, and its seek / decode-forward plan."""
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import fractions
 
 import av
@@ -137,3 +138,17 @@ def test_decord_missing_falls_back_to_pyav(videos, monkeypatch):
     video.sample_frames(videos['gop8'], 4, backend='decord')
   with pytest.raises(ValueError, match='unknown video backend'):
     video.sample_frames(videos['gop8'], 4, backend='opencv')
+
+
+def test_a_timestamp_off_the_inferred_grid_falls_back_to_the_demuxed_index(videos, monkeypatch):
+  table_index = pyav_decode._sample_table_index
+
+  def shifted(stream):  # a sample table whose grid misses the real timestamps by one unit
+    index = table_index(stream)
+    return dataclasses.replace(index, pts=index.pts + 1)
+
+  monkeypatch.setattr(pyav_decode, '_sample_table_index', shifted)
+  idx = [3, 50, 51, 100]
+  decoded, index = pyav_decode.read(videos['gop8'], idx)
+  assert index.exact
+  np.testing.assert_array_equal(decoded.pixels, video.read_frames(videos['gop8'], idx, backend='decord').pixels)
