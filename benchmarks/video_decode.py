@@ -101,13 +101,17 @@ def pyav_scan(path: str, indices: np.ndarray) -> np.ndarray:
   return np.stack([kept[int(i)] for i in indices])
 
 
-def _best_time(fn, repeats: int) -> tuple[float, np.ndarray]:
-  best, result = float('inf'), None
+def _best_times(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """Best of `repeats` seconds per method, the methods taking turns (so a busy spell on a shared
+  machine hits all of them, not the one that happened to run then), and each method's last result."""
+  best = {name: float('inf') for name in fns}
+  results = {}
   for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    best = min(best, time.perf_counter() - start)
-  return best, result
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      results[name] = fn()
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best, results
 
 
 def _decord_batch(path: str, indices: np.ndarray) -> np.ndarray:
@@ -150,15 +154,15 @@ def main(argv):
       total = video.video_info(path).num_frames
       for n in (int(v) for v in _FRAMES.value) if _FRAMES.value else frame_counts:
         indices = video.uniform_indices(total, n)
-        t_ours, ours = _best_time(lambda: video.sample_frames(path, n).pixels, _REPEATS.value)
-        t_seek, seek = _best_time(lambda: pyav_seek_per_frame(path, indices), _REPEATS.value)
-        t_scan, scan = _best_time(lambda: pyav_scan(path, indices), _REPEATS.value)
-        same = np.array_equal(ours, seek) and np.array_equal(ours, scan)
-        decord_col = ''
+        fns = {'ours': lambda: video.sample_frames(path, n).pixels,
+               'seek': lambda: pyav_seek_per_frame(path, indices),
+               'scan': lambda: pyav_scan(path, indices)}
         if decord_too:
-          t_decord, by_decord = _best_time(lambda: _decord_batch(path, indices), _REPEATS.value)
-          same = same and np.array_equal(ours, by_decord)
-          decord_col = f'{n / t_decord:>12.1f}'
+          fns['decord'] = lambda: _decord_batch(path, indices)
+        times, got = _best_times(fns, _REPEATS.value)
+        t_ours, t_seek, t_scan = times['ours'], times['seek'], times['scan']
+        same = all(np.array_equal(got['ours'], x) for x in got.values())
+        decord_col = f'{n / times["decord"]:>12.1f}' if decord_too else ''
         ratio = min(t_seek, t_scan) / t_ours  # speed of ours over the faster baseline's
         worst = min(worst, ratio)
         print(f'{os.path.basename(path)[:21]:<22}{n:>4}{n / t_ours:>10.1f}{n / t_seek:>10.1f}'
