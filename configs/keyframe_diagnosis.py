@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.seed = 0                          # random selector (mixed with the sample id)
   c.max_samples = -1                  # -1: all
   c.batch_size = 2                    # samples per oracle batch
+  c.input_workers = 2                 # threads decoding candidate pools ahead of the models (0: in the loop)
   c.tail_multiple = 16                # text-tail lengths are rounded up to this
   c.strip_samples = 4                 # samples drawn as frame strips with their scores
   c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'

@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.num_frames = 32                  # the embedded model sees all 32 frames of a synthetic video
   c.max_samples = -1                  # -1: all
   c.batch_size = 4
+  c.input_workers = 2                 # threads decoding + preprocessing ahead of the model (0: in the loop)
   c.settings = 'global1,global2,fine'
   c.kinds = 'LV,VT,VS'
   c.global1_step = 2

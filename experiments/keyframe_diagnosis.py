@@ -12,6 +12,7 @@ scores; and, for benchmarks lmms-eval has, lmms_eval/ (the all-candidates answer
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -20,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, checkpoints, lmms_eval_format, runs
+from jaxvlm import benchmark_scores, checkpoints, input_pipeline, lmms_eval_format, runs
 from jaxvlm.keyframes import candidates, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
@@ -45,14 +46,16 @@ def run(config, workdir: str) -> dict:
                len(samples) - len(todo), len(todo), config.num_candidates, plan.selectors, plan.ks)
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True) as bar:
-    for chunk in runs.batches(todo, config.batch_size):
-      cands, failed = candidates.prepare_pool(chunk, processor, config)
+    # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
+    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config)
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
+      cands, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if cands:
         for record in diagnosis.evaluate_batch(model, params, processor, siglip, cands, plan, config, trained):
           log.append(record)
-      bar.update(len(chunk))
+      bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
   summary = diagnosis.summarize(log.records(), plan, config.sensitive_k, config.benchmark,
                                 {s.id: s.meta for s in samples})

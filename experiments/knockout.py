@@ -10,6 +10,7 @@ results file of the clean answers).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -18,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, distributed, lmms_eval_format, runs, sharding
+from jaxvlm import benchmark_scores, distributed, input_pipeline, lmms_eval_format, runs, sharding
 from jaxvlm.knockout import engine, metrics, plots, specs
 
 
@@ -50,8 +51,10 @@ def run(config, workdir: str) -> dict:
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True,
             disable=not distributed.is_main()) as bar:
-    for chunk in runs.batches(todo, config.batch_size):
-      prepared, failed = runs.prepare(chunk, processor, config)
+    # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
+    prepare = functools.partial(runs.prepare, processor=processor, config=config)
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
+      prepared, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if prepared:
@@ -63,7 +66,7 @@ def run(config, workdir: str) -> dict:
           log.append({'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
                       'clean': clean_logp[i, :n],
                       'specs': {e.name: spec_logp[k, i, :n] for k, e in enumerate(sw.entries)}})
-      bar.update(len(chunk))
+      bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
   distributed.barrier('samples')
   if info.multi_process and distributed.is_main():
