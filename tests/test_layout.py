@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -89,3 +90,23 @@ def test_pyproject_packages_every_library_room_and_the_embedded_default():
   assert rooms <= set(config['packages']), sorted(rooms - set(config['packages']))
   shipped = {name: config['package-dir'][name] for name in config['packages'] if name.startswith('jaxvlm.assets.')}
   assert sorted(shipped.values()) == sorted(f'assets/{p.name}' for p in (REPO / 'assets').iterdir() if p.is_dir())
+
+
+def _readme_layout() -> str:
+  text = (REPO / 'README.md').read_text()
+  start = text.index('## Layout')
+  return text[start:text.index('\n## ', start + 1)]
+
+
+def test_readme_layout_names_every_module_of_the_library():
+  """README's layout section is the tree: every top-level module, package and package module."""
+  layout = _readme_layout()
+  names = set()
+  for path in (REPO / 'jaxvlm').rglob('*.py'):
+    rel = path.relative_to(REPO / 'jaxvlm')
+    if path.name != '__init__.py':
+      names.add(rel.stem)
+    if len(rel.parts) > 1:
+      names.add(rel.parts[0] + '/')
+  missing = sorted(n for n in names if not re.search(rf'(?<!\w){re.escape(n)}(?!\w)', layout))
+  assert missing == [], f'README layout does not mention {missing}'
