@@ -15,6 +15,7 @@ worst row.
 from __future__ import annotations
 
 import fractions
+import importlib.util
 import os
 import tempfile
 import time
@@ -124,11 +125,7 @@ def _decord_batch(path: str, indices: np.ndarray) -> np.ndarray:
 
 
 def _has_decord() -> bool:
-  try:
-    import decord  # pylint: disable=g-import-not-at-top,unused-import
-    return True
-  except ImportError:
-    return False
+  return importlib.util.find_spec('decord') is not None
 
 
 def _videos(tmp: str) -> list[tuple[str, tuple[int, ...]]]:

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import string
-from typing import Any, Sequence
+from typing import Sequence
 
 import jinja2
 import numpy as np
