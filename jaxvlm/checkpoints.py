@@ -309,13 +309,17 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], out_dir: str,
 class Family:
   """build(config_dict, dtype) -> module; param_shapes(module) -> ShapeDtypeStruct tree;
   to_ours / to_hf rename one key between a checkpoint file and our tree;
-  tied: (head key, embedding key) of our tree, dropped from a tied checkpoint if equal."""
+  tied: (head key, embedding key) of our tree, dropped from a tied checkpoint if equal;
+  tensor_to_ours / tensor_to_hf(model, our key, tensor) -> tensor: layout changes beyond the generic
+  convention (e.g. a Conv3d weight that our tree holds as a Dense kernel), after / before renaming."""
   architecture: str
   build: Callable[[dict, Any], Any]
   param_shapes: Callable[[Any], Any]
   to_ours: Callable[[str], str]
   to_hf: Callable[[str], str]
   tied: tuple[str, str] | None = None
+  tensor_to_ours: Callable[[Any, str, np.ndarray], np.ndarray] | None = None
+  tensor_to_hf: Callable[[Any, str, np.ndarray], np.ndarray] | None = None
 
 
 def _build_siglip(config: dict, dtype: Any):
@@ -366,6 +370,62 @@ def _llava_to_hf(key: str) -> str:
   return key
 
 
+def _build_qwen2_5_vl(config: dict, dtype: Any):
+  from jaxvlm.models import qwen2_5_vl as qv
+  return qv.Qwen25VLForConditionalGeneration(qv.Qwen25VLConfig.from_hf(config), dtype=dtype)
+
+
+def _qwen2_5_vl_param_shapes(model) -> Any:
+  from jaxvlm.models import qwen2_5_vl as qv
+  return qv.param_shapes(model)
+
+
+def _qwen2_5_vl_to_ours(key: str) -> str:
+  """Accepts the hub layout (`visual.*`, `model.*` = the decoder, `lm_head.*`; also what transformers v5
+  `save_pretrained` writes) and v5's in-memory names (`model.visual.*`, `model.language_model.*`).
+  Vision blocks `blocks.{i}` are our stacked `layers`."""
+  for old, new in (('model.visual.', 'visual.'), ('model.language_model.', 'language_model.'),
+                   ('model.', 'language_model.')):
+    if key.startswith(old):
+      key = new + key[len(old):]
+      break
+  if key.startswith('visual.blocks.'):
+    key = 'visual.layers.' + key[len('visual.blocks.'):]
+  return key
+
+
+def _qwen2_5_vl_to_hf(key: str) -> str:
+  """Our key -> the hub layout (what transformers v5 `save_pretrained` writes for Qwen2.5-VL)."""
+  if key.startswith('language_model.'):
+    return 'model.' + key[len('language_model.'):]
+  if key.startswith('visual.layers.'):
+    return 'visual.blocks.' + key[len('visual.layers.'):]
+  return key
+
+
+_PATCH_EMBED = 'visual.patch_embed.proj.weight'
+
+
+def _conv3d_shape(model) -> tuple[int, ...]:
+  v = model.config.vision
+  return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+
+
+def _qwen2_5_vl_tensor_to_ours(model, key: str, tensor: np.ndarray) -> np.ndarray:
+  """The Conv3d patch embedding [D, C, tp, p, p] (kernel = stride) is a Dense of the flattened patch."""
+  if key != _PATCH_EMBED:
+    return tensor
+  want = _conv3d_shape(model)
+  if tuple(tensor.shape) != want:
+    raise ShapeMismatchError(f'tensor {key!r} has shape {tuple(tensor.shape)} in the checkpoint, the model '
+                             f'expects the Conv3d weight {want}')
+  return np.asarray(tensor).reshape(want[0], -1)
+
+
+def _qwen2_5_vl_tensor_to_hf(model, key: str, tensor: np.ndarray) -> np.ndarray:
+  return tensor.reshape(_conv3d_shape(model)) if key == _PATCH_EMBED else tensor
+
+
 def _same(key: str) -> str:
   return key
 
@@ -375,6 +435,10 @@ FAMILIES: dict[str, Family] = {
     'llava_onevision': Family(
         'LlavaOnevisionForConditionalGeneration', _build_llava_onevision, _llava_param_shapes,
         _llava_to_ours, _llava_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight')),
+    'qwen2_5_vl': Family(
+        'Qwen2_5_VLForConditionalGeneration', _build_qwen2_5_vl, _qwen2_5_vl_param_shapes,
+        _qwen2_5_vl_to_ours, _qwen2_5_vl_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight'),
+        tensor_to_ours=_qwen2_5_vl_tensor_to_ours, tensor_to_hf=_qwen2_5_vl_tensor_to_hf),
 }
 
 
@@ -410,21 +474,27 @@ def _drop_tied_head(state_dict: dict[str, np.ndarray], target: Any, family: Fami
   del state_dict[head]
 
 
-def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any, model: Any = None) -> dict:
   renamed = _rename(state_dict, family.to_ours)
+  if family.tensor_to_ours is not None:
+    if model is None:
+      raise ValueError(f'converting a {family.architecture} checkpoint needs the model (its config)')
+    renamed = {k: family.tensor_to_ours(model, k, v) for k, v in renamed.items()}
   _drop_tied_head(renamed, target, family)
   return state_dict_to_params(renamed, target)
 
 
-def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any,
+                       model: Any = None) -> dict:
   """Any supported key layout of `model_type` (hub files, v5 files, v5 in-memory `state_dict()`) ->
-  our param tree shaped like `target`, strictly (numpy float32)."""
-  return _convert(family_of({'model_type': model_type}), state_dict, target)
+  our param tree shaped like `target`, strictly (numpy float32). `model` is needed by families whose
+  tensors change layout (qwen2_5_vl)."""
+  return _convert(family_of({'model_type': model_type}), state_dict, target, model)
 
 
 def load_params(ckpt_dir: str, model: Any, family: Family) -> dict:
   """Strictly converts the checkpoint in `ckpt_dir` into `model`'s param tree (float32 jax arrays)."""
-  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model))
+  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model), model)
   return jax.tree.map(jnp.asarray, params)
 
 
@@ -462,7 +532,10 @@ def export_pretrained(model: Any, params: Any, config_dict: Mapping[str, Any], o
   and the processor's tokenizer / chat template / preprocessor files when given."""
   family = family_of(config_dict)
   _check_fits(params, family.param_shapes(model))
-  state_dict = _rename(params_to_state_dict(params), family.to_hf)
+  state_dict = params_to_state_dict(params)
+  if family.tensor_to_hf is not None:
+    state_dict = {k: family.tensor_to_hf(model, k, v) for k, v in state_dict.items()}
+  state_dict = _rename(state_dict, family.to_hf)
   write_state_dict({k: v.astype(np.float32, copy=False) for k, v in state_dict.items()}, out_dir,
                    max_shard_bytes)
   config = {'architectures': [family.architecture], **config_dict, 'dtype': 'float32'}
