@@ -32,7 +32,8 @@ from jaxvlm.processor import ANSWER_INSTRUCTION, VideoProcessor
 @struct.dataclass
 class TokenLayout:
   """Per-token layout of a prompt batch, every field [B, S]: group (`Group`), frame (-1 if not a
-  frame token), positions (rotary position ids), valid (False for padding)."""
+  frame token), positions (rotary position ids; [3, B, S] M-RoPE ids for Qwen2.5-VL, see
+  `jaxvlm.models.qwen2_5_vl`), valid (False for padding)."""
   group: jnp.ndarray
   frame: jnp.ndarray
   positions: jnp.ndarray

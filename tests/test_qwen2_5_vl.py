@@ -85,7 +85,7 @@ def padded(prompts: list[np.ndarray], left: bool) -> tuple[np.ndarray, np.ndarra
 
 
 def hf_inputs(ids, mask, flats, seconds=None) -> dict:
-  out = dict(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
+  out = dict(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(np.array(mask)).long(),
              mm_token_type_ids=torch.from_numpy(np.where(ids == VIDEO_ID, 2, 0)).int(),
              pixel_values_videos=torch.from_numpy(np.concatenate(flats)),
              video_grid_thw=torch.tensor([GRID] * len(flats)))
@@ -244,21 +244,27 @@ def test_video_layout_helpers_follow_the_conventions(tiny):
   assert (frame[group != Group.VIDEO] == -1).all()
 
 
-def test_knockouts_match_transformers_dense_masks():
-  hf, model, params = build(seed=2, layers=3)
-  hf.config.text_config._attn_implementation = 'eager'
-  hf.model.language_model.config._attn_implementation = 'eager'
+def qa_batch(model):
+  """A right-padded batch of two QA prompts: ids [B, S], layout (M-RoPE positions [3, B, S]), answer
+  slots [B], and the two videos (transformers' flat patches)."""
   prompts = [qa_prompt(3, 4, 6, 3, 0), qa_prompt(2, 7, 5, 2, 1)]
   ids, valid = padded([p[0] for p in prompts], left=False)
   group = np.full(ids.shape, Group.LAST, np.int32)
   for i, (_, g) in enumerate(prompts):
     group[i, :len(g)] = g
   frame = np.where(valid, qv.video_frames(ids, model.config, PADS // GRID[0]), -1)
-  flats = [flat_pixels(9), flat_pixels(10)]
-  positions, _ = qv.rope_index(ids, model.config, [GRID, GRID], None, valid)
+  positions, _ = qv.rope_index(ids, model.config, [GRID, GRID], [0.5, 1.0], valid)
   layout = TokenLayout(group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions),
                        valid=jnp.asarray(valid))
-  answer = valid.sum(1) - 1
+  return ids, layout, valid.sum(1) - 1, [flat_pixels(9), flat_pixels(10)]
+
+
+def test_knockouts_match_transformers_dense_masks():
+  hf, model, params = build(seed=2, layers=3)
+  hf.config.text_config._attn_implementation = 'eager'
+  hf.model.language_model.config._attn_implementation = 'eager'
+  ids, layout, answer, flats = qa_batch(model)
+  group, frame, valid = (np.asarray(x) for x in (layout.group, layout.frame, layout.valid))
   num_layers, f = 3, GRID[0]
   specs = []
   for kind in knockout.KINDS:
@@ -287,7 +293,7 @@ def test_knockouts_match_transformers_dense_masks():
       handles.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
     try:
       with torch.no_grad():
-        logits = hf(**hf_inputs(ids, valid, flats)).logits
+        logits = hf(**hf_inputs(ids, valid, flats, [0.5, 1.0])).logits
     finally:
       for h in handles:
         h.remove()

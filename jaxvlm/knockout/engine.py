@@ -64,6 +64,17 @@ def clean_run(model: LlavaOnevisionForConditionalGeneration, params, input_ids, 
   return CleanRun(out.hidden_states, out.cache, logp)
 
 
+def _batch_first(positions: jnp.ndarray) -> jnp.ndarray:
+  """Adapter for M-RoPE models (Qwen2.5-VL): layout positions [3, B, S] -> the decoder's batch-first
+  [B, S, 3]; plain positions [B, S] pass through."""
+  return positions if positions.ndim == 2 else jnp.moveaxis(positions, 0, -1)
+
+
+def _gather_index(idx: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+  """Slots idx [B, T] shaped to gather batch-first positions ([B, T] or [B, T, 1] for M-RoPE)."""
+  return idx if positions.ndim == 2 else idx[..., None]
+
+
 def _layer(params, index):
   return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), params)
 
@@ -81,7 +92,7 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   k_meta = layout.meta()
   idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]              # [B, T]
   q_meta = k_meta.take(idx)
-  positions = jnp.take_along_axis(layout.positions, idx, axis=1)
+  positions = jnp.take_along_axis(_batch_first(layout.positions), _gather_index(idx, layout.positions), axis=1)
   layer_params = {'params': _layer(params['language_model']['layers'], layer)}
   cache_k, cache_v = _layer(clean.cache.k, layer), _layer(clean.cache.v, layer)
   fold = lambda x: jnp.broadcast_to(x[None], (c,) + x.shape).reshape((c * b,) + x.shape[1:])
