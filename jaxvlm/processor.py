@@ -247,4 +247,7 @@ def from_checkpoint_dir(ckpt_dir: str, config: dict) -> VideoProcessor | SiglipP
     return None
   if config.get('model_type') == 'siglip':
     return SiglipProcessor.from_pretrained(ckpt_dir, config)
+  if config.get('model_type') == 'qwen2_5_vl':
+    from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor  # imports this module
+    return Qwen25VLProcessor.from_pretrained(ckpt_dir, config)
   return VideoProcessor.from_pretrained(ckpt_dir, config)

@@ -177,3 +177,73 @@ def build_prompt(tokenizer, chat_template: str, question_text: str, question: st
   at = int(np.flatnonzero(is_pad)[0])
   frame[at:at + t * per_patch] = np.arange(t * per_patch) // per_patch
   return Prompt(text, expanded, np.repeat(group, repeats), frame, t)
+
+
+class Qwen25VLProcessor:
+  """Text and pixel side of Qwen2.5-VL for multiple-choice video prompts (what `load_pretrained` returns
+  for a qwen2_5_vl checkpoint with a tokenizer).
+
+  Attributes: tokenizer, chat_template, pixels (`QwenPixels`), pixel_config (the json dict or None),
+  video_token_id / vision_start_token_id / vision_end_token_id (checked against the model config).
+  """
+
+  def __init__(self, tokenizer, chat_template: str, pixels: QwenPixels, pixel_config: dict | None = None):
+    self.tokenizer = tokenizer
+    self.chat_template = chat_template
+    self.pixels = pixels
+    self.pixel_config = pixel_config
+    self.video_token_id, self.vision_start_token_id, self.vision_end_token_id = (
+        tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_PAD, VISION_START, VISION_END))
+
+  @classmethod
+  def from_pretrained(cls, ckpt_dir: str, config: Mapping[str, Any]) -> Qwen25VLProcessor:
+    from jaxvlm import processor as processor_lib
+    tokenizer = processor_lib.load_tokenizer(ckpt_dir)
+    template = processor_lib.load_chat_template(ckpt_dir, tokenizer)
+    if template is None:
+      raise ValueError(f'{ckpt_dir} has no chat template')
+    pixel_config = (processor_lib._read_json(ckpt_dir, processor_lib.VIDEO_CONFIG)  # pylint: disable=protected-access
+                    or processor_lib._read_json(ckpt_dir, processor_lib.IMAGE_CONFIG))  # pylint: disable=protected-access
+    pixels = QwenPixels.from_config(pixel_config or {})
+    out = cls(tokenizer, template, pixels, pixel_config)
+    for name in ('video_token_id', 'vision_start_token_id', 'vision_end_token_id'):
+      if name in config and config[name] != getattr(out, name):
+        raise ValueError(f'{name}: the tokenizer has {getattr(out, name)}, config.json says {config[name]}')
+    vision = config.get('vision_config') or {}
+    for ours, theirs in (('patch_size', 'patch_size'), ('temporal_patch_size', 'temporal_patch_size'),
+                         ('merge_size', 'spatial_merge_size')):
+      if theirs in vision and vision[theirs] != getattr(pixels, ours):
+        raise ValueError(f'pixel config {ours}={getattr(pixels, ours)} but the vision config has '
+                         f'{theirs}={vision[theirs]}')
+    return out
+
+  def question_text(self, question: str, options: Sequence[str]) -> str:
+    from jaxvlm import processor as processor_lib
+    return processor_lib.VideoProcessor.question_text(self, question, options)
+
+  def build_prompt(self, question: str, options: Sequence[str], grid_thw: Sequence[int]) -> Prompt:
+    """The prompt of one multiple-choice question about a video of grid (T, gh, gw), with its layout."""
+    from jaxvlm.processor import ANSWER_INSTRUCTION
+    return build_prompt(self.tokenizer, self.chat_template, self.question_text(question, options), question,
+                        ANSWER_INSTRUCTION, grid_thw, self.pixels.merge_size)
+
+  def option_letter_ids(self, n_options: int) -> np.ndarray:
+    from jaxvlm import processor as processor_lib
+    return processor_lib.VideoProcessor.option_letter_ids(self, n_options)
+
+  def preprocess(self, frames: np.ndarray, size: tuple[int, int] | None = None
+                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """uint8 frames [F, H, W, 3] -> (patches [T, Hm, Wm, m*m, P], grid (T, gh, gw))."""
+    return self.pixels.preprocess(frames, size)
+
+  def save_pretrained(self, out_dir: str) -> None:
+    import json
+    import os
+    from jaxvlm import processor as processor_lib
+    os.makedirs(out_dir, exist_ok=True)
+    self.tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, processor_lib.TEMPLATE_JINJA), 'w') as f:
+      f.write(self.chat_template)
+    if self.pixel_config is not None:
+      with open(os.path.join(out_dir, processor_lib.VIDEO_CONFIG), 'w') as f:
+        json.dump(self.pixel_config, f, indent=2, sort_keys=True)

@@ -149,3 +149,48 @@ def test_7b_parameter_count_equals_transformers_meta_model():
   cfg = model.config
   assert cfg.text.mrope_section == (16, 24, 24) and cfg.text.head_dim == 128
   assert cfg.vision.window_units == 4 and cfg.vision.fullatt_block_indexes == (7, 15, 23, 31)
+
+
+def _tokenizer_with_model_ids():
+  """Word-level tokenizer whose vision tokens carry the tiny model's ids (110..113)."""
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from tests import test_qwen2_5_vl_processor as tp
+  words = [w for w in tp.WORDS]
+  words += [f'w{i}' for i in range(tq.IMAGE_ID - len(words))]
+  special = ['<|image_pad|>', '<|video_pad|>', '<|vision_start|>', '<|vision_end|>', '<|im_start|>', '<|im_end|>']
+  vocab = {w: i for i, w in enumerate(words + special)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]',
+                                              additional_special_tokens=special)
+  fast.chat_template = tp.QWEN_TEMPLATE
+  assert fast.convert_tokens_to_ids('<|video_pad|>') == tq.VIDEO_ID
+  return fast
+
+
+def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, hub_dir, tmp_path):
+  """checkpoint dir with tokenizer + pixel config -> (model, params, processor) -> frames and a question ->
+  patches, prompt, M-RoPE positions -> logits equal to transformers' on the same inputs."""
+  hf = tiny[0]
+  import shutil
+  ckpt = tmp_path / 'ckpt'
+  shutil.copytree(hub_dir, ckpt)
+  _tokenizer_with_model_ids().save_pretrained(ckpt)
+  with open(ckpt / 'video_preprocessor_config.json', 'w') as f:
+    json.dump({'patch_size': tq.PATCH, 'temporal_patch_size': 2, 'merge_size': tq.MERGE,
+               'size': {'shortest_edge': 64, 'longest_edge': 64 * 64}, 'resample': 3}, f)
+  model, params, processor = checkpoints.load_pretrained(ckpt)
+  from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
+  assert isinstance(processor, Qwen25VLProcessor)
+  frames = np.random.default_rng(0).integers(0, 256, size=(4, 24, 40, 3), dtype=np.uint8)
+  patches, grid = processor.preprocess(frames)
+  assert grid == tq.GRID
+  p = processor.build_prompt('What colour is the ball?', ['red', 'blue', 'green'], grid)
+  ids, mask = p.input_ids[None], np.ones((1, len(p.input_ids)), bool)
+  positions, _ = qv.rope_index(ids, model.config, [grid], [0.5], mask)
+  ours = tq._logits(model, params, ids, patches[None], positions, mask)  # pylint: disable=protected-access
+  with torch.no_grad():
+    ref = hf(**tq.hf_inputs(ids, mask, [patches.reshape(-1, patches.shape[-1])], [0.5])).logits.numpy()
+  assert np.abs(ours - ref).max() <= 1e-4
+  letters = processor.option_letter_ids(3)
+  assert [processor.tokenizer.convert_ids_to_tokens(int(i)) for i in letters] == ['A', 'B', 'C']
