@@ -3,7 +3,7 @@
 Pixels. One H x W per run (static shapes): `QwenPixels.target_size` applies the reference processor's
 smart-resize rules (sides rounded to multiples of patch * merge = 28, the area kept within
 [min_pixels, max_pixels] at about the same aspect ratio); frames are resized there once (PIL-equivalent
-bicubic, `jaxvlm.video.preprocess`), rescaled, normalized with the CLIP mean/std and patchified in numpy
+bicubic, `jaxvlm.pixels.preprocess`), rescaled, normalized with the CLIP mean/std and patchified in numpy
 in the reference order. A clip of F frames gives T = ceil(F / tp) temporal patches (tp = 2; an odd
 clip repeats its last frame, as the reference does): temporal patch t fuses frames 2t and 2t + 1.
 
@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxvlm import video
+from jaxvlm import pixels as pixels_lib
 from jaxvlm.models.attention import Group
 from jaxvlm.prompts import Prompt
 
@@ -121,7 +121,7 @@ class QwenPixels:
     size = size or self.target_size(*np.asarray(frames).shape[1:3])
     if size[0] % self.factor or size[1] % self.factor:
       raise ValueError(f'size {size} is not a multiple of patch * merge = {self.factor}')
-    return video.preprocess(frames, size, self.image_mean, self.image_std, self.resample, self.rescale_factor)
+    return pixels_lib.preprocess(frames, size, self.image_mean, self.image_std, self.resample, self.rescale_factor)
 
   def preprocess(self, frames: np.ndarray, size: tuple[int, int] | None = None
                  ) -> tuple[np.ndarray, tuple[int, int, int]]:

@@ -10,8 +10,9 @@ import pytest
 import torch
 import transformers
 
-from jaxvlm import checkpoints, knockout
-from jaxvlm.knockout import TokenLayout
+from jaxvlm import checkpoints
+from jaxvlm.knockout import specs as knockout
+from jaxvlm.prompts import TokenLayout
 from jaxvlm.models import qwen2
 from jaxvlm.models import qwen2_5_vl as qv
 from jaxvlm.models import qwen2_5_vl_vision as qvv

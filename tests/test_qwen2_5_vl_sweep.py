@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvlm import knockout, sweep
+from jaxvlm.knockout import engine as sweep
+from jaxvlm.knockout import specs as knockout
 from tests import test_qwen2_5_vl as tq
 
 OPTION_IDS = np.asarray([11, 12, 13, 14], np.int32)

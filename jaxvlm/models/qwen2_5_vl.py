@@ -16,7 +16,7 @@ the host by `rope_index` (equal to transformers' `get_rope_index`):
 Inside the decoder positions are carried batch-first, [B, S, 3], so every gather along the token axis
 (KV-cache writes, output rows, sweep tails) works unchanged; `decoder_positions` converts.
 
-Token layout for the knockout conventions (see `jaxvlm.knockout`): `<|vision_start|>`, the
+Token layout for the knockout conventions (docs/architecture.md, Conventions): `<|vision_start|>`, the
 T x Hm x Wm video pads and `<|vision_end|>` are all Group.VIDEO; a pad's frame is its temporal patch t
 (frames 2t and 2t+1 of the sampled video); vision_start and vision_end are video tokens of frame -1
 (like LLaVA's image_newline).
