@@ -20,7 +20,15 @@ patch f // 2 (`patch_of_frame`); with `keyframe_clip`, patch t is selected frame
 Prompts. The chat template renders `<|vision_start|><|video_pad|><|vision_end|>` for a video; the pad is
 expanded to T * Hm * Wm slots. Groups as `jaxvlm.prompts` (SYSTEM before the video, QUESTION, OPTIONS,
 LAST) with vision_start, the pads and vision_end in Group.VIDEO; a pad's frame is its temporal patch,
-vision_start / vision_end have frame -1. Positions come from `qwen2_5_vl.rope_index` ([3, B, S]).
+vision_start / vision_end have frame -1. Each prompt carries its M-RoPE positions [3, S] from
+`qwen2_5_vl.rope_index` (`prompts.collate` stacks them to [3, B, S] for `TokenLayout.positions`).
+
+Time. M-RoPE spaces a video's temporal patches evenly, tokens_per_second x second_per_grid_ts apart. A
+uniform clip gets second_per_grid_ts = tp x its mean frame spacing (as transformers derives it from the
+sampled fps). A keyframe clip is not evenly spaced in time, and one interval per video cannot express
+that: its patches get `KEYFRAME_SECONDS_PER_PATCH` (temporal rank only), so a selection's positions
+depend on how many frames it holds, not on when they were shot; all N candidates as keyframes give the
+same prompt as the candidate pool.
 """
 from __future__ import annotations
 
@@ -31,13 +39,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxvlm import pixels as pixels_lib
+from jaxvlm import processor as processor_lib
+from jaxvlm.models import qwen2_5_vl as qv
 from jaxvlm.models.attention import Group
+from jaxvlm.processor import ANSWER_INSTRUCTION, ChatProcessor
 from jaxvlm.prompts import Prompt
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIDEO_PAD, VISION_START, VISION_END = '<|video_pad|>', '<|vision_start|>', '<|vision_end|>'
 _RESAMPLE = {2: 'bilinear', 3: 'bicubic'}  # PIL codes in preprocessor configs
+# second_per_grid_ts of a keyframe clip: what transformers gives a video sampled at its default 2 fps
+# (temporal_patch_size 2 / 2 fps), so consecutive keyframe patches sit tokens_per_second steps apart.
+KEYFRAME_SECONDS_PER_PATCH = 1.0
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
@@ -179,33 +193,36 @@ def build_prompt(tokenizer, chat_template: str, question_text: str, question: st
   return Prompt(text, expanded, np.repeat(group, repeats), frame, t)
 
 
-class Qwen25VLProcessor:
+class Qwen25VLProcessor(ChatProcessor):
   """Text and pixel side of Qwen2.5-VL for multiple-choice video prompts (what `load_pretrained` returns
   for a qwen2_5_vl checkpoint with a tokenizer).
 
-  Attributes: tokenizer, chat_template, pixels (`QwenPixels`), pixel_config (the json dict or None),
-  video_token_id / vision_start_token_id / vision_end_token_id (checked against the model config).
+  Attributes (besides `ChatProcessor`'s): pixels (`QwenPixels`), model_config (`Qwen25VLConfig`, for the
+  M-RoPE positions; None: prompts carry no positions), frame_size ((H, W) every clip is resized to, fixed
+  for a run so shapes are static; None: each clip's own smart-resize size), video_token_id /
+  vision_start_token_id / vision_end_token_id (checked against the model config).
   """
 
-  def __init__(self, tokenizer, chat_template: str, pixels: QwenPixels, pixel_config: dict | None = None):
-    self.tokenizer = tokenizer
-    self.chat_template = chat_template
+  def __init__(self, tokenizer, chat_template: str, pixels: QwenPixels, pixel_config: dict | None = None,
+               model_config: qv.Qwen25VLConfig | None = None, frame_size: tuple[int, int] | None = None):
+    super().__init__(tokenizer, chat_template, pixel_config)
     self.pixels = pixels
-    self.pixel_config = pixel_config
+    self.model_config = model_config
+    self.frame_size = None
+    if frame_size is not None:
+      self.set_frame_size(frame_size)
     self.video_token_id, self.vision_start_token_id, self.vision_end_token_id = (
         tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_PAD, VISION_START, VISION_END))
 
   @classmethod
   def from_pretrained(cls, ckpt_dir: str, config: Mapping[str, Any]) -> Qwen25VLProcessor:
-    from jaxvlm import processor as processor_lib
     tokenizer = processor_lib.load_tokenizer(ckpt_dir)
     template = processor_lib.load_chat_template(ckpt_dir, tokenizer)
     if template is None:
       raise ValueError(f'{ckpt_dir} has no chat template')
-    pixel_config = (processor_lib._read_json(ckpt_dir, processor_lib.VIDEO_CONFIG)  # pylint: disable=protected-access
-                    or processor_lib._read_json(ckpt_dir, processor_lib.IMAGE_CONFIG))  # pylint: disable=protected-access
+    pixel_config = processor_lib.read_pixel_config(ckpt_dir)
     pixels = QwenPixels.from_config(pixel_config or {})
-    out = cls(tokenizer, template, pixels, pixel_config)
+    out = cls(tokenizer, template, pixels, pixel_config, qv.Qwen25VLConfig.from_hf(config))
     for name in ('video_token_id', 'vision_start_token_id', 'vision_end_token_id'):
       if name in config and config[name] != getattr(out, name):
         raise ValueError(f'{name}: the tokenizer has {getattr(out, name)}, config.json says {config[name]}')
@@ -217,33 +234,62 @@ class Qwen25VLProcessor:
                          f'{theirs}={vision[theirs]}')
     return out
 
-  def question_text(self, question: str, options: Sequence[str]) -> str:
-    from jaxvlm import processor as processor_lib
-    return processor_lib.VideoProcessor.question_text(self, question, options)
+  def set_frame_size(self, size: Sequence[int]) -> None:
+    """Fixes the run's frame size (H, W); both must be multiples of patch * merge."""
+    h, w = (int(v) for v in size)
+    if h <= 0 or w <= 0 or h % self.pixels.factor or w % self.pixels.factor:
+      raise ValueError(f'frame_size {h}x{w}: both sides must be positive multiples of patch * merge = '
+                       f'{self.pixels.factor}')
+    self.frame_size = (h, w)
 
-  def build_prompt(self, question: str, options: Sequence[str], grid_thw: Sequence[int]) -> Prompt:
-    """The prompt of one multiple-choice question about a video of grid (T, gh, gw), with its layout."""
-    from jaxvlm.processor import ANSWER_INSTRUCTION
-    return build_prompt(self.tokenizer, self.chat_template, self.question_text(question, options), question,
-                        ANSWER_INSTRUCTION, grid_thw, self.pixels.merge_size)
-
-  def option_letter_ids(self, n_options: int) -> np.ndarray:
-    from jaxvlm import processor as processor_lib
-    return processor_lib.VideoProcessor.option_letter_ids(self, n_options)
+  def build_prompt(self, question: str, options: Sequence[str], grid_thw: Sequence[int],
+                   seconds_per_patch: float | None = None) -> Prompt:
+    """The prompt of one multiple-choice question about a video of grid (T, gh, gw), with its layout and,
+    when the processor knows the model config, its M-RoPE positions [3, S] (`seconds_per_patch`:
+    transformers' second_per_grid_ts, default `KEYFRAME_SECONDS_PER_PATCH`)."""
+    prompt = build_prompt(self.tokenizer, self.chat_template, self.question_text(question, options), question,
+                          ANSWER_INSTRUCTION, grid_thw, self.pixels.merge_size)
+    if self.model_config is None:
+      return prompt
+    seconds = KEYFRAME_SECONDS_PER_PATCH if seconds_per_patch is None else seconds_per_patch
+    positions, _ = qv.rope_index(prompt.input_ids[None], self.model_config, [grid_thw], [seconds])
+    return dataclasses.replace(prompt, positions=positions[:, 0].astype(np.int32))
 
   def preprocess(self, frames: np.ndarray, size: tuple[int, int] | None = None
                  ) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """uint8 frames [F, H, W, 3] -> (patches [T, Hm, Wm, m*m, P], grid (T, gh, gw))."""
-    return self.pixels.preprocess(frames, size)
+    """uint8 frames [F, H, W, 3] -> (patches [T, Hm, Wm, m*m, P], grid (T, gh, gw)), at `size`, else the
+    run's `frame_size`, else the clip's smart-resize size."""
+    return self.pixels.preprocess(frames, size or self.frame_size)
 
-  def save_pretrained(self, out_dir: str) -> None:
-    import json
-    import os
-    from jaxvlm import processor as processor_lib
-    os.makedirs(out_dir, exist_ok=True)
-    self.tokenizer.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, processor_lib.TEMPLATE_JINJA), 'w') as f:
-      f.write(self.chat_template)
-    if self.pixel_config is not None:
-      with open(os.path.join(out_dir, processor_lib.VIDEO_CONFIG), 'w') as f:
-        json.dump(self.pixel_config, f, indent=2, sort_keys=True)
+  def video_pixels(self, frames: np.ndarray, keyframes: bool = False) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] -> the model's pixels: patches [T, Hm, Wm, m*m, P], one temporal patch
+    per knockout frame. keyframes: each frame fills its own patch (T = F, `keyframe_clip`); else a
+    uniform clip whose consecutive frames pair up (T = ceil(F / tp))."""
+    clip = keyframe_clip(frames, self.pixels.temporal_patch_size) if keyframes else frames
+    return self.preprocess(clip)[0]
+
+  def grid_of(self, patches: np.ndarray) -> tuple[int, int, int]:
+    """(T, gh, gw) of patches [T, Hm, Wm, m*m, P]."""
+    t, hm, wm = patches.shape[:3]
+    m = self.pixels.merge_size
+    return t, hm * m, wm * m
+
+  def seconds_per_patch(self, timestamps_s: np.ndarray | None = None, keyframes: bool = False) -> float:
+    """transformers' second_per_grid_ts of a clip: tp x the mean spacing of a uniform clip's frames
+    (`seconds_per_patch` of its sampled fps); keyframes, a single frame or no timestamps:
+    `KEYFRAME_SECONDS_PER_PATCH` (module docstring)."""
+    if keyframes or timestamps_s is None or len(timestamps_s) < 2:
+      return KEYFRAME_SECONDS_PER_PATCH
+    spacing = float(np.mean(np.diff(np.asarray(timestamps_s, np.float64))))
+    if spacing <= 0:
+      raise ValueError(f'frame timestamps {list(timestamps_s)} do not increase')
+    return seconds_per_patch(self.pixels.temporal_patch_size, 1.0 / spacing)
+
+  def video_inputs(self, question: str, options: Sequence[str], frames: np.ndarray,
+                   timestamps_s: np.ndarray | None = None, keyframes: bool = False
+                   ) -> tuple[Prompt, np.ndarray]:
+    """(prompt with layout and positions, patches [T, Hm, Wm, m*m, P]) of one question over uint8 frames
+    [F, H, W, 3] (`video_pixels` for the keyframes rule)."""
+    patches = self.video_pixels(frames, keyframes)
+    return self.build_prompt(question, options, self.grid_of(patches),
+                             self.seconds_per_patch(timestamps_s, keyframes)), patches

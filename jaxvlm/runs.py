@@ -25,6 +25,7 @@ import numpy as np
 from jaxvlm import checkpoints, data, frame_folders, prompts, sharding
 from jaxvlm.data import synthetic
 from jaxvlm.prompts import TokenLayout
+from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
 
 
 def jsonable(x: Any) -> Any:
@@ -119,7 +120,19 @@ def csv_list(value) -> list[str]:
 
 
 def load_model(config):
-  return checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype))
+  """(model, params, processor) of config.checkpoint in config.dtype. config.frame_size ('H,W'; '' or
+  absent: the processor's own rule) fixes a Qwen2.5-VL run's frame size (static shapes); LLaVA's frame
+  size is the checkpoint's and cannot be set."""
+  model, params, processor = checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype))
+  size = [int(v) for v in csv_list(config.get('frame_size', ''))]
+  if size:
+    if not isinstance(processor, Qwen25VLProcessor):
+      raise ValueError(f'frame_size={config.frame_size!r}: only a Qwen2.5-VL processor takes a frame size '
+                       f'({config.checkpoint} gave {type(processor).__name__})')
+    if len(size) != 2:
+      raise ValueError(f"frame_size={config.frame_size!r}: expected 'H,W'")
+    processor.set_frame_size(size)
+  return model, params, processor
 
 
 def load_samples(config, workdir: str):
@@ -153,7 +166,33 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
 class Prepared:
   sample: data.VideoQASample
   prompt: prompts.Prompt
-  pixels: np.ndarray  # [F, H, W, C]
+  pixels: np.ndarray  # the model's pixels, one entry per knockout frame (see `video_inputs`)
+
+
+def video_inputs(processor, question: str, options: Sequence[str], frames: np.ndarray,
+                 timestamps_s: np.ndarray | None = None, keyframes: bool = False
+                 ) -> tuple[prompts.Prompt, np.ndarray]:
+  """(prompt, model pixels) of one multiple-choice question over uint8 frames [F, H, W, 3] at times
+  timestamps_s [F]: the one place the model families differ on the sample path.
+
+  LLaVA-OneVision: pixels [F, h, w, 3], one per frame (keyframes or not). Qwen2.5-VL: patches
+  [T, Hm, Wm, M, P], one per temporal patch; a uniform clip pairs consecutive frames (T = ceil(F / 2)),
+  keyframes (selected or candidate frames) fill one patch each (T = F), with M-RoPE positions in the
+  prompt (`jaxvlm.qwen2_5_vl_processor`). Either way pixels[f] is knockout frame f of the prompt.
+  """
+  if isinstance(processor, Qwen25VLProcessor):
+    return processor.video_inputs(question, options, frames, timestamps_s, keyframes)
+  return prompts.build_prompt(processor, question, options, len(frames)), processor.preprocess(frames)
+
+
+def prompt_for_pixels(processor, question: str, options: Sequence[str], pixels: np.ndarray
+                      ) -> prompts.Prompt:
+  """The prompt of a question over model pixels taken from a keyframe pool (`video_inputs` with
+  keyframes=True, then indexed [k]): one knockout frame per entry."""
+  if isinstance(processor, Qwen25VLProcessor):
+    return processor.build_prompt(question, options, processor.grid_of(pixels),
+                                  processor.seconds_per_patch(keyframes=True))
+  return prompts.build_prompt(processor, question, options, len(pixels))
 
 
 def prepare(samples: Sequence[data.VideoQASample], processor, config
@@ -167,8 +206,8 @@ def prepare(samples: Sequence[data.VideoQASample], processor, config
       if s.answer is None or not 0 <= s.answer < len(s.options):
         raise ValueError(f'answer {s.answer} outside the {len(s.options)} options')
       frames = frame_folders.sample_frames_of(s, config.num_frames)  # a video file or a frame folder
-      pixels = processor.preprocess(frames.pixels)
-      ok.append(Prepared(s, prompts.build_prompt(processor, s.question, s.options, config.num_frames), pixels))
+      prompt, pixels = video_inputs(processor, s.question, s.options, frames.pixels, frames.timestamps_s)
+      ok.append(Prepared(s, prompt, pixels))
     except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on
       failed.append((s.id, f'{type(e).__name__}: {e}'))
   return ok, failed
@@ -176,7 +215,8 @@ def prepare(samples: Sequence[data.VideoQASample], processor, config
 
 @dataclasses.dataclass(frozen=True)
 class ModelBatch:
-  """Device-ready batch: input_ids [B, S], pixels [B, F, H, W, C], layout [B, S], answer_index [B],
+  """Device-ready batch: input_ids [B, S], pixels [B, F, ...] (LLaVA [B, F, H, W, C], Qwen2.5-VL
+  [B, T, Hm, Wm, M, P]), layout [B, S] (positions [B, S] or M-RoPE [3, B, S]), answer_index [B],
   option_ids [O] (letters A.. up to the largest option count in the batch)."""
   input_ids: jnp.ndarray
   pixels: jnp.ndarray
@@ -194,6 +234,10 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
   """Pads the batch to a multiple of `multiple` rows by repeating the last sample (its extra rows are
   computed and ignored: callers read the first len(prepared) rows)."""
   rows = list(prepared) + [prepared[-1]] * (-len(prepared) % multiple)
+  shapes = {p.pixels.shape for p in rows}
+  if len(shapes) > 1:
+    raise ValueError(f'samples {[p.sample.id for p in prepared]} have pixels of shapes {sorted(shapes)}: a '
+                     'batch needs one shape (set frame_size for a Qwen2.5-VL run over videos of mixed sizes)')
   pad_id = processor.tokenizer.pad_token_id or 0
   pb = prompts.collate([p.prompt for p in rows], pad_id)
   n_options = max(len(p.sample.options) for p in rows)
@@ -204,6 +248,13 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
 
 
 def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
-  """Samples split over the mesh's sample axes; option ids replicated."""
-  placed = sharding.shard_batch((batch.input_ids, batch.pixels, batch.layout, batch.answer_index), mesh)
-  return ModelBatch(*placed, jax.device_put(batch.option_ids, sharding.replicated(mesh)))
+  """Samples split over the mesh's sample axes; option ids replicated. M-RoPE positions [3, B, S] are
+  placed sample-first [B, S, 3] and moved back, so they split over samples like everything else."""
+  positions = batch.layout.positions
+  mrope = positions.ndim == 3
+  layout = batch.layout.replace(positions=jnp.moveaxis(positions, 0, -1) if mrope else positions)
+  ids, pixels, layout, answer = sharding.shard_batch((batch.input_ids, batch.pixels, layout,
+                                                      batch.answer_index), mesh)
+  if mrope:
+    layout = layout.replace(positions=jnp.moveaxis(layout.positions, -1, 0))
+  return ModelBatch(ids, pixels, layout, answer, jax.device_put(batch.option_ids, sharding.replicated(mesh)))

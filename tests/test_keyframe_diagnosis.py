@@ -19,10 +19,8 @@ NUM_CANDIDATES = 4
 KS = (1, 4)
 
 
-@pytest.fixture(scope='module')
-def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
-  llava = test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('llava'))
-  siglip = tmp_path_factory.mktemp('siglip')
+def write_random_siglip_checkpoint(siglip) -> str:
+  """A tiny random SigLIP saved with transformers, plus tokenizer and pixel config."""
   tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
   sig_config = transformers.SiglipConfig(
       vision_config=dict(tiny, image_size=28, patch_size=7),
@@ -31,7 +29,13 @@ def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
   test_processor.make_tokenizer(None).save_pretrained(siglip)
   with open(os.path.join(siglip, 'preprocessor_config.json'), 'w') as f:
     json.dump(test_processor.PIXELS, f)
-  return str(llava), str(siglip)
+  return str(siglip)
+
+
+@pytest.fixture(scope='module')
+def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
+  llava = test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('llava'))
+  return str(llava), write_random_siglip_checkpoint(tmp_path_factory.mktemp('siglip'))
 
 
 def make_config(ckpts, **overrides):

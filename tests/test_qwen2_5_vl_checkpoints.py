@@ -151,11 +151,11 @@ def test_7b_parameter_count_equals_transformers_meta_model():
   assert cfg.vision.window_units == 4 and cfg.vision.fullatt_block_indexes == (7, 15, 23, 31)
 
 
-def _tokenizer_with_model_ids():
+def tokenizer_with_model_ids():
   """Word-level tokenizer whose vision tokens carry the tiny model's ids (110..113)."""
   from tokenizers import Tokenizer, models, pre_tokenizers
   from tests import test_qwen2_5_vl_processor as tp
-  words = [w for w in tp.WORDS]
+  words = list(tp.WORDS) + ['D']   # the synthetic benchmark asks with 4 options
   words += [f'w{i}' for i in range(tq.IMAGE_ID - len(words))]
   special = ['<|image_pad|>', '<|video_pad|>', '<|vision_start|>', '<|vision_end|>', '<|im_start|>', '<|im_end|>']
   vocab = {w: i for i, w in enumerate(words + special)}
@@ -168,6 +168,21 @@ def _tokenizer_with_model_ids():
   return fast
 
 
+PIXEL_CONFIG = {'patch_size': tq.PATCH, 'temporal_patch_size': 2, 'merge_size': tq.MERGE,
+                'size': {'shortest_edge': 64, 'longest_edge': 64 * 64}, 'resample': 3}
+
+
+def write_random_qwen_checkpoint(path, num_layers: int = 2, seed: int = 0) -> str:
+  """A tiny random Qwen2.5-VL (hub layout, saved by transformers) with tokenizer, chat template and pixel
+  config: what `load_pretrained` reads from a downloaded checkpoint."""
+  hf, _, _ = tq.build(seed=seed, layers=num_layers)
+  hf.save_pretrained(path)
+  tokenizer_with_model_ids().save_pretrained(path)
+  with open(os.path.join(path, 'video_preprocessor_config.json'), 'w') as f:
+    json.dump(PIXEL_CONFIG, f)
+  return os.fspath(path)
+
+
 def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, hub_dir, tmp_path):
   """checkpoint dir with tokenizer + pixel config -> (model, params, processor) -> frames and a question ->
   patches, prompt, M-RoPE positions -> logits equal to transformers' on the same inputs."""
@@ -175,10 +190,9 @@ def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, h
   import shutil
   ckpt = tmp_path / 'ckpt'
   shutil.copytree(hub_dir, ckpt)
-  _tokenizer_with_model_ids().save_pretrained(ckpt)
+  tokenizer_with_model_ids().save_pretrained(ckpt)
   with open(ckpt / 'video_preprocessor_config.json', 'w') as f:
-    json.dump({'patch_size': tq.PATCH, 'temporal_patch_size': 2, 'merge_size': tq.MERGE,
-               'size': {'shortest_edge': 64, 'longest_edge': 64 * 64}, 'resample': 3}, f)
+    json.dump(PIXEL_CONFIG, f)
   model, params, processor = checkpoints.load_pretrained(ckpt)
   from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
   assert isinstance(processor, Qwen25VLProcessor)
@@ -188,6 +202,8 @@ def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, h
   p = processor.build_prompt('What colour is the ball?', ['red', 'blue', 'green'], grid)
   ids, mask = p.input_ids[None], np.ones((1, len(p.input_ids)), bool)
   positions, _ = qv.rope_index(ids, model.config, [grid], [0.5], mask)
+  again = processor.build_prompt('What colour is the ball?', ['red', 'blue', 'green'], grid, 0.5)
+  np.testing.assert_array_equal(again.positions, positions[:, 0])   # the prompt carries them
   ours = tq._logits(model, params, ids, patches[None], positions, mask)  # pylint: disable=protected-access
   with torch.no_grad():
     ref = hf(**tq.hf_inputs(ids, mask, [patches.reshape(-1, patches.shape[-1])], [0.5])).logits.numpy()

@@ -120,7 +120,8 @@ def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
   out = [{name: {} for name in plan.selectors} for _ in cands]
   for k in plan.ks:
     jobs = [(i, name) for i in range(len(cands)) for name in plan.selectors]
-    prompt_k = [prompts.build_prompt(processor, c.sample.question, c.sample.options, k) for c in cands]
+    prompt_k = [runs.prompt_for_pixels(processor, c.sample.question, c.sample.options, c.pixels[:k])
+                for c in cands]
     batch = runs.collate([runs.Prepared(cands[i].sample, prompt_k[i], cands[i].pixels[selections[i][name][k]])
                             for i, name in jobs], processor)
     logp = np.asarray(prompts.answer_logprobs(model, params, batch.input_ids, batch.pixels, batch.layout,
