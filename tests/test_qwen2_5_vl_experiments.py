@@ -114,7 +114,12 @@ def test_knockout_clean_scores_equal_transformers_on_the_same_sample(checkpoint,
   ref = hf_option_logprobs(checkpoint, p.prompt, p.pixels, seconds, processor.option_letter_ids(4))
   with open(os.path.join(workdir, 'samples.jsonl')) as f:
     record = next(r for r in map(json.loads, f) if r['id'] == p.sample.id)
-  assert np.abs(np.asarray(record['clean']) - ref).max() <= 1e-4
+  err = np.abs(np.asarray(record['clean']) - ref).max()
+  print(f'qwen2.5-vl knockout run, clean option log-probs vs transformers: {err:.2e}')
+  assert err <= 1e-4
+  # The clip's time rule is visible to the check: the keyframe default would score differently.
+  wrong = hf_option_logprobs(checkpoint, p.prompt, p.pixels, 1.0, processor.option_letter_ids(4))
+  assert np.abs(np.asarray(record['clean']) - wrong).max() > 1e-3
 
 
 @pytest.fixture(scope='module')
@@ -163,7 +168,9 @@ def test_diagnosis_pool_scores_equal_transformers_on_keyframe_patches(checkpoint
   ref = hf_option_logprobs(checkpoint, c.prompt, c.pixels, 1.0, processor.option_letter_ids(4))
   with open(os.path.join(workdir, 'samples.jsonl')) as f:
     record = next(r for r in map(json.loads, f) if r['id'] == c.sample.id)
-  assert np.abs(np.asarray(record['clean']) - ref).max() <= 1e-4
+  err = np.abs(np.asarray(record['clean']) - ref).max()
+  print(f'qwen2.5-vl diagnosis pool (keyframe patches), clean option log-probs vs transformers: {err:.2e}')
+  assert err <= 1e-4
 
 
 def test_score_cli_on_qwen(checkpoint, tmp_path):
