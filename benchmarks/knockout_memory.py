@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2

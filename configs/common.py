@@ -14,11 +14,19 @@ HUB = {
     'llava_ov_7b': 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
     'llava_ov_72b': 'llava-hf/llava-onevision-qwen2-72b-ov-hf',
     'llava_video_7b': 'llava-hf/LLaVA-Video-7B-Qwen2-hf',
+    'qwen2_5_vl_7b': 'Qwen/Qwen2.5-VL-7B-Instruct',
 }
+# Qwen2.5-VL takes any frame size (multiples of 28); a run fixes one so shapes are static. 448 x 448 gives
+# 16 x 16 = 256 tokens per temporal patch (LLaVA-OneVision: 196 per frame). runlocal shrinks it.
+FRAME_SIZE = {'qwen2_5_vl_7b': '448,448'}
+RUNLOCAL_FRAME_SIZE = '112,112'
 # The keyframe scorer next to a hub Video-LLM.
 SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
-# Where a hub preset looks for MVBench until --config.data.ann / --config.data.video_root say otherwise.
-MVBENCH_DATA = {'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video'}
+# Where a hub preset looks for MVBench until --config.data.ann / --config.data.video_root say otherwise;
+# the other keys are the optional loader arguments of other benchmarks (unset: '' / False), so
+# --config.benchmark=egoschema --config.data.answers_json=... works on the locked config (README).
+MVBENCH_DATA = {'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video', 'answers_json': '',
+                'subset_only': False, 'video_map_json': ''}
 
 
 def parse_arg(arg: str | None, presets) -> tuple[str, bool]:
@@ -39,3 +47,10 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> config_dict.ConfigDi
   between hosts) or 'global' (one mesh over every host's devices: weights split over fsdp/tensor across
   hosts, every host runs every batch), and the (data, fsdp, tensor) sizes (-1: the rest)."""
   return config_dict.ConfigDict({'devices': 'local', 'data': data, 'fsdp': fsdp, 'tensor': tensor})
+
+
+def frame_size(preset: str, runlocal: bool) -> str:
+  """The config's frame_size of a preset: 'H,W' for Qwen2.5-VL, '' (the checkpoint's own) otherwise."""
+  if preset not in FRAME_SIZE:
+    return ''
+  return RUNLOCAL_FRAME_SIZE if runlocal else FRAME_SIZE[preset]

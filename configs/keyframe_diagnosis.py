@@ -3,9 +3,10 @@
 run.
 
 Presets: default (the embedded tiny LLaVA-OneVision and tiny SigLIP on the synthetic test split),
-llava_ov_0_5b, llava_ov_7b, llava_video_7b (hub ids with SigLIP so400m as the keyframe scorer;
-benchmark paths point at a local data root that you set with --config.data.ann=...
---config.data.video_root=...).
+llava_ov_0_5b, llava_ov_7b, llava_video_7b, qwen2_5_vl_7b (hub ids with SigLIP so400m as the keyframe
+scorer; benchmark paths point at a local data root that you set with --config.data.ann=...
+--config.data.video_root=...). Qwen2.5-VL sees every candidate (and every selected frame) as its own
+temporal patch (jaxvlm/qwen2_5_vl_processor.py).
 """
 from ml_collections import config_dict
 
@@ -27,6 +28,7 @@ def use_hub_preset(c: config_dict.ConfigDict, preset: str) -> None:
   c.param_dtype = 'bfloat16'
   c.benchmark = 'mvbench'
   c.data = common.mvbench_data()
+  c.frame_size = common.frame_size(preset, runlocal=False)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -35,6 +37,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.checkpoint = common.TINY_LLAVA
   c.siglip_checkpoint = common.TINY_SIGLIP
   c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
+  c.frame_size = ''                   # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
   c.benchmark = 'synthetic'
   c.data = config_dict.ConfigDict({'split': 'test', 'num': 200, 'seed': 1234})
   c.num_candidates = 32               # candidate pool N (uniform over the video); the oracle prompt sees all
@@ -49,6 +52,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.seed = 0                          # random selector (mixed with the sample id)
   c.max_samples = -1                  # -1: all
   c.batch_size = 2                    # samples per oracle batch
+  c.input_workers = 2                 # threads decoding candidate pools ahead of the models (0: in the loop)
   c.tail_multiple = 16                # text-tail lengths are rounded up to this
   c.strip_samples = 4                 # samples drawn as frame strips with their scores
   c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'
@@ -58,6 +62,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     use_hub_preset(c, preset)
     c.batch_size = 1
   if runlocal:
+    c.frame_size = common.frame_size(preset, runlocal=True)
     c.max_samples = 4
     c.num_candidates = min(c.num_candidates, 8)
     c.ks = '1,2,4'

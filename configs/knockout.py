@@ -2,12 +2,13 @@
 (e.g. `configs/knockout.py:llava_ov_0_5b,runlocal`) to shrink any preset to a CPU smoke run.
 
 Presets: default (the embedded tiny LLaVA-OneVision on the synthetic test split), llava_ov_0_5b,
-llava_ov_7b, llava_ov_72b, llava_video_7b (hub ids; benchmark paths point at a local data root that
-you set with --config.data.ann=... --config.data.video_root=...).
+llava_ov_7b, llava_ov_72b, llava_video_7b, qwen2_5_vl_7b (hub ids; benchmark paths point at a local
+data root that you set with --config.data.ann=... --config.data.video_root=...). Qwen2.5-VL pairs the
+num_frames frames into num_frames / 2 temporal patches, the knockout's frames.
 """
 from ml_collections import config_dict
 
-from configs.common import HUB, TINY_LLAVA, mesh, mvbench_data, parse_arg
+from configs.common import HUB, TINY_LLAVA, frame_size, mesh, mvbench_data, parse_arg
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -18,8 +19,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.benchmark = 'synthetic'
   c.data = config_dict.ConfigDict({'split': 'test', 'num': 100, 'seed': 1234})
   c.num_frames = 32                  # the embedded model sees all 32 frames of a synthetic video
+  c.frame_size = ''                   # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
   c.max_samples = -1                  # -1: all
   c.batch_size = 4
+  c.input_workers = 2                 # threads decoding + preprocessing ahead of the model (0: in the loop)
   c.settings = 'global1,global2,fine'
   c.kinds = 'LV,VT,VS'
   c.global1_step = 2
@@ -38,6 +41,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.data = mvbench_data()
     c.num_frames = 32 if preset != 'llava_ov_72b' else 16
     c.batch_size = 1
+  c.frame_size = frame_size(preset, runlocal)
   if runlocal:
     c.max_samples = 8
     c.num_frames = min(c.num_frames, 4)

@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.checkpoint = common.TINY_LLAVA
   c.siglip_checkpoint = common.TINY_SIGLIP
   c.dtype = 'float32'                 # compute dtype of the teacher and the selector
+  c.frame_size = ''                   # Qwen2.5-VL teacher: 'H,W' every frame is resized to; '': the checkpoint's own
   c.benchmark = 'synthetic'
   # 2000 labelled videos: with 400 the selector fit its 320 training ids and no more (best at step 100);
   # with 2000 its recall@4 of the evidence frames went from 0.73 to 0.90 on the test split (earlier

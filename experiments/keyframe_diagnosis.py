@@ -5,11 +5,15 @@ SigLIP query-frame similarity pick those frames?
       [--config.max_samples=50 --config.ks=1,2,4 ...]
 
 What is computed per sample: `jaxvlm.keyframes.diagnosis`.
-Writes config.json, samples.jsonl (resumable), summary.json/csv (one row per selector and k) and plots:
-accuracy vs k, recall@k vs k, and frame strips with oracle and SigLIP scores.
+Writes config.json, samples.jsonl (resumable), summary.json/csv (one row per selector and k, with 95 %
+intervals and McNemar p against all candidates), summary_scores.csv (per condition x overall / task /
+official aggregate), plots: accuracy vs k, recall@k vs k, and frame strips with oracle and SigLIP
+scores; and, for benchmarks lmms-eval has, lmms_eval/ (the all-candidates answers in its format).
 """
 from __future__ import annotations
 
+import functools
+import os
 import time
 
 import jax.numpy as jnp
@@ -17,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, distributed, runs, sharding
+from jaxvlm import benchmark_scores, checkpoints, distributed, input_pipeline, lmms_eval_format, runs, sharding
 from jaxvlm.keyframes import candidates, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
@@ -51,20 +55,28 @@ def run(config, workdir: str) -> dict:
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True,
             disable=not distributed.is_main()) as bar:
-    for chunk in runs.batches(todo, config.batch_size):
-      cands, failed = candidates.prepare_pool(chunk, processor, config)
+    # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
+    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config)
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
+      cands, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if cands:
         for record in diagnosis.evaluate_batch(model, params, processor, siglip, cands, plan, config, trained,
                                                mesh):
           log.append(record)
-      bar.update(len(chunk))
+      bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
   records = log.records()
-  summary = diagnosis.summarize(records, plan, config.sensitive_k)
+  summary = diagnosis.summarize(records, plan, config.sensitive_k, config.benchmark,
+                                {s.id: s.meta for s in samples})
   if distributed.is_main():
     runs.write_summary(workdir, summary['header'], summary['rows'])
+    benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
+    lmms_eval_format.write_clean_answers(
+        workdir, config.benchmark, samples, records,
+        lambda s: processor.render(processor.question_text(s.question, s.options)), config.checkpoint,
+        ann=config.data.get('ann', ''), run_config=config.to_dict())
     keyframe_plots.diagnosis_plots(summary, records, workdir, config.strip_samples)
   distributed.barrier('summary')
   return summary

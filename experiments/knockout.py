@@ -3,17 +3,22 @@ r"""Attention-knockout study (Gou et al.): which attention edges does the answer
   python -m experiments.knockout --config=configs/knockout.py[:preset] --workdir=DIR \
       [--config.max_samples=100 --config.settings=global1,fine ...]
 
-Writes config.json, samples.jsonl (resumable), summary.json/csv and plots (see jaxvlm/runs.py).
+Writes config.json, samples.jsonl (resumable), summary.json/csv (per spec, with 95 % intervals and
+McNemar p against clean), summary_scores.csv (per condition x overall / task / official aggregate),
+plots (see jaxvlm/runs.py) and, for benchmarks lmms-eval has, lmms_eval/ (its per-sample log and
+results file of the clean answers).
 """
 from __future__ import annotations
 
+import functools
+import os
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import distributed, runs, sharding
+from jaxvlm import benchmark_scores, distributed, input_pipeline, lmms_eval_format, runs, sharding
 from jaxvlm.knockout import engine, metrics, plots, specs
 
 
@@ -43,8 +48,10 @@ def run(config, workdir: str) -> dict:
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True,
             disable=not distributed.is_main()) as bar:
-    for chunk in runs.batches(todo, config.batch_size):
-      prepared, failed = runs.prepare(chunk, processor, config)
+    # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
+    prepare = functools.partial(runs.prepare, processor=processor, config=config)
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
+      prepared, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if prepared:
@@ -56,12 +63,18 @@ def run(config, workdir: str) -> dict:
           log.append({'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
                       'clean': clean_logp[i, :n],
                       'specs': {e.name: spec_logp[k, i, :n] for k, e in enumerate(sw.entries)}})
-      bar.update(len(chunk))
+      bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
-  summary = metrics.summarize(log.records(), sw)
+  records = log.records()
+  summary = metrics.summarize(records, sw, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
     runs.write_summary(workdir, summary['header'], summary['rows'])
+    benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
     plots.knockout_plots(summary['rows'], summary['header'], workdir)
+    lmms_eval_format.write_clean_answers(
+        workdir, config.benchmark, samples, records,
+        lambda s: processor.render(processor.question_text(s.question, s.options)),
+        config.checkpoint, ann=config.data.get('ann', ''), run_config=config.to_dict())
   distributed.barrier('summary')
   return summary
 

@@ -6,6 +6,10 @@ at load, and the recommended mesh and launch (how it is counted: `jaxvlm.memory_
 
 `--config.output=launch_flags` prints only the recommended `--config.mesh.*` flags (tpu/launch.sh reads
 them) and exits non-zero, with the plan on stderr, when no mesh fits.
+
+With --config.exit_layer=E --config.intra_frame_layers=M --config.frames=K (1-based, as the paper) it
+also prints the prefill cost of that efficiency plan against the full model at num_frames: FLOPs split
+into attention / linear / vision, KV-cache bytes, and `attention FLOPs: X % of full` (`jaxvlm.costs`).
 """
 from __future__ import annotations
 
@@ -14,12 +18,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxvlm import memory_plan
+from jaxvlm import costs, memory_plan
 
 
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  costs.config_plan(config)  # bad plan fields fail before anything is computed
   if config.output == 'launch_flags':
     r = memory_plan.recommend(config)
     if not r['plan']['fits']:
@@ -31,6 +36,7 @@ def main(argv):
   if config.recommend:
     print()
     print(memory_plan.format_recommendation(memory_plan.recommend(config)))
+  print(costs.cost_report(config))
 
 
 if __name__ == '__main__':

@@ -170,11 +170,32 @@ def params_to_state_dict(params: Any) -> dict[str, np.ndarray]:
 # Finding a checkpoint and reading its files.
 
 
+# The embedded default ships in the clone's assets/ and, in an installed jaxvlm, as package data
+# (jaxvlm/assets/, see pyproject.toml): so that `assets/llava_ov_tiny` names it from any directory.
+_EMBEDDED_PREFIX = 'assets/'
+_EMBEDDED_ROOTS = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets'),
+                   os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets'))
+
+
+def embedded_dir(path: str) -> str | None:
+  """'assets/NAME' -> the embedded default's directory NAME (the clone's assets/, else the installed
+  package's), or None when `path` names no shipped checkpoint."""
+  if not path.startswith(_EMBEDDED_PREFIX):
+    return None
+  name = path[len(_EMBEDDED_PREFIX):].rstrip('/')
+  found = [os.path.join(root, name) for root in _EMBEDDED_ROOTS if os.path.isdir(os.path.join(root, name))]
+  return found[0] if name and found else None
+
+
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> str:
-  """A local directory as is; an `org/name` hub id that is not a local path is downloaded."""
+  """A local directory as is; `assets/NAME` that is no directory here is the shipped embedded default
+  (from any working directory); an `org/name` hub id that is not a local path is downloaded."""
   path = os.path.expanduser(os.fspath(name_or_path))
   if os.path.isdir(path):
     return path
+  embedded = embedded_dir(path)
+  if embedded is not None:
+    return embedded
   if os.path.exists(path):
     raise CheckpointNotFoundError(f'{path!r} is a file, not a checkpoint directory')
   if not _HUB_ID.fullmatch(path):
@@ -338,13 +359,18 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], out_dir: str,
 class Family:
   """build(config_dict, dtype) -> module; param_shapes(module) -> ShapeDtypeStruct tree;
   to_ours / to_hf rename one key between a checkpoint file and our tree;
-  tied: (head key, embedding key) of our tree, dropped from a tied checkpoint if equal."""
+  tied: (head key, embedding key) of our tree, dropped from a tied checkpoint if equal;
+  tensor_to_ours / tensor_to_hf(model, our key, tensor) -> tensor: layout changes beyond the generic
+  convention (e.g. a Conv3d weight that our tree holds as a Dense kernel), after / before renaming."""
   architecture: str
   build: Callable[[dict, Any], Any]
   param_shapes: Callable[[Any], Any]
   to_ours: Callable[[str], str]
   to_hf: Callable[[str], str]
   tied: tuple[str, str] | None = None
+  tensor_to_ours: Callable[[Any, str, np.ndarray], np.ndarray] | None = None
+  tensor_to_hf: Callable[[Any, str, np.ndarray], np.ndarray] | None = None
+  relaid: tuple[str, ...] = ()  # our keys tensor_to_ours changes (the sharded loader reads them whole)
 
 
 def _build_siglip(config: dict, dtype: Any):
@@ -395,6 +421,62 @@ def _llava_to_hf(key: str) -> str:
   return key
 
 
+def _build_qwen2_5_vl(config: dict, dtype: Any):
+  from jaxvlm.models import qwen2_5_vl as qv
+  return qv.Qwen25VLForConditionalGeneration(qv.Qwen25VLConfig.from_hf(config), dtype=dtype)
+
+
+def _qwen2_5_vl_param_shapes(model) -> Any:
+  from jaxvlm.models import qwen2_5_vl as qv
+  return qv.param_shapes(model)
+
+
+def _qwen2_5_vl_to_ours(key: str) -> str:
+  """Accepts the hub layout (`visual.*`, `model.*` = the decoder, `lm_head.*`; also what transformers v5
+  `save_pretrained` writes) and v5's in-memory names (`model.visual.*`, `model.language_model.*`).
+  Vision blocks `blocks.{i}` are our stacked `layers`."""
+  for old, new in (('model.visual.', 'visual.'), ('model.language_model.', 'language_model.'),
+                   ('model.', 'language_model.')):
+    if key.startswith(old):
+      key = new + key[len(old):]
+      break
+  if key.startswith('visual.blocks.'):
+    key = 'visual.layers.' + key[len('visual.blocks.'):]
+  return key
+
+
+def _qwen2_5_vl_to_hf(key: str) -> str:
+  """Our key -> the hub layout (what transformers v5 `save_pretrained` writes for Qwen2.5-VL)."""
+  if key.startswith('language_model.'):
+    return 'model.' + key[len('language_model.'):]
+  if key.startswith('visual.layers.'):
+    return 'visual.blocks.' + key[len('visual.layers.'):]
+  return key
+
+
+_PATCH_EMBED = 'visual.patch_embed.proj.weight'
+
+
+def _conv3d_shape(model) -> tuple[int, ...]:
+  v = model.config.vision
+  return (v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)
+
+
+def _qwen2_5_vl_tensor_to_ours(model, key: str, tensor: np.ndarray) -> np.ndarray:
+  """The Conv3d patch embedding [D, C, tp, p, p] (kernel = stride) is a Dense of the flattened patch."""
+  if key != _PATCH_EMBED:
+    return tensor
+  want = _conv3d_shape(model)
+  if tuple(tensor.shape) != want:
+    raise ShapeMismatchError(f'tensor {key!r} has shape {tuple(tensor.shape)} in the checkpoint, the model '
+                             f'expects the Conv3d weight {want}')
+  return np.asarray(tensor).reshape(want[0], -1)
+
+
+def _qwen2_5_vl_tensor_to_hf(model, key: str, tensor: np.ndarray) -> np.ndarray:
+  return tensor.reshape(_conv3d_shape(model)) if key == _PATCH_EMBED else tensor
+
+
 def _same(key: str) -> str:
   return key
 
@@ -404,6 +486,11 @@ FAMILIES: dict[str, Family] = {
     'llava_onevision': Family(
         'LlavaOnevisionForConditionalGeneration', _build_llava_onevision, _llava_param_shapes,
         _llava_to_ours, _llava_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight')),
+    'qwen2_5_vl': Family(
+        'Qwen2_5_VLForConditionalGeneration', _build_qwen2_5_vl, _qwen2_5_vl_param_shapes,
+        _qwen2_5_vl_to_ours, _qwen2_5_vl_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight'),
+        tensor_to_ours=_qwen2_5_vl_tensor_to_ours, tensor_to_hf=_qwen2_5_vl_tensor_to_hf,
+        relaid=(_PATCH_EMBED,)),
 }
 
 
@@ -441,22 +528,29 @@ def _drop_tied_head(state_dict: dict[str, Any], target: Any, family: Family,
   del state_dict[head]
 
 
-def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any, dtype: Any = np.float32) -> dict:
+def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any, model: Any = None,
+             dtype: Any = np.float32) -> dict:
   renamed = _rename(state_dict, family.to_ours)
+  if family.tensor_to_ours is not None:
+    if model is None:
+      raise ValueError(f'converting a {family.architecture} checkpoint needs the model (its config)')
+    renamed = {k: family.tensor_to_ours(model, k, v) for k, v in renamed.items()}
   _drop_tied_head(renamed, target, family)
   return state_dict_to_params(renamed, target, dtype)
 
 
-def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any) -> dict:
+def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any,
+                       model: Any = None) -> dict:
   """Any supported key layout of `model_type` (hub files, v5 files, v5 in-memory `state_dict()`) ->
-  our param tree shaped like `target`, strictly (numpy float32)."""
-  return _convert(family_of({'model_type': model_type}), state_dict, target)
+  our param tree shaped like `target`, strictly (numpy float32). `model` is needed by families whose
+  tensors change layout (qwen2_5_vl)."""
+  return _convert(family_of({'model_type': model_type}), state_dict, target, model)
 
 
 def load_params(ckpt_dir: str, model: Any, family: Family, dtype: Any = np.float32) -> dict:
   """Strictly converts the checkpoint in `ckpt_dir` into `model`'s param tree: jax arrays of `dtype`
   (default float32) on the default device, the whole model on this host."""
-  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model), np.dtype(dtype))
+  params = _convert(family, read_state_dict(ckpt_dir), family.param_shapes(model), model, np.dtype(dtype))
   return jax.tree.map(jnp.asarray, params)
 
 
@@ -482,9 +576,12 @@ def _safe_open(path: str):
     return safe_open(path, framework='numpy')
 
 
-def read_slice(ref: TensorRef, index: tuple[slice, ...]) -> np.ndarray:
+def read_slice(ref: TensorRef | np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
   """The block `index` (one slice per dim, () for a scalar) of checkpoint tensor `ref`, read with
-  `safetensors.safe_open(...).get_slice`: only that block's bytes are copied out of the file."""
+  `safetensors.safe_open(...).get_slice`: only that block's bytes are copied out of the file (a tensor
+  already in memory is just sliced)."""
+  if isinstance(ref, np.ndarray):
+    return ref[index]
   with _safe_open(ref.path) as f:
     return f.get_slice(ref.name)[index]
 
@@ -566,6 +663,9 @@ def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dt
   dtype = np.dtype(dtype)
   rules = sharding.DEFAULT_RULES if rules is None else rules
   refs = _rename(read_tensor_index(ckpt_dir), family.to_ours)
+  for key in family.relaid:
+    if key in refs:  # small tensors whose layout changes (a patch embedding): read whole, changed in memory
+      refs[key] = np.asarray(family.tensor_to_ours(model, key, read_slice(refs[key], ())))
   target = family.param_shapes(model)
   _drop_tied_head(refs, target, family, equal=_refs_equal)
   plan = match_tensors({k: r.shape for k, r in refs.items()}, target)
@@ -623,7 +723,10 @@ def export_pretrained(model: Any, params: Any, config_dict: Mapping[str, Any], o
   dtype = np.dtype(dtype)
   family = family_of(config_dict)
   _check_fits(params, family.param_shapes(model))
-  state_dict = _rename(params_to_state_dict(params), family.to_hf)
+  state_dict = params_to_state_dict(params)
+  if family.tensor_to_hf is not None:
+    state_dict = {k: family.tensor_to_hf(model, k, v) for k, v in state_dict.items()}
+  state_dict = _rename(state_dict, family.to_hf)
   write_state_dict({k: v.astype(dtype, copy=False) for k, v in state_dict.items()}, out_dir, max_shard_bytes)
   config = {'architectures': [family.architecture], **config_dict, 'dtype': dtype.name}
   with open(os.path.join(out_dir, CONFIG_FILE), 'w') as f:

@@ -18,7 +18,12 @@ tensor, indivisible axes replicated). Activations are an estimate: model inputs 
 SigLIP layer over all frames and one decoder layer over the prompt (attention scores per key block,
 float32 accumulators); XLA may fuse below it or keep a few buffers more.
 
-Letters: B batch, F frames, P patches per frame, S prompt slots, D / Dv text / vision width.
+Qwen2.5-VL (config.family 'qwen2_5_vl'): F frames at config.frame_size make T = ceil(F / 2) temporal
+patches of P = (H / 14)(W / 14) patches; the vision layer counted is a full-attention block (over one
+temporal patch: the tower's peak), and the prompt holds T x P / 4 video pads + vision_start / vision_end.
+
+Letters: B batch, F frames, T temporal patches, P patches per frame (Qwen: per temporal patch), S prompt
+slots, D / Dv text / vision width.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from jax.sharding import PartitionSpec
 
 from jaxvlm import sharding
 from jaxvlm.models import llava_onevision as lo
+from jaxvlm.models import qwen2_5_vl as qv
 
 
 GiB = 2 ** 30
@@ -88,6 +94,11 @@ def llava_config(config) -> lo.LlavaOnevisionConfig:
       image_token_index=151646, tie_word_embeddings=text['tie_word_embeddings']))
 
 
+def qwen2_5_vl_config(config) -> qv.Qwen25VLConfig:
+  return qv.Qwen25VLConfig.from_hf(dict(vision_config=config.vision.to_dict(), text_config=config.text.to_dict(),
+                                        tie_word_embeddings=config.text.tie_word_embeddings))
+
+
 class _Sizer:
   """Per-device bytes of arrays named by logical axes, on a mesh of `axis_sizes`."""
 
@@ -121,6 +132,38 @@ def host_load_bytes(params: dict) -> dict:
   return {'sharded': 2 * params['largest_block_bytes'], 'whole_model_float32': 2 * params['count'] * 4}
 
 
+def decoder_layer_bytes(t, size: _Sizer, b: int, s: int, dtype) -> float:
+  """One Qwen2 decoder layer over [B, S] (per device): hidden states, q/k/v, blockwise scores, MLP."""
+  f32 = jnp.float32
+  block = min(t.attention_block_size, s)
+  return (4 * size((b, s, t.hidden_size), ('batch', 'length', 'act_embed'), dtype)
+          + size((b, s, t.num_attention_heads, t.head_dim), ('batch', 'length', 'act_heads', 'head_dim'), dtype)
+          + 2 * size((b, s, t.num_key_value_heads, t.head_dim),
+                     ('batch', 'length', 'act_kv_heads', 'head_dim'), dtype)
+          + 2 * size((b, t.num_attention_heads, s, block), ('batch', 'act_heads', 'length', None), f32)
+          + size((b, t.num_attention_heads, s, t.head_dim), ('batch', 'act_heads', 'length', 'head_dim'), f32)
+          + 3 * size((b, s, t.intermediate_size), ('batch', 'length', 'act_mlp'), dtype))
+
+
+def qwen_activation_bytes(cfg: qv.Qwen25VLConfig, size: _Sizer, b: int, t_patches: int, hw: tuple[int, int],
+                          s: int, dtype) -> dict:
+  """Inputs, one full-attention vision block over all B*T temporal patches, one decoder layer (per device)."""
+  v = cfg.vision
+  f32 = jnp.float32
+  n, p = b * t_patches, (hw[0] // v.patch_size) * (hw[1] // v.patch_size)
+  inputs = size((b, t_patches, p, v.patch_dim), ('batch', None, None, None), f32)
+  vision = (3 * size((n, p, v.hidden_size), ('batch', 'length', 'act_embed'), dtype)
+            + 3 * size((n, p, v.num_heads, v.head_dim), ('batch', 'length', 'act_heads', 'head_dim'), dtype)
+            + size((n, v.num_heads, p, p), ('batch', 'act_heads', 'length', None), f32)
+            + size((n, v.num_heads, p, p), ('batch', 'act_heads', 'length', None), dtype)
+            + 3 * size((n, p, v.intermediate_size), ('batch', 'length', 'act_mlp'), dtype)
+            + size((n, p // v.spatial_merge_size ** 2, cfg.text.hidden_size), ('batch', 'length', 'act_embed'),
+                   dtype))   # merger output
+  decoder = decoder_layer_bytes(cfg.text, size, b, s, dtype)
+  return {'inputs': inputs, 'vision_layer': vision, 'decoder_layer': decoder,
+          'total': inputs + max(vision, decoder)}
+
+
 def activation_bytes(cfg: lo.LlavaOnevisionConfig, size: _Sizer, b: int, f: int, s: int, dtype) -> dict:
   """Inputs, one vision layer over all B*F frames, one decoder layer over [B, S] (per device)."""
   v, t = cfg.vision, cfg.text
@@ -134,14 +177,7 @@ def activation_bytes(cfg: lo.LlavaOnevisionConfig, size: _Sizer, b: int, f: int,
             + size((n, v.num_attention_heads, p, p), ('batch', 'act_heads', 'length', None), dtype)
             + 2 * size((n, p, v.intermediate_size), ('batch', 'length', 'act_mlp'), dtype)
             + size((n, p, t.hidden_size), ('batch', 'length', 'act_embed'), dtype))   # projector output
-  block = min(t.attention_block_size, s)
-  decoder = (4 * size((b, s, t.hidden_size), ('batch', 'length', 'act_embed'), dtype)
-             + size((b, s, t.num_attention_heads, t.head_dim), ('batch', 'length', 'act_heads', 'head_dim'), dtype)
-             + 2 * size((b, s, t.num_key_value_heads, t.head_dim),
-                        ('batch', 'length', 'act_kv_heads', 'head_dim'), dtype)
-             + 2 * size((b, t.num_attention_heads, s, block), ('batch', 'act_heads', 'length', None), f32)
-             + size((b, t.num_attention_heads, s, t.head_dim), ('batch', 'act_heads', 'length', 'head_dim'), f32)
-             + 3 * size((b, s, t.intermediate_size), ('batch', 'length', 'act_mlp'), dtype))
+  decoder = decoder_layer_bytes(t, size, b, s, dtype)
   return {'inputs': inputs, 'vision_layer': vision, 'decoder_layer': decoder,
           'total': inputs + max(vision, decoder)}
 
@@ -151,18 +187,28 @@ def plan(config) -> dict:
   tpu = tpu_slice(config.tpu)
   mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(
       tpu.chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)))
-  cfg = llava_config(config)
-  model = lo.LlavaOnevisionForConditionalGeneration(cfg, dtype=jnp.dtype(config.dtype))
-  params = param_plan(lo.param_shapes(model), mesh, config.param_dtype)
   size = _Sizer(mesh)
-  t = cfg.text
   b, f = config.batch_size, config.num_frames
-  s = cfg.num_video_tokens(f) + config.prompt_tokens
+  if config.get('family', 'llava_onevision') == 'qwen2_5_vl':
+    cfg = qwen2_5_vl_config(config)
+    model = qv.Qwen25VLForConditionalGeneration(cfg, dtype=jnp.dtype(config.dtype))
+    params = param_plan(qv.param_shapes(model), mesh, config.param_dtype)
+    hw = tuple(int(x) for x in config.frame_size.split(','))
+    hm, wm = cfg.merged_grid(*hw)
+    t_patches = -(-f // cfg.vision.temporal_patch_size)
+    s = cfg.num_video_pads(t_patches, hm, wm) + 2 + config.prompt_tokens
+    acts = qwen_activation_bytes(cfg, size, b, t_patches, hw, s, config.dtype)
+  else:
+    cfg = llava_config(config)
+    model = lo.LlavaOnevisionForConditionalGeneration(cfg, dtype=jnp.dtype(config.dtype))
+    params = param_plan(lo.param_shapes(model), mesh, config.param_dtype)
+    s = cfg.num_video_tokens(f) + config.prompt_tokens
+    acts = activation_bytes(cfg, size, b, f, s, config.dtype)
+  t = cfg.text
   kv = 2 * size((t.num_hidden_layers, b, s, t.num_key_value_heads, t.head_dim),
                 ('layers', 'batch', 'length', 'act_kv_heads', 'head_dim'), config.dtype)
   states = size((t.num_hidden_layers + 1, b, s, t.hidden_size), ('layers', 'batch', 'length', 'act_embed'),
                 config.dtype) if config.sweep_states else 0.0
-  acts = activation_bytes(cfg, size, b, f, s, config.dtype)
   total = params['bytes_per_device'] + kv + states + acts['total']
   host = host_load_bytes(params)
   ram = int(config.get('host_ram_gib', 0) * GiB) or tpu.host_ram_bytes

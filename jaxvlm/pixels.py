@@ -1,7 +1,7 @@
-"""Preprocessing decoded frames to model input: a numpy re-implementation of PIL's 8-bit resampling
-(Pillow's Resample.c: separable filter widened by the downscale factor, weights in 22-bit fixed point,
-rounding to uint8 after each of the two passes), then rescale and normalize in float32, driven by a
-Hugging Face preprocessor config.
+"""Preprocessing decoded frames to model input: PIL's 8-bit resampling reproduced bit for bit
+(jaxvlm.resample: Pillow's separable filter with 22-bit fixed-point weights, rounded to uint8 after
+each of the two passes, computed as exact banded float64 matrix products), then rescale and normalize
+in float32, driven by a Hugging Face preprocessor config.
 """
 from __future__ import annotations
 
@@ -10,87 +10,16 @@ from typing import Any
 
 import numpy as np
 
-_PRECISION_BITS = 32 - 8 - 2
+from jaxvlm import resample as resample_lib
+
 # PIL resample codes used in Hugging Face preprocessor configs.
 _PIL_CODES = {2: 'bilinear', 3: 'bicubic'}
 
 
-def _bicubic(x: np.ndarray) -> np.ndarray:
-  a = -0.5
-  x = np.abs(x)
-  near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-  far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
-  return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-def _triangle(x: np.ndarray) -> np.ndarray:
-  x = np.abs(x)
-  return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-_FILTERS = {'bicubic': (_bicubic, 2.0), 'bilinear': (_triangle, 1.0)}
-
-
-def _resample_taps(in_size: int, out_size: int, resample: str) -> tuple[np.ndarray, np.ndarray]:
-  """Input indices int64 [out_size, K] and fixed-point weights int32 [out_size, K] of one PIL pass.
-
-  Padding taps point at index 0 with weight 0.
-  """
-  fn, support = _FILTERS[resample]
-  scale = in_size / out_size
-  filterscale = max(scale, 1.0)
-  support = support * filterscale
-  num_taps = int(np.ceil(support)) * 2 + 1
-  taps = np.zeros((out_size, num_taps), np.int64)
-  weights = np.zeros((out_size, num_taps), np.int32)
-  for xx in range(out_size):
-    center = (xx + 0.5) * scale
-    xmin = max(int(center - support + 0.5), 0)
-    xmax = min(int(center + support + 0.5), in_size)
-    idx = np.arange(xmin, xmax)
-    w = fn((idx - center + 0.5) / filterscale)
-    total = w.sum()
-    if total != 0.0:
-      w = w / total
-    taps[xx, :len(idx)] = idx
-    # PIL rounds half away from zero when converting to fixed point.
-    weights[xx, :len(idx)] = np.trunc(w * (1 << _PRECISION_BITS) + np.where(w < 0, -0.5, 0.5))
-  return taps, weights
-
-
-def _resample_axis(x: np.ndarray, axis: int, out_size: int, resample: str) -> np.ndarray:
-  """One PIL pass along `axis` of an int32 array holding uint8 values; rounds back to 0..255."""
-  taps, weights = _resample_taps(x.shape[axis], out_size, resample)
-  # The resampled axis goes first so each tap is a gather of contiguous rows.
-  rows = np.moveaxis(x, axis, 0)
-  rest = rows.shape[1:]
-  rows = np.ascontiguousarray(rows).reshape(rows.shape[0], -1)
-  # int32 cannot overflow: PIL's 22-bit weights leave two spare bits for the filter's lobes.
-  acc = np.full((out_size, rows.shape[1]), 1 << (_PRECISION_BITS - 1), np.int32)
-  for k in range(taps.shape[1]):
-    acc += rows[taps[:, k]] * weights[:, k, None]
-  out = np.clip(acc >> _PRECISION_BITS, 0, 255)  # Arithmetic shift = floor, as in PIL.
-  return np.moveaxis(out.reshape((out_size,) + rest), 0, axis)
-
-
 def resize_uint8(frames: np.ndarray, size: tuple[int, int],
                  resample: str = 'bicubic') -> np.ndarray:
-  """PIL-equivalent resize of uint8 [N, H, W, C] to uint8 [N, h, w, C]."""
-  if resample not in _FILTERS:
-    raise ValueError(f"unsupported resample {resample!r}; expected one of {sorted(_FILTERS)}")
-  out_h, out_w = size
-  _, in_h, in_w, _ = frames.shape
-  x = frames.astype(np.int32)
-  # PIL skips a pass whose size does not change. Pillow 13 runs the vertical pass first when the
-  # height shrinks by more than twice as many pixels as the width does (older Pillow always ran
-  # the horizontal pass first); rounding after each pass makes the order visible in the output.
-  axes = [(2, out_w), (1, out_h)]
-  if in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w):
-    axes.reverse()
-  for axis, out_size in axes:
-    if out_size != x.shape[axis]:
-      x = _resample_axis(x, axis, out_size, resample)
-  return x.astype(np.uint8)
+  """PIL-equivalent resize of uint8 [N, H, W, C] to uint8 [N, h, w, C] (see jaxvlm.resample)."""
+  return resample_lib.resize_uint8(frames, size, resample)
 
 
 def preprocess(frames: np.ndarray, size: tuple[int, int],

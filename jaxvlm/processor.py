@@ -1,8 +1,10 @@
 """Processors built from a Hugging Face checkpoint directory, without torch or torchvision.
 
-`VideoProcessor` (LLaVA-OneVision): the checkpoint's tokenizer and chat template, multiple-choice
-prompts, expansion of the single `<video>` placeholder into one slot per video token, the token ids
-of the option letters, and pixel preprocessing from the checkpoint's (video_)preprocessor_config.json.
+`ChatProcessor`: what every Video-LLM processor shares: the checkpoint's tokenizer and chat template,
+the multiple-choice user text, the token ids of the option letters, saving. Its subclasses add the
+model's video slots and pixels: `VideoProcessor` (LLaVA-OneVision: expansion of the single `<video>`
+placeholder into one slot per video token, pixel preprocessing from the checkpoint's
+(video_)preprocessor_config.json) and `jaxvlm.qwen2_5_vl_processor.Qwen25VLProcessor`.
 `SiglipProcessor`: SigLIP text tokenization (padded to max_length, as SigLIP was trained) and pixels.
 """
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import math
 import os
 import string
-from typing import Any, Sequence
+from typing import Sequence
 
 import jinja2
 import numpy as np
@@ -32,7 +34,8 @@ IMAGE_CONFIG = 'preprocessor_config.json'
 VIDEO_CONFIG = 'video_preprocessor_config.json'
 
 
-def _read_json(ckpt_dir: str, name: str) -> dict | None:
+def read_json(ckpt_dir: str, name: str) -> dict | None:
+  """ckpt_dir/name parsed, or None when the file does not exist."""
   path = os.path.join(ckpt_dir, name)
   if not os.path.isfile(path):
     return None
@@ -40,9 +43,14 @@ def _read_json(ckpt_dir: str, name: str) -> dict | None:
     return json.load(f)
 
 
-def _write_json(out_dir: str, name: str, data: dict) -> None:
+def write_json(out_dir: str, name: str, data: dict) -> None:
   with open(os.path.join(out_dir, name), 'w') as f:
     json.dump(data, f, indent=2, sort_keys=True)
+
+
+def read_pixel_config(ckpt_dir: str) -> dict | None:
+  """The checkpoint's video_preprocessor_config.json, else its preprocessor_config.json, else None."""
+  return read_json(ckpt_dir, VIDEO_CONFIG) or read_json(ckpt_dir, IMAGE_CONFIG)
 
 
 def has_tokenizer(ckpt_dir: str) -> bool:
@@ -65,7 +73,7 @@ def load_chat_template(ckpt_dir: str, tokenizer: transformers.PreTrainedTokenize
   if os.path.isfile(path):
     with open(path) as f:
       return f.read()
-  from_json = _read_json(ckpt_dir, TEMPLATE_JSON)
+  from_json = read_json(ckpt_dir, TEMPLATE_JSON)
   if from_json and from_json.get('chat_template'):
     return from_json['chat_template']
   template = tokenizer.chat_template
@@ -79,7 +87,47 @@ def _single_token_id(tokenizer: transformers.PreTrainedTokenizerBase, text: str)
   return ids[0]
 
 
-class VideoProcessor:
+class ChatProcessor:
+  """The text side every Video-LLM processor shares: tokenizer, chat template, the multiple-choice user
+  text, the option-letter ids, and writing tokenizer + template + pixel config back out.
+
+  Attributes:
+    tokenizer: the checkpoint's transformers tokenizer.
+    chat_template: jinja template the prompts are rendered with.
+    pixel_config: the (video_)preprocessor_config.json dict, or None.
+  """
+
+  def __init__(self, tokenizer: transformers.PreTrainedTokenizerBase, chat_template: str,
+               pixel_config: dict | None = None):
+    self.tokenizer = tokenizer
+    self.chat_template = chat_template
+    self.pixel_config = pixel_config
+
+  def question_text(self, question: str, options: Sequence[str]) -> str:
+    """The user text of a multiple-choice question: question, lettered options, instruction."""
+    if not options:
+      raise ValueError(f'question {question!r} has no options')
+    if len(options) > len(string.ascii_uppercase):
+      raise ValueError(f'{len(options)} options: at most {len(string.ascii_uppercase)} are supported')
+    lines = [question] + [f'{letter}. {option}' for letter, option in zip(string.ascii_uppercase, options)]
+    return '\n'.join(lines + [ANSWER_INSTRUCTION])
+
+  def option_letter_ids(self, n_options: int) -> np.ndarray:
+    """int32 [n_options]: the token of "A", "B", ... as the first token of an answer."""
+    return np.asarray([_single_token_id(self.tokenizer, letter)
+                       for letter in string.ascii_uppercase[:n_options]], np.int32)
+
+  def save_pretrained(self, out_dir: str) -> None:
+    """Writes tokenizer, chat template and pixel config so `from_pretrained` reloads them."""
+    os.makedirs(out_dir, exist_ok=True)
+    self.tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, TEMPLATE_JINJA), 'w') as f:
+      f.write(self.chat_template)
+    if self.pixel_config is not None:
+      write_json(out_dir, VIDEO_CONFIG, self.pixel_config)
+
+
+class VideoProcessor(ChatProcessor):
   """Text and pixel side of LLaVA-OneVision for video prompts.
 
   Attributes:
@@ -97,24 +145,22 @@ class VideoProcessor:
     if got != video_token_id:
       raise ValueError(f'video token {video_token!r} has id {got} in the tokenizer, the model '
                        f'config says {video_token_id}')
-    self.tokenizer = tokenizer
-    self.chat_template = chat_template
+    super().__init__(tokenizer, chat_template, pixel_config)
     self.video_token = video_token
     self.video_token_id = video_token_id
     self.tokens_per_frame = tokens_per_frame
-    self.pixel_config = pixel_config
     self.processor_config = processor_config
 
   @classmethod
   def from_pretrained(cls, ckpt_dir: str, config: dict | None = None) -> VideoProcessor:
     """From a checkpoint directory; `config` is its config.json dict (read when not given)."""
-    config = config if config is not None else _read_json(ckpt_dir, 'config.json')
+    config = config if config is not None else read_json(ckpt_dir, 'config.json')
     tokenizer = load_tokenizer(ckpt_dir)
     template = load_chat_template(ckpt_dir, tokenizer)
     if template is None:
       raise ValueError(f'{ckpt_dir} has no chat template ({TEMPLATE_JINJA}, {TEMPLATE_JSON} or '
                        'tokenizer_config.json chat_template)')
-    processor_config = _read_json(ckpt_dir, PROCESSOR_CONFIG) or {}
+    processor_config = read_json(ckpt_dir, PROCESSOR_CONFIG) or {}
     vision = SiglipVisionConfig.from_hf(config['vision_config'])
     grid = vision.image_size // vision.patch_size
     # transformers counts video tokens from the processor's num_image_tokens: it must match the model.
@@ -122,7 +168,7 @@ class VideoProcessor:
     if declared is not None and declared != grid * grid:
       raise ValueError(f'{PROCESSOR_CONFIG} num_image_tokens={declared}, but the vision config gives a '
                        f'{grid}x{grid} patch grid ({grid * grid})')
-    pixels = _read_json(ckpt_dir, VIDEO_CONFIG) or _read_json(ckpt_dir, IMAGE_CONFIG)
+    pixels = read_pixel_config(ckpt_dir)
     # Each frame's P x P grid is pooled 2x2 (bilinear, rounding up) as LLaVA-OneVision does for video.
     tokens_per_frame = math.ceil(grid / 2) ** 2
     video_id = config.get('video_token_index', config.get('video_token_id'))
@@ -134,15 +180,6 @@ class VideoProcessor:
   def num_video_tokens(self, num_frames: int) -> int:
     """Slots one `<video>` placeholder expands to: every frame's pooled tokens + one image_newline."""
     return num_frames * self.tokens_per_frame + 1
-
-  def question_text(self, question: str, options: Sequence[str]) -> str:
-    """The user text of a multiple-choice question: question, lettered options, instruction."""
-    if not options:
-      raise ValueError(f'question {question!r} has no options')
-    if len(options) > len(string.ascii_uppercase):
-      raise ValueError(f'{len(options)} options: at most {len(string.ascii_uppercase)} are supported')
-    lines = [question] + [f'{letter}. {option}' for letter, option in zip(string.ascii_uppercase, options)]
-    return '\n'.join(lines + [ANSWER_INSTRUCTION])
 
   def render(self, text: str) -> str:
     """A user turn with one video and `text`, through the chat template, with the generation prompt.
@@ -183,11 +220,6 @@ class VideoProcessor:
     repeats = np.where(is_video, self.num_video_tokens(num_frames), 1)
     return np.repeat(ids, repeats)
 
-  def option_letter_ids(self, n_options: int) -> np.ndarray:
-    """int32 [n_options]: the token of "A", "B", ... as the first token of an answer."""
-    return np.asarray([_single_token_id(self.tokenizer, letter)
-                       for letter in string.ascii_uppercase[:n_options]], np.int32)
-
   def preprocess(self, frames: np.ndarray) -> np.ndarray:
     """uint8 frames [N, H, W, 3] -> float32 [N, h, w, 3] normalized as the checkpoint specifies."""
     if self.pixel_config is None:
@@ -196,14 +228,9 @@ class VideoProcessor:
 
   def save_pretrained(self, out_dir: str) -> None:
     """Writes tokenizer, chat template, processor and pixel configs so `from_pretrained` reloads them."""
-    os.makedirs(out_dir, exist_ok=True)
-    self.tokenizer.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, TEMPLATE_JINJA), 'w') as f:
-      f.write(self.chat_template)
+    super().save_pretrained(out_dir)
     if self.processor_config:
-      _write_json(out_dir, PROCESSOR_CONFIG, self.processor_config)
-    if self.pixel_config is not None:
-      _write_json(out_dir, VIDEO_CONFIG, self.pixel_config)
+      write_json(out_dir, PROCESSOR_CONFIG, self.processor_config)
 
 
 class SiglipProcessor:
@@ -217,11 +244,11 @@ class SiglipProcessor:
 
   @classmethod
   def from_pretrained(cls, ckpt_dir: str, config: dict | None = None) -> SiglipProcessor:
-    config = config if config is not None else _read_json(ckpt_dir, 'config.json')
+    config = config if config is not None else read_json(ckpt_dir, 'config.json')
     tokenizer = load_tokenizer(ckpt_dir)
     # SigLIP pools the last position, so text must be padded to the length it was trained with.
     max_length = (config.get('text_config') or {}).get('max_position_embeddings', 64)
-    return cls(tokenizer, max_length, _read_json(ckpt_dir, IMAGE_CONFIG))
+    return cls(tokenizer, max_length, read_json(ckpt_dir, IMAGE_CONFIG))
 
   def tokenize(self, texts: Sequence[str]) -> np.ndarray:
     """texts -> input_ids int32 [Q, max_length] (padding='max_length', truncated)."""
@@ -238,7 +265,7 @@ class SiglipProcessor:
     os.makedirs(out_dir, exist_ok=True)
     self.tokenizer.save_pretrained(out_dir)
     if self.pixel_config is not None:
-      _write_json(out_dir, IMAGE_CONFIG, self.pixel_config)
+      write_json(out_dir, IMAGE_CONFIG, self.pixel_config)
 
 
 def from_checkpoint_dir(ckpt_dir: str, config: dict) -> VideoProcessor | SiglipProcessor | None:
@@ -247,4 +274,7 @@ def from_checkpoint_dir(ckpt_dir: str, config: dict) -> VideoProcessor | SiglipP
     return None
   if config.get('model_type') == 'siglip':
     return SiglipProcessor.from_pretrained(ckpt_dir, config)
+  if config.get('model_type') == 'qwen2_5_vl':
+    from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor  # imports this module
+    return Qwen25VLProcessor.from_pretrained(ckpt_dir, config)
   return VideoProcessor.from_pretrained(ckpt_dir, config)

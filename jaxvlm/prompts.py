@@ -32,7 +32,8 @@ from jaxvlm.processor import ANSWER_INSTRUCTION, VideoProcessor
 @struct.dataclass
 class TokenLayout:
   """Per-token layout of a prompt batch, every field [B, S]: group (`Group`), frame (-1 if not a
-  frame token), positions (rotary position ids), valid (False for padding)."""
+  frame token), positions (rotary position ids; [3, B, S] M-RoPE ids for Qwen2.5-VL, see
+  `jaxvlm.models.qwen2_5_vl`), valid (False for padding)."""
   group: jnp.ndarray
   frame: jnp.ndarray
   positions: jnp.ndarray
@@ -45,12 +46,15 @@ class TokenLayout:
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-  """One prompt: text fed to the tokenizer, input_ids / group / frame int32 [S]."""
+  """One prompt: text fed to the tokenizer, input_ids / group / frame int32 [S], num_frames (knockout
+  frames: LLaVA frames, Qwen2.5-VL temporal patches), positions: None (rotary position = slot index) or
+  M-RoPE positions int32 [3, S] (Qwen2.5-VL)."""
   text: str
   input_ids: np.ndarray
   group: np.ndarray
   frame: np.ndarray
   num_frames: int
+  positions: np.ndarray | None = None
 
   @property
   def num_video_tokens(self) -> int:
@@ -95,7 +99,13 @@ class PromptBatch:
 
 def collate(prompts: Sequence[Prompt], pad_id: int, pad_multiple: int = 64) -> PromptBatch:
   """Right-pads to the longest prompt rounded up to `pad_multiple` (fewer distinct shapes, fewer
-  compiles). Padding slots are invalid keys; positions run on (unused by real tokens)."""
+  compiles). Padding slots are invalid keys. Positions [B, S] run on over the padding (unused by real
+  tokens); prompts with M-RoPE positions give [3, B, S] with 0 in padding slots (as
+  `qwen2_5_vl.rope_index` under an attention mask)."""
+  mrope = [p.positions is not None for p in prompts]
+  if any(mrope) and not all(mrope):
+    raise ValueError(f'prompts {[i for i, m in enumerate(mrope) if not m]} have no M-RoPE positions, '
+                     'the others do: one batch holds prompts of one model family')
   lengths = np.asarray([len(p.input_ids) for p in prompts])
   s = int(-(-lengths.max() // pad_multiple) * pad_multiple)
   b = len(prompts)
@@ -105,7 +115,12 @@ def collate(prompts: Sequence[Prompt], pad_id: int, pad_multiple: int = 64) -> P
   for i, p in enumerate(prompts):
     ids[i, :lengths[i]], group[i, :lengths[i]], frame[i, :lengths[i]] = p.input_ids, p.group, p.frame
   valid = np.arange(s)[None] < lengths[:, None]
-  positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
+  if all(mrope):
+    positions = np.zeros((3, b, s), np.int32)
+    for i, p in enumerate(prompts):
+      positions[:, i, :lengths[i]] = p.positions
+  else:
+    positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
   return PromptBatch(ids, TokenLayout(group=group, frame=frame, positions=positions, valid=valid),
                      (lengths - 1).astype(np.int32))
 
@@ -117,6 +132,14 @@ def option_logprobs(model, params, hidden_last: jnp.ndarray, option_ids: jnp.nda
   full-vocabulary softmax. `model` is any Video-LLM with a `logits` method (the tied or untied head)."""
   logits = model.apply({'params': params}, hidden_last, method='logits')
   return jnp.take(jax.nn.log_softmax(logits, axis=-1), option_ids, axis=-1)
+
+
+def positions_at(positions: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+  """Layout positions [B, S] or M-RoPE [3, B, S] at slots idx [B, T] -> what a decoder layer takes:
+  [B, T], or batch-first [B, T, 3] (the adapter every tail recompute of an M-RoPE model goes through)."""
+  if positions.ndim == 2:
+    return jnp.take_along_axis(positions, idx, axis=1)
+  return jnp.take_along_axis(jnp.moveaxis(positions, 0, -1), idx[..., None], axis=1)
 
 
 def at_slot(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:

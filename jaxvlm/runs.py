@@ -22,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import checkpoints, data, distributed, prompts, sharding, video
+from jaxvlm import checkpoints, data, distributed, frame_folders, prompts, sharding
 from jaxvlm.data import synthetic
 from jaxvlm.prompts import TokenLayout
+from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
 
 
 def jsonable(x: Any) -> Any:
@@ -160,14 +161,26 @@ def csv_list(value) -> list[str]:
 
 
 def load_model(config, mesh=None):
-  """(model, params, processor) of config.checkpoint. With `mesh` (`sharding.mesh_from_config`) the
-  params are read shard by shard straight onto it, each process the blocks of its own devices, in
-  config.param_dtype; a checkpoint that fails to load on any process fails on every process."""
+  """(model, params, processor) of config.checkpoint in config.dtype. With `mesh`
+  (`sharding.mesh_from_config`) the params are read shard by shard straight onto it, each process the
+  blocks of its own devices, in config.param_dtype; a checkpoint that fails to load on any process fails
+  on every process. config.frame_size ('H,W'; '' or absent: the processor's own rule) fixes a
+  Qwen2.5-VL run's frame size (static shapes); LLaVA's frame size is the checkpoint's and cannot be set."""
   if mesh is None:
-    return checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype))
-  param_dtype = jnp.dtype(config.get('param_dtype', 'float32'))
-  return distributed.collective(f'load {config.checkpoint}', lambda: checkpoints.load_pretrained(
-      config.checkpoint, dtype=jnp.dtype(config.dtype), param_dtype=param_dtype, mesh=mesh))
+    model, params, processor = checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype))
+  else:
+    param_dtype = jnp.dtype(config.get('param_dtype', 'float32'))
+    model, params, processor = distributed.collective(f'load {config.checkpoint}', lambda: checkpoints.load_pretrained(
+        config.checkpoint, dtype=jnp.dtype(config.dtype), param_dtype=param_dtype, mesh=mesh))
+  size = [int(v) for v in csv_list(config.get('frame_size', ''))]
+  if size:
+    if not isinstance(processor, Qwen25VLProcessor):
+      raise ValueError(f'frame_size={config.frame_size!r}: only a Qwen2.5-VL processor takes a frame size '
+                       f'({config.checkpoint} gave {type(processor).__name__})')
+    if len(size) != 2:
+      raise ValueError(f"frame_size={config.frame_size!r}: expected 'H,W'")
+    processor.set_frame_size(size)
+  return model, params, processor
 
 
 def load_samples(config, workdir: str):
@@ -201,7 +214,33 @@ def batches(items: Sequence, size: int) -> Iterator[Sequence]:
 class Prepared:
   sample: data.VideoQASample
   prompt: prompts.Prompt
-  pixels: np.ndarray  # [F, H, W, C]
+  pixels: np.ndarray  # the model's pixels, one entry per knockout frame (see `video_inputs`)
+
+
+def video_inputs(processor, question: str, options: Sequence[str], frames: np.ndarray,
+                 timestamps_s: np.ndarray | None = None, keyframes: bool = False
+                 ) -> tuple[prompts.Prompt, np.ndarray]:
+  """(prompt, model pixels) of one multiple-choice question over uint8 frames [F, H, W, 3] at times
+  timestamps_s [F]: the one place the model families differ on the sample path.
+
+  LLaVA-OneVision: pixels [F, h, w, 3], one per frame (keyframes or not). Qwen2.5-VL: patches
+  [T, Hm, Wm, M, P], one per temporal patch; a uniform clip pairs consecutive frames (T = ceil(F / 2)),
+  keyframes (selected or candidate frames) fill one patch each (T = F), with M-RoPE positions in the
+  prompt (`jaxvlm.qwen2_5_vl_processor`). Either way pixels[f] is knockout frame f of the prompt.
+  """
+  if isinstance(processor, Qwen25VLProcessor):
+    return processor.video_inputs(question, options, frames, timestamps_s, keyframes)
+  return prompts.build_prompt(processor, question, options, len(frames)), processor.preprocess(frames)
+
+
+def prompt_for_pixels(processor, question: str, options: Sequence[str], pixels: np.ndarray
+                      ) -> prompts.Prompt:
+  """The prompt of a question over model pixels taken from a keyframe pool (`video_inputs` with
+  keyframes=True, then indexed [k]): one knockout frame per entry."""
+  if isinstance(processor, Qwen25VLProcessor):
+    return processor.build_prompt(question, options, processor.grid_of(pixels),
+                                  processor.seconds_per_patch(keyframes=True))
+  return prompts.build_prompt(processor, question, options, len(pixels))
 
 
 def prepare(samples: Sequence[data.VideoQASample], processor, config
@@ -214,9 +253,9 @@ def prepare(samples: Sequence[data.VideoQASample], processor, config
         raise ValueError('empty option list')
       if s.answer is None or not 0 <= s.answer < len(s.options):
         raise ValueError(f'answer {s.answer} outside the {len(s.options)} options')
-      frames = video.sample_frames(s.video, config.num_frames, start_s=s.start_s, end_s=s.end_s)
-      pixels = processor.preprocess(frames.pixels)
-      ok.append(Prepared(s, prompts.build_prompt(processor, s.question, s.options, config.num_frames), pixels))
+      frames = frame_folders.sample_frames_of(s, config.num_frames)  # a video file or a frame folder
+      prompt, pixels = video_inputs(processor, s.question, s.options, frames.pixels, frames.timestamps_s)
+      ok.append(Prepared(s, prompt, pixels))
     except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on
       failed.append((s.id, f'{type(e).__name__}: {e}'))
   return ok, failed
@@ -224,7 +263,8 @@ def prepare(samples: Sequence[data.VideoQASample], processor, config
 
 @dataclasses.dataclass(frozen=True)
 class ModelBatch:
-  """Device-ready batch: input_ids [B, S], pixels [B, F, H, W, C], layout [B, S], answer_index [B],
+  """Device-ready batch: input_ids [B, S], pixels [B, F, ...] (LLaVA [B, F, H, W, C], Qwen2.5-VL
+  [B, T, Hm, Wm, M, P]), layout [B, S] (positions [B, S] or M-RoPE [3, B, S]), answer_index [B],
   option_ids [O] (letters A.. up to the largest option count in the batch)."""
   input_ids: jnp.ndarray
   pixels: jnp.ndarray
@@ -242,6 +282,10 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
   """Pads the batch to a multiple of `multiple` rows by repeating the last sample (its extra rows are
   computed and ignored: callers read the first len(prepared) rows)."""
   rows = list(prepared) + [prepared[-1]] * (-len(prepared) % multiple)
+  shapes = {p.pixels.shape for p in rows}
+  if len(shapes) > 1:
+    raise ValueError(f'samples {[p.sample.id for p in prepared]} have pixels of shapes {sorted(shapes)}: a '
+                     'batch needs one shape (set frame_size for a Qwen2.5-VL run over videos of mixed sizes)')
   pad_id = processor.tokenizer.pad_token_id or 0
   pb = prompts.collate([p.prompt for p in rows], pad_id)
   n_options = max(len(p.sample.options) for p in rows)
@@ -252,13 +296,20 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
 
 
 def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
-  """Samples split over the mesh's sample axes; option ids replicated. On a mesh spanning processes
-  (every process passes the same whole batch) the prompt-side int arrays (ids, layout, answer slots:
-  [B, S] at most) are replicated too, so the sweeps' host-side planning reads them on every process;
-  the pixels stay split."""
-  if not distributed.mesh_spans_processes(mesh):
-    placed = sharding.shard_batch((batch.input_ids, batch.pixels, batch.layout, batch.answer_index), mesh)
-    return ModelBatch(*placed, jax.device_put(batch.option_ids, sharding.replicated(mesh)))
-  rep = lambda tree: jax.tree.map(lambda x: sharding.put(x, sharding.replicated(mesh)), tree)
-  return ModelBatch(rep(batch.input_ids), sharding.shard_batch(batch.pixels, mesh), rep(batch.layout),
-                    rep(batch.answer_index), rep(batch.option_ids))
+  """Samples split over the mesh's sample axes; option ids replicated. M-RoPE positions [3, B, S] are
+  placed sample-first [B, S, 3] and moved back, so they split over samples like everything else. On a
+  mesh spanning processes (every process passes the same whole batch) the prompt-side int arrays (ids,
+  layout incl. positions, answer slots: [B, S] at most) are replicated instead, so the sweeps' host-side
+  planning reads them on every process; the pixels stay split."""
+  if distributed.mesh_spans_processes(mesh):
+    rep = lambda tree: jax.tree.map(lambda x: sharding.put(x, sharding.replicated(mesh)), tree)
+    return ModelBatch(rep(batch.input_ids), sharding.shard_batch(batch.pixels, mesh), rep(batch.layout),
+                      rep(batch.answer_index), rep(batch.option_ids))
+  positions = batch.layout.positions
+  mrope = positions.ndim == 3
+  layout = batch.layout.replace(positions=jnp.moveaxis(positions, 0, -1) if mrope else positions)
+  ids, pixels, layout, answer = sharding.shard_batch((batch.input_ids, batch.pixels, layout,
+                                                      batch.answer_index), mesh)
+  if mrope:
+    layout = layout.replace(positions=jnp.moveaxis(layout.positions, -1, 0))
+  return ModelBatch(ids, pixels, layout, answer, jax.device_put(batch.option_ids, sharding.replicated(mesh)))

@@ -102,6 +102,20 @@ _PARAM_AXES: tuple[tuple[str, LogicalAxes], ...] = (
     ('text_model/head/bias', ('proj',)),
     ('logit_scale', (None,)),
     ('logit_bias', (None,)),
+    # Qwen2.5-VL vision tower (models/qwen2_5_vl_vision.py): fused qkv, biased MLP, patch merger.
+    ('visual/patch_embed/proj/kernel', ('conv_in', 'embed')),   # flattened Conv3d [C*tp*p*p, D]
+    ('attn/qkv/kernel', ('embed', 'qkv')),
+    ('attn/qkv/bias', ('qkv',)),
+    ('attn/proj/kernel', ('q_heads', 'embed')),
+    ('attn/proj/bias', ('embed',)),
+    ('gate_proj/bias', ('mlp',)),
+    ('up_proj/bias', ('mlp',)),
+    ('down_proj/bias', ('embed',)),
+    ('merger/ln_q/weight', ('norm',)),
+    ('merger/mlp/0/kernel', ('vision_embed', 'mlp')),
+    ('merger/mlp/0/bias', ('mlp',)),
+    ('merger/mlp/2/kernel', ('mlp', 'embed')),
+    ('merger/mlp/2/bias', ('embed',)),
 )
 
 

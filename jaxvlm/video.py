@@ -1,4 +1,4 @@
-"""Video decoding (decord) and frame sampling rules (preprocessing to model input: `pixels.py`).
+"""Video decoding (PyAV, or decord) and frame sampling rules (preprocessing to model input: `pixels.py`).
 
 Index rules are pure functions of the frame count so that selectors, oracles and tests share them:
 
@@ -12,22 +12,28 @@ Fewer frames than requested (T < N): `uniform_indices` still returns N indices a
 `candidate_pool` returns min(N_c, T) distinct indices, because a pool with duplicates would let a
 selector pick the same frame twice.
 
-Decoding reads all requested frames with one decord `get_batch` call per video. Every failure
-(missing, unreadable, truncated or zero-frame file, index out of range) raises `VideoError` naming
-the file.
+Decoding: backend 'pyav' (the default, 'auto') plans per video from its keyframe index whether to
+seek or decode forward to each requested frame (jaxvlm.pyav_decode); 'decord' reads all requested
+frames with one decord `get_batch` call (decord has no wheel for macOS arm64 or aarch64 Linux, so it
+is optional). Both give the same pixels (libswscale's RGB conversion) and count frames the same way.
+Every failure (missing, unreadable, truncated or zero-frame file, index out of range) raises
+`VideoError` naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from jaxvlm import pyav_decode
 
-class VideoError(RuntimeError):
-  """A video cannot be opened or decoded; the message names the file."""
+
+VideoError = pyav_decode.VideoError
+BACKENDS = ('auto', 'pyav', 'decord')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +120,19 @@ def candidate_pool(num_frames_total: int, n_c: int) -> np.ndarray:
 # Decoding.
 
 
+def _backend(backend: str) -> str:
+  if backend not in BACKENDS:
+    raise ValueError(f'unknown video backend {backend!r}; expected one of {BACKENDS}')
+  return 'pyav' if backend == 'auto' else backend
+
+
 def _open(path: str | os.PathLike[str]):
   """Opens a decord VideoReader, turning every failure into a VideoError naming the file."""
-  import decord  # pylint: disable=g-import-not-at-top  (heavy native library, load on use)
+  try:
+    import decord  # pylint: disable=g-import-not-at-top  (heavy native library, load on use)
+  except ImportError as e:
+    raise VideoError(f"backend 'decord' is not installed (no wheel for this platform?); use 'pyav' "
+                     f'to read {path}') from e
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise VideoError(f'video file not found: {path}')
@@ -133,15 +149,27 @@ def _open(path: str | os.PathLike[str]):
   return reader
 
 
-def video_info(path: str | os.PathLike[str]) -> VideoInfo:
-  reader = _open(path)
-  height, width = reader[0].shape[:2]
-  return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()),
-                   height=int(height), width=int(width))
+def video_info(path: str | os.PathLike[str], backend: str = 'auto') -> VideoInfo:
+  if _backend(backend) == 'decord':
+    reader = _open(path)
+    height, width = reader[0].shape[:2]
+    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()),
+                     height=int(height), width=int(width))
+  container, stream = pyav_decode.open_video(path)
+  try:
+    index = pyav_decode.stream_index(container, stream)
+    return VideoInfo(num_frames=index.num_frames, fps=index.fps, height=int(stream.codec_context.height),
+                     width=int(stream.codec_context.width))
+  except VideoError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # libav errors of broken files
+    raise VideoError(f'cannot read the frame index of {os.fspath(path)}: {e}') from e
+  finally:
+    container.close()
 
 
 def _read(reader, path: str, indices: np.ndarray) -> Frames:
-  """Decodes `indices` with one get_batch call."""
+  """Decodes `indices` with one decord get_batch call."""
   total = len(reader)
   indices = np.asarray(indices, np.int64).reshape(-1)
   if indices.size == 0:
@@ -158,9 +186,17 @@ def _read(reader, path: str, indices: np.ndarray) -> Frames:
                 timestamps_s=np.asarray(timestamps, np.float64))
 
 
-def read_frames(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray) -> Frames:
-  """Decodes the given frame indices (any order, repeats allowed) with one batch call."""
-  return _read(_open(path), os.fspath(path), np.asarray(indices))
+def _read_pyav(path, indices=None, select=None) -> Frames:
+  decoded, _ = pyav_decode.read(path, indices, select)
+  return Frames(pixels=decoded.pixels, indices=decoded.indices, timestamps_s=decoded.timestamps_s)
+
+
+def read_frames(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray,
+                backend: str = 'auto') -> Frames:
+  """Decodes the given frame indices (any order, repeats allowed)."""
+  if _backend(backend) == 'decord':
+    return _read(_open(path), os.fspath(path), np.asarray(indices))
+  return _read_pyav(path, np.asarray(indices))
 
 
 def clip_range(num_frames_total: int, video_fps: float, start_s: float | None,
@@ -176,11 +212,28 @@ def clip_range(num_frames_total: int, video_fps: float, start_s: float | None,
   return first, stop
 
 
+_RULES = ('uniform', 'fps', 'pool')
+
+
+def _select(rule: str, n: int, target_fps: float | None, start_s: float | None, end_s: float | None,
+            num_frames: int, fps: float) -> np.ndarray:
+  """Frame indices of `rule` inside the clip of a video with `num_frames` frames at `fps`."""
+  first, stop = (0, num_frames) if start_s is None and end_s is None else clip_range(num_frames, fps, start_s, end_s)
+  total = stop - first
+  if rule == 'uniform':
+    indices = uniform_indices(total, n)
+  elif rule == 'pool':
+    indices = candidate_pool(total, n)
+  else:
+    indices = fps_indices(total, fps, target_fps, max_frames=n)
+  return indices + first
+
+
 def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
                   target_fps: float | None = None, start_s: float | None = None,
-                  end_s: float | None = None) -> Frames:
+                  end_s: float | None = None, backend: str = 'auto') -> Frames:
   """Opens a video once, picks indices by `rule` inside the clip [start_s, end_s] (the whole video by
-  default; benchmark samples such as MVBench's carry a clip) and decodes them in one batch.
+  default; benchmark samples such as MVBench's carry a clip) and decodes them.
 
   Args:
     path: video file.
@@ -188,19 +241,15 @@ def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
     rule: 'uniform' | 'fps' | 'pool' (see the module docstring).
     target_fps: sampling rate for rule 'fps'.
     start_s, end_s: the clip, in seconds.
+    backend: 'auto' | 'pyav' | 'decord' (see the module docstring).
   """
-  reader = _open(path)
-  fps = float(reader.get_avg_fps())
-  first, stop = (0, len(reader)) if start_s is None and end_s is None else clip_range(len(reader), fps, start_s, end_s)
-  total = stop - first
-  if rule == 'uniform':
-    indices = uniform_indices(total, n)
-  elif rule == 'pool':
-    indices = candidate_pool(total, n)
-  elif rule == 'fps':
-    if target_fps is None:
-      raise ValueError("rule 'fps' needs target_fps")
-    indices = fps_indices(total, fps, target_fps, max_frames=n)
-  else:
+  if rule not in _RULES:
     raise ValueError(f"unknown sampling rule {rule!r}; expected 'uniform', 'fps' or 'pool'")
-  return _read(reader, os.fspath(path), indices + first)
+  if rule == 'fps' and target_fps is None:
+    raise ValueError("rule 'fps' needs target_fps")
+  select = functools.partial(_select, rule, n, target_fps, start_s, end_s)
+  if _backend(backend) == 'decord':
+    reader = _open(path)
+    return _read(reader, os.fspath(path), select(len(reader), float(reader.get_avg_fps())))
+  return _read_pyav(path, select=lambda index: select(index.num_frames, index.fps))
+

@@ -343,3 +343,14 @@ def test_llava_key_layouts_map_to_one_tree(tmp_path):
   for layout in (saved, list(_to_hub_layout(dict.fromkeys(saved))), in_memory):
     assert {family.to_ours(k) for k in layout} == ours
   assert {family.to_hf(k) for k in ours} == set(saved)
+
+
+def test_embedded_default_resolves_from_any_directory(tmp_path, monkeypatch):
+  """'assets/NAME' is the local directory when there is one, else the shipped embedded default."""
+  monkeypatch.chdir(tmp_path)
+  assert not os.path.exists('assets')
+  resolved = checkpoints.resolve_checkpoint_dir('assets/llava_ov_tiny')
+  assert os.path.isfile(os.path.join(resolved, 'model.safetensors'))
+  assert checkpoints.embedded_dir('assets/no_such_model') is None
+  os.makedirs('assets/llava_ov_tiny')   # a local directory of that name wins
+  assert checkpoints.resolve_checkpoint_dir('assets/llava_ov_tiny') == 'assets/llava_ov_tiny'

@@ -19,10 +19,8 @@ NUM_CANDIDATES = 4
 KS = (1, 4)
 
 
-@pytest.fixture(scope='module')
-def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
-  llava = test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('llava'))
-  siglip = tmp_path_factory.mktemp('siglip')
+def write_random_siglip_checkpoint(siglip) -> str:
+  """A tiny random SigLIP saved with transformers, plus tokenizer and pixel config."""
   tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
   sig_config = transformers.SiglipConfig(
       vision_config=dict(tiny, image_size=28, patch_size=7),
@@ -31,7 +29,13 @@ def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
   test_processor.make_tokenizer(None).save_pretrained(siglip)
   with open(os.path.join(siglip, 'preprocessor_config.json'), 'w') as f:
     json.dump(test_processor.PIXELS, f)
-  return str(llava), str(siglip)
+  return str(siglip)
+
+
+@pytest.fixture(scope='module')
+def checkpoints_dir(tmp_path_factory) -> tuple[str, str]:
+  llava = test_processor.write_random_llava_checkpoint(tmp_path_factory.mktemp('llava'))
+  return str(llava), write_random_siglip_checkpoint(tmp_path_factory.mktemp('siglip'))
 
 
 def make_config(ckpts, **overrides):
@@ -79,6 +83,19 @@ def test_results_contract(full_run):
     assert len(f.read().strip().splitlines()) == len(names) * len(KS) + 1
   table = diagnosis.format_table(summary)
   assert all(n in table for n in names)
+  # Intervals, change against all candidates, McNemar p; per-task score rows for every condition.
+  for r in summary['rows']:
+    assert r['accuracy_low'] <= r['accuracy'] <= r['accuracy_high'] and 0.0 <= r['mcnemar_p'] <= 1.0, r
+    assert r['change'] == pytest.approx(r['accuracy'] - h['clean_accuracy'])
+  assert h['clean_accuracy_low'] <= h['clean_accuracy'] <= h['clean_accuracy_high']
+  tasks = {r['task'] for r in read_records(workdir)}
+  groups = {(s['group_kind'], s['group']) for s in h['scores']}
+  assert groups == {('overall', 'overall')} | {('task', t) for t in tasks}
+  conditions = {s['condition'] for s in h['scores']}
+  assert conditions == {'clean', 'text_only'} | {diagnosis.condition_name(n, k) for n in names for k in KS}
+  with open(os.path.join(workdir, 'summary_scores.csv')) as f:
+    assert len(f.read().strip().splitlines()) == len(h['scores']) + 1
+  assert not os.path.exists(os.path.join(workdir, 'lmms_eval'))   # lmms-eval has no synthetic task
 
 
 def test_records_hold_valid_selections_and_scores(full_run):

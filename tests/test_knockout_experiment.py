@@ -11,6 +11,7 @@ import pytest
 
 from configs import knockout as knockout_config
 from experiments import knockout as experiment
+from jaxvlm import lmms_eval_format
 from jaxvlm.knockout import metrics
 from tests import test_processor
 
@@ -62,6 +63,16 @@ def test_results_contract(full_run):
     assert 0.0 <= r['accuracy'] <= 1.0 and 0.0 <= r['flip_rate'] <= 1.0
   with open(os.path.join(workdir, 'summary.csv')) as f:
     assert len(f.read().strip().splitlines()) == 19
+  # 1-based names, intervals, per-task scores and their heatmap; no lmms-eval task for synthetic data.
+  assert {r['name'] for r in summary['rows']} >= {'global1/LV/1-4', 'global1/LV/3-4', 'fine/VS/3-4'}
+  for r in summary['rows']:
+    assert r['accuracy_low'] <= r['accuracy'] <= r['accuracy_high'] and 0.0 <= r['mcnemar_p'] <= 1.0
+  tasks = {r['task'] for r in records}
+  assert {(s['group_kind'], s['group']) for s in summary['header']['scores']} == (
+      {('overall', 'overall')} | {('task', t) for t in tasks})
+  for name in ('summary_scores.csv', 'fine_task_change.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert not os.path.exists(os.path.join(workdir, 'lmms_eval'))
 
 
 def test_rerun_resumes_without_duplicates_and_kill_restart_gives_same_summary(checkpoint, full_run,
@@ -115,3 +126,47 @@ def test_summary_table_prints_every_spec(full_run):
   table = metrics.format_table(summary)
   assert all(r['name'] in table for r in summary['rows'])
   assert np.isfinite(summary['header']['clean_accuracy'])
+
+
+def test_mvbench_release_tree_runs_with_official_scores_and_lmms_eval_files(checkpoint, full_run, tmp_path):
+  """`--config.data.ann=MVBench/json --config.data.video_root=MVBench/video` on a release-shaped tree
+  (a video task and a TVQA frame-folder task, both clipped), the tiny model's videos standing in."""
+  from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  full_dir, _ = full_run
+  videos = sorted(os.listdir(os.path.join(full_dir, 'synthetic', 'test', 'videos')))[:2]
+  root = tmp_path / 'MVBench'
+  (root / 'json').mkdir(parents=True)
+  (root / 'video' / 'star' / 'Charades_v1_480').mkdir(parents=True)
+  items = []
+  for i, name in enumerate(videos):
+    shutil.copy(os.path.join(full_dir, 'synthetic', 'test', 'videos', name),
+                root / 'video' / 'star' / 'Charades_v1_480' / f'CLIP{i}.mp4')
+    items.append({'video': f'CLIP{i}.mp4', 'question': 'What happened after the person took the food?',
+                  'candidates': ['Ate.', 'Slept.', 'Left.'], 'answer': 'Slept.', 'start': 0.0, 'end': 1.0})
+  (root / 'json' / 'action_sequence.json').write_text(json.dumps(items))
+  frames = root / 'video' / 'tvqa' / 'frames_fps3_hq' / 'friends_s01e01_seg01_clip_00'
+  frames.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(9):
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(frames / f'{i + 1:05d}.jpg')
+  (root / 'json' / 'episodic_reasoning.json').write_text(json.dumps([
+      {'video': frames.name, 'question': 'Why does Ross leave?', 'candidates': ['A call.', 'A knock.'],
+       'answer': 'A call.', 'start': 0.5, 'end': 2.5}]))
+  config = make_config(checkpoint, settings='global2', benchmark='mvbench')
+  config.data = config_dict.ConfigDict({'ann': str(root / 'json'), 'video_root': str(root / 'video')})
+  workdir = str(tmp_path / 'run')
+  summary = experiment.run(config, workdir)
+  h = summary['header']
+  assert h['num_samples'] == 3 and h['num_failed'] == 0, h['failures']
+  clean = {s['group']: s for s in h['scores'] if s['condition'] == 'clean'}
+  assert set(clean) == {'overall', 'mean over tasks', 'action_sequence', 'episodic_reasoning'}
+  assert clean['mean over tasks']['accuracy'] == pytest.approx(
+      (clean['action_sequence']['accuracy'] + clean['episodic_reasoning']['accuracy']) / 2)
+  folder = os.path.join(workdir, 'lmms_eval', lmms_eval_format.sanitize_model_name(str(checkpoint)))
+  names = sorted(os.listdir(folder))
+  assert len(names) == 3 and names[0].endswith('_results.json')
+  with open(os.path.join(folder, names[0])) as f:
+    lmms = json.load(f)['results']
+  for task in ('action_sequence', 'episodic_reasoning'):
+    assert lmms[f'mvbench_{task}']['mvbench_accuracy,none'] == pytest.approx(100 * clean[task]['accuracy'])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -78,3 +79,34 @@ def test_every_experiment_is_an_entry_point(path):
   assert any(isinstance(n, ast.FunctionDef) and n.name == 'main' for n in tree.body), f'{path.name}: no main()'
   at_import = [ast.unparse(n) for n in tree.body if _is_flag_definition(n)]
   assert at_import == [], f'{path.name} defines flags at import time: {at_import}'
+
+
+def test_pyproject_packages_every_library_room_and_the_embedded_default():
+  """pyproject.toml lists packages by name (the embedded default is mapped in from assets/), so a
+  new room under jaxvlm/ must be added there or the installed package would lack it."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  config = tomllib.loads((REPO / 'pyproject.toml').read_text())['tool']['setuptools']
+  rooms = {'.'.join(p.parent.relative_to(REPO).parts) for p in (REPO / 'jaxvlm').rglob('*.py')}
+  assert rooms <= set(config['packages']), sorted(rooms - set(config['packages']))
+  shipped = {name: config['package-dir'][name] for name in config['packages'] if name.startswith('jaxvlm.assets.')}
+  assert sorted(shipped.values()) == sorted(f'assets/{p.name}' for p in (REPO / 'assets').iterdir() if p.is_dir())
+
+
+def _readme_layout() -> str:
+  text = (REPO / 'README.md').read_text()
+  start = text.index('## Layout')
+  return text[start:text.index('\n## ', start + 1)]
+
+
+def test_readme_layout_names_every_module_of_the_library():
+  """README's layout section is the tree: every top-level module, package and package module."""
+  layout = _readme_layout()
+  names = set()
+  for path in (REPO / 'jaxvlm').rglob('*.py'):
+    rel = path.relative_to(REPO / 'jaxvlm')
+    if path.name != '__init__.py':
+      names.add(rel.stem)
+    if len(rel.parts) > 1:
+      names.add(rel.parts[0] + '/')
+  missing = sorted(n for n in names if not re.search(rf'(?<!\w){re.escape(n)}(?!\w)', layout))
+  assert missing == [], f'README layout does not mention {missing}'

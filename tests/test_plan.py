@@ -166,3 +166,18 @@ def test_unknown_preset_is_rejected():
   with pytest.raises(ValueError, match='unknown preset'):
     plan_config.get_config('llava_ov_13b')
   assert jnp.dtype(plan_config.get_config().dtype) == jnp.bfloat16
+
+
+def test_qwen2_5_vl_7b_preset():
+  """Qwen2.5-VL-7B at the runs' 448 x 448: 32 frames -> 16 temporal patches of 16 x 16 merged tokens."""
+  p = plan.plan(config('qwen2_5_vl_7b', 'v5e-8'))
+  print(plan.format_plan(p))
+  assert p['params']['count'] == 8_292_166_656      # transformers' meta-device model (test_qwen2_5_vl_checkpoints)
+  assert p['prompt_slots'] == 16 * 16 * 16 + 2 + 256
+  groups = p['params']['count_by_shard_count']
+  assert set(groups) == {1, 8} and groups[1] / p['params']['count'] < 1e-3
+  assert p['fits'] and p['activations']['vision_layer'] > 0
+  # Twice the frames: twice the KV cache (the prompt is almost all video).
+  longer = plan.plan(config('qwen2_5_vl_7b', 'v5e-8', num_frames=64))
+  assert longer['kv_cache_bytes_per_device'] / p['kv_cache_bytes_per_device'] == pytest.approx(
+      (32 * 256 + 2 + 256) / (16 * 256 + 2 + 256))

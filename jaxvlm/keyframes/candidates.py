@@ -8,14 +8,15 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxvlm import data, prompts, video
+from jaxvlm import data, frame_folders, prompts, runs
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidates:
-  """A sample with its candidate pool: prompt over all N frames, LLaVA pixels [N, H, W, C], the decoded
-  frames uint8 [N, h, w, 3] (for SigLIP), their frame indices [N] and the candidate positions of the
-  ground-truth evidence frames (empty when the benchmark has none)."""
+  """A sample with its candidate pool: prompt over all N frames, the Video-LLM's pixels [N, ...] (one
+  entry per candidate: `runs.video_inputs` with keyframes=True, so a Qwen2.5-VL temporal patch is one
+  candidate), the decoded frames uint8 [N, h, w, 3] (for SigLIP), their frame indices [N] and the
+  candidate positions of the ground-truth evidence frames (empty when the benchmark has none)."""
   sample: data.VideoQASample
   prompt: prompts.Prompt
   pixels: np.ndarray
@@ -32,13 +33,15 @@ def prepare_pool(samples: Sequence[data.VideoQASample], processor, config
     try:
       if s.answer is None:
         raise ValueError('no answer: the diagnosis needs labelled samples')
-      frames = video.sample_frames(s.video, config.num_candidates, rule='pool')
+      # Inside the sample's clip, from its video file or frame folder.
+      frames = frame_folders.sample_frames_of(s, config.num_candidates, rule='pool')
       if len(frames.indices) < config.num_candidates:
         raise ValueError(f'video has {len(frames.indices)} frames, fewer than the '
                          f'{config.num_candidates} candidates')
       evidence = np.flatnonzero(np.isin(frames.indices, s.evidence_frames or []))
-      ok.append(Candidates(s, prompts.build_prompt(processor, s.question, s.options, config.num_candidates),
-                           processor.preprocess(frames.pixels), frames.pixels, frames.indices, evidence))
+      prompt, pixels = runs.video_inputs(processor, s.question, s.options, frames.pixels, frames.timestamps_s,
+                                         keyframes=True)
+      ok.append(Candidates(s, prompt, pixels, frames.pixels, frames.indices, evidence))
     except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on
       failed.append((s.id, f'{type(e).__name__}: {e}'))
   return ok, failed

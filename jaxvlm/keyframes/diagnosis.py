@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import warnings
 import zlib
+from collections.abc import Mapping
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm import prompts, runs, sharding
+from jaxvlm import benchmark_scores, prompts, runs, sharding, stats
 from jaxvlm.keyframes import learned as learned_lib
 from jaxvlm.keyframes import metrics, relevance, selector_model, selectors, teacher
 from jaxvlm.keyframes.candidates import Candidates, layer_range
@@ -121,7 +122,8 @@ def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
   out = [{name: {} for name in plan.selectors} for _ in cands]
   for k in plan.ks:
     jobs = [(i, name) for i in range(len(cands)) for name in plan.selectors]
-    prompt_k = [prompts.build_prompt(processor, c.sample.question, c.sample.options, k) for c in cands]
+    prompt_k = [runs.prompt_for_pixels(processor, c.sample.question, c.sample.options, c.pixels[:k])
+                for c in cands]
     batch = runs.collate([runs.Prepared(cands[i].sample, prompt_k[i], cands[i].pixels[selections[i][name][k]])
                           for i, name in jobs], processor, runs.batch_multiple(mesh))
     batch = runs.place_batch(batch, mesh)
@@ -171,11 +173,21 @@ def _correct(logp, answer: int) -> bool:
   return int(np.argmax(logp)) == answer
 
 
-def summarize(records: list[dict], plan: Plan, sensitive_k: int) -> dict:
-  """One row per (selector, k): accuracy (all samples and the frame-sensitive subset), recall@k and
-  nDCG@k against the causal oracle, recall@k against the ground-truth evidence frames. The header holds
-  clean / text-only accuracy, the frame-sensitive share and mean Spearman correlations with the
-  causal oracle."""
+def condition_name(selector: str, k: int) -> str:
+  """A (selector, k) condition as score rows name it: 'siglip_q/k=4'."""
+  return f'{selector}/k={k}'
+
+
+def summarize(records: list[dict], plan: Plan, sensitive_k: int, benchmark: str = '',
+              metas: Mapping[str, Mapping[str, str]] | None = None,
+              num_resamples: int = stats.DEFAULT_RESAMPLES) -> dict:
+  """One row per (selector, k): accuracy (all samples and the frame-sensitive subset) with its bootstrap
+  95 % interval, the paired change against clean (all candidates) with its interval and exact McNemar p,
+  recall@k and nDCG@k against the causal oracle, recall@k against the ground-truth evidence frames. The
+  header holds clean / text-only accuracy (with intervals), the frame-sensitive share, mean Spearman
+  correlations with the causal oracle, and 'scores': one row per (condition, group) — clean, text_only
+  and every selector/k, overall, per task and the benchmark's official aggregates (`benchmark_scores`;
+  `metas` maps sample id -> VideoQASample.meta for the fields they group by)."""
   ok = [r for r in records if 'error' not in r]
   header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
             'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
@@ -184,8 +196,12 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int) -> dict:
   answers = [r['answer'] for r in ok]
   correct = lambda name, k: np.asarray([_correct(r['k_logp'][name][str(k)], a) for r, a in zip(ok, answers)])
   no_frames = np.asarray([_correct(r['text_only'], a) for r, a in zip(ok, answers)])
-  header.update(clean_accuracy=float(np.mean([_correct(r['clean'], a) for r, a in zip(ok, answers)])),
-                text_only_accuracy=float(no_frames.mean()))
+  clean_right = np.asarray([_correct(r['clean'], a) for r, a in zip(ok, answers)])
+  boot = dict(num_resamples=num_resamples)
+  clean_ci, text_ci = stats.accuracy_interval(clean_right, **boot), stats.accuracy_interval(no_frames, **boot)
+  header.update(clean_accuracy=float(clean_right.mean()), clean_accuracy_low=clean_ci.low,
+                clean_accuracy_high=clean_ci.high, text_only_accuracy=float(no_frames.mean()),
+                text_only_accuracy_low=text_ci.low, text_only_accuracy_high=text_ci.high)
   sensitive = np.zeros(len(ok), bool)
   if {'oracle_top', 'oracle_bottom'} <= set(plan.selectors):
     sensitive = metrics.frame_sensitive(correct('oracle_top', sensitive_k), correct('oracle_bottom', sensitive_k),
@@ -200,20 +216,32 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int) -> dict:
       for name in SCORES if name != 'causal'}
   rows = []
   causal = [np.asarray(r['scores']['causal']) for r in ok]
+  conditions = {condition_name(name, k): correct(name, k) for name in plan.selectors for k in plan.ks}
+  hits = np.stack(list(conditions.values()))                                   # [selectors x ks, B]
+  acc, change = stats.accuracy_interval(hits, **boot), stats.paired_change_interval(clean_right, hits, **boot)
+  p = stats.mcnemar_exact(clean_right, hits)
   for name in plan.selectors:
     for k in plan.ks:
       sel = [np.asarray(r['selections'][name][str(k)]) for r in ok]
       hit = correct(name, k)
+      i = list(conditions).index(condition_name(name, k))
       with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN means (no evidence frames) stay NaN
         rows.append({
-            'selector': name, 'k': k, 'accuracy': float(hit.mean()),
+            'selector': name, 'k': k, 'accuracy': float(hit.mean()), 'accuracy_low': acc.low[i],
+            'accuracy_high': acc.high[i], 'change': change.estimate[i], 'change_low': change.low[i],
+            'change_high': change.high[i], 'mcnemar_p': p[i],
             'accuracy_frame_sensitive': float(np.mean(hit[sensitive])) if sensitive.any() else float('nan'),
             'recall_oracle': float(np.mean([metrics.recall_at_k(s, selectors.top_k(c, k))
                                             for s, c in zip(sel, causal)])),
             'ndcg_oracle': float(np.nanmean([metrics.ndcg_at_k(s, c) for s, c in zip(sel, causal)])),
             'recall_evidence': float(np.nanmean([metrics.recall_at_k(s, r['evidence'])
                                                  for s, r in zip(sel, ok)]))})
+  metas = metas or {}
+  header['benchmark'] = benchmark
+  header['scores'] = benchmark_scores.score_rows(
+      benchmark, [r.get('task', '') for r in ok], [metas.get(r['id'], {}) for r in ok],
+      {'clean': clean_right, 'text_only': no_frames, **conditions}, **boot)
   return {'header': header, 'rows': rows}
 
 
@@ -222,17 +250,25 @@ def format_table(summary: dict) -> str:
   h = summary['header']
   if h.get('clean_accuracy') is None:
     return f"samples: {h['num_samples']}  failed: {h['num_failed']}  (nothing to summarise)"
+  ci = lambda key: (f"{h[key]:.4f} [{h[key + '_low']:.4f}, {h[key + '_high']:.4f}]" if key + '_low' in h
+                    else f'{h[key]:.4f}')
   lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy (all candidates): "
-           f"{h['clean_accuracy']:.4f}  text-only accuracy: {h['text_only_accuracy']:.4f}"]
+           f"{ci('clean_accuracy')}  text-only accuracy: {ci('text_only_accuracy')}"]
+  official = [r for r in h.get('scores', []) if r['condition'] == 'clean' and r['group_kind'] == 'official']
+  if official:
+    lines.append(f"{h.get('benchmark')} (clean): " + ', '.join(
+        f"{r['group']} {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] (n={r['n']})"
+        for r in official))
   if 'frame_sensitive_share' in h:
     lines.append(f"frame-sensitive share (k={h['frame_sensitive_k']}): {h['frame_sensitive_share']:.4f} "
                  f"({h['num_frame_sensitive']} samples)  FSS by k: "
                  + ', '.join(f'{k}: {v:.3f}' for k, v in h['frame_selection_sensitivity'].items()))
   lines.append('Spearman vs causal oracle: '
                + ', '.join(f'{k}: {v:.3f}' for k, v in h['spearman_vs_causal'].items()))
-  cols = ['selector', 'k', 'accuracy', 'accuracy_frame_sensitive', 'recall_oracle', 'ndcg_oracle',
-          'recall_evidence']
+  cols = ['selector', 'k', 'accuracy', 'accuracy_low', 'accuracy_high', 'change', 'mcnemar_p',
+          'accuracy_frame_sensitive', 'recall_oracle', 'ndcg_oracle', 'recall_evidence']
   lines.append(' '.join(f'{c:>16}' for c in cols))
   for r in summary['rows']:
-    lines.append(' '.join(f'{r[c]:>16.4f}' if isinstance(r[c], float) else f'{str(r[c]):>16}' for c in cols))
+    lines.append(' '.join(f'{r[c]:>16.4f}' if isinstance(r.get(c), (float, np.floating)) else f'{str(r.get(c)):>16}'
+                          for c in cols))
   return '\n'.join(lines)

@@ -21,10 +21,15 @@ def _by_selector(rows: list[dict], key: str) -> dict[str, list[tuple[int, float]
   return {name: sorted(pts) for name, pts in out.items()}
 
 
-def _lines(ax, rows: list[dict], key: str) -> None:
+def _lines(ax, rows: list[dict], key: str, bands: bool = False) -> None:
+  """A line per selector over k; with bands, its rows' `<key>_low` / `<key>_high` interval shaded."""
   for name, pts in _by_selector(rows, key).items():
     colour, ls = STYLE.get(name, (None, '-'))
-    ax.plot(*zip(*pts), marker='o', color=colour, ls=ls, label=name)
+    line, = ax.plot(*zip(*pts), marker='o', color=colour, ls=ls, label=name)
+    own = sorted((r['k'], r.get(key + '_low'), r.get(key + '_high')) for r in rows if r['selector'] == name)
+    if bands and all(lo is not None and hi is not None for _, lo, hi in own):
+      ks, lows, highs = zip(*own)
+      ax.fill_between(ks, lows, highs, color=line.get_color(), alpha=0.12, lw=0)
   ks = sorted({r['k'] for r in rows})
   ax.set_xscale('log', base=2)
   ax.set_xticks(ks, [str(k) for k in ks])
@@ -32,11 +37,13 @@ def _lines(ax, rows: list[dict], key: str) -> None:
 
 def accuracy_vs_k(rows: list[dict], header: dict, workdir: str) -> str:
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  _lines(ax, rows, 'accuracy')
+  _lines(ax, rows, 'accuracy', bands=True)
   ax.axhline(header['clean_accuracy'], color='black', lw=0.8, ls='--', label='all candidates')
+  if 'clean_accuracy_low' in header:
+    ax.axhspan(header['clean_accuracy_low'], header['clean_accuracy_high'], color='black', alpha=0.06, lw=0)
   ax.axhline(header['text_only_accuracy'], color='red', lw=0.8, ls='--', label='no frames (text only)')
   ax.set(xlabel='frames seen (k)', ylabel='accuracy',
-         title=f"Video-LLM accuracy with the k selected frames (n={header['num_samples']})")
+         title=f"Video-LLM accuracy with the k selected frames (n={header['num_samples']}; bands: 95 % CI)")
   ax.legend(fontsize=7, ncol=2)
   return save_figure(fig, workdir, 'accuracy_vs_k.png')
 

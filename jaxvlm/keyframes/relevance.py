@@ -123,7 +123,7 @@ def _tail_frame_mass(model: LlavaOnevisionForConditionalGeneration, params, clea
   k_meta = layout.meta()
   idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]              # [B, T]
   q_meta = k_meta.take(idx)
-  positions = jnp.take_along_axis(layout.positions, idx, axis=1)
+  positions = prompts.positions_at(layout.positions, idx)
   at = lambda tree, l: jax.tree.map(lambda x: x[l], tree)
 
   def one_layer(l):

@@ -22,7 +22,6 @@ import numpy as np
 
 from jaxvlm import prompts
 from jaxvlm.knockout import engine as sweep
-from jaxvlm.knockout import specs as knockout
 from jaxvlm.keyframes import relevance
 from jaxvlm.models import siglip
 

@@ -20,6 +20,10 @@ cutoffs and knockout types never add more than those few shapes. Tail lengths ar
 `tail_multiple`; typically there are three (text after the video for LV, from the second frame for VT,
 from the first video token for VS).
 
+Models: any Video-LLM whose params hold `language_model` (a `qwen2.Qwen2Model`) and that has a `logits`
+head: LLaVA-OneVision, and Qwen2.5-VL through one adapter, `prompts.positions_at`, which hands a tail's
+M-RoPE layout positions [3, B, S] to the decoder layer batch-first [B, T, 3].
+
 Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
 D hidden, O answer options.
 """
@@ -81,7 +85,7 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   k_meta = layout.meta()
   idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]              # [B, T]
   q_meta = k_meta.take(idx)
-  positions = jnp.take_along_axis(layout.positions, idx, axis=1)
+  positions = prompts.positions_at(layout.positions, idx)                  # [B, T] or M-RoPE [B, T, 3]
   layer_params = {'params': _layer(params['language_model']['layers'], layer)}
   cache_k, cache_v = _layer(clean.cache.k, layer), _layer(clean.cache.v, layer)
   fold = lambda x: jnp.broadcast_to(x[None], (c,) + x.shape).reshape((c * b,) + x.shape[1:])

@@ -1,12 +1,18 @@
 """Knockout metrics from option log-probabilities, the summary of a run's records, and its table.
 
 Letters: N specs, B samples, O options.
+
+Summary rows name a spec with 1-based layers, as plots and tables for people do ('global1/LV/1-8' is
+layers 1..8 knocked out); records in samples.jsonl keep the sweep's 0-based names, so old runs resume.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from jaxvlm.knockout.specs import Sweep
+from jaxvlm import benchmark_scores, stats
+from jaxvlm.knockout.specs import Sweep, SweepEntry
 
 
 def knockout_metrics(clean_logp: np.ndarray, spec_logp: np.ndarray, answers: np.ndarray) -> dict:
@@ -33,8 +39,22 @@ def knockout_metrics(clean_logp: np.ndarray, spec_logp: np.ndarray, answers: np.
           'delta_logp_correct': delta, 'flip_rate': flips}
 
 
-def summarize(records: list[dict], sw: Sweep) -> dict:
-  """Per-spec metrics over the successful samples of a run's records; failures counted."""
+def display_name(entry: SweepEntry) -> str:
+  """The spec's name with 1-based layers: 'global1/LV/1-8' for layers 0..7."""
+  return f'{entry.setting}/{entry.kind}/{entry.layers[0] + 1}-{entry.layers[-1] + 1}'
+
+
+def summarize(records: list[dict], sw: Sweep, benchmark: str = '',
+              metas: Mapping[str, Mapping[str, str]] | None = None,
+              num_resamples: int = stats.DEFAULT_RESAMPLES) -> dict:
+  """Per-spec metrics over the successful samples of a run's records; failures counted.
+
+  Every spec's row carries its accuracy's bootstrap 95 % interval, the paired change against clean
+  (interval, exact McNemar p) and the performance ratio's interval. header['scores'] holds one row per
+  (condition, group): overall, per task and the benchmark's official aggregates
+  (`benchmark_scores`), for clean and every spec; `metas` (sample id -> VideoQASample.meta) supplies
+  the fields those aggregates group by (Video-MME duration, ...).
+  """
   ok = [r for r in records if 'error' not in r]
   header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
             'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
@@ -46,21 +66,50 @@ def summarize(records: list[dict], sw: Sweep) -> dict:
   specs = np.stack([np.stack([pad(r['specs'][e.name]) for r in ok]) for e in sw.entries])
   answers = np.asarray([r['answer'] for r in ok])
   m = knockout_metrics(clean, specs, answers)
-  rows = [{'name': e.name, 'setting': e.setting, 'kind': e.kind, 'first_layer': e.layers[0] + 1,
+  clean_right = clean.argmax(-1) == answers                     # [B]
+  spec_right = specs.argmax(-1) == answers[None]               # [N, B]
+  boot = dict(num_resamples=num_resamples)
+  acc = stats.accuracy_interval(spec_right, **boot)
+  change = stats.paired_change_interval(clean_right, spec_right, **boot)
+  ratio = stats.paired_ratio_interval(clean_right, spec_right, **boot)
+  p = stats.mcnemar_exact(clean_right, spec_right)
+  clean_ci = stats.accuracy_interval(clean_right, **boot)
+  names = [display_name(e) for e in sw.entries]
+  rows = [{'name': names[k], 'setting': e.setting, 'kind': e.kind, 'first_layer': e.layers[0] + 1,
            'last_layer': e.layers[-1] + 1, 'layer_ratio': e.layer_ratio,
-           'accuracy': m['accuracy'][k], 'performance_ratio': m['performance_ratio'][k],
+           'accuracy': m['accuracy'][k], 'accuracy_low': acc.low[k], 'accuracy_high': acc.high[k],
+           'change': change.estimate[k], 'change_low': change.low[k], 'change_high': change.high[k],
+           'mcnemar_p': p[k], 'performance_ratio': m['performance_ratio'][k],
+           'performance_ratio_low': ratio.low[k], 'performance_ratio_high': ratio.high[k],
            'delta_logp_correct': m['delta_logp_correct'][k], 'flip_rate': m['flip_rate'][k]}
           for k, e in enumerate(sw.entries)]
-  return {'header': {**header, 'clean_accuracy': m['clean_accuracy']}, 'rows': rows}
+  metas = metas or {}
+  scores = benchmark_scores.score_rows(benchmark, [r.get('task', '') for r in ok],
+                                       [metas.get(r['id'], {}) for r in ok],
+                                       {'clean': clean_right, **dict(zip(names, spec_right))}, **boot)
+  return {'header': {**header, 'benchmark': benchmark, 'clean_accuracy': m['clean_accuracy'],
+                     'clean_accuracy_low': clean_ci.low, 'clean_accuracy_high': clean_ci.high,
+                     'scores': scores},
+          'rows': rows}
 
 
 def format_table(summary: dict) -> str:
-  """Summary rows as a fixed-width text table, headed by clean accuracy and failure counts."""
+  """Summary rows as a fixed-width text table, headed by clean accuracy (95 % interval), failure counts
+  and the benchmark's official aggregates of clean."""
   h = summary['header']
-  lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy: "
-           f"{h['clean_accuracy'] if h['clean_accuracy'] is None else round(h['clean_accuracy'], 4)}"]
-  cols = ['name', 'accuracy', 'performance_ratio', 'delta_logp_correct', 'flip_rate']
-  lines.append(' '.join(f'{c:>20}' for c in cols))
+  if h['clean_accuracy'] is None:
+    return f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy: None"
+  lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy: {h['clean_accuracy']:.4f} "
+           f"[{h['clean_accuracy_low']:.4f}, {h['clean_accuracy_high']:.4f}]"]
+  official = [r for r in h.get('scores', []) if r['condition'] == 'clean' and r['group_kind'] == 'official']
+  if official:
+    lines.append(f"{h.get('benchmark')} (clean): " + ', '.join(
+        f"{r['group']} {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] (n={r['n']})"
+        for r in official))
+  cols = ['name', 'accuracy', 'accuracy_low', 'accuracy_high', 'change', 'mcnemar_p', 'performance_ratio',
+          'delta_logp_correct', 'flip_rate']
+  lines.append(' '.join(f'{c:>18}' for c in cols))
   for r in summary['rows']:
-    lines.append(' '.join(f'{r[c]:>20.4f}' if isinstance(r[c], float) else f'{str(r[c]):>20}' for c in cols))
+    lines.append(' '.join(f'{r[c]:>18.4f}' if isinstance(r[c], (float, np.floating)) else f'{str(r[c]):>18}'
+                          for c in cols))
   return '\n'.join(lines)

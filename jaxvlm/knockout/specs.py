@@ -9,6 +9,8 @@ Conventions (so results compare across tools):
   * every non-video token is a text query;
   * the image_newline token after the frames is a video token of no frame (frame -1): Language-to-Video
     blocks it as a key, Video Temporal and Video Spatial never touch its edges.
+  * Qwen2.5-VL: a "frame" is a temporal patch; vision_start / vision_end are video tokens of no frame
+    (docs/architecture.md, Conventions).
 """
 from __future__ import annotations
 

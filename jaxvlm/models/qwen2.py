@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxvlm.models.attention import Group, LayerRule, TokenMeta, masked_attention
@@ -37,13 +38,24 @@ class Qwen2Config:
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 32768
   attention_block_size: int = 512  # keys per block of the online-softmax kernel
+  # M-RoPE (Qwen2-VL / Qwen2.5-VL): frequencies split into sections turning with the temporal, height
+  # and width position in turn; positions are then [B, T, 3] (see `rotary`). () = plain 1-D RoPE.
+  mrope_section: tuple[int, ...] = ()
 
   @classmethod
-  def from_hf(cls, d: Mapping[str, Any]) -> Qwen2Config:
+  def from_hf(cls, d: Mapping[str, Any], allow_mrope: bool = False) -> Qwen2Config:
     """From a transformers config dict (v4 `rope_theta` or v5 `rope_parameters`); unsupported options
-    (non-default RoPE, sliding window, non-SiLU activation) raise ValueError."""
+    (non-default RoPE, sliding window, non-SiLU activation) raise ValueError. A config with M-RoPE
+    (`mrope_section`, or v4's rope type 'mrope') raises too unless `allow_mrope` (the Qwen2.5-VL port
+    sets it): read as plain Qwen2 it would silently run with the wrong positions."""
     rope = d.get('rope_parameters') or d.get('rope_scaling') or {}
     rope_type = rope.get('rope_type', rope.get('type', 'default'))
+    mrope = rope.get('mrope_section')
+    if mrope is not None or rope_type == 'mrope':
+      if not allow_mrope or mrope is None:
+        raise ValueError(f'text config has M-RoPE (rope {dict(rope)}): it is a Qwen2-VL-style decoder, not '
+                         'plain Qwen2; load it through its multimodal family (e.g. qwen2_5_vl)')
+      rope_type = 'default'
     if rope_type != 'default':
       raise ValueError(f'Qwen2 rope_type {rope_type!r} is not supported (only default)')
     if d.get('use_sliding_window', False):
@@ -62,7 +74,8 @@ class Qwen2Config:
         rms_norm_eps=d.get('rms_norm_eps', 1e-6),
         rope_theta=float(rope.get('rope_theta', d.get('rope_theta', 10000.0))),
         tie_word_embeddings=d.get('tie_word_embeddings', False),
-        max_position_embeddings=d.get('max_position_embeddings', 32768))
+        max_position_embeddings=d.get('max_position_embeddings', 32768),
+        mrope_section=tuple(int(x) for x in mrope or ()))
 
 
 @struct.dataclass
@@ -93,12 +106,24 @@ def positions_from_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float) -> jnp.ndarray:
+def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float,
+           mrope_section: tuple[int, ...] = ()) -> jnp.ndarray:
   """Rotary embedding of x [B, T, N, Dh] at integer positions [B, T] (HF rotate_half: the two halves
-  of Dh are the pair of each frequency). Computed in float32, returned in x's dtype."""
+  of Dh are the pair of each frequency). Computed in float32, returned in x's dtype.
+
+  M-RoPE: with `mrope_section` (lengths summing to Dh/2) positions may be [B, T, 3] (temporal, height,
+  width): section i of the frequencies turns with axis i % 3 (transformers' Qwen2-VL recomposition).
+  [B, T] positions then mean the same value on all three axes (text), i.e. plain RoPE."""
   dim = x.shape[-1]
   inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))    # [Dh/2]
-  angles = positions.astype(jnp.float32)[..., None, None] * inv_freq              # [B, T, 1, Dh/2]
+  if positions.ndim == x.ndim - 1:
+    if sum(mrope_section) != dim // 2:
+      raise ValueError(f'positions {positions.shape} are M-RoPE [B, T, 3], but mrope_section '
+                       f'{mrope_section} does not split the {dim // 2} frequencies')
+    axis = np.repeat(np.arange(len(mrope_section)) % 3, mrope_section)           # [Dh/2] axis of each freq
+    angles = positions[..., axis].astype(jnp.float32)[..., None, :] * inv_freq    # [B, T, 1, Dh/2]
+  else:
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq            # [B, T, 1, Dh/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -184,7 +209,7 @@ class Qwen2Attention(nn.Module):
     k = _dense(kv_heads * dh, True, self.dtype, 'k_proj')(x).reshape(b, t, kv_heads, dh)
     v = _dense(kv_heads * dh, True, self.dtype, 'v_proj')(x).reshape(b, t, kv_heads, dh)
     k, v = (nn.with_logical_constraint(y, ('batch', 'length', 'act_kv_heads', 'head_dim')) for y in (k, v))
-    k = rotary(k, positions, cfg.rope_theta)
+    k = rotary(k, positions, cfg.rope_theta, cfg.mrope_section)
     if b == cache_k.shape[0]:
       cache_k = write_slots(cache_k, k, write_index)
       cache_v = write_slots(cache_v, v, write_index)
@@ -197,7 +222,7 @@ class Qwen2Attention(nn.Module):
       x, positions, q_meta = (_rows(y, out_rows) for y in (x, positions, q_meta))
     q = q_proj(x).reshape(b, x.shape[1], heads, dh)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', 'head_dim'))
-    q = rotary(q, positions, cfg.rope_theta)
+    q = rotary(q, positions, cfg.rope_theta, cfg.mrope_section)
     out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, own=own,
                            block_size=cfg.attention_block_size, frame_mass=self.frame_mass)
     if self.frame_mass:
@@ -228,7 +253,7 @@ class Qwen2DecoderLayer(nn.Module):
 
     Args:
       h: [B, T, D] (or [C * B, T, D]) input hidden states of the new tokens.
-      positions: [B, T] (or [C * B, T]) int rotary positions.
+      positions: [B, T] (or [C * B, T]) int rotary positions; [B, T, 3] with config.mrope_section.
       q_meta: TokenMeta [B, T] (or [C * B, T]) of the new tokens (their index must be the slot they
         are written to).
       cache_k, cache_v: [B, S, K, Dh] this layer's cache.

@@ -1,0 +1,197 @@
+"""Input pipeline overlap: the knockout experiment on long videos, serial vs `input_workers` threads.
+
+Fixture: the synthetic test split (embedded default model and prompts) with every video replaced by a
+long one: each of its 32 frames upscaled to --width x --height and held for --seconds / 32, with
+light noise so the encoder cannot skip it, H.264 at 30 fps with keyframes every 250 frames. The
+model still sees its 32 frames (uniform sampling lands in each held frame), but decoding them means
+walking the whole long video.
+
+XLA computes on --xla_threads CPU threads (1 by default): on a host whose model runs on an accelerator
+the CPU cores are free for the input workers while the model computes, and one XLA thread leaves the
+other cores of a CPU-only machine just as free. With XLA on every core, threads only share the same
+cores and no pipeline can save more than the CPU time it does not have.
+
+The experiment runs as it ships, `python -m experiments.knockout` in a subprocess, with JAX's
+persistent compilation cache (under --fixture_dir) filled by a warm-up run, so later runs compile
+nothing. Prints:
+  decode   - runs.prepare over all samples in one thread (decode + preprocess + prompt), in process,
+  compute  - collate + the knockout sweep over the prepared batches, in process,
+  serial   - the experiment's wall time with input_workers=0,
+  overlap  - the experiment's wall time with input_workers=--workers,
+  fixed    - the experiment's wall time on no samples (start-up, model load, summary),
+and (overlap - fixed) / (decode + compute): the goal is <= 0.7 with 2 workers.
+
+  python -m benchmarks.input_overlap --fixture_dir=/tmp/overlap   # the fixture is reused when present
+"""
+from __future__ import annotations
+
+import fractions
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+import av
+import jax
+import numpy as np
+from PIL import Image
+
+from configs import knockout as knockout_config
+from jaxvlm import runs, sharding
+from jaxvlm.data import synthetic
+from jaxvlm.knockout import engine, specs
+
+_FIXTURE_DIR = flags.DEFINE_string('fixture_dir', None, 'Where the long-video fixture is written and '
+                                   'reused (default: a temporary directory).')
+_SAMPLES = flags.DEFINE_integer('samples', 48, 'Samples in the fixture.')
+_SECONDS = flags.DEFINE_float('seconds', 60.0, 'Length of each video.')
+_HEIGHT = flags.DEFINE_integer('height', 120, 'Video height.')
+_WIDTH = flags.DEFINE_integer('width', 160, 'Video width.')
+_WORKERS = flags.DEFINE_integer('workers', 2, 'input_workers of the overlapped run.')
+_SETTINGS = flags.DEFINE_string('settings', 'global2', 'Knockout settings (set the compute per batch; '
+                                'global2 makes it about as long as decoding the fixture).')
+_XLA_THREADS = flags.DEFINE_integer('xla_threads', 1, 'CPU threads XLA computes with (0: its default, all '
+                                    'cores). 1 leaves the other cores to the input workers, as a host '
+                                    'whose model runs on an accelerator has them.')
+
+_REPO = pathlib.Path(__file__).resolve().parent.parent
+_FPS = 30
+_SEED = 1234
+
+
+def _long_video(src: str, dst: str, seconds: float, height: int, width: int, seed: int) -> None:
+  """Re-encodes `src`'s frames, each held for an equal share of `seconds`, at height x width."""
+  with av.open(src) as c:
+    frames = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]
+  total = int(round(seconds * _FPS))
+  rng = np.random.default_rng(seed)
+  time_base = fractions.Fraction(1, _FPS)
+  with av.open(dst, 'w') as out:
+    stream = out.add_stream('libx264', rate=_FPS)
+    stream.height, stream.width, stream.pix_fmt = height, width, 'yuv420p'
+    stream.time_base = time_base
+    stream.options = {'preset': 'veryfast', 'crf': '23', 'g': '250'}
+    big = [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR), np.int16) for f in frames]
+    for i in range(total):
+      source = big[min(i * len(big) // total, len(big) - 1)]
+      noisy = np.clip(source + rng.integers(-6, 7, source.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+      frame = av.VideoFrame.from_ndarray(noisy, format='rgb24')
+      frame.pts, frame.time_base = i, time_base
+      for packet in stream.encode(frame):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+
+
+def _fixture(root: str) -> str:
+  """root/synthetic/test with long videos (kept when the same arguments made it)."""
+  split = synthetic.ensure(os.path.join(root, 'synthetic'), num=_SAMPLES.value, seed=_SEED, split='test')
+  wanted = {'seconds': _SECONDS.value, 'height': _HEIGHT.value, 'width': _WIDTH.value}
+  marker = os.path.join(split, 'long_videos.json')
+  if os.path.isfile(marker):
+    with open(marker) as f:
+      if json.load(f) == wanted:
+        return split
+  videos = os.path.join(split, 'videos')
+  names = sorted(os.listdir(videos))
+  for k, name in enumerate(names):
+    path = os.path.join(videos, name)
+    print(f'writing long video {k + 1}/{len(names)}', flush=True)
+    _long_video(path, path + '.long.mp4', _SECONDS.value, _HEIGHT.value, _WIDTH.value, k)
+    os.replace(path + '.long.mp4', path)
+  with open(marker, 'w') as f:
+    json.dump(wanted, f)
+  return split
+
+
+def _config(input_workers: int):
+  c = knockout_config.get_config()
+  c.data.num = _SAMPLES.value
+  c.data.seed = _SEED
+  c.settings = _SETTINGS.value
+  c.input_workers = input_workers
+  return c
+
+
+def _cache_env(root: str) -> dict[str, str]:
+  return {'JAX_COMPILATION_CACHE_DIR': os.path.join(root, 'jax_cache'),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+def _experiment_seconds(root: str, input_workers: int, max_samples: int = -1) -> float:
+  """Wall seconds of `python -m experiments.knockout` in a fresh workdir reading the fixture."""
+  workdir = tempfile.mkdtemp(prefix='run_', dir=root)
+  os.symlink(os.path.join(root, 'synthetic'), os.path.join(workdir, 'synthetic'))
+  command = [sys.executable, '-m', 'experiments.knockout', '--config=configs/knockout.py',
+             f'--workdir={workdir}', f'--config.data.num={_SAMPLES.value}', f'--config.data.seed={_SEED}',
+             f'--config.settings={_SETTINGS.value}', f'--config.input_workers={input_workers}',
+             f'--config.max_samples={max_samples}']
+  start = time.perf_counter()
+  done = subprocess.run(command, cwd=_REPO, env={**os.environ, **_cache_env(root)}, capture_output=True,
+                        text=True, check=False)
+  seconds = time.perf_counter() - start
+  if done.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
+  shutil.rmtree(workdir)
+  return seconds
+
+
+def _decode_and_compute(root: str) -> tuple[float, float]:
+  """Seconds to prepare every sample in one thread, and to collate + sweep the prepared batches."""
+  config = _config(0)
+  model, params, processor = runs.load_model(config)
+  sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)
+  mesh = sharding.make_mesh(**config.mesh, devices=jax.local_devices())
+  params = sharding.shard_params(params, mesh)
+  samples, _ = runs.load_samples(config, root)
+  start = time.perf_counter()
+  prepared, failed = runs.prepare(samples, processor, config)
+  decode = time.perf_counter() - start
+  if failed:
+    raise RuntimeError(f'fixture samples failed: {failed[:3]}')
+  start = time.perf_counter()
+  for chunk in runs.batches(prepared, config.batch_size):
+    batch = runs.collate(chunk, processor, multiple=runs.batch_multiple(mesh))
+    engine.evaluate_batch(model, params, batch, sw.specs, mesh, config.tail_multiple, config.spec_chunk)
+  compute = time.perf_counter() - start
+  return decode, compute
+
+
+def main(argv):
+  del argv
+  root = _FIXTURE_DIR.value or tempfile.mkdtemp(prefix='input_overlap_')
+  os.makedirs(root, exist_ok=True)
+  _fixture(root)
+  if _XLA_THREADS.value:  # before JAX starts its CPU backend; the subprocesses inherit it
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
+                               f'intra_op_parallelism_threads={_XLA_THREADS.value}').strip()
+  for name, value in _cache_env(root).items():  # the in-process measurements share the cache
+    jax.config.update(name.lower(), int(value) if value.isdigit() else value)
+  print(f'{_SAMPLES.value} samples, {_SECONDS.value:g} s videos at {_WIDTH.value}x{_HEIGHT.value}, '
+        f'{jax.device_count()} device(s), settings {_SETTINGS.value}, {os.cpu_count()} CPUs, '
+        f'XLA threads {_XLA_THREADS.value or "all"}', flush=True)
+  warm = _experiment_seconds(root, 0)  # fills the compilation cache
+  decode, compute = _decode_and_compute(root)
+  fixed = _experiment_seconds(root, 0, max_samples=0)
+  serial = _experiment_seconds(root, 0)
+  overlap = _experiment_seconds(root, _WORKERS.value)
+  print(f'warm-up run (fills the compile cache)   {warm:8.2f} s')
+  print(f'decode (prepare, one thread)            {decode:8.2f} s')
+  print(f'compute (collate + sweep)               {compute:8.2f} s')
+  print(f'decode + compute                        {decode + compute:8.2f} s')
+  print(f'experiment, no samples (fixed cost)     {fixed:8.2f} s')
+  print(f'experiment, input_workers=0             {serial:8.2f} s')
+  print(f'experiment, input_workers={_WORKERS.value}             {overlap:8.2f} s')
+  print(f'(serial - fixed) / (decode + compute)  = {(serial - fixed) / (decode + compute):.2f}')
+  print(f'(overlap - fixed) / (decode + compute) = {(overlap - fixed) / (decode + compute):.2f} (goal <= 0.7)')
+  print(f'overlap / (decode + compute)           = {overlap / (decode + compute):.2f} (fixed cost included)')
+
+
+if __name__ == '__main__':
+  app.run(main)

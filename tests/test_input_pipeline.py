@@ -1,0 +1,122 @@
+"""jaxvlm.input_pipeline: every sample once, in order when fast, a stuck or broken sample never holds
+the others back, failures as records."""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+
+from jaxvlm import input_pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class S:
+  id: str
+
+
+def _samples(n):
+  return [S(f's{i}') for i in range(n)]
+
+
+def _ok(chunk):
+  return [s.id for s in chunk], []
+
+
+@pytest.mark.parametrize('workers', [0, 1, 2, 3])
+def test_fast_samples_come_in_order_chunks(workers):
+  got = list(input_pipeline.prefetch_batches(_samples(10), _ok, 4, num_workers=workers))
+  # The consumer takes batches no faster than the workers fill them only if it waits; either way
+  # every sample arrives once, and batches are the in-order chunks when each is ready in time.
+  flat = [i for b in got for i in b.items]
+  assert sorted(flat) == sorted(s.id for s in _samples(10)) and len(flat) == 10
+  assert all(not b.failed for b in got)
+  assert all(len(b.items) <= 4 for b in got)
+  if workers == 0:
+    assert [b.items for b in got] == [['s0', 's1', 's2', 's3'], ['s4', 's5', 's6', 's7'], ['s8', 's9']]
+
+
+def test_a_stuck_sample_does_not_hold_back_the_others():
+  release = threading.Event()
+
+  def prepare(chunk):
+    if chunk[0].id == 's0':
+      assert release.wait(timeout=30)  # stuck until every other sample has been consumed
+    return _ok(chunk)
+
+  seen = []
+  for batch in input_pipeline.prefetch_batches(_samples(9), prepare, 2, num_workers=2):
+    seen.extend(batch.items)
+    if len(seen) == 8:
+      release.set()
+  assert seen[-1] == 's0' and sorted(seen[:-1]) == [f's{i}' for i in range(1, 9)]
+
+
+def test_failures_are_records_and_the_run_goes_on():
+  def prepare(chunk):
+    s = chunk[0]
+    if s.id == 's1':
+      raise RuntimeError('decoder exploded')
+    if s.id == 's2':
+      return [], [(s.id, 'VideoError: video file not found: x.mp4')]
+    return _ok(chunk)
+
+  for workers in (0, 2):
+    batches = list(input_pipeline.prefetch_batches(_samples(5), prepare, 2, num_workers=workers))
+    items = sorted(i for b in batches for i in b.items)
+    failed = dict(f for b in batches for f in b.failed)
+    assert items == ['s0', 's3', 's4']
+    assert failed == {'s1': 'RuntimeError: decoder exploded', 's2': 'VideoError: video file not found: x.mp4'}
+    assert sum(b.num_samples for b in batches) == 5
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_prepare_sees_one_sample_at_a_time(workers):
+  sizes = []
+
+  def prepare(chunk):
+    sizes.append(len(chunk))
+    return _ok(chunk)
+
+  list(input_pipeline.prefetch_batches(_samples(7), prepare, 3, num_workers=workers))
+  assert sizes == [1] * 7
+
+
+def test_a_sample_past_the_timeout_becomes_a_failure():
+  release = threading.Event()
+
+  def prepare(chunk):
+    if chunk[0].id == 's1':
+      release.wait(timeout=30)
+    return _ok(chunk)
+
+  try:
+    batches = list(input_pipeline.prefetch_batches(_samples(4), prepare, 2, num_workers=2, timeout_s=0.2))
+  finally:
+    release.set()
+  failed = [f for b in batches for f in b.failed]
+  assert failed == [('s1', 'TimeoutError: not prepared within 0.2 s')]
+  assert sorted(i for b in batches for i in b.items) == ['s0', 's2', 's3']
+
+
+@pytest.mark.parametrize('kwargs,match', [(dict(batch_size=0), 'batch_size'),
+                                          (dict(num_workers=-1), 'num_workers'),
+                                          (dict(timeout_s=0), 'timeout_s')])
+def test_bad_arguments(kwargs, match):
+  args = dict(batch_size=2, num_workers=2) | kwargs
+  with pytest.raises(ValueError, match=match):
+    list(input_pipeline.prefetch_batches(_samples(2), _ok, **args))
+
+
+def test_batches_are_the_in_order_chunks_when_samples_finish_in_order():
+  done = [threading.Event() for _ in range(10)]
+
+  def prepare(chunk):
+    i = int(chunk[0].id[1:])
+    if i:
+      assert done[i - 1].wait(timeout=30)
+    done[i].set()
+    return _ok(chunk)
+
+  got = [b.items for b in input_pipeline.prefetch_batches(_samples(10), prepare, 4, num_workers=3)]
+  assert got == [['s0', 's1', 's2', 's3'], ['s4', 's5', 's6', 's7'], ['s8', 's9']]
