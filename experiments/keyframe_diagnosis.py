@@ -16,44 +16,44 @@ import functools
 import os
 import time
 
-import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, checkpoints, input_pipeline, lmms_eval_format, runs
-from jaxvlm.keyframes import candidates, diagnosis, learned
+from jaxvlm import benchmark_scores, config_checks, input_pipeline, lmms_eval_format, runs
+from jaxvlm.keyframes import candidates, config_fields, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the diagnosis; returns the summary dict."""
+  config_checks.check(config, config_fields.DIAGNOSIS)   # every field, before anything is loaded
   model, params, processor = runs.load_model(config)
   plan = diagnosis.plan_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
-  siglip = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
+  siglip = runs.load_siglip(config)
   trained = learned.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
   if trained is not None and trained.num_candidates != config.num_candidates:
     raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
                      f'candidates, the diagnosis uses num_candidates={config.num_candidates}')
-  runs.prepare_workdir(workdir, config)
+  runs.prepare_workdir(workdir, config, config_fields.DIAGNOSIS)   # lock, bind to the config
   samples, skipped = runs.load_samples(config, workdir)
-  log = runs.SampleLog(os.path.join(workdir, 'samples.jsonl'))
-  for sample_id, reason in skipped:
-    if sample_id not in log:
-      log.append({'id': sample_id, 'error': f'annotation: {reason}'})
-  todo = [s for s in samples if s.id not in log]
+  log = runs.SampleLog(os.path.join(workdir, 'samples.jsonl'), config.retry_failures)
+  runs.record_skipped(log, skipped)
+  todo = runs.pending(samples, log)
   logging.info('%d samples, %d done, %d to run, %d candidates, selectors %s, k %s', len(samples),
                len(samples) - len(todo), len(todo), config.num_candidates, plan.selectors, plan.ks)
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True) as bar:
     # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
-    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config)
+    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config,
+                                max_positions=runs.max_positions(model))
     for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
       cands, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
-      if cands:
-        for record in diagnosis.evaluate_batch(model, params, processor, siglip, cands, plan, config, trained):
+      if cands:   # a batch that fails on the model side is retried sample by sample
+        for record in runs.batch_records(cands, lambda cs: diagnosis.evaluate_batch(
+            model, params, processor, siglip, cs, plan, config, trained)):
           log.append(record)
       bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
@@ -66,6 +66,7 @@ def run(config, workdir: str) -> dict:
       lambda s: processor.render(processor.question_text(s.question, s.options)), config.checkpoint,
       ann=config.data.get('ann', ''), run_config=config.to_dict())
   keyframe_plots.diagnosis_plots(summary, log.records(), workdir, config.strip_samples)
+  runs.release_workdir(workdir)
   return summary
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxvlm import costs, memory_plan
+from jaxvlm import config_checks, costs, memory_plan
 
 
 def main(argv):
   del argv
+  config_checks.check(flags.FLAGS.config, memory_plan.CONFIG_FIELDS)  # every field, named if bad
   costs.config_plan(flags.FLAGS.config)  # bad plan fields fail before anything is computed
   print(memory_plan.format_plan(memory_plan.plan(flags.FLAGS.config)))
   print(costs.cost_report(flags.FLAGS.config))

@@ -18,14 +18,15 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxvlm import runs, sharding, training
-from jaxvlm.keyframes import learned, selector_model
+from jaxvlm import config_checks, runs, sharding, training
+from jaxvlm.keyframes import config_fields, learned, selector_model
 from jaxvlm.keyframes import selector_training as st
 
 
 def run(config, workdir: str) -> dict:
   """Labels (or reuses labels), trains or resumes, returns the summary dict."""
-  runs.prepare_workdir(workdir, config)
+  config_checks.check(config, config_fields.TRAIN_SELECTOR)   # every field, before anything is loaded
+  runs.prepare_workdir(workdir, config, config_fields.TRAIN_SELECTOR)   # lock, bind to the config
   train, val, evidence, failures = st.load_labels(config, workdir)
   devices = jax.devices() if config.num_devices < 0 else jax.devices()[:config.num_devices]
   mesh = sharding.make_mesh(devices=devices)
@@ -62,6 +63,7 @@ def run(config, workdir: str) -> dict:
              'labelling_failures': [{'id': i, 'error': e} for i, e in failures],
              'final': evals[-1] if evals else None}
   runs.write_summary(workdir, summary, evals)
+  runs.release_workdir(workdir)
   return summary
 
 

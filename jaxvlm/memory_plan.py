@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from jaxvlm import config_checks as cc
 from jaxvlm import sharding
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2_5_vl as qv
@@ -157,8 +158,67 @@ def activation_bytes(cfg: lo.LlavaOnevisionConfig, size: _Sizer, b: int, f: int,
           'total': inputs + max(vision, decoder)}
 
 
+def _tpu_problem(name) -> str | None:
+  try:
+    tpu_slice(name)
+  except (ValueError, TypeError) as e:
+    return str(e)
+  return None
+
+
+def _plan_relations(config) -> list[str]:
+  out = []
+  t = config.text
+  if t.hidden_size % t.num_attention_heads:
+    out.append(f'text.hidden_size={t.hidden_size}: not a multiple of text.num_attention_heads={t.num_attention_heads}')
+  if t.num_attention_heads % t.num_key_value_heads:
+    out.append(f'text.num_attention_heads={t.num_attention_heads}: not a multiple of '
+               f'text.num_key_value_heads={t.num_key_value_heads}')
+  v = config.vision
+  if v.hidden_size % v.num_attention_heads:
+    out.append(f'vision.hidden_size={v.hidden_size}: not a multiple of vision.num_attention_heads={v.num_attention_heads}')
+  if v.patch_size > v.image_size:
+    out.append(f'vision.patch_size={v.patch_size}: larger than vision.image_size={v.image_size}')
+  if config.exit_layer > t.num_hidden_layers:
+    out.append(f'exit_layer={config.exit_layer}: above the {t.num_hidden_layers} layers of text.num_hidden_layers')
+  if config.intra_frame_layers > (config.exit_layer or t.num_hidden_layers):
+    out.append(f'intra_frame_layers={config.intra_frame_layers}: above exit_layer={config.exit_layer} '
+               f'(or the {t.num_hidden_layers} layers)')
+  if config.frames > config.num_frames:
+    out.append(f'frames={config.frames}: more than num_frames={config.num_frames}')
+  if config.prompt_prefix_tokens > config.prompt_tokens:
+    out.append(f'prompt_prefix_tokens={config.prompt_prefix_tokens}: more than prompt_tokens={config.prompt_tokens}')
+  try:
+    sharding.mesh_shape(tpu_slice(config.tpu).chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  except ValueError as e:
+    out.append(f'mesh={dict(config.mesh)} on tpu={config.tpu!r}: {e}')
+  return out
+
+
+_POSITIVE = cc.integer(1)
+CONFIG_FIELDS = cc.Spec(
+    'plan', 'configs/plan.py[:preset]',
+    {'model': cc.text(nonempty=True),
+     **{f'vision.{k}': _POSITIVE for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers',
+                                           'num_attention_heads', 'image_size', 'patch_size')},
+     'vision.vision_use_head': cc.boolean(),
+     **{f'text.{k}': _POSITIVE for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers',
+                                         'num_attention_heads', 'num_key_value_heads', 'vocab_size')},
+     'text.tie_word_embeddings': cc.boolean(),
+     'num_frames': _POSITIVE, 'prompt_tokens': _POSITIVE, 'batch_size': _POSITIVE,
+     'param_dtype': cc.one_of(*cc.DTYPES), 'dtype': cc.one_of(*cc.DTYPES),
+     'sweep_states': cc.boolean(),
+     'tpu': cc.Field(_tpu_problem, 'a TPU type such as v5e-8, v5p-32, v4-16, v6e-64'),
+     'exit_layer': cc.integer(0), 'intra_frame_layers': cc.integer(0), 'frames': cc.integer(0),
+     'prompt_prefix_tokens': cc.integer(0),
+     **cc.mesh_fields()},
+    relations=(_plan_relations,))
+
+
 def plan(config) -> dict:
-  """The memory plan of `config` (configs/plan.py) as a dict of bytes per device and the verdict."""
+  """The memory plan of `config` (configs/plan.py) as a dict of bytes per device and the verdict.
+  Every field is checked first (`CONFIG_FIELDS`): a bad one raises config_checks.ConfigError."""
+  cc.check(config, CONFIG_FIELDS)
   tpu = tpu_slice(config.tpu)
   mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(
       tpu.chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)))

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, runs, sharding, training
+from jaxvlm import runs, sharding, training
 from jaxvlm.keyframes import candidates, metrics, relevance, selector_model, selectors, teacher
 from jaxvlm.knockout import specs as knockout
 
@@ -38,8 +38,7 @@ def teacher_dir(config, workdir: str) -> str:
 def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tuple[str, str]]:
   """Labels every sample not yet in `cache`; returns the (id, reason) of samples that failed."""
   model, params, processor = runs.load_model(config)
-  sig_model, sig_params, sig_processor = checkpoints.load_pretrained(config.siglip_checkpoint,
-                                                                     dtype=jnp.dtype(config.dtype))
+  sig_model, sig_params, sig_processor = runs.load_siglip(config)
   num_layers = model.config.text.num_hidden_layers
   first, last = candidates.layer_range(config.oracle_layers, num_layers, 'oracle_layers')
   layers = knockout.window(num_layers, first, last - first + 1)
@@ -49,11 +48,8 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
   todo = [s for s in samples if s.id not in cache]
   failures = list(skipped)
   logging.info('teacher: %d samples, %d cached, %d to label', len(samples), len(samples) - len(todo), len(todo))
-  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch'):
-    cands, failed = candidates.prepare_pool(chunk, processor, config)
-    failures += failed
-    if not cands:
-      continue
+
+  def label(cands) -> list[dict]:
     batch = runs.place_batch(runs.collate(cands, processor, runs.batch_multiple(mesh)), mesh)
     answers = [c.sample.answer for c in cands]
     answers += answers[-1:] * (batch.input_ids.shape[0] - len(cands))   # collate repeats the last row
@@ -65,6 +61,13 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
       query = relevance.query_texts(c.sample.question, c.sample.options)[1]
       frame_emb, text_emb = teacher.siglip_features(sig_model, sig_params, sig_processor, c.frames, query)
       cache.put(teacher.Label(c.sample.id, frame_emb, text_emb, rel[i], c.evidence))
+    return [{'id': c.sample.id} for c in cands]
+
+  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch'):
+    cands, failed = candidates.prepare_pool(chunk, processor, config, runs.max_positions(model))
+    failures += failed
+    if cands:   # a batch that fails on the model side is retried sample by sample
+      failures += [(r['id'], r['error']) for r in runs.batch_records(cands, label) if 'error' in r]
   return failures
 
 
