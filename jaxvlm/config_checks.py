@@ -15,7 +15,6 @@ workdir may change only the fields that cannot change a sample's record (batch s
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import inspect
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -29,10 +28,30 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-  """problem(value) -> None if allowed, else what is wrong; allowed: the allowed values, for messages."""
+  """problem(value) -> None if allowed, else what is wrong; allowed: the allowed values, for messages;
+  optional: some presets have no such field (e.g. frame_size, only Qwen2.5-VL's)."""
   problem: Callable[[Any], str | None]
   allowed: str
   affects_results: bool = True
+  optional: bool = False
+
+
+def optional(field: Field) -> Field:
+  return dataclasses.replace(field, optional=True)
+
+
+def frame_size() -> Field:
+  """'' (the checkpoint's own rule) or 'H,W' (positive ints; Qwen2.5-VL resizes every frame to it)."""
+  def problem(v):
+    if not isinstance(v, str):
+      return f'not a string ({type(v).__name__})'
+    if not v:
+      return None
+    parts = [x.strip() for x in v.split(',')]
+    if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts):
+      return "not 'H,W'"
+    return None
+  return Field(problem, "'' (the checkpoint's own size) or 'H,W' in pixels, e.g. '448,448'")
 
 
 def _is_int(v) -> bool:
@@ -225,7 +244,7 @@ def problems(config, spec: Spec) -> list[str]:
   """Every problem of `config` under `spec` as 'field=value: what is wrong; expected ...'."""
   flat = flatten(_as_dict(config))
   out = []
-  missing = sorted(set(spec.fields) - set(flat))
+  missing = sorted(k for k, f in spec.fields.items() if k not in flat and not f.optional)
   in_group = lambda k: any(k == g or k.startswith(g + '.') for g in spec.open_groups)
   unknown = sorted(k for k in flat if k not in spec.fields and not in_group(k))
   if missing or (unknown and len(unknown) * 2 >= len(flat)):
@@ -238,6 +257,8 @@ def problems(config, spec: Spec) -> list[str]:
   for k in unknown:
     out.append(f'{k}={flat[k]!r}: unknown field (no check in the {spec.experiment} spec)')
   for name, field in spec.fields.items():
+    if name not in flat:
+      continue   # optional and absent
     why = field.problem(flat[name])
     if why:
       out.append(f'{name}={flat[name]!r}: {why}; expected {field.allowed}')
@@ -264,7 +285,8 @@ SYNTHETIC_FIELDS = {'split': one_of(*synthetic.SPLITS), 'num': integer(1), 'seed
 
 
 def model_fields() -> dict[str, Field]:
-  return {'checkpoint': text(nonempty=True), 'dtype': one_of(*DTYPES), 'benchmark': one_of(*sorted(loaders.LOADERS))}
+  return {'checkpoint': text(nonempty=True), 'dtype': one_of(*DTYPES), 'benchmark': one_of(*sorted(loaders.LOADERS)),
+          'frame_size': optional(frame_size())}
 
 
 def mesh_fields() -> dict[str, Field]:

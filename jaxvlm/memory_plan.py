@@ -168,17 +168,24 @@ def _tpu_problem(name) -> str | None:
 
 def _plan_relations(config) -> list[str]:
   out = []
+  # The tower's and the decoder's fields differ by family: every integer among them is a size >= 1.
+  for group in ('vision', 'text'):
+    for key, value in config[group].items():
+      if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        out.append(f'{group}.{key}={value}: out of range; expected an integer >= 1')
   t = config.text
   if t.hidden_size % t.num_attention_heads:
     out.append(f'text.hidden_size={t.hidden_size}: not a multiple of text.num_attention_heads={t.num_attention_heads}')
   if t.num_attention_heads % t.num_key_value_heads:
     out.append(f'text.num_attention_heads={t.num_attention_heads}: not a multiple of '
                f'text.num_key_value_heads={t.num_key_value_heads}')
-  v = config.vision
-  if v.hidden_size % v.num_attention_heads:
-    out.append(f'vision.hidden_size={v.hidden_size}: not a multiple of vision.num_attention_heads={v.num_attention_heads}')
-  if v.patch_size > v.image_size:
-    out.append(f'vision.patch_size={v.patch_size}: larger than vision.image_size={v.image_size}')
+  if config.family == 'llava_onevision':
+    v = config.vision
+    if v.hidden_size % v.num_attention_heads:
+      out.append(f'vision.hidden_size={v.hidden_size}: not a multiple of vision.num_attention_heads='
+                 f'{v.num_attention_heads}')
+    if v.patch_size > v.image_size:
+      out.append(f'vision.patch_size={v.patch_size}: larger than vision.image_size={v.image_size}')
   if config.exit_layer > t.num_hidden_layers:
     out.append(f'exit_layer={config.exit_layer}: above the {t.num_hidden_layers} layers of text.num_hidden_layers')
   if config.intra_frame_layers > (config.exit_layer or t.num_hidden_layers):
@@ -199,9 +206,8 @@ _POSITIVE = cc.integer(1)
 CONFIG_FIELDS = cc.Spec(
     'plan', 'configs/plan.py[:preset]',
     {'model': cc.text(nonempty=True),
-     **{f'vision.{k}': _POSITIVE for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers',
-                                           'num_attention_heads', 'image_size', 'patch_size')},
-     'vision.vision_use_head': cc.boolean(),
+     'family': cc.one_of('llava_onevision', 'qwen2_5_vl'),
+     'frame_size': cc.optional(cc.frame_size()),
      **{f'text.{k}': _POSITIVE for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers',
                                          'num_attention_heads', 'num_key_value_heads', 'vocab_size')},
      'text.tie_word_embeddings': cc.boolean(),
@@ -212,7 +218,7 @@ CONFIG_FIELDS = cc.Spec(
      'exit_layer': cc.integer(0), 'intra_frame_layers': cc.integer(0), 'frames': cc.integer(0),
      'prompt_prefix_tokens': cc.integer(0),
      **cc.mesh_fields()},
-    relations=(_plan_relations,))
+    relations=(_plan_relations,), open_groups={'vision': True, 'text': True})
 
 
 def plan(config) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fcntl
-import fnmatch
 import glob
 import hashlib
 import json
@@ -33,7 +32,6 @@ import shutil
 import socket
 import sys
 import time
-import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -346,7 +344,10 @@ def prepare_workdir(workdir: str, config, spec: config_checks.Spec | None = None
     if removed:
       logging.info('fresh run: removing %s', ', '.join(os.path.basename(p) for p in removed))
     for path in removed:
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
   elif os.path.exists(config_path) and _entries(workdir, _HOLDS_RESULTS):
     with open(config_path) as f:
       old = json.load(f)

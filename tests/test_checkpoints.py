@@ -250,7 +250,8 @@ def _write_with_header(path: str, header, payload: bytes = b'\0' * 16) -> None:
 
 @pytest.mark.parametrize('header, message', [
     ({'w': {'shape': [2], 'data_offsets': [0, 8]}}, "tensor 'w': header entry .* needs dtype, shape and data_offsets"),
-    ({'w': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0]}}, "tensor 'w': data_offsets \\[0\\] is not \\[begin, end\\]"),
+    ({'w': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0]}},
+     "tensor 'w': data_offsets \\[0\\] is not \\[begin, end\\]"),
     ({'w': {'dtype': 'F32', 'shape': [3], 'data_offsets': [0, 8]}}, "tensor 'w': data_offsets \\[0, 8\\] hold 8 bytes, "
                                                                    "shape \\[3\\] of F32 needs 12"),
     ({'w': {'dtype': 'F32', 'shape': 'two', 'data_offsets': [0, 8]}}, "tensor 'w': shape 'two' is not a list"),

@@ -175,7 +175,8 @@ def test_mvbench_malformed_rows_are_skipped_with_reasons(tmp_path):
   assert 'not among the candidates' in reasons['action_sequence/2']
   assert "missing field 'question'" in reasons['action_sequence/3']
   assert 'must be a list' in reasons['action_sequence/4']
-  assert 'item 5 of' in reasons['action_sequence/5'] and "is a JSON str ('not an object')" in reasons['action_sequence/5']
+  assert 'item 5 of' in reasons['action_sequence/5']
+  assert "is a JSON str ('not an object')" in reasons['action_sequence/5']
   # Not in the task folder, under data0613/ or flat: reported at the task folder.
   assert reasons['action_sequence/6'] == f"video not found: {root / 'star' / 'Charades_v1_480' / 'gone.mp4'}"
   assert 'malformed row' in reasons['action_sequence/7']
