@@ -186,15 +186,7 @@ def _plan_relations(config) -> list[str]:
                  f'{v.num_attention_heads}')
     if v.patch_size > v.image_size:
       out.append(f'vision.patch_size={v.patch_size}: larger than vision.image_size={v.image_size}')
-  if config.exit_layer > t.num_hidden_layers:
-    out.append(f'exit_layer={config.exit_layer}: above the {t.num_hidden_layers} layers of text.num_hidden_layers')
-  if config.intra_frame_layers > (config.exit_layer or t.num_hidden_layers):
-    out.append(f'intra_frame_layers={config.intra_frame_layers}: above exit_layer={config.exit_layer} '
-               f'(or the {t.num_hidden_layers} layers)')
-  if config.frames > config.num_frames:
-    out.append(f'frames={config.frames}: more than num_frames={config.num_frames}')
-  if config.prompt_prefix_tokens > config.prompt_tokens:
-    out.append(f'prompt_prefix_tokens={config.prompt_prefix_tokens}: more than prompt_tokens={config.prompt_tokens}')
+  # exit_layer / intra_frame_layers / frames against the model: costs.config_plan, run next, names them.
   try:
     sharding.mesh_shape(tpu_slice(config.tpu).chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
   except ValueError as e:
@@ -211,7 +203,7 @@ CONFIG_FIELDS = cc.Spec(
      **{f'text.{k}': _POSITIVE for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers',
                                          'num_attention_heads', 'num_key_value_heads', 'vocab_size')},
      'text.tie_word_embeddings': cc.boolean(),
-     'num_frames': _POSITIVE, 'prompt_tokens': _POSITIVE, 'batch_size': _POSITIVE,
+     'num_frames': _POSITIVE, 'prompt_tokens': cc.integer(0), 'batch_size': _POSITIVE,
      'param_dtype': cc.one_of(*cc.DTYPES), 'dtype': cc.one_of(*cc.DTYPES),
      'sweep_states': cc.boolean(),
      'tpu': cc.Field(_tpu_problem, 'a TPU type such as v5e-8, v5p-32, v4-16, v6e-64'),

@@ -90,7 +90,7 @@ def set_field(c, dotted: str, value) -> None:
     ('plan', 'num_frames', -5, 'an integer >= 1'),               # reported negative GiB, "fits"
     ('plan', 'tpu', 'v9-8', 'unknown TPU type'),
     ('plan', 'mesh.tensor', 3, 'needs a multiple of 3 devices'),
-    ('plan', 'exit_layer', 40, 'above the 28 layers'),
+    ('plan', 'exit_layer', -1, 'an integer >= 0'),
     ('efficiency', 'plans', '5-2', "entry '5-2' is not 'exit_layer:intra_frame_layers'"),
     ('efficiency', 'ks', '8,64', 'outside 1..num_frames=32'),
     ('efficiency', 'exit_layer', -2, 'or -1 (no explicit plan)'),
