@@ -54,3 +54,21 @@ def frame_size(preset: str, runlocal: bool) -> str:
   if preset not in FRAME_SIZE:
     return ''
   return RUNLOCAL_FRAME_SIZE if runlocal else FRAME_SIZE[preset]
+
+
+def synthetic_data(split: str, num: int, seed: int) -> config_dict.ConfigDict:
+  """The synthetic split generated under the workdir (split, num, seed). data.ann / data.video_root are
+  there (empty) so that `--config.benchmark=mvbench --config.data.ann=... --config.data.video_root=...`
+  points the default preset at a benchmark; with benchmark=synthetic, data.ann=DIR reads a split written
+  by experiments.make_synthetic instead of generating one."""
+  return config_dict.ConfigDict({**MVBENCH_DATA, 'ann': '', 'video_root': '', 'split': split, 'num': num,
+                                 'seed': seed})
+
+
+def add_run_fields(c: config_dict.ConfigDict, retry: bool = True) -> None:
+  """How a rerun treats its workdir (jaxvlm.runs.prepare_workdir): fresh=True discards the results
+  there (a workdir is bound to the config that wrote it; a rerun with a config that changes results
+  refuses otherwise); retry_failures reruns the samples recorded as failed."""
+  c.fresh = False
+  if retry:
+    c.retry_failures = True

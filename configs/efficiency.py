@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.siglip_checkpoint = common.TINY_SIGLIP
   c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
   c.benchmark = 'synthetic'
-  c.data = config_dict.ConfigDict({'split': 'test', 'num': 100, 'seed': 1234})
+  c.data = common.synthetic_data('test', 100, 1234)
   c.num_frames = 32                   # N frames of the full model (the candidate pool of the selectors)
   c.exit_layer = -1                   # explicit plan: exit after this layer (1-based, 0..L); -1: none
   c.intra_frame_layers = 0            # explicit plan: within-frame attention in layers 1..M (M <= exit_layer)
@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.timing_repeats = 5                # prefill timing: fastest of this many runs per (plan, k)
   c.max_samples = -1                  # -1: all
   c.batch_size = 4
+  common.add_run_fields(c)            # fresh, retry_failures
   if preset != 'default':
     keyframe_diagnosis.use_hub_preset(c, preset)
     c.plans = PAPER_PLANS[preset]

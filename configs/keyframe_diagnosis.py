@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
   c.frame_size = ''                   # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
   c.benchmark = 'synthetic'
-  c.data = config_dict.ConfigDict({'split': 'test', 'num': 200, 'seed': 1234})
+  c.data = common.synthetic_data('test', 200, 1234)
   c.num_candidates = 32               # candidate pool N (uniform over the video); the oracle prompt sees all
   c.ks = '1,2,4,8'                    # frame budgets of the selectors
   c.selectors = SELECTORS
@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'
   c.param_dtype = 'float32'           # Video-LLM weights on the devices; bfloat16 for the hub presets
   c.mesh = common.mesh()              # devices local|global, data, fsdp, tensor (configs/common.py)
+  common.add_run_fields(c)            # fresh, retry_failures
   if preset != 'default':
     use_hub_preset(c, preset)
     c.batch_size = 1

@@ -8,7 +8,8 @@ num_frames frames into num_frames / 2 temporal patches, the knockout's frames.
 """
 from ml_collections import config_dict
 
-from configs.common import HUB, TINY_LLAVA, frame_size, mesh, mvbench_data, parse_arg
+from configs.common import (HUB, TINY_LLAVA, add_run_fields, frame_size, mesh, mvbench_data, parse_arg,
+                            synthetic_data)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -17,7 +18,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.checkpoint = TINY_LLAVA
   c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
   c.benchmark = 'synthetic'
-  c.data = config_dict.ConfigDict({'split': 'test', 'num': 100, 'seed': 1234})
+  c.data = synthetic_data('test', 100, 1234)
   c.num_frames = 32                  # the embedded model sees all 32 frames of a synthetic video
   c.frame_size = ''                   # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
   c.max_samples = -1                  # -1: all
@@ -33,6 +34,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.spec_chunk = 16                   # knockout states per compiled layer step
   c.param_dtype = 'float32'           # weights on the devices; bfloat16 (as stored) for the hub presets
   c.mesh = mesh()                     # configs/common.py: devices local|global, data, fsdp, tensor
+  add_run_fields(c)                   # fresh, retry_failures
   if preset != 'default':
     c.checkpoint = HUB[preset]
     c.dtype = 'bfloat16'

@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # 2000 labelled videos: with 400 the selector fit its 320 training ids and no more (best at step 100);
   # with 2000 its recall@4 of the evidence frames went from 0.73 to 0.90 on the test split (earlier
   # default model).
-  c.data = config_dict.ConfigDict({'split': 'train', 'num': 2000, 'seed': 4321})
+  c.data = common.synthetic_data('train', 2000, 4321)
   c.max_samples = -1
   c.num_candidates = 32               # candidate pool N
   c.oracle_layers = ''                # frame-knockout layers of the causal oracle: '' = all, 'a-b'
@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.checkpoint_every = 100
   c.keep = 2                          # latest checkpoints kept (the best one is kept separately)
   c.stop_after_steps = -1             # > 0: stop after this step without a checkpoint, as a kill would
+  # Teacher failures are never cached, so every rerun labels them again: no retry_failures field.
+  common.add_run_fields(c, retry=False)   # fresh
   if preset != 'default':
     keyframe_diagnosis.use_hub_preset(c, preset)
     c.label_batch_size = 1

@@ -15,47 +15,47 @@ from __future__ import annotations
 import os
 import types
 
-import jax.numpy as jnp
+import functools
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, runs
-from jaxvlm.keyframes import candidates, learned
+from jaxvlm import config_checks, runs
+from jaxvlm.keyframes import candidates, config_fields, learned
 from jaxvlm.keyframes import efficiency
 from jaxvlm.knockout import efficiency as plans_lib
 
 
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the grid; returns the summary dict."""
+  config_checks.check(config, config_fields.EFFICIENCY)   # every field, before anything is loaded
   model, params, processor = runs.load_model(config)
   grid = efficiency.grid_from_config(config, model.config, processor)  # validated before any compute
-  siglip = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype)) \
-      if 'siglip' in grid.selectors else None
+  siglip = runs.load_siglip(config) if 'siglip' in grid.selectors else None
   trained = learned.load_trained(config.selector_checkpoint) if 'learned' in grid.selectors else None
   if trained is not None and trained.num_candidates != config.num_frames:
     raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
                      f'candidates, this run uses num_frames={config.num_frames}')
-  runs.prepare_workdir(workdir, config)
+  runs.prepare_workdir(workdir, config, config_fields.EFFICIENCY)   # lock, bind to the config
   samples, skipped = runs.load_samples(config, workdir)
-  log = runs.SampleLog(os.path.join(workdir, 'samples.jsonl'))
-  for sample_id, reason in skipped:
-    if sample_id not in log:
-      log.append({'id': sample_id, 'error': f'annotation: {reason}'})
-  todo = [s for s in samples if s.id not in log]
+  log = runs.SampleLog(os.path.join(workdir, 'samples.jsonl'), config.retry_failures)
+  runs.record_skipped(log, skipped)
+  todo = runs.pending(samples, log)
   logging.info('%d samples, %d to run; plans %s (chosen: %s), ks %s, selectors %s', len(samples), len(todo),
                grid.names, grid.chosen, grid.ks, grid.selectors)
   pool_config = types.SimpleNamespace(num_candidates=config.num_frames)  # the pool is the full model's frames
   first = None
   with tqdm(total=len(todo), unit='sample', desc='efficiency', dynamic_ncols=True) as bar:
     for chunk in runs.batches(todo, config.batch_size):
-      cands, failed = candidates.prepare_pool(chunk, processor, pool_config)
+      cands, failed = candidates.prepare_pool(chunk, processor, pool_config, runs.max_positions(model))
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
-      if cands:
+      if cands:   # a batch that fails on the model side is retried sample by sample
         first = first or cands[0]
-        for record in efficiency.evaluate_batch(model, params, processor, siglip, trained, cands, grid,
-                                                config.num_frames):
+        for record in runs.batch_records(cands, functools.partial(
+            efficiency.evaluate_batch, model, params, processor, siglip, trained, grid=grid,
+            num_frames=config.num_frames)):
           log.append(record)
       bar.update(len(chunk))
   if first is None:  # a resumed run: time on the first sample again
@@ -70,6 +70,7 @@ def run(config, workdir: str) -> dict:
   summary['header']['chosen_plan'] = grid.chosen
   runs.write_summary(workdir, summary['header'], summary['rows'])
   plans_lib.pareto_plot(summary, workdir)
+  runs.release_workdir(workdir)
   return summary
 
 

@@ -16,13 +16,12 @@ import functools
 import os
 import time
 
-import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, checkpoints, distributed, input_pipeline, lmms_eval_format, runs, sharding
-from jaxvlm.keyframes import candidates, diagnosis, learned
+from jaxvlm import benchmark_scores, config_checks, distributed, input_pipeline, lmms_eval_format, runs, sharding
+from jaxvlm.keyframes import candidates, config_fields, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
 
@@ -33,21 +32,22 @@ def run(config, workdir: str) -> dict:
   `--config.mesh.devices=global`: one mesh over every process's devices (the Video-LLM's weights split
   across hosts), every process runs every batch; `local`: each process its share (see `runs.RunLog`).
   """
+  config_checks.check(config, config_fields.DIAGNOSIS)   # every field, before anything is loaded
   distributed.initialize()
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
   plan = diagnosis.plan_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
-  siglip = checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype))
+  siglip = runs.load_siglip(config)
   trained = learned.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
   if trained is not None and trained.num_candidates != config.num_candidates:
     raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
                      f'candidates, the diagnosis uses num_candidates={config.num_candidates}')
   if distributed.is_main():
-    runs.prepare_workdir(workdir, config)
+    runs.prepare_workdir(workdir, config, config_fields.DIAGNOSIS)   # lock, bind to the config
     runs.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
   distributed.barrier('workdir')
   samples, skipped = runs.load_samples(config, workdir)
-  log = runs.RunLog(workdir, mesh)
+  log = runs.RunLog(workdir, mesh, config.retry_failures)
   log.record_skipped(skipped)
   todo = log.todo(samples)
   logging.info('%d samples, %d to run here, %d candidates, selectors %s, k %s', len(samples), len(todo),
@@ -56,14 +56,15 @@ def run(config, workdir: str) -> dict:
   with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True,
             disable=not distributed.is_main()) as bar:
     # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
-    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config)
+    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config,
+                                max_positions=runs.max_positions(model))
     for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
       cands, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
-      if cands:
-        for record in diagnosis.evaluate_batch(model, params, processor, siglip, cands, plan, config, trained,
-                                               mesh):
+      if cands:   # a batch that fails on the model side is retried sample by sample
+        for record in runs.batch_records(cands, lambda cs: diagnosis.evaluate_batch(
+            model, params, processor, siglip, cs, plan, config, trained, mesh)):
           log.append(record)
       bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
@@ -78,6 +79,7 @@ def run(config, workdir: str) -> dict:
         lambda s: processor.render(processor.question_text(s.question, s.options)), config.checkpoint,
         ann=config.data.get('ann', ''), run_config=config.to_dict())
     keyframe_plots.diagnosis_plots(summary, records, workdir, config.strip_samples)
+    runs.release_workdir(workdir)
   distributed.barrier('summary')
   return summary
 

@@ -18,8 +18,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, distributed, input_pipeline, lmms_eval_format, runs, sharding
-from jaxvlm.knockout import engine, metrics, plots, specs
+from jaxvlm import benchmark_scores, config_checks, distributed, input_pipeline, lmms_eval_format, runs, sharding
+from jaxvlm.knockout import config_fields, engine, metrics, plots, specs
+
+
+def sample_records(model, params, processor, mesh, sw, config, prepared) -> list[dict]:
+  """One batch through the sweep engine -> one record per prepared sample."""
+  batch = runs.collate(prepared, processor, multiple=runs.batch_multiple(mesh))
+  clean_logp, spec_logp = engine.evaluate_batch(model, params, batch, sw.specs, mesh, config.tail_multiple,
+                                                config.spec_chunk)
+  return [{'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
+           'clean': clean_logp[i, :len(p.sample.options)],
+           'specs': {e.name: spec_logp[k, i, :len(p.sample.options)] for k, e in enumerate(sw.entries)}}
+          for i, p in enumerate(prepared)]
 
 
 @distributed.guarded
@@ -31,38 +42,35 @@ def run(config, workdir: str) -> dict:
   `global`: one mesh over every process's devices (weights split across hosts); every process runs every
   batch and process 0 writes samples.jsonl (see `runs.RunLog`).
   """
+  config_checks.check(config, config_fields.KNOCKOUT)   # every field, before anything is loaded
   info = distributed.initialize()
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
   sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
   if distributed.is_main():
-    runs.prepare_workdir(workdir, config)
+    runs.prepare_workdir(workdir, config, config_fields.KNOCKOUT)   # lock, bind to the config
     runs.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
   distributed.barrier('workdir')
   samples, skipped = runs.load_samples(config, workdir)
-  log = runs.RunLog(workdir, mesh)
+  log = runs.RunLog(workdir, mesh, config.retry_failures)
   log.record_skipped(skipped)
   todo = log.todo(samples)
-  logging.info('process %d/%d: %d samples to run, %d specs per sample', info.process_index,
-               info.process_count, len(todo), len(sw))
+  logging.info('process %d/%d: %d samples here, %d to run, %d specs per sample', info.process_index,
+               info.process_count, len(distributed.work_share(samples, mesh)), len(todo), len(sw))
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True,
             disable=not distributed.is_main()) as bar:
     # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
-    prepare = functools.partial(runs.prepare, processor=processor, config=config)
+    prepare = functools.partial(runs.prepare, processor=processor, config=config,
+                                max_positions=runs.max_positions(model))
     for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
       prepared, failed = ready.items, ready.failed
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
-      if prepared:
-        batch = runs.collate(prepared, processor, multiple=runs.batch_multiple(mesh))
-        clean_logp, spec_logp = engine.evaluate_batch(model, params, batch, sw.specs, mesh, config.tail_multiple,
-                                                        config.spec_chunk)
-        for i, p in enumerate(prepared):
-          n = len(p.sample.options)
-          log.append({'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
-                      'clean': clean_logp[i, :n],
-                      'specs': {e.name: spec_logp[k, i, :n] for k, e in enumerate(sw.entries)}})
+      if prepared:   # a batch that fails on the model side is retried sample by sample
+        for record in runs.batch_records(prepared, functools.partial(
+            sample_records, model, params, processor, mesh, sw, config)):
+          log.append(record)
       bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
   records = log.records()
@@ -75,6 +83,7 @@ def run(config, workdir: str) -> dict:
         workdir, config.benchmark, samples, records,
         lambda s: processor.render(processor.question_text(s.question, s.options)),
         config.checkpoint, ann=config.data.get('ann', ''), run_config=config.to_dict())
+    runs.release_workdir(workdir)
   distributed.barrier('summary')
   return summary
 

@@ -18,12 +18,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxvlm import costs, memory_plan
+from jaxvlm import config_checks, costs, memory_plan
 
 
 def main(argv):
   del argv
   config = flags.FLAGS.config
+  config_checks.check(config, memory_plan.CONFIG_FIELDS)  # every field, named if bad
   costs.config_plan(config)  # bad plan fields fail before anything is computed
   if config.output == 'launch_flags':
     r = memory_plan.recommend(config)

@@ -64,6 +64,10 @@ def main(argv):
   f = flags.FLAGS
   if not f.options:
     raise app.UsageError('--options needs at least one option')
+  empty = [i + 1 for i, o in enumerate(f.options) if not o.strip()]
+  if empty:
+    raise app.UsageError(f'--options={",".join(f.options)!r}: option {", ".join(map(str, empty))} is empty; '
+                         'each comma-separated option needs text')
   distributed.initialize()
   mesh = None
   if f.mesh_devices != 'none':

@@ -18,8 +18,8 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxvlm import distributed, runs, sharding, training
-from jaxvlm.keyframes import learned, selector_model
+from jaxvlm import config_checks, distributed, runs, sharding, training
+from jaxvlm.keyframes import config_fields, learned, selector_model
 from jaxvlm.keyframes import selector_training as st
 
 
@@ -31,9 +31,10 @@ def run(config, workdir: str) -> dict:
   trains data-parallel over every process's devices (the same batches, so the same curve as one
   process); process 0 writes metrics, plots and the summary. workdir must be shared by the processes.
   """
+  config_checks.check(config, config_fields.TRAIN_SELECTOR)   # every field, before anything is loaded
   distributed.initialize()
   if distributed.is_main():
-    runs.prepare_workdir(workdir, config)
+    runs.prepare_workdir(workdir, config, config_fields.TRAIN_SELECTOR)   # lock, bind to the config
   distributed.barrier('workdir')
   train, val, evidence, failures = st.load_labels(config, workdir)
   devices = jax.devices() if config.num_devices < 0 else jax.devices()[:config.num_devices]
@@ -74,6 +75,7 @@ def run(config, workdir: str) -> dict:
              'final': evals[-1] if evals else None}
   if distributed.is_main():
     runs.write_summary(workdir, summary, evals)
+    runs.release_workdir(workdir)
   distributed.barrier('summary')
   return summary
 

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import struct
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -250,18 +250,41 @@ def _read_header(path: str) -> tuple[dict, int]:
   with open(path, 'rb') as f:
     try:
       (n,) = struct.unpack('<Q', f.read(8))
+      if n > size - 8:
+        raise ValueError(f'header of {n} bytes in a file of {size}')
       header = json.loads(f.read(n))
-    except (struct.error, ValueError) as e:
+    except (struct.error, ValueError) as e:   # UnicodeDecodeError is a ValueError
       raise CheckpointError(f'{path} is not a safetensors file: {e}') from e
+  if not isinstance(header, dict):
+    raise CheckpointError(f'{path}: the safetensors header is a JSON {type(header).__name__}, not an object')
   begin = 8 + n
   header.pop('__metadata__', None)
   for name, info in header.items():
-    if info['dtype'] not in _SAFETENSORS_DTYPES:
-      raise CheckpointError(f'{path}: tensor {name!r} has unsupported dtype {info["dtype"]}')
-    end = info['data_offsets'][1]
-    if end > size - begin:
-      raise CheckpointError(f'{path} is truncated: tensor {name!r} ends at byte {end} of {max(size - begin, 0)}')
+    _check_entry(path, name, info, size - begin)
   return header, begin
+
+
+def _check_entry(path: str, name: str, info: Any, data_size: int) -> None:
+  """One header entry {dtype, shape, data_offsets}, checked against the file's `data_size` bytes of
+  tensor data; a malformed entry names the file, the tensor and what is wrong."""
+  where = f'{path}: tensor {name!r}'
+  if not isinstance(info, dict) or not {'dtype', 'shape', 'data_offsets'} <= set(info):
+    raise CheckpointError(f'{where}: header entry {info!r} needs dtype, shape and data_offsets')
+  if info['dtype'] not in _SAFETENSORS_DTYPES:
+    raise CheckpointError(f'{where} has unsupported dtype {info["dtype"]}')
+  shape, offsets = info['shape'], info['data_offsets']
+  if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    raise CheckpointError(f'{where}: shape {shape!r} is not a list of sizes')
+  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+      or not 0 <= offsets[0] <= offsets[1]):
+    raise CheckpointError(f'{where}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end')
+  start, end = offsets
+  if end > data_size:
+    raise CheckpointError(f'{path} is truncated: tensor {name!r} ends at byte {end} of {max(data_size, 0)}')
+  itemsize = np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).itemsize
+  if (end - start) != math.prod(shape) * itemsize:
+    raise CheckpointError(f'{where}: data_offsets {offsets} hold {end - start} bytes, shape {shape} of '
+                          f'{info["dtype"]} needs {math.prod(shape) * itemsize}')
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -296,7 +319,9 @@ def _collect(ckpt_dir: str, read_file: Callable[[str], Mapping[str, Any]]) -> di
   if index is None:
     raise CheckpointNotFoundError(
         f'{ckpt_dir} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)')
-  weight_map: dict[str, str] = index['weight_map']
+  weight_map = index.get('weight_map') if isinstance(index, dict) else None
+  if not isinstance(weight_map, dict):
+    raise CheckpointError(f'{os.path.join(ckpt_dir, INDEX_FILE)} has no weight_map object (tensor -> shard file)')
   out: dict[str, Any] = {}
   for shard in sorted(set(weight_map.values())):
     path = os.path.join(ckpt_dir, shard)
@@ -678,7 +703,8 @@ def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dt
   return traverse_util.unflatten_dict(out)
 
 
-def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, *, param_dtype: Any = jnp.float32,
+def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32,
+                    expect: Sequence[str] | None = None, field: str = '', *, param_dtype: Any = jnp.float32,
                     mesh: Any = None, rules: Any = None) -> tuple[Any, dict, Any]:
   """Loads a local Hugging Face directory or hub id -> (model, params, processor).
 
@@ -690,11 +716,17 @@ def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32, *
   (`load_sharded_params`). `processor` is a `jaxvlm.processor` object built from the checkpoint's
   tokenizer and processor configs, or None when the directory has no tokenizer (e.g. a bare
   `save_pretrained` of a model).
+  expect: the model types the caller can use (prefixes of config.json's model_type, e.g. 'siglip');
+  another type raises UnsupportedModelError naming `field` before any weight is read.
   """
   from jaxvlm import processor as processor_lib
   ckpt_dir = resolve_checkpoint_dir(name_or_path)
   config = read_config(ckpt_dir)
   family = family_of(config)
+  if expect is not None and not any(str(config.get('model_type')).startswith(e) for e in expect):
+    raise UnsupportedModelError(
+        f'{field + "=" if field else ""}{os.fspath(name_or_path)!r} is a {config.get("model_type")!r} checkpoint; '
+        f'{"this field" if field else "the caller"} needs one of: {", ".join(expect)}')
   model = family.build(config, dtype)
   if mesh is None:
     params = load_params(ckpt_dir, model, family, param_dtype)

@@ -153,7 +153,8 @@ def merge_results(workdir: str, pattern: str = 'samples.process*.jsonl',
 
   Records are keyed by 'id' and written sorted by id (string order), one per line with sorted keys,
   so the merged file is byte-identical however the work was split. A record already in `out_name`
-  (an earlier run) is kept; the same id with different content in two files is an error.
+  (an earlier run) is kept; the same id with different content in two files is an error, except that
+  a failure record ({'id', 'error'}) gives way to a later record of the id (a retry; see runs.SampleLog).
   Returns the merged records.
   """
   out_path = os.path.join(workdir, out_name)
@@ -164,9 +165,10 @@ def merge_results(workdir: str, pattern: str = 'samples.process*.jsonl',
   for path in paths:
     for rec in _read_records(path):
       seen = merged.get(rec['id'])
-      if seen is not None and seen[0] != rec:
+      if seen is None or 'error' in seen[0]:
+        merged[rec['id']] = (rec, path)   # the first record, or a later one after a failure (a retry)
+      elif seen[0] != rec and 'error' not in rec:
         raise ValueError(f'sample {rec["id"]!r} differs between {seen[1]} and {path}')
-      merged.setdefault(rec['id'], (rec, path))
   records = [merged[k][0] for k in sorted(merged)]
   tmp = out_path + '.tmp'
   with open(tmp, 'w') as f:

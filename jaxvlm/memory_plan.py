@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from jaxvlm import config_checks as cc
 from jaxvlm import sharding
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2_5_vl as qv
@@ -182,8 +183,66 @@ def activation_bytes(cfg: lo.LlavaOnevisionConfig, size: _Sizer, b: int, f: int,
           'total': inputs + max(vision, decoder)}
 
 
+def _tpu_problem(name) -> str | None:
+  try:
+    tpu_slice(name)
+  except (ValueError, TypeError) as e:
+    return str(e)
+  return None
+
+
+def _plan_relations(config) -> list[str]:
+  out = []
+  # The tower's and the decoder's fields differ by family: every integer among them is a size >= 1.
+  for group in ('vision', 'text'):
+    for key, value in config[group].items():
+      if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+        out.append(f'{group}.{key}={value}: out of range; expected an integer >= 1')
+  t = config.text
+  if t.hidden_size % t.num_attention_heads:
+    out.append(f'text.hidden_size={t.hidden_size}: not a multiple of text.num_attention_heads={t.num_attention_heads}')
+  if t.num_attention_heads % t.num_key_value_heads:
+    out.append(f'text.num_attention_heads={t.num_attention_heads}: not a multiple of '
+               f'text.num_key_value_heads={t.num_key_value_heads}')
+  if config.family == 'llava_onevision':
+    v = config.vision
+    if v.hidden_size % v.num_attention_heads:
+      out.append(f'vision.hidden_size={v.hidden_size}: not a multiple of vision.num_attention_heads='
+                 f'{v.num_attention_heads}')
+    if v.patch_size > v.image_size:
+      out.append(f'vision.patch_size={v.patch_size}: larger than vision.image_size={v.image_size}')
+  # exit_layer / intra_frame_layers / frames against the model: costs.config_plan, run next, names them.
+  try:
+    sharding.mesh_shape(tpu_slice(config.tpu).chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  except ValueError as e:
+    out.append(f'mesh={dict(config.mesh)} on tpu={config.tpu!r}: {e}')
+  return out
+
+
+_POSITIVE = cc.integer(1)
+CONFIG_FIELDS = cc.Spec(
+    'plan', 'configs/plan.py[:preset]',
+    {'model': cc.text(nonempty=True),
+     'family': cc.one_of('llava_onevision', 'qwen2_5_vl'),
+     'frame_size': cc.optional(cc.frame_size()),
+     **{f'text.{k}': _POSITIVE for k in ('hidden_size', 'intermediate_size', 'num_hidden_layers',
+                                         'num_attention_heads', 'num_key_value_heads', 'vocab_size')},
+     'text.tie_word_embeddings': cc.boolean(),
+     'num_frames': _POSITIVE, 'prompt_tokens': cc.integer(0), 'batch_size': _POSITIVE,
+     'param_dtype': cc.one_of(*cc.DTYPES), 'dtype': cc.one_of(*cc.DTYPES),
+     'sweep_states': cc.boolean(),
+     'tpu': cc.Field(_tpu_problem, 'a TPU type such as v5e-8, v5p-32, v4-16, v6e-64'),
+     'exit_layer': cc.integer(0), 'intra_frame_layers': cc.integer(0), 'frames': cc.integer(0),
+     'prompt_prefix_tokens': cc.integer(0),
+     'host_ram_gib': cc.number(0), 'recommend': cc.boolean(), 'output': cc.one_of('text', 'launch_flags'),
+     **cc.mesh_fields(devices=False)},
+    relations=(_plan_relations,), open_groups={'vision': True, 'text': True})
+
+
 def plan(config) -> dict:
-  """The memory plan of `config` (configs/plan.py) as a dict of bytes per device and the verdict."""
+  """The memory plan of `config` (configs/plan.py) as a dict of bytes per device and the verdict.
+  Every field is checked first (`CONFIG_FIELDS`): a bad one raises config_checks.ConfigError."""
+  cc.check(config, CONFIG_FIELDS)
   tpu = tpu_slice(config.tpu)
   mesh = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(
       tpu.chips, config.mesh.data, config.mesh.fsdp, config.mesh.tensor)))

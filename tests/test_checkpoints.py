@@ -242,6 +242,37 @@ def test_error_truncated_file(siglip_dir, tmp_path):
     checkpoints.load_pretrained(path)
 
 
+def _write_with_header(path: str, header, payload: bytes = b'\0' * 16) -> None:
+  raw = json.dumps(header).encode()
+  with open(os.path.join(path, checkpoints.SINGLE_FILE), 'wb') as f:
+    f.write(len(raw).to_bytes(8, 'little') + raw + payload)
+
+
+@pytest.mark.parametrize('header, message', [
+    ({'w': {'shape': [2], 'data_offsets': [0, 8]}}, "tensor 'w': header entry .* needs dtype, shape and data_offsets"),
+    ({'w': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0]}},
+     "tensor 'w': data_offsets \\[0\\] is not \\[begin, end\\]"),
+    ({'w': {'dtype': 'F32', 'shape': [3], 'data_offsets': [0, 8]}}, "tensor 'w': data_offsets \\[0, 8\\] hold 8 bytes, "
+                                                                   "shape \\[3\\] of F32 needs 12"),
+    ({'w': {'dtype': 'F32', 'shape': 'two', 'data_offsets': [0, 8]}}, "tensor 'w': shape 'two' is not a list"),
+    ({'w': 'float'}, "tensor 'w': header entry 'float' needs"),
+    ([1, 2], 'the safetensors header is a JSON list, not an object'),
+])
+def test_error_malformed_header_names_file_and_tensor(siglip_dir, tmp_path, header, message):
+  path = _copy_config(siglip_dir, tmp_path / 'bad_header')
+  _write_with_header(path, header)
+  with pytest.raises(CheckpointError, match=message) as e:
+    checkpoints.load_pretrained(path)
+  assert os.path.join(path, checkpoints.SINGLE_FILE) in str(e.value)
+
+
+def test_error_wrong_model_type_for_the_caller_names_the_field(siglip_dir):
+  with pytest.raises(checkpoints.UnsupportedModelError,
+                     match=f"checkpoint='{siglip_dir}' is a 'siglip' checkpoint; this field needs one of: "
+                           'llava_onevision'):
+    checkpoints.load_pretrained(siglip_dir, expect=('llava_onevision',), field='checkpoint')
+
+
 # ------------------------------------------------------------------------------------------------
 # LLaVA-OneVision
 

@@ -175,7 +175,8 @@ def test_mvbench_malformed_rows_are_skipped_with_reasons(tmp_path):
   assert 'not among the candidates' in reasons['action_sequence/2']
   assert "missing field 'question'" in reasons['action_sequence/3']
   assert 'must be a list' in reasons['action_sequence/4']
-  assert 'malformed row' in reasons['action_sequence/5']
+  assert 'item 5 of' in reasons['action_sequence/5']
+  assert "is a JSON str ('not an object')" in reasons['action_sequence/5']
   # Not in the task folder, under data0613/ or flat: reported at the task folder.
   assert reasons['action_sequence/6'] == f"video not found: {root / 'star' / 'Charades_v1_480' / 'gone.mp4'}"
   assert 'malformed row' in reasons['action_sequence/7']
@@ -428,3 +429,51 @@ def test_check_videos_can_be_disabled(tmp_path):
   assert len(result.samples) == 3 and result.skipped == []
   strict = data.load_nextqa(NEXTQA / 'val.csv', tmp_path)
   assert strict.samples == [] and len(strict.skipped) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: duplicates keep the first item, bad files and items are named, paths stay in video_root.
+
+def test_a_duplicate_id_keeps_the_first_item_and_records_the_repeat_under_its_own_id(tmp_path):
+  root = _video_root(tmp_path, ['a.mp4', 'b.mp4', 'c.mp4'])
+  item = lambda i, video: {'id': i, 'video': video, 'question': f'{i} {video}?', 'candidates': ['x', 'y'],
+                           'answer': 'x'}
+  ann = tmp_path / 'task.json'
+  ann.write_text(json.dumps([item('q1', 'a.mp4'), item('q1', 'b.mp4'), item('q2', 'c.mp4'), item('q1', 'c.mp4')]))
+  result = data.load_mvbench(ann, root)
+  assert [(s.id, os.path.basename(s.video)) for s in result.samples] == [('q1', 'a.mp4'), ('q2', 'c.mp4')]
+  reasons = _reasons(result)
+  assert set(reasons) == {'q1#duplicate2', 'q1#duplicate3'}   # never the kept item's id
+  assert "duplicate id 'q1' (item task/1): the first item with this id is kept" == reasons['q1#duplicate2']
+
+
+def test_a_non_utf8_annotation_file_is_named(tmp_path):
+  ann = tmp_path / 'latin1.json'
+  ann.write_bytes(b'[{"question": "caf\xe9"}]')   # Latin-1, not UTF-8
+  with pytest.raises(ValueError, match=f'annotation file {ann} is not UTF-8 text'):
+    data.load_mvbench(ann, tmp_path)
+  csv_path = tmp_path / 'val.csv'
+  csv_path.write_bytes(b'video,qid,question\n1,2,caf\xe9\n')
+  with pytest.raises(ValueError, match=f'annotation file {csv_path} is not UTF-8 text'):
+    data.load_nextqa(csv_path, tmp_path)
+
+
+def test_bare_string_items_are_named_in_every_json_loader(tmp_path):
+  for loader, name in ((data.load_egoschema, 'questions.json'), (data.load_longvideobench, 'lvb_val.json')):
+    ann = tmp_path / name
+    ann.write_text(json.dumps(['just text']))
+    reason = _reasons(loader(ann, tmp_path))['row0']
+    assert f'an item of {ann} is a JSON str' in reason, reason
+
+
+@pytest.mark.parametrize('video', ['../outside.mp4', 'sub/../../outside.mp4', '/etc/hostname'])
+def test_a_video_path_out_of_video_root_is_refused(tmp_path, video):
+  root = _video_root(tmp_path / 'root', ['inside.mp4'])
+  (tmp_path / 'outside.mp4').write_bytes(b'')
+  ann = tmp_path / 'task.json'
+  ann.write_text(json.dumps([{'video': video, 'question': 'q?', 'candidates': ['x', 'y'], 'answer': 'x'},
+                             {'video': 'sub/../inside.mp4', 'question': 'q?', 'candidates': ['x', 'y'],
+                              'answer': 'x'}]))
+  result = data.load_mvbench(ann, root, check_videos=False)
+  assert [s.id for s in result.samples] == ['task/1']              # '..' that stays inside is fine
+  assert f"{video!r} leaves video_root {str(root)!r}" in _reasons(result)['task/0']

@@ -71,12 +71,12 @@ def test_plan_chosen_from_a_knockout_summary(tiny):
 
 @pytest.mark.parametrize('overrides,message', [
     (dict(exit_layer=9), 'exit_layer 9 is outside the decoder stack'),
-    (dict(exit_layer=3, intra_frame_layers=4), 'intra_frame_layers 4 lie above the exit'),
+    (dict(exit_layer=3, intra_frame_layers=4), 'intra_frame_layers=4: above exit_layer=3'),
     (dict(plans='2:5'), 'intra_frame_layers 5 lie above the exit'),
     (dict(plans='12:0'), 'exit_layer 12 is outside the decoder stack'),
-    (dict(ks='2,16'), r'frame budgets ks=.2,16.: \[16\] outside 1..num_frames=8'),
-    (dict(selectors='uniform,learned'), 'selector learned needs selector_checkpoint'),
-    (dict(plans='5'), "plans entry '5'"),
+    (dict(ks='2,16'), r"ks='2,16': \[16\] outside 1..num_frames=8"),
+    (dict(selectors='uniform,learned'), "'learned' needs selector_checkpoint"),
+    (dict(plans='5'), "plans='5': entry '5' is not 'exit_layer:intra_frame_layers'"),
 ])
 def test_bad_input_fails_before_compute(tmp_path, overrides, message):
   workdir = str(tmp_path / 'run')

@@ -137,8 +137,8 @@ def test_rerun_resumes_without_duplicates_and_gives_the_same_summary(checkpoints
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('selectors', 'siglip_q,clip', 'unknown selectors'),
-    ('ks', '1,9', 'must lie in 1..num_candidates=4'),
+    ('selectors', 'siglip_q,clip', "selectors='siglip_q,clip': unknown 'clip'"),
+    ('ks', '1,9', r"ks='1,9': \[9\] outside 1..num_candidates=4"),
     ('oracle_layers', '1-3', 'outside the layers 0..1'),
     ('sensitive_k', 3, 'not one of ks'),
 ])

@@ -110,9 +110,9 @@ def test_corrupt_video_is_recorded_and_the_run_goes_on(checkpoint, full_run, tmp
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('kinds', 'LV,XX', 'unknown knockout type'),
+    ('kinds', 'LV,XX', "kinds='LV,XX': unknown 'XX'"),
     ('window', 9, 'outside the 4 layers'),
-    ('settings', 'global3', 'unknown setting'),
+    ('settings', 'global3', "settings='global3': unknown 'global3'"),
 ])
 def test_bad_config_fails_before_any_sample(checkpoint, tmp_path, field, value, message):
   workdir = str(tmp_path / 'bad')

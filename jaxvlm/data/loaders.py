@@ -24,10 +24,14 @@ are relative to the unpacked release; the README's "Benchmarks" section says wha
   own loader does (it spreads its frames over int(duration * fps) frames).
 - synthetic: a split directory written by `jaxvlm.data.synthetic` (MVBench format inside, flat).
 
-A malformed item (missing field, wrong type, empty options, answer out of range, missing video)
-is skipped and recorded as (id, reason) in `LoadResult.skipped`; the rest still load. A missing
-or unparsable annotation file raises. Every loader logs one summary line (loaded / skipped, the
-reasons grouped with counts and a few example ids), never one line per row.
+A malformed item (missing field, wrong type, not a JSON object, empty options, answer out of range,
+missing video) is skipped and recorded as (id, reason) in `LoadResult.skipped`; the rest still load.
+A repeated id keeps its first item; each later one is recorded as skipped under `<id>#duplicate<n>`
+(so its record never shadows the kept item). A video path that leaves `video_root` (an absolute path,
+or `..` climbing out of it) is refused the same way: annotations name files inside their release. A
+missing, unparsable or non-UTF-8 annotation file raises, naming the file. Every loader logs one
+summary line (loaded / skipped, the reasons grouped with counts and a few example ids), never one line
+per row.
 """
 
 from __future__ import annotations
@@ -110,7 +114,7 @@ def _collect(rows: Iterable[tuple[str, Any]], build: Callable[[Any], VideoQASamp
   one); with check_videos the path must exist: a file for data_type 'video', a folder for 'frame'.
   """
   samples, skipped = [], []
-  seen = set()
+  seen: dict[str, int] = {}
   for fallback_id, row in rows:
     try:
       sample = build(row)
@@ -122,13 +126,15 @@ def _collect(rows: Iterable[tuple[str, Any]], build: Callable[[Any], VideoQASamp
       skipped.append((fallback_id, f'malformed row: {reason}'))
       continue
     if sample.id in seen:
-      skipped.append((sample.id, 'duplicate id'))
+      seen[sample.id] += 1
+      skipped.append((f'{sample.id}#duplicate{seen[sample.id]}',
+                      f'duplicate id {sample.id!r} (item {fallback_id}): the first item with this id is kept'))
     elif check_videos and sample.data_type == 'frame' and not os.path.isdir(sample.video):
       skipped.append((sample.id, f'frame folder not found: {sample.video}'))
     elif check_videos and sample.data_type == 'video' and not os.path.isfile(sample.video):
       skipped.append((sample.id, f'video not found: {sample.video}'))
     else:
-      seen.add(sample.id)
+      seen[sample.id] = 1
       samples.append(sample)
   return LoadResult(samples, skipped)
 
@@ -139,6 +145,27 @@ def _read_json(path: str | os.PathLike[str]) -> Any:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'annotation file {path} is not valid JSON: {e}') from e
+  except UnicodeDecodeError as e:
+    raise ValueError(f'annotation file {path} is not UTF-8 text (byte {e.start}: {e.reason}); '
+                     f're-save it as UTF-8') from e
+
+
+def _object(item: Any, where: str) -> Mapping[str, Any]:
+  """An annotation item must be a JSON object; anything else is that item's failure, said plainly."""
+  if not isinstance(item, Mapping):
+    raise SampleError(f'{where} is a JSON {type(item).__name__} ({str(item)[:60]!r}), expected an object '
+                      f'with the benchmark\'s fields')
+  return item
+
+
+def _inside_root(video_root: str | os.PathLike[str], relative: str, field: str) -> str:
+  """`relative` unchanged, refused when video_root/relative leaves video_root (absolute, or `..` out)."""
+  root = os.path.normpath(os.fspath(video_root))
+  path = os.path.normpath(os.path.join(root, relative))
+  if os.path.isabs(relative) or os.path.relpath(path, root).split(os.sep)[0] == '..':
+    raise SampleError(f'field {field!r} = {relative!r} leaves video_root {os.fspath(video_root)!r}; '
+                      f'annotation paths must stay inside it')
+  return relative
 
 
 def _text(value: Any, field: str) -> str:
@@ -267,8 +294,9 @@ def _load_mvbench(ann_json, video_root, check_videos: bool) -> LoadResult:
     if not isinstance(items, list):
       raise ValueError(f'MVBench file {file} must hold a JSON list, got {type(items).__name__}')
 
-    def build(indexed, task=task, spec=spec):
+    def build(indexed, task=task, spec=spec, file=file):
       index, item = indexed
+      item = _object(item, f'item {index} of {file}')
       sample_id = str(item.get('id', f'{task}/{index}'))
       options = _options(item['candidates'], 'candidates')
       answer = _text(item['answer'], 'answer')
@@ -279,7 +307,8 @@ def _load_mvbench(ann_json, video_root, check_videos: bool) -> LoadResult:
       if evidence is not None:
         evidence = [_int(f, 'evidence_frames') for f in evidence]
       data_type = spec.data_type if spec else 'video'
-      candidates = mvbench_video_candidates(task, _text(item['video'], 'video'), video_root)
+      candidates = mvbench_video_candidates(task, _inside_root(video_root, _text(item['video'], 'video'), 'video'),
+                                            video_root)
       video = _first_existing(candidates, is_dir=data_type == 'frame') or candidates[0]
       if spec is None or spec.clipped:
         start_s, end_s = _seconds(item, 'start'), _seconds(item, 'end')
@@ -368,7 +397,8 @@ def load_videomme(parquet: str | os.PathLike[str], video_root: str | os.PathLike
     _require_options(options, sample_id)
     return VideoQASample(
         id=sample_id,
-        video=_video_with_extension(video_root, _text(row['videoID'], 'videoID'), VIDEOMME_EXTENSIONS),
+        video=_video_with_extension(video_root, _inside_root(video_root, _text(row['videoID'], 'videoID'), 'videoID'),
+                                    VIDEOMME_EXTENSIONS),
         question=_text(row['question'], 'question'), options=options,
         answer=_letter_index(row['answer'], len(options), sample_id),
         task=_text(row['task_type'], 'task_type'),
@@ -404,11 +434,12 @@ def load_egoschema(questions_json: str | os.PathLike[str], video_root: str | os.
     questions = [q for q in questions if isinstance(q, dict) and q.get('q_uid') in answers]
 
   def build(item):
+    item = _object(item, f'an item of {questions_json}')
     uid = _text(item['q_uid'], 'q_uid')
     options = [_text(item[f'option {i}'], f'option {i}') for i in range(5)]
     answer = answers.get(uid)
     return VideoQASample(
-        id=uid, video=_video_with_extension(video_root, uid, EGOSCHEMA_EXTENSIONS),
+        id=uid, video=_video_with_extension(video_root, _inside_root(video_root, uid, 'q_uid'), EGOSCHEMA_EXTENSIONS),
         question=_text(item['question'], 'question'), options=options,
         answer=None if answer is None else _int(answer, 'answer'), task='egoschema',
         meta={'subset': 'true' if uid in answers else 'false'})
@@ -430,8 +461,12 @@ def load_nextqa(csv_path: str | os.PathLike[str], video_root: str | os.PathLike[
   if not os.path.isfile(csv_path):
     raise FileNotFoundError(f'NExT-QA csv not found: {csv_path}')
   video_map = None if video_map_json is None else _read_json(video_map_json)
-  with open(csv_path, encoding='utf-8', newline='') as f:
-    rows = list(csv.DictReader(f))
+  try:
+    with open(csv_path, encoding='utf-8', newline='') as f:
+      rows = list(csv.DictReader(f))
+  except UnicodeDecodeError as e:
+    raise ValueError(f'annotation file {csv_path} is not UTF-8 text (byte {e.start}: {e.reason}); '
+                     f're-save it as UTF-8') from e
 
   def build(row):
     video = _text(row['video'], 'video')
@@ -439,7 +474,7 @@ def load_nextqa(csv_path: str | os.PathLike[str], video_root: str | os.PathLike[
     relative = video_map[video] if video_map is not None else video
     options = [_text(row[f'a{i}'], f'a{i}') for i in range(5)]
     return VideoQASample(
-        id=sample_id, video=os.path.join(os.fspath(video_root), relative + '.mp4'),
+        id=sample_id, video=os.path.join(os.fspath(video_root), _inside_root(video_root, relative, 'video') + '.mp4'),
         question=_text(row['question'], 'question'), options=options,
         answer=_int(row['answer'], 'answer'), task=_text(row['type'], 'type'))
 
@@ -461,13 +496,15 @@ def load_longvideobench(json_path: str | os.PathLike[str], video_root: str | os.
     raise ValueError(f'LongVideoBench file {json_path} must hold a JSON list')
 
   def build(item):
+    item = _object(item, f'an item of {json_path}')
     answer = item.get('correct_choice')
     duration = _seconds(item, 'duration')
     if duration is not None and duration <= 0:
       raise ValueError(f"field 'duration' must be positive seconds, got {duration!r}")
     return VideoQASample(
         id=_text(item['id'], 'id'),
-        video=os.path.join(os.fspath(video_root), _text(item['video_path'], 'video_path')),
+        video=os.path.join(os.fspath(video_root), _inside_root(video_root, _text(item['video_path'], 'video_path'),
+                                                               'video_path')),
         question=_text(item['question'], 'question'),
         options=_options(item['candidates'], 'candidates'),
         answer=None if answer is None else _int(answer, 'correct_choice'),

@@ -25,9 +25,10 @@ class Candidates:
   evidence: np.ndarray
 
 
-def prepare_pool(samples: Sequence[data.VideoQASample], processor, config
+def prepare_pool(samples: Sequence[data.VideoQASample], processor, config, max_positions: int | None = None
             ) -> tuple[list[Candidates], list[tuple[str, str]]]:
-  """Decodes the pool of each sample; a failing sample becomes (id, reason), never a crash."""
+  """Decodes the pool of each sample inside its clip [start_s, end_s] (the whole video when it has none);
+  a failing sample becomes (id, reason), never a crash. max_positions: the model's prompt limit."""
   ok, failed = [], []
   for s in samples:
     try:
@@ -36,11 +37,12 @@ def prepare_pool(samples: Sequence[data.VideoQASample], processor, config
       # Inside the sample's clip, from its video file or frame folder.
       frames = frame_folders.sample_frames_of(s, config.num_candidates, rule='pool')
       if len(frames.indices) < config.num_candidates:
-        raise ValueError(f'video has {len(frames.indices)} frames, fewer than the '
-                         f'{config.num_candidates} candidates')
+        raise ValueError(f'{"clip" if s.start_s is not None or s.end_s is not None else "video"} has '
+                         f'{len(frames.indices)} frames, fewer than the {config.num_candidates} candidates')
       evidence = np.flatnonzero(np.isin(frames.indices, s.evidence_frames or []))
       prompt, pixels = runs.video_inputs(processor, s.question, s.options, frames.pixels, frames.timestamps_s,
                                          keyframes=True)
+      runs.check_prompt_length(prompt, max_positions)
       ok.append(Candidates(s, prompt, pixels, frames.pixels, frames.indices, evidence))
     except Exception as e:  # pylint: disable=broad-except  # recorded per sample, the run goes on
       failed.append((s.id, f'{type(e).__name__}: {e}'))

@@ -188,6 +188,9 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int, benchmark: str 
   correlations with the causal oracle, and 'scores': one row per (condition, group) — clean, text_only
   and every selector/k, overall, per task and the benchmark's official aggregates (`benchmark_scores`;
   `metas` maps sample id -> VideoQASample.meta for the fields they group by)."""
+  # By id: worker threads finish samples out of order, and the score rows' group order and the
+  # bootstrap's resamples must not depend on it.
+  records = sorted(records, key=lambda r: r['id'])
   ok = [r for r in records if 'error' not in r]
   header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
             'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, distributed, runs, sharding, training
+from jaxvlm import distributed, runs, sharding, training
 from jaxvlm.keyframes import candidates, metrics, relevance, selector_model, selectors, teacher
 from jaxvlm.knockout import specs as knockout
 
@@ -44,8 +44,7 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
   process sees (the training reads it back on every process)."""
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
-  sig_model, sig_params, sig_processor = checkpoints.load_pretrained(config.siglip_checkpoint,
-                                                                     dtype=jnp.dtype(config.dtype))
+  sig_model, sig_params, sig_processor = runs.load_siglip(config)
   num_layers = model.config.text.num_hidden_layers
   first, last = candidates.layer_range(config.oracle_layers, num_layers, 'oracle_layers')
   layers = knockout.window(num_layers, first, last - first + 1)
@@ -54,13 +53,10 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
   done = distributed.done_ids(mesh, [s.id for s in samples if s.id in cache] if writes else [])
   todo = [s for s in distributed.work_share(samples, mesh) if s.id not in done]
   failures = list(skipped)
-  logging.info('teacher: %d samples, %d to label here', len(samples), len(todo))
-  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch',
-                    disable=not distributed.is_main()):
-    cands, failed = candidates.prepare_pool(chunk, processor, config)
-    failures += failed
-    if not cands:
-      continue
+  logging.info('teacher: %d samples, %d cached, %d to label here', len(samples), len(samples) - len(done),
+               len(todo))
+
+  def label(cands) -> list[dict]:
     batch = runs.place_batch(runs.collate(cands, processor, runs.batch_multiple(mesh)), mesh)
     answers = [c.sample.answer for c in cands]
     answers += answers[-1:] * (batch.input_ids.shape[0] - len(cands))   # collate repeats the last row
@@ -72,6 +68,14 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
       query = relevance.query_texts(c.sample.question, c.sample.options)[1]
       frame_emb, text_emb = teacher.siglip_features(sig_model, sig_params, sig_processor, c.frames, query)
       cache.put(teacher.Label(c.sample.id, frame_emb, text_emb, rel[i], c.evidence))
+    return [{'id': c.sample.id} for c in cands]
+
+  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch',
+                    disable=not distributed.is_main()):
+    cands, failed = candidates.prepare_pool(chunk, processor, config, runs.max_positions(model))
+    failures += failed
+    if cands:   # a batch that fails on the model side is retried sample by sample
+      failures += [(r['id'], r['error']) for r in runs.batch_records(cands, label) if 'error' in r]
   distributed.barrier('teacher labels')  # the cache is complete before any process reads it
   return failures
 

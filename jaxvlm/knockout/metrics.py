@@ -55,6 +55,9 @@ def summarize(records: list[dict], sw: Sweep, benchmark: str = '',
   (`benchmark_scores`), for clean and every spec; `metas` (sample id -> VideoQASample.meta) supplies
   the fields those aggregates group by (Video-MME duration, ...).
   """
+  # By id: worker threads finish samples out of order, and the score rows' group order and the
+  # bootstrap's resamples must not depend on it.
+  records = sorted(records, key=lambda r: r['id'])
   ok = [r for r in records if 'error' not in r]
   header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
             'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}

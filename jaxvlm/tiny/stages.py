@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from jaxvlm import checkpoints, sharding, training
-from jaxvlm.tiny import evaluation, losses, models
+from jaxvlm import checkpoints, config_checks, runs, sharding, training
+from jaxvlm.tiny import config_fields, evaluation, losses, models
 from jaxvlm.tiny import tokenizer as tokenizer_lib
 from jaxvlm.tiny.batches import (STAGES, TrainData, llava_batch, load_train_data, siglip_batch,
                                  tower_cache)
@@ -108,8 +108,10 @@ def _export_dir(workdir: str, name: str) -> str:
 
 def train(config, workdir: str) -> dict:
   """Trains both stages (resuming), exports them and returns the validation summary."""
-  stages = parse_stages(config.stages)  # before any compute
+  config_checks.check(config, config_fields.TRAIN_SYNTHETIC)   # every field, before any compute
+  stages = parse_stages(config.stages)
   os.makedirs(workdir, exist_ok=True)
+  runs.lock_workdir(workdir)   # one run at a time (a dead run's lock is taken over)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   start = time.time()
