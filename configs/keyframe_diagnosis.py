@@ -69,4 +69,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.ks = '1,2,4'
     c.sensitive_k = 2
     c.dtype = 'float32'
+    c.param_dtype = 'float32'   # a CPU smoke run computes in float32: weights too, not rounded to bf16
   return c

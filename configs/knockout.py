@@ -49,4 +49,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.num_frames = min(c.num_frames, 4)
     c.settings = 'global2,fine'
     c.dtype = 'float32'
+    c.param_dtype = 'float32'   # a CPU smoke run computes in float32: weights too, not rounded to bf16
   return c

@@ -72,4 +72,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_every = c.checkpoint_every = 10
     c.val_fraction = 0.25
     c.dtype = 'float32'
+    c.param_dtype = 'float32'   # a CPU smoke run computes in float32: weights too, not rounded to bf16
   return c
