@@ -1,6 +1,7 @@
 """Multi-process faults end in a clear error on every process, never a hang: a mesh that does not divide
 the devices, processes launched with different process counts, a checkpoint missing on one host, a
-process that fails or dies mid-run (barriers time out naming the missing process).
+workdir process 0 cannot take, a process that fails or dies mid-run (barriers time out naming the
+missing process).
 
 Two real local processes (jax.distributed on 127.0.0.1, 2 CPU devices each) per scenario;
 `python -m tests.test_distributed_faults SCENARIO OUT_DIR NUM_PROCESSES PROCESS_ID PORT` is the worker,
@@ -71,6 +72,24 @@ def worker(scenario: str, out_dir: str, num_processes: int, process_id: int, por
     except (ValueError, distributed.DistributedError) as e:
       seen['step'] = _error(e)
     seen['step_s'] = time.time() - t0
+  elif scenario == 'workdir':
+    from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
+    from jaxvlm import runs  # pylint: disable=g-import-not-at-top
+
+    @distributed.guarded
+    def prepare():  # an experiment's start: process 0 takes the workdir (held by another run here)
+      if distributed.is_main():
+        runs.prepare_workdir(os.path.join(out_dir, 'w'), config_dict.ConfigDict({'num_frames': 4}))
+      distributed.barrier('workdir', timeout_s=BARRIER_TIMEOUT_S * 5)
+
+    t0 = time.time()
+    try:
+      prepare()
+    except (runs.WorkdirLockedError, distributed.DistributedError) as e:
+      seen['prepare'] = _error(e)
+    seen['prepare_s'] = time.time() - t0
+    save()
+    return   # a normal exit: jax.distributed's shutdown keeps process 0's store up for the other
   elif scenario.startswith('dies'):
     victim = int(scenario[-1])
     distributed.barrier('started', timeout_s=BARRIER_TIMEOUT_S * 5)
@@ -157,6 +176,25 @@ def test_a_process_that_dies_is_named_when_the_barrier_times_out(tmp_path, victi
   else:  # or jax's own coordination client noticed first and stopped the process, saying why
     print(errs[1][-2000:])
     assert 'coordination' in errs[1].lower() or 'distributed service' in errs[1].lower(), errs[1][-2000:]
+
+
+def test_a_workdir_refused_on_process_0_stops_every_process(tmp_path):
+  """Only process 0 takes the workdir's lock; when it cannot (another run holds it), the others stop at
+  the 'workdir' barrier naming process 0 and its reason, long before the barrier's timeout."""
+  from jaxvlm import runs  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / 'w')
+  lock = runs.WorkdirLock(str(tmp_path / 'w'))
+  lock.acquire()
+  try:
+    seen, seconds, _ = run_scenario('workdir', tmp_path)
+  finally:
+    lock.release()
+  print(json.dumps(seen), f'{seconds:.1f} s')
+  assert seen[0]['prepare']['type'] == 'WorkdirLockedError' and 'in use by another run' in seen[0]['prepare']['message']
+  assert seen[1]['prepare']['type'] == 'DistributedError'
+  assert 'workdir: process 0 failed: WorkdirLockedError: workdir' in seen[1]['prepare']['message']
+  assert seen[1]['prepare_s'] < BARRIER_TIMEOUT_S * 5
+  assert not os.path.exists(tmp_path / 'w' / 'run.json')   # nothing written for the refused run
 
 
 def test_processes_launched_with_different_counts_both_fail(tmp_path):
