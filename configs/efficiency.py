@@ -21,8 +21,13 @@ PAPER_PLANS = {'default': '5:2,5:0,3:0', 'llava_ov_0_5b': '15:7,15:0', 'llava_ov
                'llava_video_7b': '18:8,18:0'}
 
 
+# Efficiency plans (jaxvlm/models/efficient.py) are built for LLaVA-OneVision's decoder and layout only:
+# a Qwen2.5-VL preset is refused here, by name, before anything loads.
+HUB = {k: v for k, v in keyframe_diagnosis.HUB.items() if k in PAPER_PLANS}
+
+
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  preset, runlocal = common.parse_arg(arg, keyframe_diagnosis.HUB)
+  preset, runlocal = common.parse_arg(arg, HUB)
   c = config_dict.ConfigDict()
   c.checkpoint = common.TINY_LLAVA
   c.siglip_checkpoint = common.TINY_SIGLIP

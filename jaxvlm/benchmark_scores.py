@@ -123,6 +123,28 @@ SCORE_COLUMNS = ('condition', 'group_kind', 'group', 'n', 'accuracy', 'accuracy_
                  'change_low', 'change_high', 'mcnemar_p')
 
 
+def split_failures(records: Sequence[dict]) -> tuple[list[dict], dict]:
+  """Sample records -> (the successful ones sorted by id, a summary header with num_samples, num_failed
+  and failures [{id, error}]). By id: worker threads finish samples out of order, and score-row group
+  order and bootstrap resamples must not depend on it."""
+  records = sorted(records, key=lambda r: r['id'])
+  ok = [r for r in records if 'error' not in r]
+  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
+            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  return ok, header
+
+
+def official_line(header: Mapping) -> list[str]:
+  """The summary header's official aggregates of clean as one text line ([] when it has none):
+  'MVBench (clean): <group> <acc> [<low>, <high>] (n=<n>), ...'."""
+  official = [r for r in header.get('scores', []) if r['condition'] == 'clean' and r['group_kind'] == 'official']
+  if not official:
+    return []
+  return [f"{header.get('benchmark')} (clean): " + ', '.join(
+      f"{r['group']} {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] (n={r['n']})"
+      for r in official)]
+
+
 def write_csv(path: str, rows: Sequence[dict]) -> str:
   """The score rows as a csv (the base condition's change columns left empty); atomic."""
   tmp = path + '.tmp'

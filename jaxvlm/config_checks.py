@@ -132,16 +132,24 @@ def csv_items(v) -> list[str] | None:
   return None
 
 
+def _csv_or_problem(v: Any, nonempty: bool) -> tuple[list[str], str | None]:
+  """(items, None) for a comma-separated value, or ([], what is wrong with it)."""
+  items = csv_items(v)
+  if items is None:
+    return [], f'not a comma-separated string ({type(v).__name__})'
+  if nonempty and not items:
+    return [], 'empty'
+  return items, None
+
+
 def names(values: Iterable[str], *, nonempty: bool = True, affects_results: bool = True) -> Field:
   """Comma-separated names (or a sequence), each one of `values`."""
   values = tuple(values)
 
   def problem(v):
-    items = csv_items(v)
-    if items is None:
-      return f'not a comma-separated string ({type(v).__name__})'
-    if nonempty and not items:
-      return 'empty'
+    items, bad = _csv_or_problem(v, nonempty)
+    if bad:
+      return bad
     unknown = [x for x in items if x not in values]
     if unknown:
       return f'unknown {", ".join(map(repr, unknown))}'
@@ -156,11 +164,9 @@ def names(values: Iterable[str], *, nonempty: bool = True, affects_results: bool
 def int_list(lo: int = 0, *, nonempty: bool = True, affects_results: bool = True) -> Field:
   """Comma-separated integers >= lo (or a sequence)."""
   def problem(v):
-    items = csv_items(v)
-    if items is None:
-      return f'not a comma-separated string ({type(v).__name__})'
-    if nonempty and not items:
-      return 'empty'
+    items, bad = _csv_or_problem(v, nonempty)
+    if bad:
+      return bad
     try:
       ints = [int(x) for x in items]
     except ValueError:

@@ -78,14 +78,21 @@ def _fail(path: str, what: str, e: BaseException | None = None) -> VideoError:
   return VideoError(f'{what} {path}{detail}')
 
 
-def open_video(path: str | os.PathLike[str]):
-  """-> (container, stream) of the first video stream; every failure is a VideoError naming the file."""
-  import av  # pylint: disable=g-import-not-at-top  (heavy native library, load on use)
+def existing_video_file(path: str | os.PathLike[str]) -> str:
+  """-> the path as a str; a VideoError naming it when it is missing or empty (checked before any backend
+  sees it: their own messages for these cases are cryptic C++ log lines)."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise VideoError(f'video file not found: {path}')
   if os.path.getsize(path) == 0:
     raise VideoError(f'video file is empty (0 bytes): {path}')
+  return path
+
+
+def open_video(path: str | os.PathLike[str]):
+  """-> (container, stream) of the first video stream; every failure is a VideoError naming the file."""
+  import av  # pylint: disable=g-import-not-at-top  (heavy native library, load on use)
+  path = existing_video_file(path)
   try:
     container = av.open(path)
   except Exception as e:  # av.error.InvalidDataError and friends

@@ -133,11 +133,7 @@ def _open(path: str | os.PathLike[str]):
   except ImportError as e:
     raise VideoError(f"backend 'decord' is not installed (no wheel for this platform?); use 'pyav' "
                      f'to read {path}') from e
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise VideoError(f'video file not found: {path}')
-  if os.path.getsize(path) == 0:
-    raise VideoError(f'video file is empty (0 bytes): {path}')
+  path = pyav_decode.existing_video_file(path)
   try:
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
   except Exception as e:  # decord raises RuntimeError or DECORDError with a C++ log line.

@@ -188,12 +188,7 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int, benchmark: str 
   correlations with the causal oracle, and 'scores': one row per (condition, group) — clean, text_only
   and every selector/k, overall, per task and the benchmark's official aggregates (`benchmark_scores`;
   `metas` maps sample id -> VideoQASample.meta for the fields they group by)."""
-  # By id: worker threads finish samples out of order, and the score rows' group order and the
-  # bootstrap's resamples must not depend on it.
-  records = sorted(records, key=lambda r: r['id'])
-  ok = [r for r in records if 'error' not in r]
-  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
-            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  ok, header = benchmark_scores.split_failures(records)   # sorted by id
   if not ok:
     return {'header': {**header, 'clean_accuracy': None}, 'rows': []}
   answers = [r['answer'] for r in ok]
@@ -257,11 +252,7 @@ def format_table(summary: dict) -> str:
                     else f'{h[key]:.4f}')
   lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy (all candidates): "
            f"{ci('clean_accuracy')}  text-only accuracy: {ci('text_only_accuracy')}"]
-  official = [r for r in h.get('scores', []) if r['condition'] == 'clean' and r['group_kind'] == 'official']
-  if official:
-    lines.append(f"{h.get('benchmark')} (clean): " + ', '.join(
-        f"{r['group']} {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] (n={r['n']})"
-        for r in official))
+  lines += benchmark_scores.official_line(h)
   if 'frame_sensitive_share' in h:
     lines.append(f"frame-sensitive share (k={h['frame_sensitive_k']}): {h['frame_sensitive_share']:.4f} "
                  f"({h['num_frame_sensitive']} samples)  FSS by k: "

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxvlm import costs, plotting, runs, stats
+from jaxvlm import benchmark_scores, costs, plotting, runs, stats
 from jaxvlm.models.efficient import InferencePlan
 
 
@@ -119,9 +119,7 @@ def summarize(records: list[dict], costs_by_key: dict, timings: dict, clean_key:
   its interval, analytical FLOPs, measured prefill seconds and XLA's memory, the measured speedup vs
   clean, Pareto membership (accuracy vs measured time). Rows cover the successful samples scored under
   every key."""
-  ok = sorted((r for r in records if 'error' not in r), key=lambda r: r['id'])
-  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
-            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  ok, header = benchmark_scores.split_failures(records)   # sorted by id
   keys = sorted({k for r in ok for k in r['logp']})
   ok = [r for r in ok if all(k in r['logp'] for k in keys)]
   tasks = np.asarray([r['task'] for r in ok])

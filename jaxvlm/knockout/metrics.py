@@ -55,12 +55,7 @@ def summarize(records: list[dict], sw: Sweep, benchmark: str = '',
   (`benchmark_scores`), for clean and every spec; `metas` (sample id -> VideoQASample.meta) supplies
   the fields those aggregates group by (Video-MME duration, ...).
   """
-  # By id: worker threads finish samples out of order, and the score rows' group order and the
-  # bootstrap's resamples must not depend on it.
-  records = sorted(records, key=lambda r: r['id'])
-  ok = [r for r in records if 'error' not in r]
-  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
-            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  ok, header = benchmark_scores.split_failures(records)   # sorted by id
   if not ok:
     return {'header': {**header, 'clean_accuracy': None}, 'rows': []}
   width = max(len(r['clean']) for r in ok)
@@ -104,11 +99,7 @@ def format_table(summary: dict) -> str:
     return f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy: None"
   lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  clean accuracy: {h['clean_accuracy']:.4f} "
            f"[{h['clean_accuracy_low']:.4f}, {h['clean_accuracy_high']:.4f}]"]
-  official = [r for r in h.get('scores', []) if r['condition'] == 'clean' and r['group_kind'] == 'official']
-  if official:
-    lines.append(f"{h.get('benchmark')} (clean): " + ', '.join(
-        f"{r['group']} {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] (n={r['n']})"
-        for r in official))
+  lines += benchmark_scores.official_line(h)
   cols = ['name', 'accuracy', 'accuracy_low', 'accuracy_high', 'change', 'mcnemar_p', 'performance_ratio',
           'delta_logp_correct', 'flip_rate']
   lines.append(' '.join(f'{c:>18}' for c in cols))

@@ -410,13 +410,10 @@ def generate(model: LlavaOnevisionForConditionalGeneration, params, input_ids, p
   rows that emitted eos continue with pad_token_id)."""
   logits, pos, cache = _generate_prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan,
                                          span, max_new_tokens)
-  done = jnp.zeros(logits.shape[:1], bool)
-  out = []
-  for i in range(max_new_tokens):
-    token = jnp.where(done, pad_token_id, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
-    out.append(token)
-    if eos_token_id is not None:
-      done |= token == eos_token_id
-    if i + 1 < max_new_tokens:
-      logits, cache = _decode_step(model, params, token, jnp.int32(i), pos + i, cache, plan, span)
-  return jnp.stack(out, axis=1)
+
+  def step(token, i):
+    nonlocal cache
+    logits, cache = _decode_step(model, params, token, jnp.int32(i), pos + i, cache, plan, span)
+    return logits
+
+  return qwen2.greedy_tokens(logits, step, max_new_tokens, eos_token_id, pad_token_id)

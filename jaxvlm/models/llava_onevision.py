@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxvlm.models import qwen2
+from jaxvlm.models import qwen2, video_lm
 from jaxvlm.models.attention import LayerRule, TokenMeta
 from jaxvlm.models.siglip import SiglipVisionConfig, SiglipVisionTransformer
 
@@ -168,13 +168,8 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
       video = self.video_features(pixel_values_videos)
     else:
       return embeds
-    video = video.astype(embeds.dtype)                                   # [B, N, D]
-    is_video = input_ids == self.config.video_token_id
-    # k-th video slot of a row takes the k-th video embedding of that row.
-    rank = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
-    gathered = jnp.take_along_axis(video, rank[..., None], axis=1)
-    return nn.with_logical_constraint(jnp.where(is_video[..., None], gathered, embeds),
-                                      ('batch', 'length', 'act_embed'))
+    # k-th video slot of a row takes the k-th video embedding [B, N, D] of that row.
+    return video_lm.fill_video_slots(embeds, input_ids, video, self.config.video_token_id)
 
   def decode(self, embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta,
              cache: qwen2.KVCache, k_meta: TokenMeta, write_index: jnp.ndarray,
@@ -193,18 +188,11 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     tower_features [B, F, P, Dv]), positions [B, S], meta: TokenMeta [B, S] (index, valid, group,
     frame), spec: per-layer rule [L, ...] or None."""
     embeds = self.embed(input_ids, pixel_values_videos, tower_features)
-    b, s = input_ids.shape
-    cache = qwen2.KVCache.empty(self.config.text, b, s, embeds.dtype)
-    return self.decode(embeds, positions, meta, cache, meta, jnp.zeros((b,), jnp.int32), spec,
-                       return_hidden_states)
+    return video_lm.prompt_forward(self, embeds, positions, meta, spec, return_hidden_states)
 
   def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
     """hidden [..., D] (final-normed) -> logits [..., V] in float32."""
-    if self.config.tie_word_embeddings:
-      out = self.language_model.embed_tokens.attend(hidden)
-    else:
-      out = self.lm_head(hidden)
-    return out.astype(jnp.float32)
+    return video_lm.output_logits(self, hidden)
 
 
 def param_shapes(model: LlavaOnevisionForConditionalGeneration, num_frames: int = 1,
@@ -231,14 +219,7 @@ def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-def language_model_view(model: LlavaOnevisionForConditionalGeneration, params: dict
-                        ) -> tuple[qwen2.Qwen2ForCausalLM, dict]:
-  """The decoder + head of a LLaVA model as a `Qwen2ForCausalLM` and its params (no copies)."""
-  lm = qwen2.Qwen2ForCausalLM(model.config.text, dtype=model.dtype)
-  lm_params = {'model': params['language_model']}
-  if 'lm_head' in params:
-    lm_params['lm_head'] = params['lm_head']
-  return lm, lm_params
+language_model_view = video_lm.language_model_view   # the decoder + head as a Qwen2ForCausalLM
 
 
 def generate(model: LlavaOnevisionForConditionalGeneration, params: dict, input_ids: jnp.ndarray,

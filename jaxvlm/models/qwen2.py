@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -396,6 +397,23 @@ def _decode_step(model: Qwen2ForCausalLM, params, tokens, slot, positions, cache
   return model.apply({'params': params}, hidden[:, 0], method='logits'), cache, k_meta
 
 
+def greedy_tokens(logits: jnp.ndarray, step: Callable[[jnp.ndarray, int], jnp.ndarray], max_new_tokens: int,
+                  eos_token_id: int | None, pad_token_id: int) -> jnp.ndarray:
+  """The greedy loop every decoder here shares: logits [B, V] of the prompt's last token -> new tokens
+  [B, N] int32. `step(token [B], i)` feeds the i-th new token and returns the next logits (it is not
+  called after the last token). A row that emitted eos continues with pad_token_id, as transformers."""
+  done = jnp.zeros(logits.shape[:1], bool)
+  out = []
+  for i in range(max_new_tokens):
+    token = jnp.where(done, pad_token_id, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+    out.append(token)
+    if eos_token_id is not None:
+      done |= token == eos_token_id
+    if i + 1 < max_new_tokens:
+      logits = step(token, i)
+  return jnp.stack(out, axis=1)
+
+
 def generate_from_embeds(model: Qwen2ForCausalLM, params, inputs_embeds: jnp.ndarray,
                          positions: jnp.ndarray, prompt_meta: TokenMeta, max_new_tokens: int, *,
                          spec: LayerRule | None = None, eos_token_id: int | None = None,
@@ -417,17 +435,13 @@ def generate_from_embeds(model: Qwen2ForCausalLM, params, inputs_embeds: jnp.nda
   s = prompt_meta.index.shape[1]
   cache, k_meta, logits, pos = _prefill(model, params, inputs_embeds, positions, prompt_meta, spec,
                                         max_new_tokens)
-  done = jnp.zeros(logits.shape[:1], bool)
-  out = []
-  for i in range(max_new_tokens):
-    token = jnp.where(done, pad_token_id, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
-    out.append(token)
-    if eos_token_id is not None:
-      done |= token == eos_token_id
-    if i + 1 < max_new_tokens:
-      logits, cache, k_meta = _decode_step(model, params, token, jnp.int32(s + i), pos + i, cache, k_meta,
-                                           spec)
-  return jnp.stack(out, axis=1)
+
+  def step(token, i):
+    nonlocal cache, k_meta
+    logits, cache, k_meta = _decode_step(model, params, token, jnp.int32(s + i), pos + i, cache, k_meta, spec)
+    return logits
+
+  return greedy_tokens(logits, step, max_new_tokens, eos_token_id, pad_token_id)
 
 
 def greedy_generate(model: Qwen2ForCausalLM, params, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvlm.models import qwen2
+from jaxvlm.models import qwen2, video_lm
 from jaxvlm.models.attention import Group, LayerRule, TokenMeta
 from jaxvlm.models.llava_onevision import LlavaOutput, count_params  # noqa: F401  (re-exported)
 from jaxvlm.models.qwen2_5_vl_vision import Qwen25VisionTransformer, Qwen25VLVisionConfig
@@ -123,12 +123,7 @@ class Qwen25VLForConditionalGeneration(nn.Module):
       if pixel_values_videos is None:
         return embeds
       video_embeds = self.video_features(pixel_values_videos)
-    video = video_embeds.astype(embeds.dtype)
-    is_video = input_ids == self.config.video_token_id
-    rank = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
-    gathered = jnp.take_along_axis(video, rank[..., None], axis=1)
-    return nn.with_logical_constraint(jnp.where(is_video[..., None], gathered, embeds),
-                                      ('batch', 'length', 'act_embed'))
+    return video_lm.fill_video_slots(embeds, input_ids, video_embeds, self.config.video_token_id)
 
   def decode(self, embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache: qwen2.KVCache,
              k_meta: TokenMeta, write_index: jnp.ndarray, spec: LayerRule | None = None,
@@ -146,18 +141,11 @@ class Qwen25VLForConditionalGeneration(nn.Module):
     """Full forward of a prompt batch: input_ids [B, S], pixels [B, T, Hm, Wm, M, P] (or None with
     video_embeds), positions [3, B, S] from `rope_index`, meta TokenMeta [B, S], spec [L, ...] or None."""
     embeds = self.embed(input_ids, pixel_values_videos, video_embeds)
-    b, s = input_ids.shape
-    cache = qwen2.KVCache.empty(self.config.text, b, s, embeds.dtype)
-    return self.decode(embeds, positions, meta, cache, meta, jnp.zeros((b,), jnp.int32), spec,
-                       return_hidden_states)
+    return video_lm.prompt_forward(self, embeds, positions, meta, spec, return_hidden_states)
 
   def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
     """hidden [..., E] (final-normed) -> logits [..., V] in float32."""
-    if self.config.tie_word_embeddings:
-      out = self.language_model.embed_tokens.attend(hidden)
-    else:
-      out = self.lm_head(hidden)
-    return out.astype(jnp.float32)
+    return video_lm.output_logits(self, hidden)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,14 +258,7 @@ def param_shapes(model: Qwen25VLForConditionalGeneration) -> dict:
   return variables['params']
 
 
-def language_model_view(model: Qwen25VLForConditionalGeneration, params: dict
-                        ) -> tuple[qwen2.Qwen2ForCausalLM, dict]:
-  """The decoder + head as a `Qwen2ForCausalLM` (M-RoPE config) and its params (no copies)."""
-  lm = qwen2.Qwen2ForCausalLM(model.config.text, dtype=model.dtype)
-  lm_params = {'model': params['language_model']}
-  if 'lm_head' in params:
-    lm_params['lm_head'] = params['lm_head']
-  return lm, lm_params
+language_model_view = video_lm.language_model_view   # the decoder + head as a Qwen2ForCausalLM
 
 
 def generate(model: Qwen25VLForConditionalGeneration, params: dict, input_ids: jnp.ndarray,
