@@ -58,8 +58,10 @@ def run(config, workdir: str) -> dict:
     # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
     prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config,
                                 max_positions=runs.max_positions(model))
-    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers,
+                                                 in_order=distributed.mesh_spans_processes(mesh)):
       cands, failed = ready.items, ready.failed
+      runs.check_same_batch([c.sample.id for c in cands] + [i for i, _ in failed], mesh)
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if cands:   # a batch that fails on the model side is retried sample by sample

@@ -63,8 +63,10 @@ def run(config, workdir: str) -> dict:
     # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
     prepare = functools.partial(runs.prepare, processor=processor, config=config,
                                 max_positions=runs.max_positions(model))
-    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers):
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers,
+                                                 in_order=distributed.mesh_spans_processes(mesh)):
       prepared, failed = ready.items, ready.failed
+      runs.check_same_batch([c.sample.id for c in prepared] + [i for i, _ in failed], mesh)
       for sample_id, reason in failed:
         log.append({'id': sample_id, 'error': reason})
       if prepared:   # a batch that fails on the model side is retried sample by sample

@@ -65,7 +65,8 @@ def _serial(samples: Sequence[Any], prepare: PrepareFn, batch_size: int) -> Iter
 
 
 def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int, num_workers: int = 2,
-                     prefetch_batches: int = 2, timeout_s: float | None = None) -> Iterator[Ready]:
+                     prefetch_batches: int = 2, timeout_s: float | None = None,
+                     in_order: bool = False) -> Iterator[Ready]:
   """Prepared batches of `samples` (objects with an `id`), prepared by `num_workers` threads.
 
   Args:
@@ -75,6 +76,10 @@ def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int
     num_workers: worker threads; 0 prepares in the calling thread.
     prefetch_batches: batches prepared ahead of the consumer (besides one sample per worker).
     timeout_s: a sample not prepared this long after its worker started it becomes a failure record.
+    in_order: every batch is the next `batch_size` prepared items in the order of `samples` (waiting for
+      a slow one instead of taking a later one that finished first), so the batches depend on the samples
+      alone, not on the threads' timing: what processes that run every batch together need (a mesh
+      spanning processes, `runs.check_same_batch`).
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -114,16 +119,18 @@ def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int
             got, bad = future.result()
             items.extend(got)
             failed.extend(bad)
-          elif timeout_s is not None:
+          else:
             with lock:
               since = started.get(number)
-            if since is not None and time.monotonic() - since > timeout_s:
+            if timeout_s is not None and since is not None and time.monotonic() - since > timeout_s:
               del pending[number]
               future.cancel()
               failed.append((sample.id, f'TimeoutError: not prepared within {timeout_s:g} s'))
+            elif in_order:
+              break   # the batch continues with this sample: wait for it
         if len(items) >= batch_size or not pending:
           break
-        if failed and not items:
+        if failed and not items and not in_order:
           break  # hand the failures over now; the consumer logs them while the rest decode
         # Top the window up while waiting, so finished samples keep the workers busy.
         while next_sample < len(samples) and len(pending) < window:

@@ -583,6 +583,19 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
                     jnp.asarray(pb.answer_index), jnp.asarray(processor.option_letter_ids(n_options)))
 
 
+def check_same_batch(ids: Sequence[str], mesh) -> None:
+  """On a mesh spanning processes every process must feed the same batch (the prompt arrays are put
+  replicated from each process's own copy): their batches' sample ids are compared, and a difference
+  (e.g. a video that decoded on one host only) stops every process naming each one's ids. A no-op on a
+  local mesh."""
+  if not distributed.mesh_spans_processes(mesh):
+    return
+  seen = distributed.agree('batch ids', value=list(ids))
+  if len({tuple(v) for v in seen.values()}) > 1:
+    raise distributed.DistributedError('the processes of a global mesh prepared different batches: '
+                                       + '; '.join(f'process {p}: {v}' for p, v in sorted(seen.items())))
+
+
 def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
   """Samples split over the mesh's sample axes; option ids replicated. M-RoPE positions [3, B, S] are
   placed sample-first [B, S, 3] and moved back, so they split over samples like everything else. On a

@@ -120,3 +120,30 @@ def test_batches_are_the_in_order_chunks_when_samples_finish_in_order():
 
   got = [b.items for b in input_pipeline.prefetch_batches(_samples(10), prepare, 4, num_workers=3)]
   assert got == [['s0', 's1', 's2', 's3'], ['s4', 's5', 's6', 's7'], ['s8', 's9']]
+
+
+def test_in_order_batches_wait_for_a_slow_sample():
+  """in_order (a mesh spanning processes): the batches are the samples' in-order chunks whatever the
+  timing; a failure keeps its place among them, and a stuck sample still times out."""
+  release = threading.Event()
+
+  def prepare(chunk):
+    (s,) = chunk
+    if s.id == 's1':
+      release.wait(0.5)   # slower than every later sample: out of order without in_order
+    if s.id == 's4':
+      raise ValueError('no frames')
+    return [s.id], []
+
+  got = list(input_pipeline.prefetch_batches(_samples(9), prepare, 3, num_workers=3, in_order=True))
+  assert [b.items for b in got] == [['s0', 's1', 's2'], ['s3', 's5', 's6'], ['s7', 's8']]
+  assert [[i for i, _ in b.failed] for b in got] == [[], ['s4'], []]
+
+  def stuck(chunk):
+    if chunk[0].id == 's0':
+      release.wait(5)
+    return [chunk[0].id], []
+
+  got = list(input_pipeline.prefetch_batches(_samples(3), stuck, 2, num_workers=2, in_order=True, timeout_s=0.3))
+  assert [b.items for b in got] == [['s1', 's2']] and got[0].failed[0][0] == 's0'
+  release.set()
