@@ -25,7 +25,8 @@ def use_hub_preset(c: config_dict.ConfigDict, preset: str) -> None:
   c.checkpoint = HUB[preset]
   c.siglip_checkpoint = common.SIGLIP_HUB
   c.dtype = 'bfloat16'
-  c.param_dtype = 'bfloat16'
+  if 'param_dtype' in c:   # the configs whose weights go on a mesh (not configs/efficiency.py)
+    c.param_dtype = 'bfloat16'
   c.benchmark = 'mvbench'
   c.data = common.mvbench_data()
   c.frame_size = common.frame_size(preset, runlocal=False)
