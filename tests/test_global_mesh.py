@@ -4,9 +4,9 @@ fsdp=4 x tensor=2 across both processes, against single-process runs.
 
 References: one process on the same mesh over its own 8 devices (`local_<mesh>`: the same SPMD program,
 only the process boundary differs), and for the knockout also one process on one device (`one`: the plain
-unsharded path). Against `one`, splitting the contractions changes float32 reduction order: clean option
-log-probs move by up to 3e-6 at fsdp=8 and 2.1e-5 at fsdp=4 x tensor=2 (measured), so the per-sample
-comparisons use the same-mesh reference and the knockout's summary is checked against both.
+unsharded path). Against `one`, splitting the contractions changes float32 reduction order, by more at
+fsdp=4 x tensor=2 than ATOL allows for raw log-probs (docs/results.md), so the per-sample comparisons use
+the same-mesh reference and the knockout's summary is checked against both.
 
 - knockout: summary.json equals the single-process runs' (counts and accuracies exactly, log-prob
   metrics within float32 noise);
