@@ -162,9 +162,14 @@ def _resize_frames(frames: np.ndarray, out: np.ndarray, plan: list, channels: in
       n_in, n_out = (x.shape[0], dst.shape[0]) if layout == 'rows' else (x.shape[0] // c, dst.shape[0] // c)
       _product(x.reshape(n_in, -1), dst.reshape(n_out, -1), blocks)
       y, y_layout, y_clips = dst, layout, clips
-    _round(y, y_clips, floor=False)
     final = target.reshape(target.shape[0], -1)
-    np.copyto(final, y if y_layout == 'rows' else y.T, casting='unsafe')  # truncating cast of [0, 255]
+    if y_layout == 'rows':  # add 0.5 and cast in one pass (the cast truncates values in [0, 256))
+      if y_clips:
+        np.clip(y, -0.5, 254.5, out=y)
+      np.add(y, 0.5, out=final, casting='unsafe')
+    else:  # a ufunc writing a transposed output is slow; copyto transposes fast
+      _round(y, y_clips, floor=False)
+      np.copyto(final, y.T, casting='unsafe')  # truncating cast of [0, 255]
 
 
 @functools.lru_cache(maxsize=1)
