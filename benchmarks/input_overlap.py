@@ -28,8 +28,9 @@ cost included, against the decode and compute it has to do. The fixed cost does 
 samples, so the fixture is big enough (--samples) for it to be small against the work; (overlap -
 fixed) / (decode + compute) is printed beside it. On a 2-core host the workers and the XLA thread share
 two cores, so no run is shorter than fixed + (decode + compute) / 2: the ratio cannot beat
-fixed / (decode + compute) + 0.5, and at 48 samples (decode + compute ~10 s, fixed ~5 s) it cannot
-reach 0.7. Writing the 480 long videos takes ~20 minutes on 2 busy cores; later runs reuse them.
+fixed / (decode + compute) + 0.5, which is why the default fixture is much bigger than the 48 samples
+that sufficed to show the overlap itself (numbers in docs/results.md). Writing the long videos is
+the slow part of a first run; later runs reuse them.
 
   python -m benchmarks.input_overlap --fixture_dir=/tmp/overlap   # the fixture is reused when present
 """

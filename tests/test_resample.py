@@ -81,3 +81,14 @@ def test_clip_is_skipped_only_where_the_weights_cannot_leave_0_255():
   edges = np.zeros((1, 8, 64, 3), np.uint8)
   edges[:, :, 1::2] = 255  # every other column saturated: the largest in-range sums bilinear can make
   np.testing.assert_array_equal(resample.resize_uint8(edges, (8, 37), 'bilinear'), _pil(edges, (8, 37), 'bilinear'))
+
+
+@pytest.mark.parametrize('name', ['bicubic', 'bilinear'])
+@pytest.mark.parametrize('in_size,out_size', [
+    ((40, 30), (17, 30)),  # vertical pass only (rows layout in and out)
+    ((40, 30), (40, 71)),  # horizontal pass only (the transposed layout is cast back at the end)
+    ((90, 20), (11, 9)),   # vertical first, then horizontal (the transposed copy between the passes)
+])
+def test_single_passes_and_vertical_first_match_pil(name, in_size, out_size):
+  frames = _frames((3, *in_size, 3), sum(out_size))
+  np.testing.assert_array_equal(resample.resize_uint8(frames, out_size, name), _pil(frames, out_size, name))
