@@ -13,19 +13,29 @@ cores and no pipeline can save more than the CPU time it does not have.
 
 The experiment runs as it ships, `python -m experiments.knockout` in a subprocess, with JAX's
 persistent compilation cache (under --fixture_dir) filled by a warm-up run, so later runs compile
-nothing. Prints:
-  decode   - runs.prepare over all samples in one thread (decode + preprocess + prompt), in process,
-  compute  - collate + the knockout sweep over the prepared batches, in process,
-  serial   - the experiment's wall time with input_workers=0,
-  overlap  - the experiment's wall time with input_workers=--workers,
-  fixed    - the experiment's wall time on no samples (start-up, model load, summary),
-and (overlap - fixed) / (decode + compute): the goal is <= 0.7 with 2 workers.
+nothing. Prints, each measured separately:
+  decode   - wall seconds of runs.prepare over all samples with no input workers (decode + preprocess
+             + prompt; the resize spreads frames over the resampler's threads as in the experiment),
+             in this process, with the model loaded but not computing,
+  compute  - wall seconds of collate + the knockout sweep over those prepared batches, in this process,
+  serial   - wall seconds of the whole experiment subprocess with input_workers=0 (start to exit),
+  overlap  - wall seconds of the whole experiment subprocess with input_workers=--workers,
+  fixed    - wall seconds of the whole experiment subprocess on one batch of samples (start-up, model
+             load, that batch, summary): about what no input pipeline can overlap (the config checks
+             refuse 0 samples; one full batch has the shapes the warm-up compiled),
+and overlap / (decode + compute), the goal being <= 0.7 with 2 workers: the whole experiment, fixed
+cost included, against the decode and compute it has to do. The fixed cost does not grow with the
+samples, so the fixture is big enough (--samples) for it to be small against the work; (overlap -
+fixed) / (decode + compute) is printed beside it. On a 2-core host the workers and the XLA thread share
+two cores, so no run is shorter than fixed + (decode + compute) / 2: the ratio cannot beat
+fixed / (decode + compute) + 0.5, which is why the default fixture is much bigger than the 48 samples
+that sufficed to show the overlap itself (numbers in docs/results.md). Writing the long videos is
+the slow part of a first run; later runs reuse them.
 
   python -m benchmarks.input_overlap --fixture_dir=/tmp/overlap   # the fixture is reused when present
 """
 from __future__ import annotations
 
-import fractions
 import json
 import os
 import pathlib
@@ -48,7 +58,8 @@ from jaxvlm.knockout import engine, specs
 
 _FIXTURE_DIR = flags.DEFINE_string('fixture_dir', None, 'Where the long-video fixture is written and '
                                    'reused (default: a temporary directory).')
-_SAMPLES = flags.DEFINE_integer('samples', 48, 'Samples in the fixture.')
+_SAMPLES = flags.DEFINE_integer('samples', 480, 'Samples in the fixture (enough that the fixed '
+                                'start-up cost of the experiment is small against its work).')
 _SECONDS = flags.DEFINE_float('seconds', 60.0, 'Length of each video.')
 _HEIGHT = flags.DEFINE_integer('height', 120, 'Video height.')
 _WIDTH = flags.DEFINE_integer('width', 160, 'Video width.')
@@ -70,22 +81,14 @@ def _long_video(src: str, dst: str, seconds: float, height: int, width: int, see
     frames = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]
   total = int(round(seconds * _FPS))
   rng = np.random.default_rng(seed)
-  time_base = fractions.Fraction(1, _FPS)
-  with av.open(dst, 'w') as out:
-    stream = out.add_stream('libx264', rate=_FPS)
-    stream.height, stream.width, stream.pix_fmt = height, width, 'yuv420p'
-    stream.time_base = time_base
-    stream.options = {'preset': 'veryfast', 'crf': '23', 'g': '250'}
-    big = [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR), np.int16) for f in frames]
+  big = [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR), np.int16) for f in frames]
+
+  def noisy_frames():
     for i in range(total):
       source = big[min(i * len(big) // total, len(big) - 1)]
-      noisy = np.clip(source + rng.integers(-6, 7, source.shape, dtype=np.int16), 0, 255).astype(np.uint8)
-      frame = av.VideoFrame.from_ndarray(noisy, format='rgb24')
-      frame.pts, frame.time_base = i, time_base
-      for packet in stream.encode(frame):
-        out.mux(packet)
-    for packet in stream.encode():
-      out.mux(packet)
+      yield np.clip(source + rng.integers(-6, 7, source.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+
+  synthetic.encode_h264(dst, noisy_frames(), height, width, _FPS, {'preset': 'veryfast', 'crf': '23', 'g': '250'})
 
 
 def _fixture(root: str) -> str:
@@ -178,19 +181,22 @@ def main(argv):
         f'XLA threads {_XLA_THREADS.value or "all"}', flush=True)
   warm = _experiment_seconds(root, 0)  # fills the compilation cache
   decode, compute = _decode_and_compute(root)
-  fixed = _experiment_seconds(root, 0, max_samples=0)
+  one_batch = _config(0).batch_size  # a full batch: shapes the warm-up compiled
+  fixed = _experiment_seconds(root, 0, max_samples=one_batch)
   serial = _experiment_seconds(root, 0)
   overlap = _experiment_seconds(root, _WORKERS.value)
-  print(f'warm-up run (fills the compile cache)   {warm:8.2f} s')
-  print(f'decode (prepare, one thread)            {decode:8.2f} s')
-  print(f'compute (collate + sweep)               {compute:8.2f} s')
-  print(f'decode + compute                        {decode + compute:8.2f} s')
-  print(f'experiment, no samples (fixed cost)     {fixed:8.2f} s')
-  print(f'experiment, input_workers=0             {serial:8.2f} s')
-  print(f'experiment, input_workers={_WORKERS.value}             {overlap:8.2f} s')
-  print(f'(serial - fixed) / (decode + compute)  = {(serial - fixed) / (decode + compute):.2f}')
-  print(f'(overlap - fixed) / (decode + compute) = {(overlap - fixed) / (decode + compute):.2f} (goal <= 0.7)')
-  print(f'overlap / (decode + compute)           = {overlap / (decode + compute):.2f} (fixed cost included)')
+  for label, seconds in (('warm-up run (fills the compile cache)', warm),
+                         ('decode: runs.prepare, all samples, no workers, in process', decode),
+                         ('compute: collate + sweep of the prepared batches, in process', compute),
+                         ('decode + compute', decode + compute),
+                         (f'fixed: whole experiment on {one_batch} samples (subprocess wall)', fixed),
+                         ('serial: whole experiment, input_workers=0 (subprocess wall)', serial),
+                         (f'overlap: whole experiment, input_workers={_WORKERS.value} (subprocess wall)', overlap)):
+    print(f'{label:<64}{seconds:8.2f} s')
+  print(f'serial / (decode + compute)            = {serial / (decode + compute):.2f}')
+  print(f'overlap / (decode + compute)           = {overlap / (decode + compute):.2f} (goal <= 0.7; '
+        'whole wall time, fixed cost included)')
+  print(f'(overlap - fixed) / (decode + compute) = {(overlap - fixed) / (decode + compute):.2f}')
 
 
 if __name__ == '__main__':

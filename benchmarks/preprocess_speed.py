@@ -2,32 +2,35 @@
 
 Resizes --frames frames of --height x --width to --size x --size (SigLIP-so400m-384's input) with
 each filter and prints seconds, ours / PIL and whether the outputs are identical. The PIL side is what
-a PIL-backend Hugging Face processor does per frame: Image.fromarray -> resize -> np.asarray, stacked.
-Both run on one core unless numpy's BLAS is allowed more: run with OPENBLAS_NUM_THREADS=1 (or the
-BLAS's equivalent) for a one-core comparison.
+a PIL-backend Hugging Face processor does per frame: Image.fromarray -> resize -> np.asarray, stacked,
+in one thread. Ours runs as the pipeline calls it (frames spread over `resample.default_threads()`
+threads, or --threads) and in one thread. Each is timed on the wall clock (what a caller waits) and on
+the CPU clock of the process (all threads: the work done, which other jobs on a shared machine
+disturb less). Run with OPENBLAS_NUM_THREADS=1 so that numpy's BLAS does not add threads of its own.
 
-  python -m benchmarks.preprocess_speed
+  OPENBLAS_NUM_THREADS=1 python -m benchmarks.preprocess_speed
   OPENBLAS_NUM_THREADS=1 python -m benchmarks.preprocess_speed --frames=32 --height=360 --width=640
 """
 
 from __future__ import annotations
-
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
 
+from benchmarks import timing
 from jaxvlm import pixels
+from jaxvlm import resample as resample_lib
 
 _FRAMES = flags.DEFINE_integer('frames', 32, 'Frames per call.')
 _HEIGHT = flags.DEFINE_integer('height', 360, 'Input frame height.')
 _WIDTH = flags.DEFINE_integer('width', 640, 'Input frame width.')
 _SIZE = flags.DEFINE_integer('size', 384, 'Output height and width.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (the best is kept).')
-_CLOCK = flags.DEFINE_enum('clock', 'wall', ['wall', 'cpu'], 'wall: elapsed time; cpu: CPU time of this '
-                           'process (all threads), steadier on a machine other jobs share.')
+_CLOCK = flags.DEFINE_enum('clock', 'both', ['wall', 'cpu', 'both'], 'wall: elapsed time; cpu: CPU time of '
+                           'this process (all threads); both: one table row per clock.')
+_THREADS = flags.DEFINE_integer('threads', None, "Threads of ours (default: the resampler's default).")
 
 _PIL_FILTERS = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}
 
@@ -47,31 +50,26 @@ def pil_resize(frames: np.ndarray, size: tuple[int, int], resample: str) -> np.n
   return np.stack([np.asarray(Image.fromarray(f).resize((w, h), _PIL_FILTERS[resample])) for f in frames])
 
 
-def _best_times(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """Best of `repeats` seconds per method, the methods taking turns; and each one's last result."""
-  clock = time.process_time if _CLOCK.value == 'cpu' else time.perf_counter
-  best = {name: float('inf') for name in fns}
-  results = {}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = clock()
-      results[name] = fn()
-      best[name] = min(best[name], clock() - start)
-  return best, results
-
-
 def main(argv):
   del argv
   frames = _frames(_FRAMES.value, _HEIGHT.value, _WIDTH.value)
   size = (_SIZE.value, _SIZE.value)
-  print(f'{_FRAMES.value} frames {_HEIGHT.value}x{_WIDTH.value} -> {size[0]}x{size[1]}, clock: {_CLOCK.value}, '
-        f'best of {_REPEATS.value}')
-  print(f'{"filter":<10}{"ours s":>10}{"PIL s":>10}{"ours/PIL":>10}  identical')
+  threads = _THREADS.value or resample_lib.default_threads()
+  print(f'{_FRAMES.value} frames {_HEIGHT.value}x{_WIDTH.value} -> {size[0]}x{size[1]}, best of {_REPEATS.value}, '
+        f'ours on {threads} thread(s) and on 1')
+  print(f'{"filter":<10}{"clock":<6}{"ours s":>9}{"ours/1 s":>10}{"PIL s":>9}{"ours/PIL":>10}{"ours/1/PIL":>12}'
+        '  identical')
+  clocks = ('wall', 'cpu') if _CLOCK.value == 'both' else (_CLOCK.value,)
   for resample in ('bicubic', 'bilinear'):
-    times, got = _best_times({'ours': lambda: pixels.resize_uint8(frames, size, resample),
-                              'pil': lambda: pil_resize(frames, size, resample)}, _REPEATS.value)
-    t_ours, t_pil, ours, ref = times['ours'], times['pil'], got['ours'], got['pil']
-    print(f'{resample:<10}{t_ours:>10.4f}{t_pil:>10.4f}{t_ours / t_pil:>10.2f}  {np.array_equal(ours, ref)}')
+    for clock in clocks:
+      times, got = timing.best_times(
+          {'ours': lambda: pixels.resize_uint8(frames, size, resample, threads=threads),
+           'one': lambda: pixels.resize_uint8(frames, size, resample, threads=1),
+           'pil': lambda: pil_resize(frames, size, resample)}, _REPEATS.value, clock)
+      t_ours, t_one, t_pil = times['ours'], times['one'], times['pil']
+      same = np.array_equal(got['ours'], got['pil']) and np.array_equal(got['one'], got['pil'])
+      print(f'{resample:<10}{clock:<6}{t_ours:>9.4f}{t_one:>10.4f}{t_pil:>9.4f}{t_ours / t_pil:>10.2f}'
+            f'{t_one / t_pil:>12.2f}  {same}')
 
 
 if __name__ == '__main__':

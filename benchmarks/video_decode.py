@@ -18,13 +18,13 @@ import fractions
 import importlib.util
 import os
 import tempfile
-import time
 
 from absl import app
 from absl import flags
 import av
 import numpy as np
 
+from benchmarks import timing
 from jaxvlm import video
 
 _VIDEOS = flags.DEFINE_list('videos', [], 'Videos to time; empty: generate test videos.')
@@ -104,20 +104,6 @@ def pyav_scan(path: str, indices: np.ndarray) -> np.ndarray:
   return np.stack([kept[int(i)] for i in indices])
 
 
-def _best_times(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """Best of `repeats` seconds per method, the methods taking turns (so a busy spell on a shared
-  machine hits all of them, not the one that happened to run then), and each method's last result."""
-  clock = time.process_time if _CLOCK.value == 'cpu' else time.perf_counter
-  best = {name: float('inf') for name in fns}
-  results = {}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = clock()
-      results[name] = fn()
-      best[name] = min(best[name], clock() - start)
-  return best, results
-
-
 def _decord_batch(path: str, indices: np.ndarray) -> np.ndarray:
   import decord  # pylint: disable=g-import-not-at-top
   reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
@@ -160,7 +146,7 @@ def main(argv):
                'scan': lambda: pyav_scan(path, indices)}
         if decord_too:
           fns['decord'] = lambda: _decord_batch(path, indices)
-        times, got = _best_times(fns, _REPEATS.value)
+        times, got = timing.best_times(fns, _REPEATS.value, _CLOCK.value)
         t_ours, t_seek, t_scan = times['ours'], times['seek'], times['scan']
         same = all(np.array_equal(got['ours'], x) for x in got.values())
         decord_col = f'{n / times["decord"]:>12.1f}' if decord_too else ''

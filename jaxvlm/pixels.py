@@ -17,9 +17,10 @@ _PIL_CODES = {2: 'bilinear', 3: 'bicubic'}
 
 
 def resize_uint8(frames: np.ndarray, size: tuple[int, int],
-                 resample: str = 'bicubic') -> np.ndarray:
-  """PIL-equivalent resize of uint8 [N, H, W, C] to uint8 [N, h, w, C] (see jaxvlm.resample)."""
-  return resample_lib.resize_uint8(frames, size, resample)
+                 resample: str = 'bicubic', threads: int | None = None) -> np.ndarray:
+  """PIL-equivalent resize of uint8 [N, H, W, C] to uint8 [N, h, w, C] (see jaxvlm.resample; threads:
+  how many threads the frames are spread over, None for its default)."""
+  return resample_lib.resize_uint8(frames, size, resample, threads)
 
 
 def preprocess(frames: np.ndarray, size: tuple[int, int],

@@ -11,14 +11,23 @@ the result equals Pillow's bit for bit while BLAS does the arithmetic. The band 
 of a few output samples, each a small dense product over just the inputs that block reads, so the
 zeros outside the band cost nothing.
 
-Layout: a frame stays channels-last, viewed as [H, W * C]. The vertical pass is `M_v [h, H] @ x`;
-the horizontal pass is `x @ (M_h^T kron I_C) [W * C, w * C]`, so no transpose is ever needed.
-Frames are resized one at a time so a frame's float64 buffers stay in cache.
+Layout: every pass is a left product `M [out, in] @ x [in, rest]` over a frame whose resampled axis is
+outermost, the layout in which BLAS runs these short products fastest (a right product on the
+channels-interleaved rows needs `M^T kron I_C`, three times the arithmetic, and ran several times
+slower: docs/results.md). A horizontal-first resize ([H, W, C] -> [h, w, C]) runs:
+  uint8 [H, W*C] --convert+T--> [W*C, H] = [W, C*H] --M_h--> [w, C*H] = [w*C, H] --round-->
+  (BLAS reads its transpose [H, w*C] as it is) --M_v--> [h, w*C] --round, cast--> uint8 [h, w, C],
+so the one explicit transpose rides on the uint8 -> float64 conversion the first pass needs anyway.
+Clipping to [0, 255] is skipped for a pass whose weights cannot leave that range (bilinear). Frames
+are resized one at a time, each chunk of frames on its own thread (numpy releases the GIL in the
+products and element-wise passes).
 """
 
 from __future__ import annotations
 
+from concurrent import futures
 import functools
+import os
 
 import numpy as np
 
@@ -73,14 +82,15 @@ def resample_taps(in_size: int, out_size: int, resample: str) -> tuple[np.ndarra
 
 
 @functools.lru_cache(maxsize=32)
-def _blocks(in_size: int, out_size: int, resample: str, channels: int
-            ) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
-  """The band of one pass as blocks (out_start, out_stop, in_start, in_stop, matrix).
+def _pass(in_size: int, out_size: int, resample: str
+          ) -> tuple[tuple[tuple[int, int, int, int, np.ndarray], ...], bool]:
+  """One PIL pass: its band as blocks (out_start, out_stop, in_start, in_stop, matrix), and whether
+  its output needs clipping to [0, 255].
 
-  channels == 0: matrix float64 [out_stop - out_start, in_stop - in_start] for `M @ x[in_start:in_stop]`
-  (vertical pass). channels == C: the transposed block kron I_C, float64 [(in_stop - in_start) * C,
-  (out_stop - out_start) * C], for `x[:, in_start * C:in_stop * C] @ M` (horizontal pass, channels
-  interleaved). Entries are the 22-bit integer weights times 2^-22 (exact in float64).
+  matrix: float64 [out_stop - out_start, in_stop - in_start] for `M @ x[in_start:in_stop]`; entries are
+  the 22-bit integer weights times 2^-22 (exact in float64). No clip is needed when every weight is
+  non-negative and 255 * (a row's weight sum) + 2^21 stays below 256 * 2^22 (then the rounded result
+  of uint8 inputs is already in [0, 255]).
   """
   taps, weights = resample_taps(in_size, out_size, resample)
   blocks = []
@@ -93,39 +103,33 @@ def _blocks(in_size: int, out_size: int, resample: str, channels: int
     rows = np.broadcast_to(np.arange(stop - start)[:, None], used.shape)[used]
     # Taps of one output are distinct, so assignment (not accumulation) is exact.
     matrix[rows, taps[start:stop][used] - lo] = weights[start:stop][used] / _ONE
-    if channels:
-      matrix = np.kron(matrix.T, np.eye(channels))
     matrix.setflags(write=False)
     blocks.append((start, stop, lo, hi, matrix))
-  return tuple(blocks)
+  sums = weights.astype(np.int64).sum(1)
+  clips = bool(weights.min() < 0 or 255 * sums.max() + (_ONE >> 1) >= 256 * _ONE)
+  return tuple(blocks), clips
 
 
-def _round_clip(y: np.ndarray, floor: bool) -> None:
+def _blocks(in_size: int, out_size: int, resample: str):
+  """The band of one pass as blocks (out_start, out_stop, in_start, in_stop, matrix); see `_pass`."""
+  return _pass(in_size, out_size, resample)[0]
+
+
+def _product(x: np.ndarray, y: np.ndarray, blocks) -> None:
+  """y [out, R] = M [out, in] @ x [in, R], block by block."""
+  for start, stop, lo, hi, matrix in blocks:
+    np.matmul(matrix, x[lo:hi], out=y[start:stop])
+
+
+def _round(y: np.ndarray, clips: bool, floor: bool) -> None:
   """In place: PIL's `clip8((acc + 2^21) >> 22)` on y = acc * 2^-22. Without `floor` the values are
-  left for a truncating cast to uint8, which floors the non-negative clipped values the same way."""
+  left for a truncating cast to uint8, which floors the non-negative values the same way. Clipping
+  y to [-0.5, 254.5] before adding 0.5 is the same as clipping the rounded result to [0, 255]."""
+  if clips:
+    np.clip(y, -0.5, 254.5, out=y)
   y += 0.5
   if floor:
     np.floor(y, out=y)
-  np.clip(y, 0, 255, out=y)
-
-
-def _vertical(x: np.ndarray, out_size: int, resample: str, floor: bool) -> np.ndarray:
-  """float64 [H, R] -> [out_size, R], resampled along axis 0."""
-  y = np.empty((out_size, x.shape[1]), np.float64)
-  for start, stop, lo, hi, matrix in _blocks(x.shape[0], out_size, resample, 0):
-    np.matmul(matrix, x[lo:hi], out=y[start:stop])
-  _round_clip(y, floor)
-  return y
-
-
-def _horizontal(x: np.ndarray, out_size: int, channels: int, resample: str, floor: bool) -> np.ndarray:
-  """float64 [R, W * C] -> [R, out_size * C], resampled along W (channels interleaved)."""
-  c = channels
-  y = np.empty((x.shape[0], out_size * c), np.float64)
-  for start, stop, lo, hi, matrix in _blocks(x.shape[1] // c, out_size, resample, c):
-    np.matmul(x[:, lo * c:hi * c], matrix, out=y[:, start * c:stop * c])
-  _round_clip(y, floor)
-  return y
 
 
 def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
@@ -136,8 +140,56 @@ def vertical_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
   return in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w)
 
 
-def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bicubic') -> np.ndarray:
-  """PIL-equivalent `Image.resize((w, h), resample)` of uint8 [N, H, W, C] -> uint8 [N, h, w, C]."""
+def _resize_frames(frames: np.ndarray, out: np.ndarray, plan: list, channels: int) -> None:
+  """Resizes uint8 [n, H, W, C] frames into out [n, h, w, C] one frame at a time, following `plan`:
+  per pass (layout, blocks, clips, input shape or None, output shape), shapes 2-D in the layout."""
+  c = channels
+  buffers = [(None if src is None else np.empty(src), np.empty(dst)) for _, _, _, src, dst in plan]
+  for frame, target in zip(frames, out):
+    image = frame.reshape(frame.shape[0], -1)  # uint8 [H, W * C]
+    y, y_layout, y_clips = None, None, False  # the previous pass's output (float64, 2-D in its layout)
+    for (layout, blocks, clips, _, _), (src, dst) in zip(plan, buffers):
+      if y is None:  # the uint8 -> float64 conversion writes the first pass's layout
+        np.copyto(src, image if layout == 'rows' else image.T)
+        x = src
+      else:
+        _round(y, y_clips, floor=True)
+        if layout == 'rows':  # [w * C, H] -> [H, w * C]: BLAS reads the transpose as it is
+          x = y.T
+        else:  # [h, W * C] -> [W * C, h] = [W, C * h]: the product needs the rows contiguous
+          np.copyto(src, y.T)
+          x = src
+      n_in, n_out = (x.shape[0], dst.shape[0]) if layout == 'rows' else (x.shape[0] // c, dst.shape[0] // c)
+      _product(x.reshape(n_in, -1), dst.reshape(n_out, -1), blocks)
+      y, y_layout, y_clips = dst, layout, clips
+    final = target.reshape(target.shape[0], -1)
+    if y_layout == 'rows':  # add 0.5 and cast in one pass (the cast truncates values in [0, 256))
+      if y_clips:
+        np.clip(y, -0.5, 254.5, out=y)
+      np.add(y, 0.5, out=final, casting='unsafe')
+    else:  # a ufunc writing a transposed output is slow; copyto transposes fast
+      _round(y, y_clips, floor=False)
+      np.copyto(final, y.T, casting='unsafe')  # truncating cast of [0, 255]
+
+
+@functools.lru_cache(maxsize=1)
+def _pool(workers: int) -> futures.ThreadPoolExecutor:
+  return futures.ThreadPoolExecutor(workers, thread_name_prefix='resample')
+
+
+def default_threads() -> int:
+  """Threads `resize_uint8` spreads frames over by default: the CPUs this process may use, at most 4."""
+  return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
+
+
+def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bicubic',
+                 threads: int | None = None) -> np.ndarray:
+  """PIL-equivalent `Image.resize((w, h), resample)` of uint8 [N, H, W, C] -> uint8 [N, h, w, C].
+
+  threads: frames are split into that many contiguous chunks resized in parallel (numpy's products
+  and element-wise passes release the GIL); None: `default_threads()`; 1: in the calling thread.
+  Every frame is computed the same way whatever the split, so the output does not depend on it.
+  """
   if resample not in FILTERS:
     raise ValueError(f"unsupported resample {resample!r}; expected one of {sorted(FILTERS)}")
   frames = np.asarray(frames)
@@ -146,6 +198,9 @@ def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bic
   out_h, out_w = (int(s) for s in size)
   if out_h <= 0 or out_w <= 0:
     raise ValueError(f'output size must be positive, got {size}')
+  threads = default_threads() if threads is None else int(threads)
+  if threads < 1:
+    raise ValueError(f'threads must be >= 1 or None, got {threads}')
   n, in_h, in_w, c = frames.shape
   out = np.empty((n, out_h, out_w, c), np.uint8)
   # PIL skips a pass whose size does not change.
@@ -155,11 +210,27 @@ def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bic
   if not passes:
     out[...] = frames
     return out
-  for frame, target in zip(frames, out):
-    x = frame.reshape(in_h, in_w * c).astype(np.float64)
-    for k, p in enumerate(passes):
-      last = k == len(passes) - 1
-      x = (_horizontal(x, out_w, c, resample, floor=not last) if p == 'h'
-           else _vertical(x, out_h, resample, floor=not last))
-    target.reshape(out_h, out_w * c)[...] = x  # truncating cast of values in [0, 255]
+  # Each pass multiplies [in, rest] with its axis outermost: a horizontal pass works on [W, C * rows]
+  # (the 2-D transpose of the channels-last [rows, W * C]: layout 'cols'), a vertical pass on
+  # [H, cols * C] (channels-last rows: layout 'rows').
+  plan = []
+  rows, cols = in_h, in_w
+  for k, p in enumerate(passes):
+    if p == 'h':
+      plan.append(('cols', *_pass(in_w, out_w, resample), (cols * c, rows), (out_w * c, rows)))
+      cols = out_w
+    else:
+      # After a horizontal pass the vertical one reads that pass's output as a transposed operand.
+      plan.append(('rows', *_pass(in_h, out_h, resample), (rows, cols * c) if k == 0 else None,
+                   (out_h, cols * c)))
+      rows = out_h
+  chunks = min(threads, n)
+  if chunks <= 1:
+    _resize_frames(frames, out, plan, c)
+    return out
+  bounds = np.linspace(0, n, chunks + 1).round().astype(int)
+  jobs = [_pool(threads).submit(_resize_frames, frames[a:b], out[a:b], plan, c)
+          for a, b in zip(bounds[:-1], bounds[1:])]
+  for job in jobs:
+    job.result()
   return out

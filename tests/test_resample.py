@@ -47,7 +47,7 @@ def test_block_matrices_hold_pils_integer_weights():
   for row in range(384):
     np.add.at(dense[row], taps[row], weights[row])
   rebuilt = np.zeros((384, 640))
-  for start, stop, lo, hi, matrix in resample._blocks(640, 384, 'bicubic', 0):
+  for start, stop, lo, hi, matrix in resample._blocks(640, 384, 'bicubic'):
     rebuilt[start:stop, lo:hi] = matrix
   np.testing.assert_array_equal(rebuilt * (1 << resample.PRECISION_BITS), dense)
   # Each output's weights sum to one in fixed point up to PIL's rounding of each tap.
@@ -63,3 +63,32 @@ def test_unchanged_size_and_errors():
     resample.resize_uint8(frames.astype(np.int32), (4, 4))
   with pytest.raises(ValueError, match='positive'):
     resample.resize_uint8(frames, (0, 4))
+
+
+def test_threads_do_not_change_the_output():
+  frames = _frames((5, 36, 64, 3), 3)
+  expected = _pil(frames, (38, 40), 'bicubic')
+  for threads in (1, 2, 3, 8):
+    np.testing.assert_array_equal(resample.resize_uint8(frames, (38, 40), threads=threads), expected)
+  with pytest.raises(ValueError, match='threads'):
+    resample.resize_uint8(frames, (38, 40), threads=0)
+
+
+def test_clip_is_skipped_only_where_the_weights_cannot_leave_0_255():
+  # Bicubic lobes go negative (hard edges overshoot), bilinear weights are non-negative and sum to ~1.
+  assert resample._pass(640, 384, 'bicubic')[1] and resample._pass(360, 384, 'bicubic')[1]
+  assert not resample._pass(640, 384, 'bilinear')[1] and not resample._pass(360, 384, 'bilinear')[1]
+  edges = np.zeros((1, 8, 64, 3), np.uint8)
+  edges[:, :, 1::2] = 255  # every other column saturated: the largest in-range sums bilinear can make
+  np.testing.assert_array_equal(resample.resize_uint8(edges, (8, 37), 'bilinear'), _pil(edges, (8, 37), 'bilinear'))
+
+
+@pytest.mark.parametrize('name', ['bicubic', 'bilinear'])
+@pytest.mark.parametrize('in_size,out_size', [
+    ((40, 30), (17, 30)),  # vertical pass only (rows layout in and out)
+    ((40, 30), (40, 71)),  # horizontal pass only (the transposed layout is cast back at the end)
+    ((90, 20), (11, 9)),   # vertical first, then horizontal (the transposed copy between the passes)
+])
+def test_single_passes_and_vertical_first_match_pil(name, in_size, out_size):
+  frames = _frames((3, *in_size, 3), sum(out_size))
+  np.testing.assert_array_equal(resample.resize_uint8(frames, out_size, name), _pil(frames, out_size, name))

@@ -31,6 +31,7 @@ Absent options never share a colour with a visible object. Four options per ques
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import dataclasses
 import fractions
 import json
@@ -393,18 +394,25 @@ def generate_specs(num: int, seed: int, split: str = 'train', num_frames: int = 
 def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 8,
                 crf: int = 18) -> None:
   """Encodes uint8 [F, H, W, 3] as H.264 yuv420p mp4 (bytes deterministic for equal input)."""
+  # With x264's macroblock-tree rate control the bytes of some videos varied from run to run
+  # (~4 % of encodes of one test video, in the first packet); without it, and with one thread
+  # and explicit timestamps, 0 of 450 encodes differed.
+  encode_h264(path, frames, frames.shape[1], frames.shape[2], fps,
+              {'crf': str(crf), 'preset': 'medium', 'threads': '1', 'x264-params': 'mbtree=0'})
+
+
+def encode_h264(path: str | os.PathLike[str], frames: Iterable[np.ndarray], height: int, width: int,
+                fps: int, options: dict[str, str]) -> None:
+  """Encodes uint8 [H, W, 3] frames (any iterable, e.g. a generator of a long video) as H.264 yuv420p
+  mp4 at `fps`, frame i at pts i, with libx264 `options`."""
   import av  # pylint: disable=g-import-not-at-top  (only the writer needs PyAV)
   time_base = fractions.Fraction(1, fps)
   with av.open(os.fspath(path), 'w') as container:
     stream = container.add_stream('libx264', rate=fps)
-    stream.height, stream.width = frames.shape[1:3]
+    stream.height, stream.width = height, width
     stream.pix_fmt = 'yuv420p'
     stream.time_base = time_base
-    # With x264's macroblock-tree rate control the bytes of some videos varied from run to run
-    # (~4 % of encodes of one test video, in the first packet); without it, and with one thread
-    # and explicit timestamps, 0 of 450 encodes differed.
-    stream.options = {'crf': str(crf), 'preset': 'medium', 'threads': '1',
-                      'x264-params': 'mbtree=0'}
+    stream.options = options
     for i, frame in enumerate(frames):
       av_frame = av.VideoFrame.from_ndarray(frame, format='rgb24')
       av_frame.pts, av_frame.time_base = i, time_base
