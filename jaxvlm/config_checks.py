@@ -142,6 +142,15 @@ def _csv_or_problem(v: Any, nonempty: bool) -> tuple[list[str], str | None]:
   return items, None
 
 
+def checked_items(v) -> list[str]:
+  """csv_items of a field whose own check has passed (relations run only then), so never None."""
+  items = csv_items(v)
+  if items is None:
+    raise TypeError(f'{v!r} is neither a comma-separated string nor a sequence (its field check should have '
+                    'said so)')
+  return items
+
+
 def names(values: Iterable[str], *, nonempty: bool = True, affects_results: bool = True) -> Field:
   """Comma-separated names (or a sequence), each one of `values`."""
   values = tuple(values)

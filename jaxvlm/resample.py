@@ -99,7 +99,7 @@ def _pass(in_size: int, out_size: int, resample: str
     used = weights[start:stop] != 0
     band = taps[start:stop][used]
     lo, hi = (int(band.min()), int(band.max()) + 1) if band.size else (0, 1)
-    matrix = np.zeros((stop - start, hi - lo), np.float64)
+    matrix: np.ndarray = np.zeros((stop - start, hi - lo), np.float64)
     rows = np.broadcast_to(np.arange(stop - start)[:, None], used.shape)[used]
     # Taps of one output are distinct, so assignment (not accumulation) is exact.
     matrix[rows, taps[start:stop][used] - lo] = weights[start:stop][used] / _ONE
