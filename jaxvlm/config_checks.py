@@ -180,8 +180,8 @@ def int_list(lo: int = 0, *, nonempty: bool = True, affects_results: bool = True
       ints = [int(x) for x in items]
     except ValueError:
       return 'not all integers'
-    bad = [i for i in ints if i < lo]
-    return f'{bad} below {lo}' if bad else None
+    below = [i for i in ints if i < lo]
+    return f'{below} below {lo}' if below else None
   return Field(problem, ('' if nonempty else 'empty or ') + f'comma-separated integers >= {lo}',
                affects_results)
 
