@@ -412,7 +412,7 @@ def encode_h264(path: str | os.PathLike[str], frames: Iterable[np.ndarray], heig
     stream.height, stream.width = height, width
     stream.pix_fmt = 'yuv420p'
     stream.time_base = time_base
-    stream.options = options
+    stream.options = dict(options)  # PyAV types it dict[str, object]
     for i, frame in enumerate(frames):
       av_frame = av.VideoFrame.from_ndarray(frame, format='rgb24')
       av_frame.pts, av_frame.time_base = i, time_base
