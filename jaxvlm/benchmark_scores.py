@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,23 +49,23 @@ def _where(mask) -> np.ndarray:
 
 def benchmark_groups(benchmark: str, tasks: Sequence[str], metas: Sequence[Mapping[str, str]]) -> list[Group]:
   """The overall, per-task and official groups of B samples with these tasks and meta fields."""
-  tasks = np.asarray([str(t) for t in tasks])
-  if len(metas) != len(tasks):
-    raise ValueError(f'{len(tasks)} tasks but {len(metas)} metas: one each per sample')
-  everyone = np.arange(len(tasks))
+  task_of = np.asarray([str(t) for t in tasks])                                # [B]
+  if len(metas) != len(task_of):
+    raise ValueError(f'{len(task_of)} tasks but {len(metas)} metas: one each per sample')
+  everyone = np.arange(len(task_of))
   groups = [Group('overall', 'overall', everyone)]
-  groups += [Group('task', t, _where(tasks == t)) for t in dict.fromkeys(tasks.tolist())]
+  groups += [Group('task', t, _where(task_of == t)) for t in dict.fromkeys(task_of.tolist())]
   meta = lambda key: np.asarray([str(m.get(key, '')) for m in metas])
   name = benchmark.lower()
   if name == 'mvbench':
-    groups.append(Group('official', 'mean over tasks', everyone, macro_strata=tasks))
+    groups.append(Group('official', 'mean over tasks', everyone, macro_strata=task_of))
   elif name == 'videomme':
     durations = meta('duration')
     groups += [Group('official', d, _where(durations == d)) for d in VIDEOMME_DURATIONS if (durations == d).any()]
   elif name == 'egoschema':
     groups += [Group('official', 'subset', _where(meta('subset') == 'true')), Group('official', 'full', everyone)]
   elif name == 'nextqa':
-    family = np.asarray([t[:1].upper() for t in tasks])
+    family = np.asarray([t[:1].upper() for t in task_of])
     groups += [Group('official', label, _where(family == letter)) for letter, label in NEXTQA_FAMILIES.items()
                if (family == letter).any()]
   elif name == 'longvideobench':
@@ -95,18 +96,21 @@ def score_rows(benchmark: str, tasks: Sequence[str], metas: Sequence[Mapping[str
   for group in benchmark_groups(benchmark, tasks, metas):
     x, b = matrix[:, group.members], base_row[group.members]
     macro = group.macro_strata is not None
-    kw = dict(strata=group.macro_strata[group.members] if macro else None, macro=macro,
-              num_resamples=num_resamples, seed=seed)
+    strata = group.macro_strata[group.members] if group.macro_strata is not None else None
+    kw: dict[str, Any] = dict(strata=strata, macro=macro, num_resamples=num_resamples, seed=seed)
     acc = stats.accuracy_interval(x, **kw)
     change = stats.paired_change_interval(b, x, **kw)
-    p = stats.mcnemar_exact(b, x)
+    # x is [N, B], so every field is an array [N] (np.asarray only tells the type checker).
+    acc_est, acc_low, acc_high = np.asarray(acc.estimate), np.asarray(acc.low), np.asarray(acc.high)
+    change_est, change_low, change_high = (np.asarray(x) for x in (change.estimate, change.low, change.high))
+    p = np.asarray(stats.mcnemar_exact(b, x))  # [N]
     for i, name in enumerate(names):
       row = {'condition': name, 'group_kind': group.kind, 'group': group.name, 'n': int(group.members.size),
-             'accuracy': float(acc.estimate[i]), 'accuracy_low': float(acc.low[i]),
-             'accuracy_high': float(acc.high[i])}
+             'accuracy': float(acc_est[i]), 'accuracy_low': float(acc_low[i]),
+             'accuracy_high': float(acc_high[i])}
       if name != base:
-        row.update(change=float(change.estimate[i]), change_low=float(change.low[i]),
-                   change_high=float(change.high[i]), mcnemar_p=float(p[i]))
+        row.update(change=float(change_est[i]), change_low=float(change_low[i]),
+                   change_high=float(change_high[i]), mcnemar_p=float(p[i]))
       rows.append(row)
   return rows
 

@@ -142,6 +142,15 @@ def _csv_or_problem(v: Any, nonempty: bool) -> tuple[list[str], str | None]:
   return items, None
 
 
+def checked_items(v) -> list[str]:
+  """csv_items of a field whose own check has passed (relations run only then), so never None."""
+  items = csv_items(v)
+  if items is None:
+    raise TypeError(f'{v!r} is neither a comma-separated string nor a sequence (its field check should have '
+                    'said so)')
+  return items
+
+
 def names(values: Iterable[str], *, nonempty: bool = True, affects_results: bool = True) -> Field:
   """Comma-separated names (or a sequence), each one of `values`."""
   values = tuple(values)
@@ -171,8 +180,8 @@ def int_list(lo: int = 0, *, nonempty: bool = True, affects_results: bool = True
       ints = [int(x) for x in items]
     except ValueError:
       return 'not all integers'
-    bad = [i for i in ints if i < lo]
-    return f'{bad} below {lo}' if bad else None
+    below = [i for i in ints if i < lo]
+    return f'{below} below {lo}' if below else None
   return Field(problem, ('' if nonempty else 'empty or ') + f'comma-separated integers >= {lo}',
                affects_results)
 

@@ -197,6 +197,8 @@ def xla_prefill_flops(model, params, input_ids, pixel_values_videos, positions, 
   def flops(fn, *args) -> float:
     analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
     analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    if analysis is None:
+      raise ValueError(f'XLA gave no cost analysis for {getattr(fn, "__name__", fn)} on this backend')
     return float(analysis['flops'])
 
   num_layers = model.config.text.num_hidden_layers

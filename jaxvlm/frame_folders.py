@@ -68,7 +68,7 @@ def read_frame_folder(folder: str | os.PathLike[str], indices, fps: float) -> vi
                       timestamps_s=indices / float(fps))
 
 
-def sample_frame_folder(folder: str | os.PathLike[str], n: int, fps: float, rule: str = 'uniform',
+def sample_frame_folder(folder: str | os.PathLike[str], n: int, fps: float | None, rule: str = 'uniform',
                         target_fps: float | None = None, start_s: float | None = None,
                         end_s: float | None = None) -> video.Frames:
   """`video.sample_frames` for a frame folder extracted at `fps`: indices by `rule` inside the clip

@@ -108,7 +108,8 @@ def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int
         s = samples[next_sample]
         pending[next_sample] = (s, pool.submit(run, next_sample, s))
         next_sample += 1
-      items, failed = [], []
+      items: list[Any] = []
+      failed: list[Any] = []
       # Take finished samples in submission order until a batch is full; wait only while none is.
       while pending and len(items) < batch_size:
         for number, (sample, future) in list(pending.items()):

@@ -88,8 +88,10 @@ def _doc(benchmark: str, s: VideoQASample) -> dict:
   """The row as the release has it (the fields lmms-eval's doc holds for these tasks)."""
   name = benchmark.lower()
   if name == 'mvbench':
-    doc = {'video': os.path.basename(s.video.rstrip('/')), 'question': s.question, 'candidates': s.options,
-           'answer': s.options[s.answer]}
+    if s.answer is None:
+      raise ValueError(f'MVBench sample {s.id!r} has no answer (the lmms-eval doc holds its text)')
+    doc: dict[str, Any] = {'video': os.path.basename(s.video.rstrip('/')), 'question': s.question,
+                           'candidates': s.options, 'answer': s.options[s.answer]}
     if s.start_s is not None:
       doc.update(start=s.start_s, end=s.end_s)
     return doc

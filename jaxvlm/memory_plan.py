@@ -249,21 +249,22 @@ def plan(config) -> dict:
   size = _Sizer(mesh)
   b, f = config.batch_size, config.num_frames
   if config.get('family', 'llava_onevision') == 'qwen2_5_vl':
-    cfg = qwen2_5_vl_config(config)
-    model = qv.Qwen25VLForConditionalGeneration(cfg, dtype=jnp.dtype(config.dtype))
-    params = param_plan(qv.param_shapes(model), mesh, config.param_dtype)
-    hw = tuple(int(x) for x in config.frame_size.split(','))
-    hm, wm = cfg.merged_grid(*hw)
-    t_patches = -(-f // cfg.vision.temporal_patch_size)
-    s = cfg.num_video_pads(t_patches, hm, wm) + 2 + config.prompt_tokens
-    acts = qwen_activation_bytes(cfg, size, b, t_patches, hw, s, config.dtype)
+    qcfg = qwen2_5_vl_config(config)
+    qmodel = qv.Qwen25VLForConditionalGeneration(qcfg, dtype=jnp.dtype(config.dtype))
+    params = param_plan(qv.param_shapes(qmodel), mesh, config.param_dtype)
+    h, w = (int(x) for x in config.frame_size.split(','))
+    hm, wm = qcfg.merged_grid(h, w)
+    t_patches = -(-f // qcfg.vision.temporal_patch_size)
+    s = qcfg.num_video_pads(t_patches, hm, wm) + 2 + config.prompt_tokens
+    acts = qwen_activation_bytes(qcfg, size, b, t_patches, (h, w), s, config.dtype)
+    t = qcfg.text
   else:
-    cfg = llava_config(config)
-    model = lo.LlavaOnevisionForConditionalGeneration(cfg, dtype=jnp.dtype(config.dtype))
-    params = param_plan(lo.param_shapes(model), mesh, config.param_dtype)
-    s = cfg.num_video_tokens(f) + config.prompt_tokens
-    acts = activation_bytes(cfg, size, b, f, s, config.dtype)
-  t = cfg.text
+    lcfg = llava_config(config)
+    lmodel = lo.LlavaOnevisionForConditionalGeneration(lcfg, dtype=jnp.dtype(config.dtype))
+    params = param_plan(lo.param_shapes(lmodel), mesh, config.param_dtype)
+    s = lcfg.num_video_tokens(f) + config.prompt_tokens
+    acts = activation_bytes(lcfg, size, b, f, s, config.dtype)
+    t = lcfg.text
   kv = 2 * size((t.num_hidden_layers, b, s, t.num_key_value_heads, t.head_dim),
                 ('layers', 'batch', 'length', 'act_kv_heads', 'head_dim'), config.dtype)
   states = size((t.num_hidden_layers + 1, b, s, t.hidden_size), ('layers', 'batch', 'length', 'act_embed'),

@@ -51,7 +51,7 @@ def preprocess(frames: np.ndarray, size: tuple[int, int],
   frames = np.asarray(frames)
   if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
     raise ValueError(f'expected uint8 [N, H, W, 3] frames, got {frames.dtype} {frames.shape}')
-  x = resize_uint8(frames, tuple(size), resample).astype(np.float32)
+  x: np.ndarray = resize_uint8(frames, (size[0], size[1]), resample).astype(np.float32)
   if rescale is not None:
     x = x * np.float32(rescale)
   if mean is not None and std is not None:
@@ -102,7 +102,7 @@ def preprocess_from_processor_config(frames: np.ndarray, cfg: Mapping[str, Any])
     frames = resize_uint8(frames, _output_size(cfg, *frames.shape[1:3]), _PIL_CODES[code])
   if cfg.get('do_center_crop'):
     frames = _center_crop(frames, cfg['crop_size'])
-  x = frames.astype(np.float32)
+  x: np.ndarray = frames.astype(np.float32)
   if cfg.get('do_rescale', True):
     x = x * np.float32(cfg.get('rescale_factor', 1 / 255))
   if cfg.get('do_normalize', True):

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import string
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import jinja2
 import numpy as np
@@ -21,6 +21,9 @@ import transformers
 
 from jaxvlm import pixels
 from jaxvlm.models.siglip import SiglipVisionConfig
+
+if TYPE_CHECKING:
+  from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor  # imports this module
 
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 TOKENIZER_FILE = 'tokenizer.json'
@@ -41,6 +44,13 @@ def read_json(ckpt_dir: str, name: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def _read_config(ckpt_dir: str) -> dict:
+  config = read_json(ckpt_dir, 'config.json')
+  if config is None:
+    raise ValueError(f'{ckpt_dir} has no config.json')
+  return config
 
 
 def write_json(out_dir: str, name: str, data: dict) -> None:
@@ -154,7 +164,7 @@ class VideoProcessor(ChatProcessor):
   @classmethod
   def from_pretrained(cls, ckpt_dir: str, config: dict | None = None) -> VideoProcessor:
     """From a checkpoint directory; `config` is its config.json dict (read when not given)."""
-    config = config if config is not None else read_json(ckpt_dir, 'config.json')
+    config = config if config is not None else _read_config(ckpt_dir)
     tokenizer = load_tokenizer(ckpt_dir)
     template = load_chat_template(ckpt_dir, tokenizer)
     if template is None:
@@ -200,8 +210,8 @@ class VideoProcessor(ChatProcessor):
     return prompt
 
   def _apply_template(self, messages: list[dict]) -> str:
-    return self.tokenizer.apply_chat_template(
-        messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True)
+    return cast(str, self.tokenizer.apply_chat_template(  # tokenize=False: the rendered text
+        messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True))
 
   def build_prompt(self, question: str, options: Sequence[str], num_frames: int) -> tuple[str, np.ndarray]:
     """-> (prompt text fed to the tokenizer, input_ids int32 [S] with `<video>` expanded for
@@ -244,7 +254,7 @@ class SiglipProcessor:
 
   @classmethod
   def from_pretrained(cls, ckpt_dir: str, config: dict | None = None) -> SiglipProcessor:
-    config = config if config is not None else read_json(ckpt_dir, 'config.json')
+    config = config if config is not None else _read_config(ckpt_dir)
     tokenizer = load_tokenizer(ckpt_dir)
     # SigLIP pools the last position, so text must be padded to the length it was trained with.
     max_length = (config.get('text_config') or {}).get('max_position_embeddings', 64)
@@ -268,7 +278,8 @@ class SiglipProcessor:
       write_json(out_dir, IMAGE_CONFIG, self.pixel_config)
 
 
-def from_checkpoint_dir(ckpt_dir: str, config: dict) -> VideoProcessor | SiglipProcessor | None:
+def from_checkpoint_dir(ckpt_dir: str, config: dict
+                        ) -> VideoProcessor | SiglipProcessor | Qwen25VLProcessor | None:
   """The processor of a checkpoint of `config['model_type']`, or None when it ships no tokenizer."""
   if not has_tokenizer(ckpt_dir):
     return None

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import TYPE_CHECKING, Self, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxvlm.models.attention import Group, TokenMeta
+from jaxvlm.models.attention import AnyArray, Group, TokenMeta
 from jaxvlm.processor import ANSWER_INSTRUCTION, VideoProcessor
 
 
@@ -34,10 +34,13 @@ class TokenLayout:
   """Per-token layout of a prompt batch, every field [B, S]: group (`Group`), frame (-1 if not a
   frame token), positions (rotary position ids; [3, B, S] M-RoPE ids for Qwen2.5-VL, see
   `jaxvlm.models.qwen2_5_vl`), valid (False for padding)."""
-  group: jnp.ndarray
-  frame: jnp.ndarray
-  positions: jnp.ndarray
-  valid: jnp.ndarray
+  group: AnyArray
+  frame: AnyArray
+  positions: AnyArray
+  valid: AnyArray
+
+  if TYPE_CHECKING:  # flax.struct.dataclass adds it at runtime
+    def replace(self, **updates) -> Self: ...
 
   def meta(self) -> TokenMeta:
     index = jnp.broadcast_to(jnp.arange(self.group.shape[-1], dtype=jnp.int32), self.group.shape)
@@ -118,6 +121,7 @@ def collate(prompts: Sequence[Prompt], pad_id: int, pad_multiple: int = 64) -> P
   if all(mrope):
     positions = np.zeros((3, b, s), np.int32)
     for i, p in enumerate(prompts):
+      assert p.positions is not None  # all(mrope)
       positions[:, i, :lengths[i]] = p.positions
   else:
     positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
@@ -134,7 +138,7 @@ def option_logprobs(model, params, hidden_last: jnp.ndarray, option_ids: jnp.nda
   return jnp.take(jax.nn.log_softmax(logits, axis=-1), option_ids, axis=-1)
 
 
-def positions_at(positions: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+def positions_at(positions: AnyArray, idx: jnp.ndarray) -> jnp.ndarray:
   """Layout positions [B, S] or M-RoPE [3, B, S] at slots idx [B, T] -> what a decoder layer takes:
   [B, T], or batch-first [B, T, 3] (the adapter every tail recompute of an M-RoPE model goes through)."""
   if positions.ndim == 2:

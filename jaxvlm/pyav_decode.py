@@ -135,13 +135,13 @@ def _sample_table_index(stream) -> StreamIndex | None:
 
 def _demuxed_index(container, stream) -> StreamIndex:
   """The exact index from one demux pass over every packet (no decoding)."""
-  pts, key = [], []
+  pts_list, key = [], []
   for packet in container.demux(stream):
     if packet.pts is not None:
-      pts.append(packet.pts)
+      pts_list.append(packet.pts)
       key.append(packet.is_keyframe)
   container.seek(0, stream=stream, backward=True)
-  pts = np.asarray(pts, np.int64)
+  pts = np.asarray(pts_list, np.int64)
   order = np.argsort(pts, kind='stable')
   pts = pts[order]
   keyframes = np.flatnonzero(np.asarray(key, bool)[order]).astype(np.int64)

@@ -208,7 +208,7 @@ class Qwen25VLProcessor(ChatProcessor):
     super().__init__(tokenizer, chat_template, pixel_config)
     self.pixels = pixels
     self.model_config = model_config
-    self.frame_size = None
+    self.frame_size: tuple[int, int] | None = None
     if frame_size is not None:
       self.set_frame_size(frame_size)
     self.video_token_id, self.vision_start_token_id, self.vision_end_token_id = (

@@ -28,6 +28,7 @@ from __future__ import annotations
 from concurrent import futures
 import functools
 import os
+from typing import cast
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def _pass(in_size: int, out_size: int, resample: str
     used = weights[start:stop] != 0
     band = taps[start:stop][used]
     lo, hi = (int(band.min()), int(band.max()) + 1) if band.size else (0, 1)
-    matrix = np.zeros((stop - start, hi - lo), np.float64)
+    matrix: np.ndarray = np.zeros((stop - start, hi - lo), np.float64)
     rows = np.broadcast_to(np.arange(stop - start)[:, None], used.shape)[used]
     # Taps of one output are distinct, so assignment (not accumulation) is exact.
     matrix[rows, taps[start:stop][used] - lo] = weights[start:stop][used] / _ONE
@@ -150,18 +151,19 @@ def _resize_frames(frames: np.ndarray, out: np.ndarray, plan: list, channels: in
     y, y_layout, y_clips = None, None, False  # the previous pass's output (float64, 2-D in its layout)
     for (layout, blocks, clips, _, _), (src, dst) in zip(plan, buffers):
       if y is None:  # the uint8 -> float64 conversion writes the first pass's layout
-        np.copyto(src, image if layout == 'rows' else image.T)
-        x = src
+        x = cast(np.ndarray, src)  # the first pass has an input buffer
+        np.copyto(x, image if layout == 'rows' else image.T)
       else:
         _round(y, y_clips, floor=True)
         if layout == 'rows':  # [w * C, H] -> [H, w * C]: BLAS reads the transpose as it is
           x = y.T
         else:  # [h, W * C] -> [W * C, h] = [W, C * h]: the product needs the rows contiguous
-          np.copyto(src, y.T)
-          x = src
+          x = cast(np.ndarray, src)  # a 'cols' pass has an input buffer
+          np.copyto(x, y.T)
       n_in, n_out = (x.shape[0], dst.shape[0]) if layout == 'rows' else (x.shape[0] // c, dst.shape[0] // c)
       _product(x.reshape(n_in, -1), dst.reshape(n_out, -1), blocks)
       y, y_layout, y_clips = dst, layout, clips
+    y = cast(np.ndarray, y)  # the plan has at least one pass
     final = target.reshape(target.shape[0], -1)
     if y_layout == 'rows':  # add 0.5 and cast in one pass (the cast truncates values in [0, 256))
       if y_clips:
@@ -213,7 +215,7 @@ def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bic
   # Each pass multiplies [in, rest] with its axis outermost: a horizontal pass works on [W, C * rows]
   # (the 2-D transpose of the channels-last [rows, W * C]: layout 'cols'), a vertical pass on
   # [H, cols * C] (channels-last rows: layout 'rows').
-  plan = []
+  plan: list[tuple] = []
   rows, cols = in_h, in_w
   for k, p in enumerate(passes):
     if p == 'h':

@@ -22,7 +22,7 @@ import contextlib
 import fnmatch
 import functools
 import math
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, cast
 
 import flax.linen as nn
 import jax
@@ -132,7 +132,7 @@ def mesh_shape(num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1)
   if math.prod(sizes) != num_devices:
     raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, '
                      f'have {num_devices} (use -1 on one axis to fill the rest)')
-  return tuple(sizes)
+  return sizes[0], sizes[1], sizes[2]
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
@@ -230,8 +230,8 @@ def logical_to_spec(names: LogicalAxes, shape: Sequence[int], axis_sizes: Mappin
                     rules: Rules = DEFAULT_RULES) -> PartitionSpec:
   """PartitionSpec of an array of `shape` with logical `names`; dims that do not divide evenly by
   their mesh axes are replicated."""
-  spec = nn.logical_to_mesh_axes(names, rules)
-  spec = [None if size % _axis_product(axes, axis_sizes) else axes for axes, size in zip(spec, shape)]
+  mesh_axes = cast(PartitionSpec, nn.logical_to_mesh_axes(names, rules))  # None only for names=None
+  spec = [None if size % _axis_product(axes, axis_sizes) else axes for axes, size in zip(mesh_axes, shape)]
   return PartitionSpec(*spec)
 
 
@@ -302,7 +302,7 @@ def jit_sharded(fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any,
     with activation_rules(mesh, rules):
       return jitted(*args)
 
-  call.jitted = jitted
+  call.jitted = jitted  # type: ignore[attr-defined]  # a function attribute: the jit itself, for .lower()
   return call
 
 

@@ -167,7 +167,8 @@ def train_loop(state: TrainState, step_fn: Callable, make_batch: Callable[[int],
         values = {k: float(v) for k, v in metrics.items()}
         rate = (done - last) / max(time.time() - t0, 1e-9)
         log.append(done, **values, steps_per_s=rate, resumed_from=start)
-        bar.set_postfix(**{k: f'{v:.3f}' for k, v in values.items()})
+        postfix: dict[str, Any] = {k: f'{v:.3f}' for k, v in values.items()}
+        bar.set_postfix(**postfix)
         t0, last = time.time(), done
       if on_step is not None:
         on_step(done, state)

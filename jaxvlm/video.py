@@ -221,6 +221,7 @@ def _select(rule: str, n: int, target_fps: float | None, start_s: float | None, 
   elif rule == 'pool':
     indices = candidate_pool(total, n)
   else:
+    assert target_fps is not None  # sample_frames checks that rule 'fps' has it
     indices = fps_indices(total, fps, target_fps, max_frames=n)
   return indices + first
 

@@ -165,7 +165,7 @@ def frame_captions(spec: VideoSpec) -> list[str]:
   the background. Objects are listed in the fixed order of COLOURS (colours are distinct within a
   video), never in drawing order: a single frame cannot tell which object is the distractor, so a
   caption must not depend on it."""
-  visible = [[] for _ in range(spec.num_frames)]
+  visible: list[list[ObjectTrack]] = [[] for _ in range(spec.num_frames)]
   for obj in spec.objects:
     for frame in obj.frames:
       visible[frame].append(obj)
@@ -204,7 +204,7 @@ def option_events(item: SyntheticItem, absent: str = 'no') -> list[list[str]]:
   without colour and shape (e.g. ['1', 'first']), `absent` for an object the video never shows, and
   nothing for an option that names no object (a count, a direction, a background)."""
   events = frame_events(item.video)
-  out = []
+  out: list[list[str]] = []
   for option in item.question.options:
     words = option.split(' ')
     if len(words) != 2 or words[0] not in COLOURS or words[1] not in SHAPES:
@@ -412,7 +412,7 @@ def encode_h264(path: str | os.PathLike[str], frames: Iterable[np.ndarray], heig
     stream.height, stream.width = height, width
     stream.pix_fmt = 'yuv420p'
     stream.time_base = time_base
-    stream.options = options
+    stream.options = dict(options)  # PyAV types it dict[str, object]
     for i, frame in enumerate(frames):
       av_frame = av.VideoFrame.from_ndarray(frame, format='rgb24')
       av_frame.pts, av_frame.time_base = i, time_base

@@ -10,17 +10,17 @@ from jaxvlm.keyframes import diagnosis, efficiency
 
 def _budgets(config, field: str) -> list[str]:
   """ks / k within 1..num_candidates."""
-  values = [int(x) for x in cc.csv_items(config[field])] if field == 'ks' else [config[field]]
+  values = [int(x) for x in cc.checked_items(config[field])] if field == 'ks' else [config[field]]
   bad = [k for k in values if not 1 <= k <= config.num_candidates]
   return [f'{field}={config[field]!r}: {bad} outside 1..num_candidates={config.num_candidates}'] if bad else []
 
 
 def _diagnosis_relations(config) -> list[str]:
   out = cc.data_relation(config) + _budgets(config, 'ks')
-  ks = [int(x) for x in cc.csv_items(config.ks)]
+  ks = [int(x) for x in cc.checked_items(config.ks)]
   if config.sensitive_k not in ks:
     out.append(f'sensitive_k={config.sensitive_k}: not one of ks={config.ks!r}')
-  if 'learned' in cc.csv_items(config.selectors) and not config.selector_checkpoint:
+  if 'learned' in cc.checked_items(config.selectors) and not config.selector_checkpoint:
     out.append("selectors: 'learned' needs selector_checkpoint=DIR (an experiments.train_selector workdir)")
   return out
 
@@ -91,16 +91,16 @@ TRAIN_SELECTOR = cc.Spec(
 
 def _efficiency_relations(config) -> list[str]:
   out = cc.data_relation(config)
-  bad = [k for k in (int(x) for x in cc.csv_items(config.ks)) if not 1 <= k <= config.num_frames]
+  bad = [k for k in (int(x) for x in cc.checked_items(config.ks)) if not 1 <= k <= config.num_frames]
   if bad:
     out.append(f'ks={config.ks!r}: {bad} outside 1..num_frames={config.num_frames}')
-  for item in cc.csv_items(config.plans):
+  for item in cc.checked_items(config.plans):
     parts = item.split(':')
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
       out.append(f"plans={config.plans!r}: entry {item!r} is not 'exit_layer:intra_frame_layers', e.g. '5:2'")
   if config.exit_layer >= 0 and config.intra_frame_layers > config.exit_layer:
     out.append(f'intra_frame_layers={config.intra_frame_layers}: above exit_layer={config.exit_layer}')
-  if 'learned' in cc.csv_items(config.selectors) and not config.selector_checkpoint:
+  if 'learned' in cc.checked_items(config.selectors) and not config.selector_checkpoint:
     out.append("selectors: 'learned' needs selector_checkpoint=DIR (an experiments.train_selector workdir)")
   return out
 

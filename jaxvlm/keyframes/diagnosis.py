@@ -16,7 +16,7 @@ import dataclasses
 import warnings
 import zlib
 from collections.abc import Mapping
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +119,7 @@ def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
                      selections: list[dict[str, dict[int, np.ndarray]]], plan: Plan, mesh) -> list[dict]:
   """Per sample {selector: {k: option log-probs [O]}} from prompts holding only the selected frames;
   one batch per k (every selector of every sample), split over the mesh."""
-  out = [{name: {} for name in plan.selectors} for _ in cands]
+  out: list[dict[str, dict[int, np.ndarray]]] = [{name: {} for name in plan.selectors} for _ in cands]
   for k in plan.ks:
     jobs = [(i, name) for i in range(len(cands)) for name in plan.selectors]
     prompt_k = [runs.prompt_for_pixels(processor, c.sample.question, c.sample.options, c.pixels[:k])
@@ -135,13 +135,15 @@ def k_frame_logprobs(model, params, processor, cands: Sequence[Candidates],
   return out
 
 
-def evaluate_batch(model, params, processor, siglip, cands: Sequence[Candidates], plan: Plan, config,
-                   learned: learned_lib.TrainedSelector | None = None, mesh=None) -> list[dict]:
+def evaluate_batch(model, params, processor, siglip: relevance.LoadedSiglip, cands: Sequence[Candidates],
+                   plan: Plan, config, learned: learned_lib.TrainedSelector | None = None,
+                   mesh=None) -> list[dict]:
   """The per-sample records of a batch of prepared samples. siglip: (model, params, processor);
   learned: the trained selector behind selector 'learned'; mesh: where `params` live (default: this
   process's first device). SigLIP runs on this process's default device (the same on every process)."""
   mesh = sharding.make_mesh(devices=jax.local_devices()[:1]) if mesh is None else mesh
-  batch = runs.place_batch(runs.collate(cands, processor, runs.batch_multiple(mesh)), mesh)
+  prepared = [runs.Prepared(c.sample, c.prompt, c.pixels) for c in cands]
+  batch = runs.place_batch(runs.collate(prepared, processor, runs.batch_multiple(mesh)), mesh)
   with sharding.activation_rules(mesh):
     out = oracles(model, params, batch, cands, plan, config)
   records, selections = [], []
@@ -195,7 +197,7 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int, benchmark: str 
   correct = lambda name, k: np.asarray([_correct(r['k_logp'][name][str(k)], a) for r, a in zip(ok, answers)])
   no_frames = np.asarray([_correct(r['text_only'], a) for r, a in zip(ok, answers)])
   clean_right = np.asarray([_correct(r['clean'], a) for r, a in zip(ok, answers)])
-  boot = dict(num_resamples=num_resamples)
+  boot: dict[str, Any] = dict(num_resamples=num_resamples)
   clean_ci, text_ci = stats.accuracy_interval(clean_right, **boot), stats.accuracy_interval(no_frames, **boot)
   header.update(clean_accuracy=float(clean_right.mean()), clean_accuracy_low=clean_ci.low,
                 clean_accuracy_high=clean_ci.high, text_only_accuracy=float(no_frames.mean()),
@@ -217,7 +219,10 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int, benchmark: str 
   conditions = {condition_name(name, k): correct(name, k) for name in plan.selectors for k in plan.ks}
   hits = np.stack(list(conditions.values()))                                   # [selectors x ks, B]
   acc, change = stats.accuracy_interval(hits, **boot), stats.paired_change_interval(clean_right, hits, **boot)
-  p = stats.mcnemar_exact(clean_right, hits)
+  p = np.asarray(stats.mcnemar_exact(clean_right, hits))  # [N]
+  # hits is [N, B], so every field is an array [N] (np.asarray only tells the type checker).
+  acc_low, acc_high = np.asarray(acc.low), np.asarray(acc.high)
+  change_est, change_low, change_high = (np.asarray(x) for x in (change.estimate, change.low, change.high))
   for name in plan.selectors:
     for k in plan.ks:
       sel = [np.asarray(r['selections'][name][str(k)]) for r in ok]
@@ -226,9 +231,9 @@ def summarize(records: list[dict], plan: Plan, sensitive_k: int, benchmark: str 
       with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN means (no evidence frames) stay NaN
         rows.append({
-            'selector': name, 'k': k, 'accuracy': float(hit.mean()), 'accuracy_low': acc.low[i],
-            'accuracy_high': acc.high[i], 'change': change.estimate[i], 'change_low': change.low[i],
-            'change_high': change.high[i], 'mcnemar_p': p[i],
+            'selector': name, 'k': k, 'accuracy': float(hit.mean()), 'accuracy_low': acc_low[i],
+            'accuracy_high': acc_high[i], 'change': change_est[i], 'change_low': change_low[i],
+            'change_high': change_high[i], 'mcnemar_p': p[i],
             'accuracy_frame_sensitive': float(np.mean(hit[sensitive])) if sensitive.any() else float('nan'),
             'recall_oracle': float(np.mean([metrics.recall_at_k(s, selectors.top_k(c, k))
                                             for s, c in zip(sel, causal)])),

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from jaxvlm import costs, prompts, runs
+from jaxvlm.keyframes import learned as learned_lib
 from jaxvlm.keyframes import relevance, selector_model, selectors, teacher
 from jaxvlm.keyframes.candidates import Candidates
 from jaxvlm.knockout import efficiency as plans_lib
@@ -81,13 +82,17 @@ def grid_from_config(config, model_config, processor) -> Grid:
   return Grid(tuple(unique), tuple(plans_lib.plan_name(p, num_layers) for p in unique), ks, names, chosen)
 
 
-def selections(cand: Candidates, grid: Grid, siglip, learned, num_frames: int) -> dict[str, dict[int, np.ndarray]]:
+def selections(cand: Candidates, grid: Grid, siglip: relevance.LoadedSiglip,
+               learned: learned_lib.TrainedSelector | None, num_frames: int
+               ) -> dict[str, dict[int, np.ndarray]]:
   """{selector: {k: frame indices (time order)}} of one sample; k = N keeps every frame (uniform only)."""
   question, with_options = relevance.query_texts(cand.sample.question, cand.sample.options)
   scores = {'uniform': np.zeros(num_frames)}
   if 'siglip' in grid.selectors:
     scores['siglip'] = relevance.siglip_relevance(*siglip, cand.frames, (question,))[:, 0]
   if 'learned' in grid.selectors:
+    if learned is None:  # the config check asks for selector_checkpoint whenever 'learned' is chosen
+      raise ValueError("selector 'learned' needs a trained selector (config.selector_checkpoint)")
     frame_emb, text_emb = teacher.siglip_features(*learned.siglip, cand.frames, with_options)
     scores['learned'] = selector_model.scores(learned.model, learned.params, frame_emb, text_emb)
   out = {}
@@ -114,13 +119,14 @@ def plan_logprobs(model, params, batch: runs.ModelBatch, plan: InferencePlan) ->
                                               _span(model, batch)))
 
 
-def evaluate_batch(model, params, processor, siglip, learned, cands: Sequence[Candidates], grid: Grid,
-                   num_frames: int) -> list[dict]:
+def evaluate_batch(model, params, processor, siglip: relevance.LoadedSiglip, learned,
+                   cands: Sequence[Candidates], grid: Grid, num_frames: int) -> list[dict]:
   """Per-sample records: option log-probs under every 'plan/selector/k' and the selections."""
   picks = [selections(c, grid, siglip, learned, num_frames) for c in cands]
-  records = [{'id': c.sample.id, 'task': c.sample.task, 'answer': c.sample.answer, 'logp': {},
-              'selections': {s: {str(k): idx for k, idx in per.items()} for s, per in pick.items()}}
-             for c, pick in zip(cands, picks)]
+  records: list[dict[str, Any]] = [
+      {'id': c.sample.id, 'task': c.sample.task, 'answer': c.sample.answer, 'logp': {},
+       'selections': {s: {str(k): idx for k, idx in per.items()} for s, per in pick.items()}}
+      for c, pick in zip(cands, picks)]
   for k in grid.ks:
     for name in grid.selectors:
       if k not in picks[0][name]:
@@ -155,7 +161,7 @@ def measure(model, params, processor, cand: Candidates, grid: Grid, num_frames: 
     compiled = [efficient._option_logprobs.lower(*args, plan, span).compile()  # pylint: disable=protected-access
                 for plan in grid.plans]
     runs_ = [functools.partial(lambda c: jax.block_until_ready(c(*args[1:])), c) for c in compiled]
-    seconds = [[] for _ in grid.plans]
+    seconds: list[list[float]] = [[] for _ in grid.plans]
     for fn in runs_:
       fn()
     for _ in range(repeats):

@@ -44,7 +44,7 @@ class TrainedSelector:
   """A trained selector with the SigLIP it reads (model, params, processor) and its pool size N."""
   model: selector_model.FrameSelector
   params: dict
-  siglip: tuple
+  siglip: relevance.LoadedSiglip
   num_candidates: int
 
 

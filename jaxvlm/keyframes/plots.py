@@ -28,8 +28,8 @@ def _lines(ax, rows: list[dict], key: str, bands: bool = False) -> None:
     line, = ax.plot(*zip(*pts), marker='o', color=colour, ls=ls, label=name)
     own = sorted((r['k'], r.get(key + '_low'), r.get(key + '_high')) for r in rows if r['selector'] == name)
     if bands and all(lo is not None and hi is not None for _, lo, hi in own):
-      ks, lows, highs = zip(*own)
-      ax.fill_between(ks, lows, highs, color=line.get_color(), alpha=0.12, lw=0)
+      band_ks, lows, highs = zip(*own)
+      ax.fill_between(band_ks, lows, highs, color=line.get_color(), alpha=0.12, lw=0)
   ks = sorted({r['k'] for r in rows})
   ax.set_xscale('log', base=2)
   ax.set_xticks(ks, [str(k) for k in ks])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,9 @@ from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2, siglip
 from jaxvlm.models.attention import Group
 from jaxvlm.models.llava_onevision import LlavaOnevisionForConditionalGeneration
+
+# A SigLIP as checkpoints.load_pretrained returns it: (model, params, processor: SiglipProcessor).
+LoadedSiglip = tuple[siglip.SiglipModel, dict, Any]
 
 
 def frame_specs(num_layers: int, num_frames: int, layers: np.ndarray | None = None
@@ -50,7 +53,8 @@ def predicted_option(clean_logp: np.ndarray, num_options: Sequence[int] | None =
   return logp.argmax(-1)
 
 
-def logp_drop(clean_logp: jnp.ndarray, knocked_logp: jnp.ndarray, target: np.ndarray) -> np.ndarray:
+def logp_drop(clean_logp: jax.Array | np.ndarray, knocked_logp: jax.Array | np.ndarray, target: np.ndarray
+              ) -> np.ndarray:
   """clean [B, O], knocked [F, B, O], target [B] -> clean - knocked log p(target), [B, F]. The same
   knocked log-probs give the answer-based and the answer-free oracle (target = predicted option)."""
   rows = np.arange(len(target))

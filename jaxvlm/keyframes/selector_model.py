@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -92,7 +93,7 @@ def init_params(model: FrameSelector, num_frames: int, embed_dim: int, seed: int
 @functools.partial(jax.jit, static_argnums=0)
 def batch_scores(model: FrameSelector, params, frame_emb, text_emb) -> jnp.ndarray:
   """frame_emb [B, N, D], text_emb [B, D] -> scores [B, N]."""
-  return model.apply({'params': params}, frame_emb, text_emb)
+  return cast(jax.Array, model.apply({'params': params}, frame_emb, text_emb))
 
 
 def scores(model: FrameSelector, params, frame_emb, text_emb) -> np.ndarray:

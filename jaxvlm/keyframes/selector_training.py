@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 import os
 import zlib
 
@@ -157,7 +158,7 @@ def train_step(model: selector_model.FrameSelector, hp: Hyper, tx, state: traini
   replicated: the input shardings carry through, the gradient mean is an all-reduce."""
 
   def loss_fn(params):
-    s = model.apply({'params': params}, batch['frame_emb'], batch['text_emb'])
+    s = cast(jax.Array, model.apply({'params': params}, batch['frame_emb'], batch['text_emb']))
     return (listwise_loss(s, batch['relevance'], hp.tau)
             + hp.pairwise_weight * pairwise_loss(s, batch['relevance'], hp.pairwise_margin))
 

@@ -9,8 +9,8 @@ from jaxvlm.knockout import specs
 
 def _relations(config) -> list[str]:
   out = cc.data_relation(config)
-  settings = cc.csv_items(config.settings)
-  if 'explicit' in settings and not cc.csv_items(config.explicit_layers):
+  settings = cc.checked_items(config.settings)
+  if 'explicit' in settings and not cc.checked_items(config.explicit_layers):
     out.append(f"settings={config.settings!r}: setting 'explicit' needs explicit_layers (e.g. '3,4,5')")
   return out
 

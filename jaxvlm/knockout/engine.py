@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from jaxvlm import prompts, runs, sharding
 from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2
 from jaxvlm.models.attention import LayerRule
-from jaxvlm.models.llava_onevision import LlavaOnevisionForConditionalGeneration
+from jaxvlm.models.llava_onevision import LlavaOnevisionForConditionalGeneration, LlavaOutput
 
 
 @struct.dataclass
@@ -62,8 +62,9 @@ def clean_run(model: LlavaOnevisionForConditionalGeneration, params, input_ids, 
               layout: prompts.TokenLayout, answer_index, option_ids) -> CleanRun:
   """The clean forward of a batch: input_ids [B, S], pixels [B, F, H, W, C], answer_index [B] (slot
   whose next-token distribution holds the answer letter), option_ids [O]."""
-  out = model.apply({'params': params}, input_ids, pixel_values_videos, layout.positions, layout.meta(),
-                    return_hidden_states=True)
+  out = cast(LlavaOutput, model.apply({'params': params}, input_ids, pixel_values_videos, layout.positions,
+                                      layout.meta(), return_hidden_states=True))
+  assert out.hidden_states is not None  # asked for above
   logp = prompts.option_logprobs(model, params, _at(out.hidden, answer_index), option_ids)
   return CleanRun(out.hidden_states, out.cache, logp)
 
@@ -132,7 +133,7 @@ def _readout(model: LlavaOnevisionForConditionalGeneration, params, clean: Clean
   norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype=model.dtype)
   rows = jnp.where((final >= 0)[:, None, None], answers[jnp.maximum(final, 0)],
                    _at(clean.hidden_states[-1], answer_index)[None])
-  normed = norm.apply({'params': params['language_model']['norm']}, rows)
+  normed = cast(jax.Array, norm.apply({'params': params['language_model']['norm']}, rows))
   return prompts.option_logprobs(model, params, normed, option_ids)
 
 
@@ -178,7 +179,7 @@ def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
   parents, rule_of = [], []
   for l in range(num_layers):
     states: dict[tuple, int] = {}                     # (rule, parent) -> a spec applying the rule
-    nxt = {}
+    nxt: dict[int, tuple | int] = {}                 # spec -> its state's key, -1 while clean
     for n, parent in current.items():
       if parent == -1 and not any(f[n, l].any() for f in fields):
         nxt[n] = -1                                   # still clean: reuse the clean run for free
@@ -190,7 +191,7 @@ def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
     ids = {key: i for i, key in enumerate(keys)}
     parents.append(np.asarray([key[1] for key in keys], np.int32))
     rule_of.append(np.asarray([states[key] for key in keys], np.int32))
-    current = {n: -1 if key == -1 else ids[key] for n, key in nxt.items()}
+    current = {n: ids[key] if isinstance(key, tuple) else -1 for n, key in nxt.items()}
   return StatePlan(parents, rule_of, np.asarray([current[int(n)] for n in chosen], np.int32))
 
 
@@ -218,7 +219,7 @@ def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: Clea
   specs_np = jax.tree.map(np.asarray, specs)
   num_layers = specs_np.block.shape[1]
   d = model.config.text.hidden_size
-  out = [None] * len(tails)
+  out: dict[int, jax.Array] = {}                     # spec -> its option log-probs [B, O]
   for tail in np.unique(tails):
     chosen = np.flatnonzero(tails == tail)
     start = jnp.asarray(starts[chosen].min(axis=0))   # one tail for the group: starting earlier is exact
@@ -244,8 +245,8 @@ def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: Clea
     answers = states[:, :, 0] if plan.parents[-1].size else jnp.zeros((1, len(start), d), model.dtype)
     logp = _readout(model, params, clean, answers, jnp.asarray(plan.final), answer_index, option_ids)
     for k, i in enumerate(chosen):
-      out[i] = logp[k]
-  return jnp.stack(out)
+      out[int(i)] = logp[k]
+  return jnp.stack([out[i] for i in range(len(tails))])
 
 
 def full_recompute(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,

@@ -8,6 +8,7 @@ layers 1..8 knocked out); records in samples.jsonl keep the sweep's 0-based name
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -66,19 +67,23 @@ def summarize(records: list[dict], sw: Sweep, benchmark: str = '',
   m = knockout_metrics(clean, specs, answers)
   clean_right = clean.argmax(-1) == answers                     # [B]
   spec_right = specs.argmax(-1) == answers[None]               # [N, B]
-  boot = dict(num_resamples=num_resamples)
+  boot: dict[str, Any] = dict(num_resamples=num_resamples)
   acc = stats.accuracy_interval(spec_right, **boot)
   change = stats.paired_change_interval(clean_right, spec_right, **boot)
   ratio = stats.paired_ratio_interval(clean_right, spec_right, **boot)
-  p = stats.mcnemar_exact(clean_right, spec_right)
+  # [N, B] in, so every field is an array [N] (np.asarray only tells the type checker).
+  acc_low, acc_high = np.asarray(acc.low), np.asarray(acc.high)
+  change_est, change_low, change_high = (np.asarray(x) for x in (change.estimate, change.low, change.high))
+  ratio_low, ratio_high = np.asarray(ratio.low), np.asarray(ratio.high)
+  p = np.asarray(stats.mcnemar_exact(clean_right, spec_right))  # [N]
   clean_ci = stats.accuracy_interval(clean_right, **boot)
   names = [display_name(e) for e in sw.entries]
   rows = [{'name': names[k], 'setting': e.setting, 'kind': e.kind, 'first_layer': e.layers[0] + 1,
            'last_layer': e.layers[-1] + 1, 'layer_ratio': e.layer_ratio,
-           'accuracy': m['accuracy'][k], 'accuracy_low': acc.low[k], 'accuracy_high': acc.high[k],
-           'change': change.estimate[k], 'change_low': change.low[k], 'change_high': change.high[k],
+           'accuracy': m['accuracy'][k], 'accuracy_low': acc_low[k], 'accuracy_high': acc_high[k],
+           'change': change_est[k], 'change_low': change_low[k], 'change_high': change_high[k],
            'mcnemar_p': p[k], 'performance_ratio': m['performance_ratio'][k],
-           'performance_ratio_low': ratio.low[k], 'performance_ratio_high': ratio.high[k],
+           'performance_ratio_low': ratio_low[k], 'performance_ratio_high': ratio_high[k],
            'delta_logp_correct': m['delta_logp_correct'][k], 'flip_rate': m['flip_rate'][k]}
           for k, e in enumerate(sw.entries)]
   metas = metas or {}

@@ -43,12 +43,12 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
   if by_setting('global2'):
     fig, ax = plt.subplots(figsize=(5, 4))
     g2 = by_setting('global2')
-    y = [r['performance_ratio'] for r in g2]
+    ratios = [r['performance_ratio'] for r in g2]
     err = None
     if all(r.get('performance_ratio_low') is not None for r in g2):
-      err = [[v - r['performance_ratio_low'] for v, r in zip(y, g2)],
-             [r['performance_ratio_high'] - v for v, r in zip(y, g2)]]
-    ax.bar([KIND_NAMES.get(r['kind'], r['kind']) for r in g2], y, yerr=err, capsize=4,
+      err = [[v - r['performance_ratio_low'] for v, r in zip(ratios, g2)],
+             [r['performance_ratio_high'] - v for v, r in zip(ratios, g2)]]
+    ax.bar([KIND_NAMES.get(r['kind'], r['kind']) for r in g2], ratios, yerr=err, capsize=4,
            color=[KIND_COLOURS.get(r['kind']) for r in g2])
     ax.axhline(1.0, color='grey', lw=0.8, ls='--')
     ax.set(ylabel='performance ratio', title=f'Global 2: one type in all layers (bars: 95 % CI)\n{title}')

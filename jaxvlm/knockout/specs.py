@@ -207,10 +207,10 @@ def first_affected_position(group: np.ndarray, frame: np.ndarray, valid: np.ndar
   (their own rows are untouched and they only see earlier tokens), so a sweep may reuse them."""
   s = group.shape[0]
   num_frames = np.asarray(spec.frames).shape[-1]
-  block = np.asarray(spec.block).any(axis=0)              # [G, G]
+  block = np.any(np.asarray(spec.block), axis=0)          # [G, G]
   cross = bool(np.asarray(spec.cross_frame).any())
   same = bool(np.asarray(spec.same_frame).any())
-  frames = np.asarray(spec.frames).any(axis=0)            # [F]
+  frames = np.any(np.asarray(spec.frames), axis=0)        # [F]
   keys = valid.astype(bool)
   # seen_*[q] = what the keys strictly before q contain.
   group_1h = (group[:, None] == np.arange(NUM_GROUPS)[None]) & keys[:, None]

@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import enum
 import functools
+from typing import TYPE_CHECKING, Self
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
+
+# Fields of the metadata / rule pytrees: numpy where they are built on the host (prompts, knockout
+# specs), jax inside a jitted forward.
+AnyArray = jax.Array | np.ndarray
 
 
 class Group(enum.IntEnum):
@@ -44,10 +50,13 @@ class TokenMeta:
   group: int32 `Group` value.
   frame: int32 frame index of a video token, -1 for text and for the image_newline token.
   """
-  index: jnp.ndarray
-  valid: jnp.ndarray
-  group: jnp.ndarray
-  frame: jnp.ndarray
+  index: AnyArray
+  valid: AnyArray
+  group: AnyArray
+  frame: AnyArray
+
+  if TYPE_CHECKING:  # flax.struct.dataclass adds it at runtime
+    def replace(self, **updates) -> Self: ...
 
   def take(self, idx: jnp.ndarray) -> "TokenMeta":
     """Gathers tokens idx [B, T] along the token axis."""
@@ -66,10 +75,13 @@ class LayerRule:
   Every field may also carry a leading batch axis [B, ...]: one rule per batch row (e.g. the states of
   a knockout sweep folded into the batch).
   """
-  block: jnp.ndarray
-  cross_frame: jnp.ndarray
-  same_frame: jnp.ndarray
-  frames: jnp.ndarray
+  block: AnyArray
+  cross_frame: AnyArray
+  same_frame: AnyArray
+  frames: AnyArray
+
+  if TYPE_CHECKING:  # flax.struct.dataclass adds it at runtime
+    def replace(self, **updates) -> Self: ...
 
 
 def _knocked_out(q: TokenMeta, k: TokenMeta, rule: LayerRule) -> jnp.ndarray:
@@ -97,7 +109,7 @@ def _knocked_out(q: TokenMeta, k: TokenMeta, rule: LayerRule) -> jnp.ndarray:
   return out
 
 
-def allowed(q: TokenMeta, k: TokenMeta, rule: LayerRule | None) -> jnp.ndarray:
+def allowed(q: TokenMeta, k: TokenMeta, rule: LayerRule | None) -> AnyArray:
   """The mask of the module docstring for queries q [B, T] and keys k [B, N]: bool [B, T, N]."""
   q_index, k_index = q.index[:, :, None], k.index[:, None, :]
   ok = (k_index <= q_index) & k.valid[:, None, :]
@@ -106,7 +118,7 @@ def allowed(q: TokenMeta, k: TokenMeta, rule: LayerRule | None) -> jnp.ndarray:
   return ok | (k_index == q_index)
 
 
-def _pad_tokens(x: jnp.ndarray, pad: int, value) -> jnp.ndarray:
+def _pad_tokens(x: AnyArray, pad: int, value) -> jnp.ndarray:
   """Pads axis 1 (the token axis) of x with `pad` copies of value."""
   widths = [(0, 0)] * x.ndim
   widths[1] = (0, pad)
@@ -259,8 +271,9 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
       return jax.lax.scan(step, carry, blocks)[0]
 
     stats_shape = (batch, num_kv_heads, states, groups, q_block)
-    carry = (jnp.full(stats_shape, floor, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
-             jnp.zeros((*stats_shape, head_dim), jnp.float32))
+    carry: tuple[jax.Array, ...] = (jnp.full(stats_shape, floor, jnp.float32),
+                                    jnp.zeros(stats_shape, jnp.float32),
+                                    jnp.zeros((*stats_shape, head_dim), jnp.float32))
     if frame_mass:
       carry += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
     for key_set in key_sets:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -66,9 +66,9 @@ def equivalent_spec(plan: InferencePlan, num_layers: int, num_frames: int) -> La
   layers >= exit_layer, Video Temporal in layers < intra_frame_layers."""
   plan.validate(num_layers)
   layers = np.arange(num_layers)
-  text = [g for g in range(NUM_GROUPS) if g != Group.VIDEO]
+  text = np.asarray([g for g in range(NUM_GROUPS) if g != Group.VIDEO])
   block = np.zeros((num_layers, NUM_GROUPS, NUM_GROUPS), bool)
-  block[np.ix_(layers >= plan.exit_layer, text, [int(Group.VIDEO)])] = True
+  block[np.ix_(np.flatnonzero(layers >= plan.exit_layer), text, np.asarray([int(Group.VIDEO)]))] = True
   return LayerRule(block=block, cross_frame=layers < plan.intra_frame_layers,
                    same_frame=np.zeros((num_layers,), bool), frames=np.zeros((num_layers, num_frames), bool))
 
@@ -175,13 +175,15 @@ class WithinFrameAttention(nn.Module):
     block = cfg.attention_block_size
     # Prefix, newline and text rows: the usual causal attention over the whole cache.
     rest = span.rest_slots
-    rest_out = masked_attention(q[:, rest], cache_k, cache_v, jax.tree.map(lambda a: a[:, rest], meta), k_meta,
-                                None, block_size=block)
+    # frame_mass=0: masked_attention returns the output alone.
+    rest_out = cast(jax.Array, masked_attention(q[:, rest], cache_k, cache_v,
+                                                jax.tree.map(lambda a: a[:, rest], meta), k_meta, None,
+                                                block_size=block))
     # Frame rows: [B * F, t] queries, keys = prefix + own frame; causality inside the frame by index.
     keys = lambda a: jnp.concatenate([_prefix_per_frame(a, span), _fold_frames(a, span)], axis=1)
-    frame_out = masked_attention(_fold_frames(q, span), keys(k), keys(v),
-                                 jax.tree.map(lambda a: _fold_frames(a, span), meta),
-                                 jax.tree.map(keys, meta), None, block_size=block)
+    frame_out = cast(jax.Array, masked_attention(_fold_frames(q, span), keys(k), keys(v),
+                                                 jax.tree.map(lambda a: _fold_frames(a, span), meta),
+                                                 jax.tree.map(keys, meta), None, block_size=block))
     frame_out = frame_out.reshape(b, span.num_frame_tokens, heads, dh)
     out = jnp.concatenate([rest_out[:, :span.start], frame_out, rest_out[:, span.start:]], axis=1)
     out = _dense(cfg.hidden_size, False, self.dtype, 'o_proj')(out.reshape(b, s, heads * dh))
@@ -322,7 +324,7 @@ def decoder_prefill(model: LlavaOnevisionForConditionalGeneration, params, embed
     h, high_k, high_v = _run(fn, h, _layers(params, e, num_layers), _empty(cfg, num_layers - e, b, len(text) + n, dtype),
                              _empty(cfg, num_layers - e, b, len(text) + n, dtype), unroll)
   norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype)
-  hidden = norm.apply({'params': params['language_model']['norm']}, h)
+  hidden = cast(jax.Array, norm.apply({'params': params['language_model']['norm']}, h))
   return hidden, PlanCache(low, low_meta, qwen2.KVCache(high_k, high_v), high_meta)
 
 
@@ -397,7 +399,7 @@ def _decode_step(model, params, tokens, step, positions, cache: PlanCache, plan,
   if e < cfg.num_hidden_layers:
     h, high, high_meta = run(h, high, high_meta, len(span.text_slots) + step, e, cfg.num_hidden_layers)
   norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype)
-  hidden = norm.apply({'params': params['language_model']['norm']}, h)
+  hidden = cast(jax.Array, norm.apply({'params': params['language_model']['norm']}, h))
   logits = model.apply({'params': params}, hidden[:, 0], method='logits')
   return logits, PlanCache(low, low_meta, high, high_meta)
 

@@ -25,7 +25,7 @@ class LlavaOnevisionConfig:
   vision: SiglipVisionConfig
   text: qwen2.Qwen2Config
   video_token_id: int
-  image_token_id: int
+  image_token_id: int | None  # read from the config, unused (the models take video only)
   vision_feature_layer: int | tuple[int, ...] = -1
   vision_feature_select_strategy: str = 'full'
   projector_bias: bool = True
@@ -40,12 +40,16 @@ class LlavaOnevisionConfig:
       raise ValueError(f'vision_feature_select_strategy {strategy!r} is not one of full, default')
     layer = d.get('vision_feature_layer', -1)
     text = dict(d['text_config'])
-    tie = d.get('tie_word_embeddings', text.get('tie_word_embeddings', False))
+    tie = bool(d.get('tie_word_embeddings', text.get('tie_word_embeddings', False)))
     text['tie_word_embeddings'] = tie
+    video_token_id = d.get('video_token_index', d.get('video_token_id'))
+    if video_token_id is None:
+      raise ValueError('config has no video_token_index (or video_token_id): the model cannot tell where the '
+                       'video features go')
     return cls(
         vision=SiglipVisionConfig.from_hf(d['vision_config']),
         text=qwen2.Qwen2Config.from_hf(text),
-        video_token_id=d.get('video_token_index', d.get('video_token_id')),
+        video_token_id=video_token_id,
         image_token_id=d.get('image_token_index', d.get('image_token_id')),
         vision_feature_layer=tuple(layer) if isinstance(layer, (list, tuple)) else layer,
         vision_feature_select_strategy=strategy,

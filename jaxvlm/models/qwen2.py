@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxvlm.models.attention import Group, LayerRule, TokenMeta, masked_attention
+from jaxvlm.models.attention import AnyArray, Group, LayerRule, TokenMeta, masked_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ class RMSNorm(nn.Module):
     return (weight.astype(self.dtype) * normed.astype(x.dtype)).astype(self.dtype)
 
 
-def _dense(features: int, use_bias: bool, dtype: Any, name: str) -> nn.Dense:
+def _dense(features: int, use_bias: bool, dtype: Any, name: str | None) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
@@ -226,7 +226,7 @@ class Qwen2Attention(nn.Module):
     q = rotary(q, positions, cfg.rope_theta, cfg.mrope_section)
     out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, own=own,
                            block_size=cfg.attention_block_size, frame_mass=self.frame_mass)
-    if self.frame_mass:
+    if isinstance(out, tuple):  # self.frame_mass > 0: (output, per-frame attention mass)
       out, mass = out
       self.sow('intermediates', 'frame_mass', mass)
     out = _dense(cfg.hidden_size, False, self.dtype, 'o_proj')(out.reshape(b, x.shape[1], heads * dh))
@@ -361,7 +361,7 @@ class Qwen2ForCausalLM(nn.Module):
     return self.logits(hidden)
 
 
-def _last_valid(valid: jnp.ndarray) -> jnp.ndarray:
+def _last_valid(valid: AnyArray) -> jnp.ndarray:
   """valid [B, S] -> [B] index of the last valid slot of each row."""
   s = valid.shape[1]
   return s - 1 - jnp.argmax(valid[:, ::-1], axis=1)
@@ -376,8 +376,9 @@ def _prefill(model: Qwen2ForCausalLM, params, inputs_embeds, positions, prompt_m
   new = text_meta(jnp.zeros((b, max_new_tokens), bool), Group.LAST, offset=s)  # empty slots
   k_meta = jax.tree.map(lambda p, n: jnp.concatenate([p, n], axis=1), prompt_meta, new)
   cache = KVCache.empty(model.config, b, s + max_new_tokens, model.dtype)
-  hidden, cache, _ = model.apply({'params': params}, inputs_embeds, positions, prompt_meta, cache, k_meta,
-                                 jnp.zeros((b,), jnp.int32), spec, method='decode')
+  hidden, cache, _ = cast(tuple[jax.Array, KVCache, Any],
+                           model.apply({'params': params}, inputs_embeds, positions, prompt_meta, cache,
+                                       k_meta, jnp.zeros((b,), jnp.int32), spec, method='decode'))
   last = _last_valid(prompt_meta.valid)
   logits = model.apply({'params': params}, hidden[jnp.arange(b), last], method='logits')
   return cache, k_meta, logits, positions[jnp.arange(b), last] + 1
@@ -392,8 +393,9 @@ def _decode_step(model: Qwen2ForCausalLM, params, tokens, slot, positions, cache
   k_meta = k_meta.replace(valid=k_meta.valid | (k_meta.index == slot))
   q_meta = text_meta(jnp.ones((b, 1), bool), Group.LAST, offset=slot)
   embeds = model.apply({'params': params}, tokens[:, None], method='embed')
-  hidden, cache, _ = model.apply({'params': params}, embeds, positions[:, None], q_meta, cache, k_meta,
-                                 jnp.full((b,), slot, jnp.int32), spec, method='decode')
+  hidden, cache, _ = cast(tuple[jax.Array, KVCache, Any],
+                           model.apply({'params': params}, embeds, positions[:, None], q_meta, cache, k_meta,
+                                       jnp.full((b,), slot, jnp.int32), spec, method='decode'))
   return model.apply({'params': params}, hidden[:, 0], method='logits'), cache, k_meta
 
 
@@ -449,6 +451,6 @@ def greedy_generate(model: Qwen2ForCausalLM, params, input_ids: jnp.ndarray, att
   """Greedy decoding of a text batch input_ids [B, S] with attention_mask [B, S] (left padding as in
   transformers' generate; positions = cumsum(mask) - 1) -> new tokens [B, max_new_tokens].
   kwargs: spec, eos_token_id, pad_token_id of `generate_from_embeds`."""
-  embeds = model.apply({'params': params}, input_ids, method='embed')
+  embeds = cast(jax.Array, model.apply({'params': params}, input_ids, method='embed'))
   return generate_from_embeds(model, params, embeds, positions_from_mask(attention_mask),
                               text_meta(attention_mask), max_new_tokens, **kwargs)

@@ -161,7 +161,8 @@ def _vision_positions(start: int, grid_thw: Sequence[int], merge: int, time_inte
   return np.stack([tt, hh, ww]).reshape(3, -1) + start
 
 
-def rope_index(input_ids: np.ndarray, config: Qwen25VLConfig, video_grid_thw: np.ndarray | None = None,
+def rope_index(input_ids: np.ndarray, config: Qwen25VLConfig,
+               video_grid_thw: np.ndarray | Sequence[Sequence[int]] | None = None,
                second_per_grid_ts: np.ndarray | Sequence[float] | None = None,
                attention_mask: np.ndarray | None = None, image_grid_thw: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

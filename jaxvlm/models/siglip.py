@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import flax.linen as nn
 import jax
@@ -358,7 +358,8 @@ class SiglipModel(nn.Module):
 
   def image_features(self, pixel_values: jnp.ndarray) -> jnp.ndarray:
     """pixel_values [B, H, W, C] -> unnormalized pooled image embeddings [B, D]."""
-    return self.vision_model(pixel_values).pooled
+    # Not None: SiglipConfig requires the vision pooling head.
+    return cast(jax.Array, self.vision_model(pixel_values).pooled)
 
   def text_features(self, input_ids: jnp.ndarray) -> jnp.ndarray:
     """input_ids [B, S] -> unnormalized pooled text embeddings [B, D]."""
@@ -378,4 +379,4 @@ class SiglipModel(nn.Module):
 def relevance(model: SiglipModel, params: Any, pixel_values: jnp.ndarray,
               input_ids: jnp.ndarray) -> jnp.ndarray:
   """Query-frame relevance sigmoid(logits): frames [N, H, W, C], queries [Q, S] -> [N, Q] in (0, 1)."""
-  return jax.nn.sigmoid(model.apply({'params': params}, pixel_values, input_ids))
+  return jax.nn.sigmoid(cast(jax.Array, model.apply({'params': params}, pixel_values, input_ids)))

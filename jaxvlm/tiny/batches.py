@@ -178,16 +178,19 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
   letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
   answers = np.asarray([data.items[v].question.answer for v in vids])
   wrong = processor.tokenizer.convert_tokens_to_ids(WRONG_OPTION)
-  option_end = prompts.option_end_index(pb.input_ids, pb.layout.group, letters)
-  return {'input_ids': pb.input_ids, 'group': pb.layout.group, 'frame': pb.layout.frame,
-          'positions': pb.layout.positions, 'valid': pb.layout.valid, 'answer_index': pb.answer_index,
+  # prompts.collate's layout is numpy already (np.asarray only tells the type checker).
+  group, frame, positions, valid = (np.asarray(x) for x in (pb.layout.group, pb.layout.frame,
+                                                            pb.layout.positions, pb.layout.valid))
+  option_end = prompts.option_end_index(pb.input_ids, group, letters)
+  return {'input_ids': pb.input_ids, 'group': group, 'frame': frame,
+          'positions': positions, 'valid': valid, 'answer_index': pb.answer_index,
           'answer_id': letters[answers], 'frame_words': np.stack(words), 'seen_words': np.stack(seen),
           'event_words': np.stack(events),
           'option_end': option_end,
           'option_word': option_end - 1,  # an object option's colour word ("B . red ring")
           'option_events': np.stack(grounding),
           'option_target': losses.option_line_targets(letters, answers, wrong),
-          'question_end': prompts.question_end_index(pb.layout.group),
+          'question_end': prompts.question_end_index(group),
           'answer_words': losses.event_word_targets(processor.tokenizer, [
               data.items[v].question.options[a].split(' ') for v, a in zip(vids, answers)]),
           'tower': np.stack(feats)}

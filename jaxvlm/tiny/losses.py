@@ -6,6 +6,7 @@ Letters: B batch, I images, Q captions, S prompt slots, F frames, O options, D h
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,8 @@ def _siglip_logits_and_patches(module: siglip.SiglipModel, pixels: jnp.ndarray, 
                                ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """-> logits [I, Q] and the patch features the LLaVA's tower passes on [I, P, Dv] (last layer)."""
   vision = module.vision_model(pixels)
-  return module.pair_logits(vision.pooled, module.text_features(caption_ids)), vision.hidden_states[-1]
+  pooled = cast(jax.Array, vision.pooled)  # not None: SiglipConfig requires the vision pooling head
+  return module.pair_logits(pooled, module.text_features(caption_ids)), vision.hidden_states[-1]
 
 
 def siglip_loss_fn(params: dict, model: siglip.SiglipModel, batch: dict, word_weight: float
@@ -50,8 +52,9 @@ def siglip_loss_fn(params: dict, model: siglip.SiglipModel, batch: dict, word_we
   batch's captions almost always differ in colour or shape already, so the sigmoid loss alone never
   needs the rarer words (a moving object's direction) and the tower drops them (what it did to the
   probe and to retrieval: docs/results.md, "Embedded default")."""
-  logits, patches = model.apply({'params': params['model']}, batch['pixels'], batch['caption_ids'],
-                                method=_siglip_logits_and_patches)
+  logits, patches = cast(tuple[jax.Array, jax.Array],
+                         model.apply({'params': params['model']}, batch['pixels'], batch['caption_ids'],
+                                     method=_siglip_logits_and_patches))
   contrastive = sigmoid_loss(logits, batch['image_caption'][:, None] == batch['caption_index'][None, :])
   head = params['word_head']
   word_logits = patches.mean(1) @ head['kernel'] + head['bias']
@@ -78,17 +81,17 @@ def _forward(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: di
   """The forward of a prompt batch (keys as in `answer_logits`; the video comes from batch['pixels']
   or, with a frozen tower, from its cached output batch['tower'])."""
   layout = prompts.TokenLayout(batch['group'], batch['frame'], batch['positions'], batch['valid'])
-  return model.apply({'params': params}, batch['input_ids'], batch.get('pixels'), layout.positions,
-                     layout.meta(),
-                     spec=spec, return_hidden_states=return_hidden_states,
-                     tower_features=batch.get('tower'))
+  return cast(lo.LlavaOutput, model.apply({'params': params}, batch['input_ids'], batch.get('pixels'),
+                                          layout.positions, layout.meta(), spec=spec,
+                                          return_hidden_states=return_hidden_states,
+                                          tower_features=batch.get('tower')))
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
 def tower_features(params, model: lo.LlavaOnevisionForConditionalGeneration, pixels: jnp.ndarray
                    ) -> jnp.ndarray:
   """pixels [B, F, H, W, C] -> the vision tower's selected features [B, F, P, Dv]."""
-  return model.apply({'params': params}, pixels, method='tower_features')
+  return cast(jax.Array, model.apply({'params': params}, pixels, method='tower_features'))
 
 
 def _logits_at(params, model, hidden: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -116,7 +119,8 @@ def event_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, events: 
   """Per-row word lists [R] (a frame's event words, synthetic.frame_events, or an option's,
   synthetic.option_events) -> float32 [R, V]: uniform over each row's words, all zero for an empty
   row (no target there)."""
-  return _uniform_rows(len(tokenizer), [tokenizer.convert_tokens_to_ids(w) for w in events])
+  # A list of tokens in, a list of ids out.
+  return _uniform_rows(len(tokenizer), [cast(list[int], tokenizer.convert_tokens_to_ids(w)) for w in events])
 
 
 def _uniform_rows(vocab_size: int, id_lists: list[list[int]]) -> np.ndarray:
@@ -154,7 +158,7 @@ def option_line_targets(letter_ids: np.ndarray, answers: np.ndarray, wrong_id: i
 
 def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp.ndarray
                 ) -> jnp.ndarray:
-  return model.apply({'params': params}, h, method=lambda m, x: m.language_model.norm(x))
+  return cast(jax.Array, model.apply({'params': params}, h, method=lambda m, x: m.language_model.norm(x)))
 
 
 def masked_word_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -216,16 +220,18 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
   metrics = {'answer_loss': answer, 'accuracy': acc}
   loss = answer
   ends = prompts.frame_end_index(batch['frame'], batch['frame_words'].shape[1])
+  # Not None whenever a frame, seen or event weight is set (asked for above), the only readers.
+  hidden_states = cast(jax.Array, out.hidden_states)
   if frame_weight:
-    frame = _frame_loss(params, model, out.hidden_states, frame_layer, ends, batch['frame_words'])
+    frame = _frame_loss(params, model, hidden_states, frame_layer, ends, batch['frame_words'])
     metrics['frame_loss'] = frame
     loss = loss + frame_weight * frame
   if seen_weight:
-    seen = _frame_loss(params, model, out.hidden_states, seen_layer, ends, batch['seen_words'])
+    seen = _frame_loss(params, model, hidden_states, seen_layer, ends, batch['seen_words'])
     metrics['seen_loss'] = seen
     loss = loss + seen_weight * seen
   if event_weight:
-    event = _frame_loss(params, model, out.hidden_states, event_layer, ends, batch['event_words'])
+    event = _frame_loss(params, model, hidden_states, event_layer, ends, batch['event_words'])
     metrics['event_loss'] = event
     loss = loss + event_weight * event
   if option_weight:

@@ -8,7 +8,7 @@ Qwen2 of 8 layers (enough for the knockout settings: global-1 in steps of 2, win
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +25,9 @@ PIXEL_CONFIG = {'size': {'height': IMAGE_SIZE, 'width': IMAGE_SIZE}, 'resample':
                 'image_mean': [0.5, 0.5, 0.5], 'image_std': [0.5, 0.5, 0.5], 'rescale_factor': 1 / 255,
                 'do_resize': True, 'do_rescale': True, 'do_normalize': True, 'do_convert_rgb': True}
 CAPTION_LENGTH = 16  # SigLIP text length (captions are at most 13 words)
-VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-              image_size=IMAGE_SIZE, patch_size=16, hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6)
+VISION: dict[str, Any] = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4,
+                              num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=16,
+                              hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6)
 SIGLIP_TEXT = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=CAPTION_LENGTH, hidden_act='gelu_pytorch_tanh',
                    layer_norm_eps=1e-6)
@@ -52,7 +53,7 @@ def siglip_config_dict(vocab_size: int, pad_id: int) -> dict:
 
 
 def llava_config_dict(tokenizer: transformers.PreTrainedTokenizerBase) -> dict:
-  video_id, image_id = tokenizer.convert_tokens_to_ids(['<video>', '<image>'])
+  video_id, image_id = cast(list[int], tokenizer.convert_tokens_to_ids(['<video>', '<image>']))
   config = transformers.LlavaOnevisionConfig(
       vision_config={**VISION, 'model_type': 'siglip_vision_model', 'vision_use_head': False},
       text_config={**DECODER, 'model_type': 'qwen2', 'vocab_size': len(tokenizer),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -144,9 +145,10 @@ STAGE1_FIELDS = ('seed', 'num_frames', 'data.num_train', 'data.fps', 'siglip')
 
 def _config_field(config: dict, dotted: str):
   """config['a']['b'] for 'a.b'; None where a key is missing."""
+  value: Any = config
   for key in dotted.split('.'):
-    config = config.get(key) if isinstance(config, dict) else None
-  return config
+    value = value.get(key) if isinstance(value, dict) else None
+  return value
 
 
 def link_stage1(config, source: str, workdir: str) -> None:

@@ -2,7 +2,7 @@
 LLaVA-OneVision chat template the embedded default ships with."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, cast
 
 import numpy as np
 import transformers
@@ -57,5 +57,5 @@ def build_tokenizer(texts: Iterable[str]) -> transformers.PreTrainedTokenizerFas
 def caption_words(tokenizer: transformers.PreTrainedTokenizerBase, caption: str) -> list[int]:
   """Ids of a frame caption's content words (colours, shapes, places, background), sorted."""
   words = pre_tokenizers.Whitespace().pre_tokenize_str(caption)
-  return sorted(set(tokenizer.convert_tokens_to_ids([w for w, _ in words
-                                                     if w not in CAPTION_STOPWORDS])))
+  ids = cast(list[int], tokenizer.convert_tokens_to_ids([w for w, _ in words if w not in CAPTION_STOPWORDS]))
+  return sorted(set(ids))  # a list of tokens in, a list of ids out
