@@ -19,7 +19,7 @@ import math
 import os
 import re
 import struct
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -527,8 +527,11 @@ def family_of(config: Mapping[str, Any]) -> Family:
   return FAMILIES[model_type]
 
 
-def _rename(state_dict: Mapping[str, np.ndarray], rename: Callable[[str], str]) -> dict[str, np.ndarray]:
-  out: dict[str, np.ndarray] = {}
+_T = TypeVar('_T')   # a tensor: an array, or a TensorRef into a safetensors file
+
+
+def _rename(state_dict: Mapping[str, _T], rename: Callable[[str], str]) -> dict[str, _T]:
+  out: dict[str, _T] = {}
   source: dict[str, str] = {}
   for key, tensor in state_dict.items():
     new = rename(key)
@@ -630,7 +633,8 @@ def _index_key(index: tuple[slice, ...]) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
-def _read_block(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef], shape: tuple[int, ...],
+def _read_block(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef | np.ndarray],
+                shape: tuple[int, ...],
                 index: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
   """The block `index` of flax leaf `path` [shape] as numpy `dtype`, read from the HF tensors `keys`
   (one per layer when stacked; a kernel's block is the transposed block of the HF weight). Converted
@@ -652,7 +656,8 @@ def _read_block(path: tuple[str, ...], keys: list[str], refs: Mapping[str, Tenso
   return block
 
 
-def _place_leaf(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef], shape: tuple[int, ...],
+def _place_leaf(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef | np.ndarray],
+                shape: tuple[int, ...],
                 leaf_sharding: Any, dtype: np.dtype) -> jax.Array:
   """The global array of one parameter: each of this process's devices gets its block, read and put on
   the device one at a time (a block replicated on several local devices is read once)."""
@@ -687,10 +692,11 @@ def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dt
   from jaxvlm import sharding  # pylint: disable=g-import-not-at-top
   dtype = np.dtype(dtype)
   rules = sharding.DEFAULT_RULES if rules is None else rules
-  refs = _rename(read_tensor_index(ckpt_dir), family.to_ours)
+  refs: dict[str, TensorRef | np.ndarray] = dict(_rename(read_tensor_index(ckpt_dir), family.to_ours))
+  relay = family.tensor_to_ours
   for key in family.relaid:
-    if key in refs:  # small tensors whose layout changes (a patch embedding): read whole, changed in memory
-      refs[key] = np.asarray(family.tensor_to_ours(model, key, read_slice(refs[key], ())))
+    if key in refs and relay is not None:  # small tensors whose layout changes (a patch embedding): read
+      refs[key] = np.asarray(relay(model, key, read_slice(refs[key], ())))   # whole, changed in memory
   target = family.param_shapes(model)
   _drop_tied_head(refs, target, family, equal=_refs_equal)
   plan = match_tensors({k: r.shape for k, r in refs.items()}, target)

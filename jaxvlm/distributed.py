@@ -86,7 +86,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                f'(JAX_PROCESS_ID / JAX_NUM_PROCESSES)')
       # Only affects the CPU backend; without it CPU computations cannot span processes.
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-      timeout_s = int(timeout_s or os.environ.get('JAXVLM_INIT_TIMEOUT_S', DEFAULT_INIT_TIMEOUT_S))
+      timeout_s = int(timeout_s or os.environ.get('JAXVLM_INIT_TIMEOUT_S') or DEFAULT_INIT_TIMEOUT_S)
       try:
         jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s,
                                    heartbeat_timeout_seconds=max(10, min(100, timeout_s)),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -304,7 +305,8 @@ def recommend(config) -> dict:
       c.mesh = dict(mesh)
     plans.append(plan(c))
   best = next((p for p in plans if p['fits']), None)
-  out = {'plan': best or min(plans, key=lambda p: p['total_bytes_per_device']), 'candidates': len(plans)}
+  out: dict[str, Any] = {'plan': best or min(plans, key=lambda p: p['total_bytes_per_device']),
+                         'candidates': len(plans)}
   if best is None and config.sweep_states:
     c = config.copy_and_resolve_references()
     with c.unlocked():

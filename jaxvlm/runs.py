@@ -383,20 +383,21 @@ class RunLog:
   def record_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
     """Annotation failures, recorded once (by process 0; see `record_skipped`)."""
     if distributed.is_main():
+      assert self.log is not None, 'process 0 always writes'
       record_skipped(self.log, skipped)
 
   def todo(self, samples: Sequence[Any]) -> list:
     """The samples this process evaluates that are not done yet (`pending`: no record, or a failure to
     retry); on a spanning mesh process 0's list, sent to every process (they run every batch together)."""
     share = distributed.work_share(samples, self.mesh)
-    todo = pending(share, self.log) if self.writes else []
+    todo = pending(share, self.log) if self.log is not None else []   # None: not the writing process
     if not distributed.mesh_spans_processes(self.mesh):
       return todo
     ids = set(distributed.broadcast_json([s.id for s in todo], name='todo ids'))
     return [s for s in share if s.id in ids]
 
   def append(self, record: dict) -> None:
-    if self.writes:
+    if self.log is not None:   # the writing process
       self.log.append(record)
 
   def records(self) -> list[dict]:
@@ -406,6 +407,7 @@ class RunLog:
       return []
     if jax.process_count() > 1 and not distributed.mesh_spans_processes(self.mesh):
       return distributed.merge_results(self.workdir)
+    assert self.log is not None, 'process 0 always writes'
     return self.log.records()
 
 

@@ -87,8 +87,8 @@ def causal_relevance(model: LlavaOnevisionForConditionalGeneration, params, clea
   knocked = sweep.run_sweep(model, params, clean, layout, answer_index, option_ids,
                             jax.tree.map(jnp.asarray, specs), tail_multiple, spec_chunk)
   target = np.asarray(target)
-  knocked = sharding.to_host(knocked)
-  return CausalOracle(logp_drop(clean.option_logprobs, knocked, target), knocked, target)
+  knocked_host = sharding.to_host(knocked)
+  return CausalOracle(logp_drop(clean.option_logprobs, knocked_host, target), knocked_host, target)
 
 
 def causal_relevance_full(model: LlavaOnevisionForConditionalGeneration, params, input_ids,
