@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, config_checks, distributed, input_pipeline, lmms_eval_format, runs, sharding
+from jaxvlm import benchmark_scores, config_checks, distributed, lmms_eval_format, runs, sharding
 from jaxvlm.keyframes import candidates, config_fields, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
@@ -42,34 +40,14 @@ def run(config, workdir: str) -> dict:
   if trained is not None and trained.num_candidates != config.num_candidates:
     raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
                      f'candidates, the diagnosis uses num_candidates={config.num_candidates}')
-  if distributed.is_main():
-    runs.prepare_workdir(workdir, config, config_fields.DIAGNOSIS)   # lock, bind to the config
-    runs.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
-  distributed.barrier('workdir')
-  samples, skipped = runs.load_samples(config, workdir)
-  log = runs.RunLog(workdir, mesh, config.retry_failures)
-  log.record_skipped(skipped)
-  todo = log.todo(samples)
+  samples, log, todo = runs.open_run(workdir, config, config_fields.DIAGNOSIS, mesh)   # lock, bind to the config
   logging.info('%d samples, %d to run here, %d candidates, selectors %s, k %s', len(samples), len(todo),
                config.num_candidates, plan.selectors, plan.ks)
-  start = time.time()
-  with tqdm(total=len(todo), unit='sample', desc='keyframes', dynamic_ncols=True,
-            disable=not distributed.is_main()) as bar:
-    # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
-    prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config,
-                                max_positions=runs.max_positions(model))
-    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers,
-                                                 in_order=distributed.mesh_spans_processes(mesh)):
-      cands, failed = ready.items, ready.failed
-      runs.check_same_batch([c.sample.id for c in cands] + [i for i, _ in failed], mesh)
-      for sample_id, reason in failed:
-        log.append({'id': sample_id, 'error': reason})
-      if cands:   # a batch that fails on the model side is retried sample by sample
-        for record in runs.batch_records(cands, lambda cs: diagnosis.evaluate_batch(
-            model, params, processor, siglip, cs, plan, config, trained, mesh)):
-          log.append(record)
-      bar.update(ready.num_samples)
-      bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
+  # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
+  prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config,
+                              max_positions=runs.max_positions(model))
+  runs.evaluate_pending(todo, prepare, lambda cs: diagnosis.evaluate_batch(
+      model, params, processor, siglip, cs, plan, config, trained, mesh), log, config, mesh, desc='keyframes')
   records = log.records()
   summary = diagnosis.summarize(records, plan, config.sensitive_k, config.benchmark,
                                 {s.id: s.meta for s in samples})
@@ -81,8 +59,7 @@ def run(config, workdir: str) -> dict:
         lambda s: processor.render(processor.question_text(s.question, s.options)), config.checkpoint,
         ann=config.data.get('ann', ''), run_config=config.to_dict())
     keyframe_plots.diagnosis_plots(summary, records, workdir, config.strip_samples)
-    runs.release_workdir(workdir)
-  distributed.barrier('summary')
+  runs.finish_run(workdir)
   return summary
 
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-from tqdm import tqdm
 
-from jaxvlm import benchmark_scores, config_checks, distributed, input_pipeline, lmms_eval_format, runs, sharding
+from jaxvlm import benchmark_scores, config_checks, distributed, lmms_eval_format, runs, sharding
 from jaxvlm.knockout import config_fields, engine, metrics, plots, specs
 
 
@@ -47,34 +45,14 @@ def run(config, workdir: str) -> dict:
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
   sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
-  if distributed.is_main():
-    runs.prepare_workdir(workdir, config, config_fields.KNOCKOUT)   # lock, bind to the config
-    runs.load_samples(config, workdir)  # generates the synthetic split once, before the others read it
-  distributed.barrier('workdir')
-  samples, skipped = runs.load_samples(config, workdir)
-  log = runs.RunLog(workdir, mesh, config.retry_failures)
-  log.record_skipped(skipped)
-  todo = log.todo(samples)
+  samples, log, todo = runs.open_run(workdir, config, config_fields.KNOCKOUT, mesh)   # lock, bind to the config
   logging.info('process %d/%d: %d samples here, %d to run, %d specs per sample', info.process_index,
                info.process_count, len(distributed.work_share(samples, mesh)), len(todo), len(sw))
-  start = time.time()
-  with tqdm(total=len(todo), unit='sample', desc='knockout', dynamic_ncols=True,
-            disable=not distributed.is_main()) as bar:
-    # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
-    prepare = functools.partial(runs.prepare, processor=processor, config=config,
-                                max_positions=runs.max_positions(model))
-    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers,
-                                                 in_order=distributed.mesh_spans_processes(mesh)):
-      prepared, failed = ready.items, ready.failed
-      runs.check_same_batch([c.sample.id for c in prepared] + [i for i, _ in failed], mesh)
-      for sample_id, reason in failed:
-        log.append({'id': sample_id, 'error': reason})
-      if prepared:   # a batch that fails on the model side is retried sample by sample
-        for record in runs.batch_records(prepared, functools.partial(
-            sample_records, model, params, processor, mesh, sw, config)):
-          log.append(record)
-      bar.update(ready.num_samples)
-      bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
+  # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
+  prepare = functools.partial(runs.prepare, processor=processor, config=config,
+                              max_positions=runs.max_positions(model))
+  runs.evaluate_pending(todo, prepare, functools.partial(sample_records, model, params, processor, mesh, sw, config),
+                        log, config, mesh, desc='knockout')
   records = log.records()
   summary = metrics.summarize(records, sw, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
@@ -85,8 +63,7 @@ def run(config, workdir: str) -> dict:
         workdir, config.benchmark, samples, records,
         lambda s: processor.render(processor.question_text(s.question, s.options)),
         config.checkpoint, ann=config.data.get('ann', ''), run_config=config.to_dict())
-    runs.release_workdir(workdir)
-  distributed.barrier('summary')
+  runs.finish_run(workdir)
   return summary
 
 

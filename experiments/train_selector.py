@@ -75,8 +75,7 @@ def run(config, workdir: str) -> dict:
              'final': evals[-1] if evals else None}
   if distributed.is_main():
     runs.write_summary(workdir, summary, evals)
-    runs.release_workdir(workdir)
-  distributed.barrier('summary')
+  runs.finish_run(workdir)
   return summary
 
 

@@ -38,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
-from jaxvlm import checkpoints, config_checks, data, distributed, frame_folders, prompts, sharding
+from jaxvlm import checkpoints, config_checks, data, distributed, frame_folders, input_pipeline, prompts, sharding
 from jaxvlm.data import synthetic
 from jaxvlm.prompts import TokenLayout
 from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
@@ -409,6 +410,50 @@ class RunLog:
       return distributed.merge_results(self.workdir)
     assert self.log is not None, 'process 0 always writes'
     return self.log.records()
+
+
+def open_run(workdir: str, config, spec: config_checks.Spec, mesh) -> tuple[list[data.VideoQASample], RunLog, list]:
+  """The start every per-sample study shares: process 0 prepares the workdir (lock, bound to the config)
+  and generates a synthetic split once; then every process loads the samples and its RunLog.
+  -> (samples, log, the samples this process still evaluates)."""
+  if distributed.is_main():
+    prepare_workdir(workdir, config, spec)
+    load_samples(config, workdir)  # generates the synthetic split once, before the others read it
+  distributed.barrier('workdir')
+  samples, skipped = load_samples(config, workdir)
+  log = RunLog(workdir, mesh, config.retry_failures)
+  log.record_skipped(skipped)
+  return samples, log, log.todo(samples)
+
+
+def evaluate_pending(todo: Sequence[data.VideoQASample], prepare: Callable[[Any], Any],
+                     evaluate: Callable[[Sequence[Any]], list[dict]], log: RunLog, config, mesh,
+                     desc: str) -> None:
+  """The loop every per-sample study shares. Worker threads `prepare` the next samples while
+  `evaluate(prepared batch) -> records` computes (jaxvlm/input_pipeline.py; in sample order on a mesh
+  spanning processes, where every process must feed the same batch: checked). A sample that fails to
+  prepare is a record; a batch that fails on the model side is retried sample by sample
+  (`batch_records`). Progress bar on process 0."""
+  start = time.time()
+  with tqdm(total=len(todo), unit='sample', desc=desc, dynamic_ncols=True,
+            disable=not distributed.is_main()) as bar:
+    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers,
+                                                 in_order=distributed.mesh_spans_processes(mesh)):
+      check_same_batch([p.sample.id for p in ready.items] + [i for i, _ in ready.failed], mesh)
+      for sample_id, reason in ready.failed:
+        log.append({'id': sample_id, 'error': reason})
+      if ready.items:
+        for record in batch_records(ready.items, evaluate):
+          log.append(record)
+      bar.update(ready.num_samples)
+      bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
+
+
+def finish_run(workdir: str) -> None:
+  """Process 0 releases the workdir lock (its results are written); every process waits for that."""
+  if distributed.is_main():
+    release_workdir(workdir)
+  distributed.barrier('summary')
 
 
 # ---------------------------------------------------------------- samples
