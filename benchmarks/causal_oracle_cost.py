@@ -17,6 +17,7 @@ from other processes hits them alike); medians, and the median of the per-round 
   attention the attention oracle on top of the same clean run.
 The goal is causal / forward <= 3; N full forwards would cost about N + 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,9 +53,13 @@ def main():
   parser.add_argument('--frames', type=int, default=32)
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--attention_block_size', type=int, default=0,
-                      help='query/key tile of the attention kernel, forward and oracle alike (0: the '
-                           'config default, 512; measured ratios 2.3x at 512, 2.6x at 128, 3.4x at 64)')
+  parser.add_argument(
+    '--attention_block_size',
+    type=int,
+    default=0,
+    help='query/key tile of the attention kernel, forward and oracle alike (0: the '
+    'config default, 512; measured ratios 2.3x at 512, 2.6x at 128, 3.4x at 64)',
+  )
   args = parser.parse_args()
   _, model, params = mid_size_model(args.layers)
   model = with_attention_block(model, args.attention_block_size)
@@ -62,8 +67,10 @@ def main():
   px = np.random.default_rng(1).normal(size=(1, args.frames, 196, 196, 3)).astype(np.float32)
   target = np.asarray([0])
   text_after = int(sum(n for _, n in TEXT[1:]))
-  print(f'prompt S = {ids.shape[1]} ({args.frames} frames x {model.config.tokens_per_frame} tokens + newline, '
-        f'{text_after} text tokens after the video), {args.layers} layers, hidden 256')
+  print(
+    f'prompt S = {ids.shape[1]} ({args.frames} frames x {model.config.tokens_per_frame} tokens + newline, '
+    f'{text_after} text tokens after the video), {args.layers} layers, hidden 256'
+  )
 
   @jax.jit
   def forward(params, ids, px):
@@ -79,14 +86,18 @@ def main():
     clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
     return relevance.attention_relevance(model, params, clean, layout, answer, args.frames).last
 
-  t = interleaved_times({'forward': lambda: np.asarray(forward(params, ids, px)), 'causal': causal,
-                         'attention': attention}, args.repeats)
+  t = interleaved_times(
+    {'forward': lambda: np.asarray(forward(params, ids, px)), 'causal': causal, 'attention': attention}, args.repeats
+  )
   ratio = lambda name: float(np.median(t[name] / t['forward']))
   print(f"one clean forward:                        {np.median(t['forward']):8.3f} s")
-  print(f"causal oracle, {args.frames} frames (reuse path):    {np.median(t['causal']):8.3f} s   "
-        f"ratio {ratio('causal'):5.2f}x (goal <= 3x; {args.frames} full forwards ~ {args.frames + 1}x)")
-  print(f"attention oracle (clean run + text tail): {np.median(t['attention']):8.3f} s   "
-        f"ratio {ratio('attention'):5.2f}x")
+  print(
+    f"causal oracle, {args.frames} frames (reuse path):    {np.median(t['causal']):8.3f} s   "
+    f"ratio {ratio('causal'):5.2f}x (goal <= 3x; {args.frames} full forwards ~ {args.frames + 1}x)"
+  )
+  print(
+    f"attention oracle (clean run + text tail): {np.median(t['attention']):8.3f} s   ratio {ratio('attention'):5.2f}x"
+  )
   print('per-round causal / forward ratios:', np.round(t['causal'] / t['forward'], 2).tolist())
 
 

@@ -19,6 +19,7 @@ alternated, so a busy machine's load hits both alike. Unless --skip_xla it also 
 (cost_analysis of the compiled prefill, one-tile attention) against the analytical one at the first
 --frames. Our attention kernel runs with 64 x 64 tiles (--attention_block_size), as in knockout_sweep.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,12 @@ def tiny_prompt(model, num_frames: int, seed: int = 0):
   frame = np.full(len(group), -1, np.int32)
   frame[group == Group.VIDEO] = np.append(np.arange(n_video - 1) // model.config.tokens_per_frame, -1)
   s = len(ids)
-  layout = TokenLayout(group=jnp.asarray(group)[None], frame=jnp.asarray(frame)[None],
-                       positions=jnp.arange(s, dtype=jnp.int32)[None], valid=jnp.ones((1, s), bool))
+  layout = TokenLayout(
+    group=jnp.asarray(group)[None],
+    frame=jnp.asarray(frame)[None],
+    positions=jnp.arange(s, dtype=jnp.int32)[None],
+    valid=jnp.ones((1, s), bool),
+  )
   return ids[None], layout, jnp.asarray([s - 1], jnp.int32)
 
 
@@ -71,8 +76,9 @@ def time_pair(a, b, repeats: int) -> tuple[float, float]:
 def compare(name: str, model, params, ids, layout, answer, pixels, option_ids, repeats: int, block: int):
   """Times clean and every plan on one prompt; prints one line per plan."""
   span = efficient.video_span(np.asarray(layout.group), np.asarray(layout.frame), model.config.tokens_per_frame)
-  shape = costs.PromptShape(span.start, ids.shape[1] - span.start - span.num_tokens, span.num_frames,
-                            model.config.tokens_per_frame)
+  shape = costs.PromptShape(
+    span.start, ids.shape[1] - span.start - span.num_tokens, span.num_frames, model.config.tokens_per_frame
+  )
   num_layers = model.config.text.num_hidden_layers
   clean_plan = InferencePlan(num_layers)
 
@@ -86,22 +92,29 @@ def compare(name: str, model, params, ids, layout, answer, pixels, option_ids, r
   run_clean = lambda: jax.block_until_ready(clean(params, ids, pixels))
   full = costs.prefill_cost(model.config, clean_plan, shape, block_size=block)
   full_paper = costs.prefill_cost(model.config, clean_plan, shape)
-  print(f'{name}: S = {ids.shape[1]} ({span.num_frames} frames x {model.config.tokens_per_frame} tokens), '
-        f'clean prefill {full.total / 1e9:.2f} GFLOPs '
-        f'(attention {full.attention / full.total:.0%}, vision {full.vision / full.total:.0%})')
+  print(
+    f'{name}: S = {ids.shape[1]} ({span.num_frames} frames x {model.config.tokens_per_frame} tokens), '
+    f'clean prefill {full.total / 1e9:.2f} GFLOPs '
+    f'(attention {full.attention / full.total:.0%}, vision {full.vision / full.total:.0%})'
+  )
   reference = np.asarray(clean(params, ids, pixels))
   for plan in PLANS:
-    run = lambda: jax.block_until_ready(efficient.option_logprobs(
-        model, params, ids, pixels, layout.positions, layout.meta(), answer, option_ids, plan, span))
+    run = lambda: jax.block_until_ready(
+      efficient.option_logprobs(
+        model, params, ids, pixels, layout.positions, layout.meta(), answer, option_ids, plan, span
+      )
+    )
     t_clean, t_plan = time_pair(run_clean, run, repeats)
     cost = costs.prefill_cost(model.config, plan, shape, block_size=block)
     paper = costs.prefill_cost(model.config, plan, shape)
     measured, analytical = t_clean / t_plan, full.total / cost.total
     change = np.abs(np.asarray(run()) - reference).max()
-    print(f'  {plan.name(num_layers):32s} clean {t_clean * 1e3:8.1f} ms  plan {t_plan * 1e3:8.1f} ms   measured {measured:5.2f}x   analytical '
-          f'{analytical:5.2f}x (paper {full_paper.total / paper.total:5.2f}x)   measured/analytical '
-          f'{measured / analytical:4.2f}   attention FLOPs {100 * paper.attention / full_paper.attention:5.1f} % '
-          f'of full   max |dlogp| vs clean {change:.2f}')
+    print(
+      f'  {plan.name(num_layers):32s} clean {t_clean * 1e3:8.1f} ms  plan {t_plan * 1e3:8.1f} ms   measured {measured:5.2f}x   analytical '
+      f'{analytical:5.2f}x (paper {full_paper.total / paper.total:5.2f}x)   measured/analytical '
+      f'{measured / analytical:4.2f}   attention FLOPs {100 * paper.attention / full_paper.attention:5.1f} % '
+      f'of full   max |dlogp| vs clean {change:.2f}'
+    )
 
 
 def xla_check(model, params, ids, layout, answer, pixels, option_ids):
@@ -109,16 +122,20 @@ def xla_check(model, params, ids, layout, answer, pixels, option_ids):
   block = ids.shape[1]
   model = ks.with_attention_block(model, block)
   span = efficient.video_span(np.asarray(layout.group), np.asarray(layout.frame), model.config.tokens_per_frame)
-  shape = costs.PromptShape(span.start, ids.shape[1] - span.start - span.num_tokens, span.num_frames,
-                            model.config.tokens_per_frame)
+  shape = costs.PromptShape(
+    span.start, ids.shape[1] - span.start - span.num_tokens, span.num_frames, model.config.tokens_per_frame
+  )
   print(f'XLA cost_analysis vs analytical FLOPs ({span.num_frames} frames, attention in one tile of {block}):')
   for plan in (InferencePlan(model.config.text.num_hidden_layers),) + PLANS:
-    xla = costs.xla_prefill_flops(model, params, ids, pixels, layout.positions, layout.meta(), answer, option_ids,
-                                  plan, span)
+    xla = costs.xla_prefill_flops(
+      model, params, ids, pixels, layout.positions, layout.meta(), answer, option_ids, plan, span
+    )
     ours = costs.prefill_cost(model.config, plan, shape, block_size=block)
-    print(f'  {plan.name(model.config.text.num_hidden_layers):32s} XLA {xla["total"] / 1e9:8.3f} GFLOPs, '
-          f'analytical {ours.total / 1e9:8.3f} GFLOPs, XLA / analytical {xla["total"] / ours.total:.3f} '
-          f'(decoder {xla["decoder"] / (ours.attention + ours.linear):.3f}, vision {xla["vision"] / ours.vision:.3f})')
+    print(
+      f'  {plan.name(model.config.text.num_hidden_layers):32s} XLA {xla["total"] / 1e9:8.3f} GFLOPs, '
+      f'analytical {ours.total / 1e9:8.3f} GFLOPs, XLA / analytical {xla["total"] / ours.total:.3f} '
+      f'(decoder {xla["decoder"] / (ours.attention + ours.linear):.3f}, vision {xla["vision"] / ours.vision:.3f})'
+    )
 
 
 def main():
@@ -139,16 +156,36 @@ def main():
   for frames in frame_counts:
     ids, layout, answer = ks.prompt(model, frames)
     px = np.random.default_rng(1).normal(size=(1, frames, 196, 196, 3)).astype(np.float32)
-    compare(f'mid-size, {frames} frames', model, mid_params, ids, layout, answer, px, ks.OPTION_IDS, args.repeats,
-            args.attention_block_size)
+    compare(
+      f'mid-size, {frames} frames',
+      model,
+      mid_params,
+      ids,
+      layout,
+      answer,
+      px,
+      ks.OPTION_IDS,
+      args.repeats,
+      args.attention_block_size,
+    )
   if not args.skip_tiny:
     tiny, tiny_params, _ = checkpoints.load_pretrained(os.path.join(REPO, 'assets', 'llava_ov_tiny'))
     tiny = ks.with_attention_block(tiny, args.attention_block_size)
     ids, layout, answer = tiny_prompt(tiny, 32)
     size = tiny.config.vision.image_size
     px = np.random.default_rng(2).normal(size=(1, 32, size, size, 3)).astype(np.float32)
-    compare('embedded default (assets/llava_ov_tiny), 32 frames', tiny, tiny_params, ids, layout, answer, px,
-            jnp.asarray([3, 4, 5, 6], jnp.int32), args.repeats, args.attention_block_size)
+    compare(
+      'embedded default (assets/llava_ov_tiny), 32 frames',
+      tiny,
+      tiny_params,
+      ids,
+      layout,
+      answer,
+      px,
+      jnp.asarray([3, 4, 5, 6], jnp.int32),
+      args.repeats,
+      args.attention_block_size,
+    )
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ the slow part of a first run; later runs reuse them.
 
   python -m benchmarks.input_overlap --fixture_dir=/tmp/overlap   # the fixture is reused when present
 """
+
 from __future__ import annotations
 
 import json
@@ -56,19 +57,30 @@ from jaxvlm import runs, sharding
 from jaxvlm.data import synthetic
 from jaxvlm.knockout import engine, specs
 
-_FIXTURE_DIR = flags.DEFINE_string('fixture_dir', None, 'Where the long-video fixture is written and '
-                                   'reused (default: a temporary directory).')
-_SAMPLES = flags.DEFINE_integer('samples', 480, 'Samples in the fixture (enough that the fixed '
-                                'start-up cost of the experiment is small against its work).')
+_FIXTURE_DIR = flags.DEFINE_string(
+  'fixture_dir', None, 'Where the long-video fixture is written and reused (default: a temporary directory).'
+)
+_SAMPLES = flags.DEFINE_integer(
+  'samples',
+  480,
+  'Samples in the fixture (enough that the fixed start-up cost of the experiment is small against its work).',
+)
 _SECONDS = flags.DEFINE_float('seconds', 60.0, 'Length of each video.')
 _HEIGHT = flags.DEFINE_integer('height', 120, 'Video height.')
 _WIDTH = flags.DEFINE_integer('width', 160, 'Video width.')
 _WORKERS = flags.DEFINE_integer('workers', 2, 'input_workers of the overlapped run.')
-_SETTINGS = flags.DEFINE_string('settings', 'global2', 'Knockout settings (set the compute per batch; '
-                                'global2 makes it about as long as decoding the fixture).')
-_XLA_THREADS = flags.DEFINE_integer('xla_threads', 1, 'CPU threads XLA computes with (0: its default, all '
-                                    'cores). 1 leaves the other cores to the input workers, as a host '
-                                    'whose model runs on an accelerator has them.')
+_SETTINGS = flags.DEFINE_string(
+  'settings',
+  'global2',
+  'Knockout settings (set the compute per batch; global2 makes it about as long as decoding the fixture).',
+)
+_XLA_THREADS = flags.DEFINE_integer(
+  'xla_threads',
+  1,
+  'CPU threads XLA computes with (0: its default, all '
+  'cores). 1 leaves the other cores to the input workers, as a host '
+  'whose model runs on an accelerator has them.',
+)
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
 _FPS = 30
@@ -122,22 +134,33 @@ def _config(input_workers: int):
 
 
 def _cache_env(root: str) -> dict[str, str]:
-  return {'JAX_COMPILATION_CACHE_DIR': os.path.join(root, 'jax_cache'),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  return {
+    'JAX_COMPILATION_CACHE_DIR': os.path.join(root, 'jax_cache'),
+    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+    'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+  }
 
 
 def _experiment_seconds(root: str, input_workers: int, max_samples: int = -1) -> float:
   """Wall seconds of `python -m experiments.knockout` in a fresh workdir reading the fixture."""
   workdir = tempfile.mkdtemp(prefix='run_', dir=root)
   os.symlink(os.path.join(root, 'synthetic'), os.path.join(workdir, 'synthetic'))
-  command = [sys.executable, '-m', 'experiments.knockout', '--config=configs/knockout.py',
-             f'--workdir={workdir}', f'--config.data.num={_SAMPLES.value}', f'--config.data.seed={_SEED}',
-             f'--config.settings={_SETTINGS.value}', f'--config.input_workers={input_workers}',
-             f'--config.max_samples={max_samples}']
+  command = [
+    sys.executable,
+    '-m',
+    'experiments.knockout',
+    '--config=configs/knockout.py',
+    f'--workdir={workdir}',
+    f'--config.data.num={_SAMPLES.value}',
+    f'--config.data.seed={_SEED}',
+    f'--config.settings={_SETTINGS.value}',
+    f'--config.input_workers={input_workers}',
+    f'--config.max_samples={max_samples}',
+  ]
   start = time.perf_counter()
-  done = subprocess.run(command, cwd=_REPO, env={**os.environ, **_cache_env(root)}, capture_output=True,
-                        text=True, check=False)
+  done = subprocess.run(
+    command, cwd=_REPO, env={**os.environ, **_cache_env(root)}, capture_output=True, text=True, check=False
+  )
   seconds = time.perf_counter() - start
   if done.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
@@ -172,30 +195,39 @@ def main(argv):
   os.makedirs(root, exist_ok=True)
   _fixture(root)
   if _XLA_THREADS.value:  # before JAX starts its CPU backend; the subprocesses inherit it
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
-                               f'intra_op_parallelism_threads={_XLA_THREADS.value}').strip()
+    os.environ['XLA_FLAGS'] = (
+      os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false '
+      f'intra_op_parallelism_threads={_XLA_THREADS.value}'
+    ).strip()
   for name, value in _cache_env(root).items():  # the in-process measurements share the cache
     jax.config.update(name.lower(), int(value) if value.isdigit() else value)
-  print(f'{_SAMPLES.value} samples, {_SECONDS.value:g} s videos at {_WIDTH.value}x{_HEIGHT.value}, '
-        f'{jax.device_count()} device(s), settings {_SETTINGS.value}, {os.cpu_count()} CPUs, '
-        f'XLA threads {_XLA_THREADS.value or "all"}', flush=True)
+  print(
+    f'{_SAMPLES.value} samples, {_SECONDS.value:g} s videos at {_WIDTH.value}x{_HEIGHT.value}, '
+    f'{jax.device_count()} device(s), settings {_SETTINGS.value}, {os.cpu_count()} CPUs, '
+    f'XLA threads {_XLA_THREADS.value or "all"}',
+    flush=True,
+  )
   warm = _experiment_seconds(root, 0)  # fills the compilation cache
   decode, compute = _decode_and_compute(root)
   one_batch = _config(0).batch_size  # a full batch: shapes the warm-up compiled
   fixed = _experiment_seconds(root, 0, max_samples=one_batch)
   serial = _experiment_seconds(root, 0)
   overlap = _experiment_seconds(root, _WORKERS.value)
-  for label, seconds in (('warm-up run (fills the compile cache)', warm),
-                         ('decode: runs.prepare, all samples, no workers, in process', decode),
-                         ('compute: collate + sweep of the prepared batches, in process', compute),
-                         ('decode + compute', decode + compute),
-                         (f'fixed: whole experiment on {one_batch} samples (subprocess wall)', fixed),
-                         ('serial: whole experiment, input_workers=0 (subprocess wall)', serial),
-                         (f'overlap: whole experiment, input_workers={_WORKERS.value} (subprocess wall)', overlap)):
+  for label, seconds in (
+    ('warm-up run (fills the compile cache)', warm),
+    ('decode: runs.prepare, all samples, no workers, in process', decode),
+    ('compute: collate + sweep of the prepared batches, in process', compute),
+    ('decode + compute', decode + compute),
+    (f'fixed: whole experiment on {one_batch} samples (subprocess wall)', fixed),
+    ('serial: whole experiment, input_workers=0 (subprocess wall)', serial),
+    (f'overlap: whole experiment, input_workers={_WORKERS.value} (subprocess wall)', overlap),
+  ):
     print(f'{label:<64}{seconds:8.2f} s')
   print(f'serial / (decode + compute)            = {serial / (decode + compute):.2f}')
-  print(f'overlap / (decode + compute)           = {overlap / (decode + compute):.2f} (goal <= 0.7; '
-        'whole wall time, fixed cost included)')
+  print(
+    f'overlap / (decode + compute)           = {overlap / (decode + compute):.2f} (goal <= 0.7; '
+    'whole wall time, fixed cost included)'
+  )
   print(f'(overlap - fixed) / (decode + compute) = {(overlap - fixed) / (decode + compute):.2f}')
 
 

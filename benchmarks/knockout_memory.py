@@ -3,6 +3,7 @@ clean vs knocked out (XLA's memory analysis of the compiled program; nothing is 
 
   python -m benchmarks.knockout_memory
 """
+
 from __future__ import annotations
 
 import jax
@@ -12,8 +13,14 @@ from jaxvlm.knockout import specs as knockout
 from jaxvlm.models import qwen2
 from jaxvlm.models.attention import TokenMeta
 
-QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                num_key_value_heads=4, vocab_size=152128)
+QWEN2_7B = dict(
+  hidden_size=3584,
+  intermediate_size=18944,
+  num_hidden_layers=28,
+  num_attention_heads=28,
+  num_key_value_heads=4,
+  vocab_size=152128,
+)
 FRAMES, TOKENS_PER_FRAME, TEXT = 64, 196, 64
 
 
@@ -32,12 +39,18 @@ def layer_temp_bytes(kind: str | None, dtype=jnp.bfloat16) -> tuple[int, int]:
   if kind is not None:
     spec = knockout.knockout_spec(kind, knockout.all_layers(1), FRAMES)
     rule = jax.tree.map(lambda x: sds(x.shape[1:], x.dtype), spec)
-  params = jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), jnp.zeros(h.shape, dtype),
-                                             jnp.zeros(positions.shape, jnp.int32),
-                                             jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), meta),
-                                             jnp.zeros(cache.shape, dtype), jnp.zeros(cache.shape, dtype),
-                                             jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), meta),
-                                             jnp.zeros((1,), jnp.int32)))
+  params = jax.eval_shape(
+    lambda: layer.init(
+      jax.random.PRNGKey(0),
+      jnp.zeros(h.shape, dtype),
+      jnp.zeros(positions.shape, jnp.int32),
+      jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), meta),
+      jnp.zeros(cache.shape, dtype),
+      jnp.zeros(cache.shape, dtype),
+      jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), meta),
+      jnp.zeros((1,), jnp.int32),
+    )
+  )
 
   def apply(p, h, positions, meta, k, v, write, rule):
     return layer.apply(p, h, positions, meta, k, v, meta, write, rule)
@@ -50,8 +63,10 @@ def main():
   clean, s = layer_temp_bytes(None)
   dense_scores = s * s * QWEN2_7B['num_attention_heads'] * 4
   print(f'prompt S = {s} ({FRAMES} frames x {TOKENS_PER_FRAME} tokens + newline + {TEXT} text), bf16 layer')
-  print(f'clean layer temp memory: {clean / 2**20:9.1f} MiB   (one dense f32 S x S x H score tensor would be '
-        f'{dense_scores / 2**30:.1f} GiB)')
+  print(
+    f'clean layer temp memory: {clean / 2**20:9.1f} MiB   (one dense f32 S x S x H score tensor would be '
+    f'{dense_scores / 2**30:.1f} GiB)'
+  )
   for kind in knockout.KINDS:
     knocked, _ = layer_temp_bytes(kind)
     print(f'{kind} layer temp memory:    {knocked / 2**20:9.1f} MiB   ratio to clean {knocked / clean:.3f}')

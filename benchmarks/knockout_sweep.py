@@ -15,6 +15,7 @@ Every way includes the vision tower in each full forward, as the anchor tools do
 kernel runs with 64 x 64 tiles here (--attention_block_size; the config default 512 suits
 accelerators), in ours and (b) alike: both are fastest with it on a CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,34 @@ OPTION_IDS = np.asarray([11, 12, 13, 14], np.int32)
 
 def mid_size_model(num_layers: int, seed: int = 0):
   """8 layers, hidden 256; SigLIP patch 14 at 196 px -> 14 x 14 grid -> 7 x 7 = 49 tokens per frame."""
-  vision = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                image_size=196, patch_size=14, vision_use_head=False)
-  text = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=num_layers, num_attention_heads=8,
-              num_key_value_heads=2, vocab_size=256, max_position_embeddings=4096)
-  config = transformers.LlavaOnevisionConfig(vision_config=vision, text_config=text, video_token_index=VIDEO_ID,
-                                             image_token_index=VIDEO_ID - 1)
+  vision = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=196,
+    patch_size=14,
+    vision_use_head=False,
+  )
+  text = dict(
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=num_layers,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    vocab_size=256,
+    max_position_embeddings=4096,
+  )
+  config = transformers.LlavaOnevisionConfig(
+    vision_config=vision, text_config=text, video_token_index=VIDEO_ID, image_token_index=VIDEO_ID - 1
+  )
   torch.manual_seed(seed)
   hf = transformers.LlavaOnevisionForConditionalGeneration(config).eval()
   hf.model.language_model.config._attn_implementation = 'eager'  # pylint: disable=protected-access
   model = lo.LlavaOnevisionForConditionalGeneration(lo.LlavaOnevisionConfig.from_hf(config.to_dict()))
-  params = checkpoints.convert_state_dict('llava_onevision', {k: v.numpy() for k, v in hf.state_dict().items()},
-                                          lo.param_shapes(model))
+  params = checkpoints.convert_state_dict(
+    'llava_onevision', {k: v.numpy() for k, v in hf.state_dict().items()}, lo.param_shapes(model)
+  )
   return hf, model, jax.tree.map(jnp.asarray, params)
 
 
@@ -68,8 +85,12 @@ def prompt(model, num_frames: int, seed: int = 0, text=TEXT):
   frame = np.full(len(group), -1, np.int32)
   frame[group == Group.VIDEO] = np.append(np.arange(n_video - 1) // model.config.tokens_per_frame, -1)
   s = len(ids)
-  layout = prompts.TokenLayout(group=jnp.asarray(group)[None], frame=jnp.asarray(frame)[None],
-                                positions=jnp.arange(s, dtype=jnp.int32)[None], valid=jnp.ones((1, s), bool))
+  layout = prompts.TokenLayout(
+    group=jnp.asarray(group)[None],
+    frame=jnp.asarray(frame)[None],
+    positions=jnp.arange(s, dtype=jnp.int32)[None],
+    valid=jnp.ones((1, s), bool),
+  )
   return ids[None], layout, jnp.asarray([s - 1], jnp.int32)
 
 
@@ -118,9 +139,13 @@ def main():
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--only', default='ours,b,a', help='comma-separated subset of ours,b,a to time')
-  parser.add_argument('--attention_block_size', type=int, default=64,
-                      help='query/key tile of our attention kernel, ours and (b) alike (64 suits a CPU '
-                           'cache; 0: the config default, 512)')
+  parser.add_argument(
+    '--attention_block_size',
+    type=int,
+    default=64,
+    help='query/key tile of our attention kernel, ours and (b) alike (64 suits a CPU '
+    'cache; 0: the config default, 512)',
+  )
   args = parser.parse_args()
   only = set(args.only.split(','))
   torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -130,8 +155,10 @@ def main():
   px = np.random.default_rng(1).normal(size=(1, args.frames, 196, 196, 3)).astype(np.float32)
   sw = knockout.build_sweep(args.layers, args.frames)
   specs = jax.tree.map(jnp.asarray, sw.specs)
-  print(f'prompt S = {ids.shape[1]} ({args.frames} frames x {model.config.tokens_per_frame} tokens), '
-        f'{args.layers} layers, hidden 256; sweep of {len(sw)} specs')
+  print(
+    f'prompt S = {ids.shape[1]} ({args.frames} frames x {model.config.tokens_per_frame} tokens), '
+    f'{args.layers} layers, hidden 256; sweep of {len(sw)} specs'
+  )
 
   def ours():
     clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
@@ -143,8 +170,9 @@ def main():
     return prompts.option_logprobs(model, params, out.hidden[0, -1], OPTION_IDS)
 
   def ours_one_per_spec():
-    return np.stack([np.asarray(full_forward(params, ids, px, jax.tree.map(lambda x: x[n], specs)))
-                     for n in range(len(sw))])
+    return np.stack(
+      [np.asarray(full_forward(params, ids, px, jax.tree.map(lambda x: x[n], specs))) for n in range(len(sw))]
+    )
 
   per_spec_masks = [dense_masks(layout, jax.tree.map(lambda x: np.asarray(x)[n], sw.specs)) for n in range(len(sw))]
   layers = hf.model.language_model.layers
@@ -156,9 +184,11 @@ def main():
       handles = []
       for layer, mask in zip(layers, masks):
         if mask is not None:
+
           def hook(module, a, kw, mask=mask):
             kw['attention_mask'] = mask
             return a, kw
+
           handles.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
       with torch.no_grad():
         logits = hf(input_ids=tids, pixel_values_videos=tpx).logits[0, -1]
@@ -189,14 +219,16 @@ def main():
 def print_breakdown(model, params, ids, px, layout, answer, sw, repeats: int):
   """Times the clean run and, from it, the sweep of each knockout type alone."""
   clean = sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
-  t_clean = time_it(lambda: jax.block_until_ready(
-      sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)), repeats)
+  t_clean = time_it(
+    lambda: jax.block_until_ready(sweep.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)), repeats
+  )
   parts = [f'clean run {t_clean:.3f} s']
   for kind in knockout.KINDS:
     chosen = np.asarray([e.kind == kind for e in sw.entries])
     specs = jax.tree.map(lambda x: jnp.asarray(x[chosen]), sw.specs)
-    t = time_it(lambda: jax.block_until_ready(
-        sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS, specs)), repeats)
+    t = time_it(
+      lambda: jax.block_until_ready(sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS, specs)), repeats
+    )
     parts.append(f'{kind} ({chosen.sum()} specs) {t:.3f} s')
   print('  of which: ' + ', '.join(parts))
 

@@ -28,8 +28,12 @@ _HEIGHT = flags.DEFINE_integer('height', 360, 'Input frame height.')
 _WIDTH = flags.DEFINE_integer('width', 640, 'Input frame width.')
 _SIZE = flags.DEFINE_integer('size', 384, 'Output height and width.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (the best is kept).')
-_CLOCK = flags.DEFINE_enum('clock', 'both', ['wall', 'cpu', 'both'], 'wall: elapsed time; cpu: CPU time of '
-                           'this process (all threads); both: one table row per clock.')
+_CLOCK = flags.DEFINE_enum(
+  'clock',
+  'both',
+  ['wall', 'cpu', 'both'],
+  'wall: elapsed time; cpu: CPU time of this process (all threads); both: one table row per clock.',
+)
 _THREADS = flags.DEFINE_integer('threads', None, "Threads of ours (default: the resampler's default).")
 
 _PIL_FILTERS = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}
@@ -41,7 +45,7 @@ def _frames(n: int, height: int, width: int) -> np.ndarray:
   out = np.empty((n, height, width, 3), np.uint8)
   for i in range(n):
     out[i] = np.stack([(x + 2 * i) % 256, (y + i) % 256, ((x * y) // 7 + 3 * i) % 256], -1)
-    out[i, 40 + i:120 + i, 60:200] = (255, 0, 0)
+    out[i, 40 + i : 120 + i, 60:200] = (255, 0, 0)
   return out
 
 
@@ -55,21 +59,31 @@ def main(argv):
   frames = _frames(_FRAMES.value, _HEIGHT.value, _WIDTH.value)
   size = (_SIZE.value, _SIZE.value)
   threads = _THREADS.value or resample_lib.default_threads()
-  print(f'{_FRAMES.value} frames {_HEIGHT.value}x{_WIDTH.value} -> {size[0]}x{size[1]}, best of {_REPEATS.value}, '
-        f'ours on {threads} thread(s) and on 1')
-  print(f'{"filter":<10}{"clock":<6}{"ours s":>9}{"ours/1 s":>10}{"PIL s":>9}{"ours/PIL":>10}{"ours/1/PIL":>12}'
-        '  identical')
+  print(
+    f'{_FRAMES.value} frames {_HEIGHT.value}x{_WIDTH.value} -> {size[0]}x{size[1]}, best of {_REPEATS.value}, '
+    f'ours on {threads} thread(s) and on 1'
+  )
+  print(
+    f'{"filter":<10}{"clock":<6}{"ours s":>9}{"ours/1 s":>10}{"PIL s":>9}{"ours/PIL":>10}{"ours/1/PIL":>12}  identical'
+  )
   clocks = ('wall', 'cpu') if _CLOCK.value == 'both' else (_CLOCK.value,)
   for resample in ('bicubic', 'bilinear'):
     for clock in clocks:
       times, got = timing.best_times(
-          {'ours': lambda: pixels.resize_uint8(frames, size, resample, threads=threads),
-           'one': lambda: pixels.resize_uint8(frames, size, resample, threads=1),
-           'pil': lambda: pil_resize(frames, size, resample)}, _REPEATS.value, clock)
+        {
+          'ours': lambda: pixels.resize_uint8(frames, size, resample, threads=threads),
+          'one': lambda: pixels.resize_uint8(frames, size, resample, threads=1),
+          'pil': lambda: pil_resize(frames, size, resample),
+        },
+        _REPEATS.value,
+        clock,
+      )
       t_ours, t_one, t_pil = times['ours'], times['one'], times['pil']
       same = np.array_equal(got['ours'], got['pil']) and np.array_equal(got['one'], got['pil'])
-      print(f'{resample:<10}{clock:<6}{t_ours:>9.4f}{t_one:>10.4f}{t_pil:>9.4f}{t_ours / t_pil:>10.2f}'
-            f'{t_one / t_pil:>12.2f}  {same}')
+      print(
+        f'{resample:<10}{clock:<6}{t_ours:>9.4f}{t_one:>10.4f}{t_pil:>9.4f}{t_ours / t_pil:>10.2f}'
+        f'{t_one / t_pil:>12.2f}  {same}'
+      )
 
 
 if __name__ == '__main__':

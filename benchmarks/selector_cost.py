@@ -9,6 +9,7 @@ Timed in one process after a warm-up, interleaved in each of --repeats rounds so
 processes hits both alike; medians. Prints frames scored per second by each and the ratio
 selector time / SigLIP feature time (the selector's overhead on top of SigLIP top-k).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +34,18 @@ def main():
 
   sig_model, sig_params, sig_processor = checkpoints.load_pretrained(args.siglip)
   vision = sig_model.config.vision_config
-  frames = np.random.default_rng(0).integers(0, 256, size=(args.frames, vision.image_size, vision.image_size, 3),
-                                             dtype=np.uint8)
+  frames = np.random.default_rng(0).integers(
+    0, 256, size=(args.frames, vision.image_size, vision.image_size, 3), dtype=np.uint8
+  )
   text = 'What happens right after the red ball enters? A. it stops B. it bounces C. it splits D. it fades'
   image, txt = teacher.siglip_features(sig_model, sig_params, sig_processor, frames, text)
   model = selector_model.FrameSelector(selector_model.SelectorConfig(width=args.width, depth=args.depth))
   params = selector_model.init_params(model, args.frames, image.shape[-1])
   fns = {
-      'siglip': lambda: teacher.siglip_features(sig_model, sig_params, sig_processor, frames, text),
-      'selector': lambda: selector_model.batch_scores(model, params, jnp.asarray(image)[None],
-                                                      jnp.asarray(txt)[None]).block_until_ready(),
+    'siglip': lambda: teacher.siglip_features(sig_model, sig_params, sig_processor, frames, text),
+    'selector': lambda: selector_model.batch_scores(
+      model, params, jnp.asarray(image)[None], jnp.asarray(txt)[None]
+    ).block_until_ready(),
   }
   times = {name: [] for name in fns}
   for fn in fns.values():
@@ -54,9 +57,11 @@ def main():
       times[name].append(time.perf_counter() - t0)
   med = {name: float(np.median(t)) for name, t in times.items()}
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  print(f'{args.frames} candidates, SigLIP {args.siglip} (width {image.shape[-1]}), selector width '
-        f'{args.width} depth {args.depth} ({num_params} params), {args.repeats} rounds, backend '
-        f'{jax.default_backend()}')
+  print(
+    f'{args.frames} candidates, SigLIP {args.siglip} (width {image.shape[-1]}), selector width '
+    f'{args.width} depth {args.depth} ({num_params} params), {args.repeats} rounds, backend '
+    f'{jax.default_backend()}'
+  )
   for name in fns:
     print(f'  {name:>8}: {med[name] * 1e3:9.3f} ms per sample  {args.frames / med[name]:12.0f} frames/s')
   print(f'  selector / SigLIP features time ratio: {med["selector"] / med["siglip"]:.4f}')

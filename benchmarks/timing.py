@@ -1,4 +1,5 @@
 """Timing shared by the benchmarks: methods taking turns, best of several repeats, wall or CPU clock."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -14,8 +15,9 @@ def clock(name: str) -> Callable[[], float]:
   return time.process_time if name == 'cpu' else time.perf_counter
 
 
-def best_times(fns: Mapping[str, Callable[[], Any]], repeats: int, clock_name: str = 'wall'
-               ) -> tuple[dict[str, float], dict[str, Any]]:
+def best_times(
+  fns: Mapping[str, Callable[[], Any]], repeats: int, clock_name: str = 'wall'
+) -> tuple[dict[str, float], dict[str, Any]]:
   """Best of `repeats` seconds per method, the methods taking turns (so a busy spell on a shared
   machine hits all of them, not the one that happened to run then), and each method's last result."""
   now = clock(clock_name)

@@ -28,22 +28,32 @@ from benchmarks import timing
 from jaxvlm import video
 
 _VIDEOS = flags.DEFINE_list('videos', [], 'Videos to time; empty: generate test videos.')
-_FRAMES = flags.DEFINE_list('frames', [], 'Numbers of frames to sample; empty: each generated '
-                            "video's own list (8,32,64; 8,32 for the 10-minute ones).")
-_VIDEO_DIR = flags.DEFINE_string('video_dir', None, 'Where generated videos are written and reused '
-                                 '(default: a temporary directory).')
+_FRAMES = flags.DEFINE_list(
+  'frames',
+  [],
+  'Numbers of frames to sample; empty: each generated video\'s own list (8,32,64; 8,32 for the 10-minute ones).',
+)
+_VIDEO_DIR = flags.DEFINE_string(
+  'video_dir', None, 'Where generated videos are written and reused (default: a temporary directory).'
+)
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats per setting (the best is kept).')
-_CLOCK = flags.DEFINE_enum('clock', 'wall', ['wall', 'cpu'], 'wall: elapsed time; cpu: CPU time of this '
-                           'process (all threads), steadier on a machine other jobs share.')
+_CLOCK = flags.DEFINE_enum(
+  'clock',
+  'wall',
+  ['wall', 'cpu'],
+  'wall: elapsed time; cpu: CPU time of this process (all threads), steadier on a machine other jobs share.',
+)
 
 # (name, frames, height, width, fps, keyframe interval): 10 s, 60 s and 10 min at 30 fps with x264's
 # default GOP of 250 frames, and 60 s and 10 min with a 2 s GOP as in many streamed videos. The seek
 # baseline decodes from the preceding keyframe, so its cost depends on the GOP.
-_GENERATED = [('10s_320x240_gop250', 300, 240, 320, 30, 250),
-              ('60s_320x240_gop250', 1800, 240, 320, 30, 250),
-              ('60s_320x240_gop60', 1800, 240, 320, 30, 60),
-              ('600s_320x240_gop250', 18000, 240, 320, 30, 250),
-              ('600s_320x240_gop60', 18000, 240, 320, 30, 60)]
+_GENERATED = [
+  ('10s_320x240_gop250', 300, 240, 320, 30, 250),
+  ('60s_320x240_gop250', 1800, 240, 320, 30, 250),
+  ('60s_320x240_gop60', 1800, 240, 320, 30, 60),
+  ('600s_320x240_gop250', 18000, 240, 320, 30, 250),
+  ('600s_320x240_gop60', 18000, 240, 320, 30, 60),
+]
 _DEFAULT_FRAMES = (8, 32, 64)
 _LONG_FRAMES = (8, 32)  # 64 seeks into a 10-minute video take the seek baseline most of a minute
 
@@ -54,12 +64,11 @@ def _test_frame(i: int, height: int, width: int) -> np.ndarray:
   frame = np.stack([(x + 2 * i) % 256, (y + i) % 256, ((x + y) // 2 + 3 * i) % 256], -1)
   for k in range(3):
     cx, cy = (37 * k + 3 * i) % (width - 40), (53 * k + 2 * i) % (height - 40)
-    frame[cy:cy + 40, cx:cx + 40] = (255 * (k == 0), 255 * (k == 1), 255 * (k == 2))
+    frame[cy : cy + 40, cx : cx + 40] = (255 * (k == 0), 255 * (k == 1), 255 * (k == 2))
   return frame.astype(np.uint8)
 
 
-def _write_test_video(path: str, num_frames: int, height: int, width: int, fps: int,
-                      gop: int) -> None:
+def _write_test_video(path: str, num_frames: int, height: int, width: int, fps: int, gop: int) -> None:
   with av.open(path, 'w') as container:
     stream = container.add_stream('libx264', rate=fps)
     stream.height, stream.width, stream.pix_fmt = height, width, 'yuv420p'
@@ -106,6 +115,7 @@ def pyav_scan(path: str, indices: np.ndarray) -> np.ndarray:
 
 def _decord_batch(path: str, indices: np.ndarray) -> np.ndarray:
   import decord  # pylint: disable=g-import-not-at-top
+
   reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
   return reader.get_batch(indices.tolist()).asnumpy()
 
@@ -134,16 +144,20 @@ def main(argv):
   decord_too = _has_decord()
   with tempfile.TemporaryDirectory() as tmp:
     print(f'clock: {_CLOCK.value}, best of {_REPEATS.value}')
-    print(f'{"video":<22}{"N":>4}{"ours f/s":>10}{"seek f/s":>10}{"scan f/s":>10}{"decord f/s":>12}'
-          f'{"ours/best(seek,scan)":>22}')
+    print(
+      f'{"video":<22}{"N":>4}{"ours f/s":>10}{"seek f/s":>10}{"scan f/s":>10}{"decord f/s":>12}'
+      f'{"ours/best(seek,scan)":>22}'
+    )
     worst = float('inf')
     for path, frame_counts in _videos(tmp):
       total = video.video_info(path).num_frames
       for n in (int(v) for v in _FRAMES.value) if _FRAMES.value else frame_counts:
         indices = video.uniform_indices(total, n)
-        fns = {'ours': lambda: video.sample_frames(path, n).pixels,
-               'seek': lambda: pyav_seek_per_frame(path, indices),
-               'scan': lambda: pyav_scan(path, indices)}
+        fns = {
+          'ours': lambda: video.sample_frames(path, n).pixels,
+          'seek': lambda: pyav_seek_per_frame(path, indices),
+          'scan': lambda: pyav_scan(path, indices),
+        }
         if decord_too:
           fns['decord'] = lambda: _decord_batch(path, indices)
         times, got = timing.best_times(fns, _REPEATS.value, _CLOCK.value)
@@ -152,8 +166,10 @@ def main(argv):
         decord_col = f'{n / times["decord"]:>12.1f}' if decord_too else ''
         ratio = min(t_seek, t_scan) / t_ours  # speed of ours over the faster baseline's
         worst = min(worst, ratio)
-        print(f'{os.path.basename(path)[:21]:<22}{n:>4}{n / t_ours:>10.1f}{n / t_seek:>10.1f}'
-              f'{n / t_scan:>10.1f}{decord_col:>12}{ratio:>22.2f}{"" if same else "  PIXELS DIFFER"}')
+        print(
+          f'{os.path.basename(path)[:21]:<22}{n:>4}{n / t_ours:>10.1f}{n / t_seek:>10.1f}'
+          f'{n / t_scan:>10.1f}{decord_col:>12}{ratio:>22.2f}{"" if same else "  PIXELS DIFFER"}'
+        )
     print(f'worst row: ours / best(seek, scan) = {worst:.2f} (speed ratio; >= 0.9 is the goal)')
 
 

@@ -1,5 +1,6 @@
 """What every config shares, written once: the hub ids of the presets, the embedded default's paths,
 and the parsing of `get_config(arg)`'s argument ('preset[,runlocal]')."""
+
 from __future__ import annotations
 
 from ml_collections import config_dict
@@ -10,11 +11,11 @@ TINY_SIGLIP = 'assets/siglip_tiny'
 
 # Video-LLM presets -> Hugging Face hub ids (downloaded when online, or a local directory instead).
 HUB = {
-    'llava_ov_0_5b': 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf',
-    'llava_ov_7b': 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
-    'llava_ov_72b': 'llava-hf/llava-onevision-qwen2-72b-ov-hf',
-    'llava_video_7b': 'llava-hf/LLaVA-Video-7B-Qwen2-hf',
-    'qwen2_5_vl_7b': 'Qwen/Qwen2.5-VL-7B-Instruct',
+  'llava_ov_0_5b': 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf',
+  'llava_ov_7b': 'llava-hf/llava-onevision-qwen2-7b-ov-hf',
+  'llava_ov_72b': 'llava-hf/llava-onevision-qwen2-72b-ov-hf',
+  'llava_video_7b': 'llava-hf/LLaVA-Video-7B-Qwen2-hf',
+  'qwen2_5_vl_7b': 'Qwen/Qwen2.5-VL-7B-Instruct',
 }
 # Qwen2.5-VL takes any frame size (multiples of 28); a run fixes one so shapes are static. 448 x 448 gives
 # 16 x 16 = 256 tokens per temporal patch (LLaVA-OneVision: 196 per frame). runlocal shrinks it.
@@ -25,8 +26,13 @@ SIGLIP_HUB = 'google/siglip-so400m-patch14-384'
 # Where a hub preset looks for MVBench until --config.data.ann / --config.data.video_root say otherwise;
 # the other keys are the optional loader arguments of other benchmarks (unset: '' / False), so
 # --config.benchmark=egoschema --config.data.answers_json=... works on the locked config (README).
-MVBENCH_DATA = {'ann': 'data/mvbench/json', 'video_root': 'data/mvbench/video', 'answers_json': '',
-                'subset_only': False, 'video_map_json': ''}
+MVBENCH_DATA = {
+  'ann': 'data/mvbench/json',
+  'video_root': 'data/mvbench/video',
+  'answers_json': '',
+  'subset_only': False,
+  'video_map_json': '',
+}
 
 
 def parse_arg(arg: str | None, presets) -> tuple[str, bool]:
@@ -61,8 +67,7 @@ def synthetic_data(split: str, num: int, seed: int) -> config_dict.ConfigDict:
   there (empty) so that `--config.benchmark=mvbench --config.data.ann=... --config.data.video_root=...`
   points the default preset at a benchmark; with benchmark=synthetic, data.ann=DIR reads a split written
   by experiments.make_synthetic instead of generating one."""
-  return config_dict.ConfigDict({**MVBENCH_DATA, 'ann': '', 'video_root': '', 'split': split, 'num': num,
-                                 'seed': seed})
+  return config_dict.ConfigDict({**MVBENCH_DATA, 'ann': '', 'video_root': '', 'split': split, 'num': num, 'seed': seed})
 
 
 def add_run_fields(c: config_dict.ConfigDict, retry: bool = True) -> None:

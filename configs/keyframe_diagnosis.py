@@ -8,6 +8,7 @@ scorer; benchmark paths point at a local data root that you set with --config.da
 --config.data.video_root=...). Qwen2.5-VL sees every candidate (and every selected frame) as its own
 temporal patch (jaxvlm/qwen2_5_vl_processor.py).
 """
+
 from ml_collections import config_dict
 
 from configs import common
@@ -25,7 +26,7 @@ def use_hub_preset(c: config_dict.ConfigDict, preset: str) -> None:
   c.checkpoint = HUB[preset]
   c.siglip_checkpoint = common.SIGLIP_HUB
   c.dtype = 'bfloat16'
-  if 'param_dtype' in c:   # the configs whose weights go on a mesh (not configs/efficiency.py)
+  if 'param_dtype' in c:  # the configs whose weights go on a mesh (not configs/efficiency.py)
     c.param_dtype = 'bfloat16'
   c.benchmark = 'mvbench'
   c.data = common.mvbench_data()
@@ -37,29 +38,29 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.checkpoint = common.TINY_LLAVA
   c.siglip_checkpoint = common.TINY_SIGLIP
-  c.dtype = 'float32'                 # compute dtype; bfloat16 on TPU
-  c.frame_size = ''                   # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
+  c.dtype = 'float32'  # compute dtype; bfloat16 on TPU
+  c.frame_size = ''  # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
   c.benchmark = 'synthetic'
   c.data = common.synthetic_data('test', 200, 1234)
-  c.num_candidates = 32               # candidate pool N (uniform over the video); the oracle prompt sees all
-  c.ks = '1,2,4,8'                    # frame budgets of the selectors
+  c.num_candidates = 32  # candidate pool N (uniform over the video); the oracle prompt sees all
+  c.ks = '1,2,4,8'  # frame budgets of the selectors
   c.selectors = SELECTORS
-  c.oracle_layers = ''                # frame-knockout layers of the causal oracle: '' = all, 'a-b' (0-based)
-  c.attention_layers = ''             # layers averaged by the attention oracle: '' = all, 'a-b'
-  c.sensitive_k = 4                   # k of the frame-sensitive subset (top-k vs bottom-k)
-  c.bolt_alpha = 2.0                  # BOLT sharpening power
-  c.aks_depth = 4                     # AKS maximum split depth
-  c.aks_threshold = 0.6               # AKS peakedness threshold (share of the score range)
-  c.seed = 0                          # random selector (mixed with the sample id)
-  c.max_samples = -1                  # -1: all
-  c.batch_size = 2                    # samples per oracle batch
-  c.input_workers = 2                 # threads decoding candidate pools ahead of the models (0: in the loop)
-  c.tail_multiple = 16                # text-tail lengths are rounded up to this
-  c.strip_samples = 4                 # samples drawn as frame strips with their scores
-  c.selector_checkpoint = ''          # experiments.train_selector workdir, for selector 'learned'
-  c.param_dtype = 'float32'           # Video-LLM weights on the devices; bfloat16 for the hub presets
-  c.mesh = common.mesh()              # devices local|global, data, fsdp, tensor (configs/common.py)
-  common.add_run_fields(c)            # fresh, retry_failures
+  c.oracle_layers = ''  # frame-knockout layers of the causal oracle: '' = all, 'a-b' (0-based)
+  c.attention_layers = ''  # layers averaged by the attention oracle: '' = all, 'a-b'
+  c.sensitive_k = 4  # k of the frame-sensitive subset (top-k vs bottom-k)
+  c.bolt_alpha = 2.0  # BOLT sharpening power
+  c.aks_depth = 4  # AKS maximum split depth
+  c.aks_threshold = 0.6  # AKS peakedness threshold (share of the score range)
+  c.seed = 0  # random selector (mixed with the sample id)
+  c.max_samples = -1  # -1: all
+  c.batch_size = 2  # samples per oracle batch
+  c.input_workers = 2  # threads decoding candidate pools ahead of the models (0: in the loop)
+  c.tail_multiple = 16  # text-tail lengths are rounded up to this
+  c.strip_samples = 4  # samples drawn as frame strips with their scores
+  c.selector_checkpoint = ''  # experiments.train_selector workdir, for selector 'learned'
+  c.param_dtype = 'float32'  # Video-LLM weights on the devices; bfloat16 for the hub presets
+  c.mesh = common.mesh()  # devices local|global, data, fsdp, tensor (configs/common.py)
+  common.add_run_fields(c)  # fresh, retry_failures
   if preset != 'default':
     use_hub_preset(c, preset)
     c.batch_size = 1
@@ -70,5 +71,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.ks = '1,2,4'
     c.sensitive_k = 2
     c.dtype = 'float32'
-    c.param_dtype = 'float32'   # a CPU smoke run computes in float32: weights too, not rounded to bf16
+    c.param_dtype = 'float32'  # a CPU smoke run computes in float32: weights too, not rounded to bf16
   return c

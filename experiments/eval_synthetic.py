@@ -4,6 +4,7 @@ accuracy per question type, text-only accuracy and SigLIP retrieval (definitions
 
   python -m experiments.eval_synthetic [--assets=assets] [--data_dir=runs/eval_synthetic] [--num=200]
 """
+
 from __future__ import annotations
 
 from absl import app, flags

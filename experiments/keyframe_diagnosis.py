@@ -10,6 +10,7 @@ intervals and McNemar p against all candidates), summary_scores.csv (per conditi
 official aggregate), plots: accuracy vs k, recall@k vs k, and frame strips with oracle and SigLIP
 scores; and, for benchmarks lmms-eval has, lmms_eval/ (the all-candidates answers in its format).
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,7 @@ def run(config, workdir: str) -> dict:
   `--config.mesh.devices=global`: one mesh over every process's devices (the Video-LLM's weights split
   across hosts), every process runs every batch; `local`: each process its share (see `runs.RunLog`).
   """
-  config_checks.check(config, config_fields.DIAGNOSIS)   # every field, before anything is loaded
+  config_checks.check(config, config_fields.DIAGNOSIS)  # every field, before anything is loaded
   distributed.initialize()
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
@@ -38,26 +39,47 @@ def run(config, workdir: str) -> dict:
   siglip = runs.load_siglip(config)
   trained = learned.load_trained(config.selector_checkpoint) if 'learned' in plan.selectors else None
   if trained is not None and trained.num_candidates != config.num_candidates:
-    raise ValueError(f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
-                     f'candidates, the diagnosis uses num_candidates={config.num_candidates}')
-  samples, log, todo = runs.open_run(workdir, config, config_fields.DIAGNOSIS, mesh)   # lock, bind to the config
-  logging.info('%d samples, %d to run here, %d candidates, selectors %s, k %s', len(samples), len(todo),
-               config.num_candidates, plan.selectors, plan.ks)
+    raise ValueError(
+      f'the selector in {config.selector_checkpoint} was trained on {trained.num_candidates} '
+      f'candidates, the diagnosis uses num_candidates={config.num_candidates}'
+    )
+  samples, log, todo = runs.open_run(workdir, config, config_fields.DIAGNOSIS, mesh)  # lock, bind to the config
+  logging.info(
+    '%d samples, %d to run here, %d candidates, selectors %s, k %s',
+    len(samples),
+    len(todo),
+    config.num_candidates,
+    plan.selectors,
+    plan.ks,
+  )
   # Workers decode the next pools while the models compute (jaxvlm/input_pipeline.py).
-  prepare = functools.partial(candidates.prepare_pool, processor=processor, config=config,
-                              max_positions=runs.max_positions(model))
-  runs.evaluate_pending(todo, prepare, lambda cs: diagnosis.evaluate_batch(
-      model, params, processor, siglip, cs, plan, config, trained, mesh), log, config, mesh, desc='keyframes')
+  prepare = functools.partial(
+    candidates.prepare_pool, processor=processor, config=config, max_positions=runs.max_positions(model)
+  )
+  runs.evaluate_pending(
+    todo,
+    prepare,
+    lambda cs: diagnosis.evaluate_batch(model, params, processor, siglip, cs, plan, config, trained, mesh),
+    log,
+    config,
+    mesh,
+    desc='keyframes',
+  )
   records = log.records()
-  summary = diagnosis.summarize(records, plan, config.sensitive_k, config.benchmark,
-                                {s.id: s.meta for s in samples})
+  summary = diagnosis.summarize(records, plan, config.sensitive_k, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
     runs.write_summary(workdir, summary['header'], summary['rows'])
     benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
     lmms_eval_format.write_clean_answers(
-        workdir, config.benchmark, samples, records,
-        lambda s: processor.render(processor.question_text(s.question, s.options)), config.checkpoint,
-        ann=config.data.get('ann', ''), run_config=config.to_dict())
+      workdir,
+      config.benchmark,
+      samples,
+      records,
+      lambda s: processor.render(processor.question_text(s.question, s.options)),
+      config.checkpoint,
+      ann=config.data.get('ann', ''),
+      run_config=config.to_dict(),
+    )
     keyframe_plots.diagnosis_plots(summary, records, workdir, config.strip_samples)
   runs.finish_run(workdir)
   return summary

@@ -8,6 +8,7 @@ McNemar p against clean), summary_scores.csv (per condition x overall / task / o
 plots (see jaxvlm/runs.py) and, for benchmarks lmms-eval has, lmms_eval/ (its per-sample log and
 results file of the clean answers).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,12 +24,19 @@ from jaxvlm.knockout import config_fields, engine, metrics, plots, specs
 def sample_records(model, params, processor, mesh, sw, config, prepared) -> list[dict]:
   """One batch through the sweep engine -> one record per prepared sample."""
   batch = runs.collate(prepared, processor, multiple=runs.batch_multiple(mesh))
-  clean_logp, spec_logp = engine.evaluate_batch(model, params, batch, sw.specs, mesh, config.tail_multiple,
-                                                config.spec_chunk)
-  return [{'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
-           'clean': clean_logp[i, :len(p.sample.options)],
-           'specs': {e.name: spec_logp[k, i, :len(p.sample.options)] for k, e in enumerate(sw.entries)}}
-          for i, p in enumerate(prepared)]
+  clean_logp, spec_logp = engine.evaluate_batch(
+    model, params, batch, sw.specs, mesh, config.tail_multiple, config.spec_chunk
+  )
+  return [
+    {
+      'id': p.sample.id,
+      'task': p.sample.task,
+      'answer': p.sample.answer,
+      'clean': clean_logp[i, : len(p.sample.options)],
+      'specs': {e.name: spec_logp[k, i, : len(p.sample.options)] for k, e in enumerate(sw.entries)},
+    }
+    for i, p in enumerate(prepared)
+  ]
 
 
 @distributed.guarded
@@ -40,19 +48,31 @@ def run(config, workdir: str) -> dict:
   `global`: one mesh over every process's devices (weights split across hosts); every process runs every
   batch and process 0 writes samples.jsonl (see `runs.RunLog`).
   """
-  config_checks.check(config, config_fields.KNOCKOUT)   # every field, before anything is loaded
+  config_checks.check(config, config_fields.KNOCKOUT)  # every field, before anything is loaded
   info = distributed.initialize()
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
   sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
-  samples, log, todo = runs.open_run(workdir, config, config_fields.KNOCKOUT, mesh)   # lock, bind to the config
-  logging.info('process %d/%d: %d samples here, %d to run, %d specs per sample', info.process_index,
-               info.process_count, len(distributed.work_share(samples, mesh)), len(todo), len(sw))
+  samples, log, todo = runs.open_run(workdir, config, config_fields.KNOCKOUT, mesh)  # lock, bind to the config
+  logging.info(
+    'process %d/%d: %d samples here, %d to run, %d specs per sample',
+    info.process_index,
+    info.process_count,
+    len(distributed.work_share(samples, mesh)),
+    len(todo),
+    len(sw),
+  )
   # Workers decode and preprocess the next samples while the model computes (jaxvlm/input_pipeline.py).
-  prepare = functools.partial(runs.prepare, processor=processor, config=config,
-                              max_positions=runs.max_positions(model))
-  runs.evaluate_pending(todo, prepare, functools.partial(sample_records, model, params, processor, mesh, sw, config),
-                        log, config, mesh, desc='knockout')
+  prepare = functools.partial(runs.prepare, processor=processor, config=config, max_positions=runs.max_positions(model))
+  runs.evaluate_pending(
+    todo,
+    prepare,
+    functools.partial(sample_records, model, params, processor, mesh, sw, config),
+    log,
+    config,
+    mesh,
+    desc='knockout',
+  )
   records = log.records()
   summary = metrics.summarize(records, sw, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
@@ -60,9 +80,15 @@ def run(config, workdir: str) -> dict:
     benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
     plots.knockout_plots(summary['rows'], summary['header'], workdir)
     lmms_eval_format.write_clean_answers(
-        workdir, config.benchmark, samples, records,
-        lambda s: processor.render(processor.question_text(s.question, s.options)),
-        config.checkpoint, ann=config.data.get('ann', ''), run_config=config.to_dict())
+      workdir,
+      config.benchmark,
+      samples,
+      records,
+      lambda s: processor.render(processor.question_text(s.question, s.options)),
+      config.checkpoint,
+      ann=config.data.get('ann', ''),
+      run_config=config.to_dict(),
+    )
   runs.finish_run(workdir)
   return summary
 

@@ -21,11 +21,12 @@ def main(argv):
   for split in f.splits:
     num = f.num if split == 'train' else num_eval
     start = time.perf_counter()
-    synthetic.generate(os.path.join(f.out, split), num, f.seed, f.num_frames, f.size, split=split,
-                       fps=f.fps)
+    synthetic.generate(os.path.join(f.out, split), num, f.seed, f.num_frames, f.size, split=split, fps=f.fps)
     seconds = time.perf_counter() - start
-    print(f'{split}: {num} videos in {seconds:.1f} s ({num / max(seconds, 1e-9):.1f} videos/s) '
-          f'-> {os.path.join(f.out, split)}')
+    print(
+      f'{split}: {num} videos in {seconds:.1f} s ({num / max(seconds, 1e-9):.1f} videos/s) '
+      f'-> {os.path.join(f.out, split)}'
+    )
 
 
 if __name__ == '__main__':

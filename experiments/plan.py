@@ -11,6 +11,7 @@ With --config.exit_layer=E --config.intra_frame_layers=M --config.frames=K (1-ba
 also prints the prefill cost of that efficiency plan against the full model at num_frames: FLOPs split
 into attention / linear / vision, KV-cache bytes, and `attention FLOPs: X % of full` (`jaxvlm.costs`).
 """
+
 from __future__ import annotations
 
 import sys

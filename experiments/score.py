@@ -14,6 +14,7 @@ A model bigger than one host: run the same command on every host with --mesh_dev
 --mesh_fsdp / --mesh_tensor, --param_dtype=bfloat16): the weights are loaded shard by shard across the
 hosts and process 0 prints the result.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,19 @@ from jaxvlm.knockout import engine
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2_5_vl as qv
 
-def score(model, params, processor, frames: np.ndarray, question: str, options: list[str],
-          max_new_tokens: int = 0, timestamps_s: np.ndarray | None = None, keyframes: bool = False,
-          mesh=None) -> dict:
+
+def score(
+  model,
+  params,
+  processor,
+  frames: np.ndarray,
+  question: str,
+  options: list[str],
+  max_new_tokens: int = 0,
+  timestamps_s: np.ndarray | None = None,
+  keyframes: bool = False,
+  mesh=None,
+) -> dict:
   """frames uint8 [F, H, W, 3] (at timestamps_s; keyframes: picked by a selector) -> the JSON-ready
   result dict. mesh: where `params` live (then the one sample is replicated over it: the weights are
   what is split)."""
@@ -47,14 +58,27 @@ def score(model, params, processor, frames: np.ndarray, question: str, options: 
   with sharding.activation_rules(mesh) if mesh is not None else contextlib.nullcontext():
     clean = engine.clean_run(model, params, input_ids, pixels, layout, answer_index, option_ids)
   logp = sharding.to_host(clean.option_logprobs)[0]
-  letters = string.ascii_uppercase[:len(options)]
-  out = {'prompt': prompt.text, 'num_frames': len(frames), 'num_video_tokens': prompt.num_video_tokens,
-         'option_logprobs': {l: float(v) for l, v in zip(letters, logp)},
-         'choice': letters[int(logp.argmax())], 'choice_text': options[int(logp.argmax())]}
+  letters = string.ascii_uppercase[: len(options)]
+  out = {
+    'prompt': prompt.text,
+    'num_frames': len(frames),
+    'num_video_tokens': prompt.num_video_tokens,
+    'option_logprobs': {l: float(v) for l, v in zip(letters, logp)},
+    'choice': letters[int(logp.argmax())],
+    'choice_text': options[int(logp.argmax())],
+  }
   if max_new_tokens > 0:
     generate = qv.generate if isinstance(model, qv.Qwen25VLForConditionalGeneration) else lo.generate
-    tokens = generate(model, params, input_ids, pixels, layout.positions, layout.meta(),
-                      max_new_tokens, eos_token_id=processor.tokenizer.eos_token_id)
+    tokens = generate(
+      model,
+      params,
+      input_ids,
+      pixels,
+      layout.positions,
+      layout.meta(),
+      max_new_tokens,
+      eos_token_id=processor.tokenizer.eos_token_id,
+    )
     out['generated'] = processor.tokenizer.decode(sharding.to_host(tokens)[0], skip_special_tokens=True)
   return out
 
@@ -66,15 +90,22 @@ def main(argv):
     raise app.UsageError('--options needs at least one option')
   empty = [i + 1 for i, o in enumerate(f.options) if not o.strip()]
   if empty:
-    raise app.UsageError(f'--options={",".join(f.options)!r}: option {", ".join(map(str, empty))} is empty; '
-                         'each comma-separated option needs text')
+    raise app.UsageError(
+      f'--options={",".join(f.options)!r}: option {", ".join(map(str, empty))} is empty; '
+      'each comma-separated option needs text'
+    )
   distributed.initialize()
   mesh = None
   if f.mesh_devices != 'none':
-    mesh = sharding.mesh_from_config({'devices': f.mesh_devices, 'data': 1, 'fsdp': f.mesh_fsdp,
-                                      'tensor': f.mesh_tensor})
-  model, params, processor = distributed.collective('load checkpoint', lambda: checkpoints.load_pretrained(
-      f.checkpoint, dtype=jnp.dtype(f.dtype), param_dtype=jnp.dtype(f.param_dtype), mesh=mesh))
+    mesh = sharding.mesh_from_config(
+      {'devices': f.mesh_devices, 'data': 1, 'fsdp': f.mesh_fsdp, 'tensor': f.mesh_tensor}
+    )
+  model, params, processor = distributed.collective(
+    'load checkpoint',
+    lambda: checkpoints.load_pretrained(
+      f.checkpoint, dtype=jnp.dtype(f.dtype), param_dtype=jnp.dtype(f.param_dtype), mesh=mesh
+    ),
+  )
   if processor is None:
     raise app.UsageError(f'{f.checkpoint} has no tokenizer: cannot build a prompt')
   if f.frame_size:
@@ -84,13 +115,25 @@ def main(argv):
   if f.selector == 'learned':
     if not f.selector_checkpoint:
       raise app.UsageError('--selector=learned needs --selector_checkpoint=DIR (a train_selector workdir)')
-    picked = learned.pick_frames(learned.load_trained(f.selector_checkpoint), f.video, f.question,
-                                 f.options, f.k)
+    picked = learned.pick_frames(learned.load_trained(f.selector_checkpoint), f.video, f.question, f.options, f.k)
     frames, extra = picked, {'selected_frame_indices': picked.indices.tolist()}
   else:
     frames, extra = video.sample_frames(f.video, f.num_frames), {}
-  out = {**score(model, params, processor, frames.pixels, f.question, f.options, f.max_new_tokens,
-                 frames.timestamps_s, keyframes=f.selector == 'learned', mesh=mesh), **extra}
+  out = {
+    **score(
+      model,
+      params,
+      processor,
+      frames.pixels,
+      f.question,
+      f.options,
+      f.max_new_tokens,
+      frames.timestamps_s,
+      keyframes=f.selector == 'learned',
+      mesh=mesh,
+    ),
+    **extra,
+  }
   if distributed.is_main():
     print(json.dumps(out, indent=2))
   distributed.barrier('printed')
@@ -105,13 +148,21 @@ if __name__ == '__main__':
   flags.DEFINE_integer('max_new_tokens', 0, 'greedy tokens to generate (0: none)')
   flags.DEFINE_string('dtype', 'float32', 'compute dtype')
   flags.DEFINE_list('frame_size', [], 'Qwen2.5-VL: H,W every frame is resized to (default: smart resize)')
-  flags.DEFINE_enum('selector', 'uniform', ['uniform', 'learned'],
-                    'uniform: --num_frames over the video; learned: --k frames picked by a trained selector')
+  flags.DEFINE_enum(
+    'selector',
+    'uniform',
+    ['uniform', 'learned'],
+    'uniform: --num_frames over the video; learned: --k frames picked by a trained selector',
+  )
   flags.DEFINE_integer('k', 4, 'frames the learned selector keeps')
   flags.DEFINE_string('selector_checkpoint', None, 'workdir of experiments.train_selector')
-  flags.DEFINE_enum('mesh_devices', 'none', ['none', 'local', 'global'],
-                    'none: the default device; local: a mesh over this host\'s devices; global: over every '
-                    'process\'s devices (the same command on every host)')
+  flags.DEFINE_enum(
+    'mesh_devices',
+    'none',
+    ['none', 'local', 'global'],
+    'none: the default device; local: a mesh over this host\'s devices; global: over every '
+    'process\'s devices (the same command on every host)',
+  )
   flags.DEFINE_integer('mesh_fsdp', -1, 'fsdp size of the mesh (-1: the devices left after tensor)')
   flags.DEFINE_integer('mesh_tensor', 1, 'tensor size of the mesh')
   flags.DEFINE_string('param_dtype', 'float32', 'weights on the devices (bfloat16 keeps a bf16 checkpoint as is)')

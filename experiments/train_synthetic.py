@@ -14,6 +14,7 @@ docs/results.md. To ship a trained run as the default, after checking it with
 
   rm -rf assets/siglip_tiny assets/llava_ov_tiny && cp -r DIR/export/* assets/
 """
+
 from __future__ import annotations
 
 from absl import app, flags

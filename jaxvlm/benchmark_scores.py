@@ -17,6 +17,7 @@ OFFICIAL, as each benchmark's own evaluation reports it:
                    (DC, DL, DO, DB) (and overall)
   longvideobench   accuracy by duration group (15, 60, 600, 3600 s) (and overall)
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,6 +38,7 @@ VIDEOMME_DURATIONS = ('short', 'medium', 'long')
 class Group:
   """Samples one row scores: kind 'overall' | 'task' | 'official', a name, the member indices [M]
   and, for a macro statistic (mean over strata), the stratum label of each member [M]."""
+
   kind: str
   name: str
   members: np.ndarray
@@ -49,7 +51,7 @@ def _where(mask) -> np.ndarray:
 
 def benchmark_groups(benchmark: str, tasks: Sequence[str], metas: Sequence[Mapping[str, str]]) -> list[Group]:
   """The overall, per-task and official groups of B samples with these tasks and meta fields."""
-  task_of = np.asarray([str(t) for t in tasks])                                # [B]
+  task_of = np.asarray([str(t) for t in tasks])  # [B]
   if len(metas) != len(task_of):
     raise ValueError(f'{len(task_of)} tasks but {len(metas)} metas: one each per sample')
   everyone = np.arange(len(task_of))
@@ -66,19 +68,30 @@ def benchmark_groups(benchmark: str, tasks: Sequence[str], metas: Sequence[Mappi
     groups += [Group('official', 'subset', _where(meta('subset') == 'true')), Group('official', 'full', everyone)]
   elif name == 'nextqa':
     family = np.asarray([t[:1].upper() for t in task_of])
-    groups += [Group('official', label, _where(family == letter)) for letter, label in NEXTQA_FAMILIES.items()
-               if (family == letter).any()]
+    groups += [
+      Group('official', label, _where(family == letter))
+      for letter, label in NEXTQA_FAMILIES.items()
+      if (family == letter).any()
+    ]
   elif name == 'longvideobench':
     durations = meta('duration_group')
     numeric = lambda d: float(d) if d.replace('.', '', 1).isdigit() else float('inf')
-    groups += [Group('official', f'duration {d}', _where(durations == d))
-               for d in sorted(set(durations.tolist()) - {''}, key=numeric)]
+    groups += [
+      Group('official', f'duration {d}', _where(durations == d))
+      for d in sorted(set(durations.tolist()) - {''}, key=numeric)
+    ]
   return [g for g in groups if g.members.size]
 
 
-def score_rows(benchmark: str, tasks: Sequence[str], metas: Sequence[Mapping[str, str]],
-               correct: Mapping[str, np.ndarray], base: str = 'clean',
-               num_resamples: int = stats.DEFAULT_RESAMPLES, seed: int = 0) -> list[dict]:
+def score_rows(
+  benchmark: str,
+  tasks: Sequence[str],
+  metas: Sequence[Mapping[str, str]],
+  correct: Mapping[str, np.ndarray],
+  base: str = 'clean',
+  num_resamples: int = stats.DEFAULT_RESAMPLES,
+  seed: int = 0,
+) -> list[dict]:
   """One row per (condition, group): n, accuracy with its interval; for conditions other than `base`
   the paired change against it, its interval and the McNemar p-value.
 
@@ -88,7 +101,7 @@ def score_rows(benchmark: str, tasks: Sequence[str], metas: Sequence[Mapping[str
   if base not in correct:
     raise ValueError(f'base condition {base!r} is not among {sorted(correct)[:5]}...')
   names = list(correct)
-  matrix = np.stack([np.asarray(correct[n], bool) for n in names])          # [N, B]
+  matrix = np.stack([np.asarray(correct[n], bool) for n in names])  # [N, B]
   if matrix.shape[1] != len(tasks):
     raise ValueError(f'correctness is over {matrix.shape[1]} samples, tasks over {len(tasks)}')
   base_row = matrix[names.index(base)]
@@ -105,12 +118,22 @@ def score_rows(benchmark: str, tasks: Sequence[str], metas: Sequence[Mapping[str
     change_est, change_low, change_high = (np.asarray(x) for x in (change.estimate, change.low, change.high))
     p = np.asarray(stats.mcnemar_exact(b, x))  # [N]
     for i, name in enumerate(names):
-      row = {'condition': name, 'group_kind': group.kind, 'group': group.name, 'n': int(group.members.size),
-             'accuracy': float(acc_est[i]), 'accuracy_low': float(acc_low[i]),
-             'accuracy_high': float(acc_high[i])}
+      row = {
+        'condition': name,
+        'group_kind': group.kind,
+        'group': group.name,
+        'n': int(group.members.size),
+        'accuracy': float(acc_est[i]),
+        'accuracy_low': float(acc_low[i]),
+        'accuracy_high': float(acc_high[i]),
+      }
       if name != base:
-        row.update(change=float(change_est[i]), change_low=float(change_low[i]),
-                   change_high=float(change_high[i]), mcnemar_p=float(p[i]))
+        row.update(
+          change=float(change_est[i]),
+          change_low=float(change_low[i]),
+          change_high=float(change_high[i]),
+          mcnemar_p=float(p[i]),
+        )
       rows.append(row)
   return rows
 
@@ -123,8 +146,19 @@ def find_row(rows: Sequence[dict], condition: str, group: str = 'overall', kind:
   raise KeyError(f'no score row for condition {condition!r}, group {group!r}')
 
 
-SCORE_COLUMNS = ('condition', 'group_kind', 'group', 'n', 'accuracy', 'accuracy_low', 'accuracy_high', 'change',
-                 'change_low', 'change_high', 'mcnemar_p')
+SCORE_COLUMNS = (
+  'condition',
+  'group_kind',
+  'group',
+  'n',
+  'accuracy',
+  'accuracy_low',
+  'accuracy_high',
+  'change',
+  'change_low',
+  'change_high',
+  'mcnemar_p',
+)
 
 
 def split_failures(records: Sequence[dict]) -> tuple[list[dict], dict]:
@@ -133,8 +167,11 @@ def split_failures(records: Sequence[dict]) -> tuple[list[dict], dict]:
   order and bootstrap resamples must not depend on it."""
   records = sorted(records, key=lambda r: r['id'])
   ok = [r for r in records if 'error' not in r]
-  header = {'num_samples': len(ok), 'num_failed': len(records) - len(ok),
-            'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r]}
+  header = {
+    'num_samples': len(ok),
+    'num_failed': len(records) - len(ok),
+    'failures': [{'id': r['id'], 'error': r['error']} for r in records if 'error' in r],
+  }
   return ok, header
 
 
@@ -144,9 +181,13 @@ def official_line(header: Mapping) -> list[str]:
   official = [r for r in header.get('scores', []) if r['condition'] == 'clean' and r['group_kind'] == 'official']
   if not official:
     return []
-  return [f"{header.get('benchmark')} (clean): " + ', '.join(
+  return [
+    f"{header.get('benchmark')} (clean): "
+    + ', '.join(
       f"{r['group']} {r['accuracy']:.4f} [{r['accuracy_low']:.4f}, {r['accuracy_high']:.4f}] (n={r['n']})"
-      for r in official)]
+      for r in official
+    )
+  ]
 
 
 def write_csv(path: str, rows: Sequence[dict]) -> str:

@@ -10,6 +10,7 @@ The Flax param tree mirrors the transformers `state_dict()` key path, except tha
 "Our keys" below are the HF keys of our own module tree (what `params_to_state_dict` returns); the
 keys stored in a checkpoint file differ per family and format and are renamed by a `Family`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -124,17 +125,19 @@ def match_tensors(shapes: Mapping[str, tuple[int, ...]], target: Any) -> dict[tu
         continue
       if tuple(shapes[key]) != want:
         raise ShapeMismatchError(
-            f'tensor {key!r} has shape {tuple(shapes[key])} in the checkpoint, the model expects {want} '
-            f'(param {"/".join(path)} {shape})')
+          f'tensor {key!r} has shape {tuple(shapes[key])} in the checkpoint, the model expects {want} '
+          f'(param {"/".join(path)} {shape})'
+        )
       used.add(key)
       keys.append(key)
     out[path] = keys
   unexpected = sorted(set(shapes) - used)
   if missing or unexpected:
     raise TensorSetError(
-        'checkpoint does not match the model:' +
-        (f'\n  missing tensors: {", ".join(missing)}' if missing else '') +
-        (f'\n  unexpected tensors: {", ".join(unexpected)}' if unexpected else ''))
+      'checkpoint does not match the model:'
+      + (f'\n  missing tensors: {", ".join(missing)}' if missing else '')
+      + (f'\n  unexpected tensors: {", ".join(unexpected)}' if unexpected else '')
+    )
   return out
 
 
@@ -173,8 +176,10 @@ def params_to_state_dict(params: Any) -> dict[str, np.ndarray]:
 # The embedded default ships in the clone's assets/ and, in an installed jaxvlm, as package data
 # (jaxvlm/assets/, see pyproject.toml): so that `assets/llava_ov_tiny` names it from any directory.
 _EMBEDDED_PREFIX = 'assets/'
-_EMBEDDED_ROOTS = (os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets'),
-                   os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets'))
+_EMBEDDED_ROOTS = (
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'assets'),
+  os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets'),
+)
 
 
 def embedded_dir(path: str) -> str | None:
@@ -182,7 +187,7 @@ def embedded_dir(path: str) -> str | None:
   package's), or None when `path` names no shipped checkpoint."""
   if not path.startswith(_EMBEDDED_PREFIX):
     return None
-  name = path[len(_EMBEDDED_PREFIX):].rstrip('/')
+  name = path[len(_EMBEDDED_PREFIX) :].rstrip('/')
   found = [os.path.join(root, name) for root in _EMBEDDED_ROOTS if os.path.isdir(os.path.join(root, name))]
   return found[0] if name and found else None
 
@@ -204,8 +209,8 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike) -> str:
     return snapshot_download(path, allow_patterns=_HUB_PATTERNS)
   except Exception as e:  # offline, unknown repo, gated, ...: all mean "cannot get it"
     raise CheckpointNotFoundError(
-        f'{path!r} is not a local directory and could not be fetched from the Hugging Face Hub '
-        f'({type(e).__name__}: {e})') from e
+      f'{path!r} is not a local directory and could not be fetched from the Hugging Face Hub ({type(e).__name__}: {e})'
+    ) from e
 
 
 def read_json(ckpt_dir: str, name: str) -> dict | None:
@@ -228,15 +233,25 @@ def read_config(ckpt_dir: str) -> dict:
 
 
 _SAFETENSORS_DTYPES = {
-    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-    'F8_E4M3': ml_dtypes.float8_e4m3fn, 'F8_E5M2': ml_dtypes.float8_e5m2,
-    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_,
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+  'F8_E4M3': ml_dtypes.float8_e4m3fn,
+  'F8_E5M2': ml_dtypes.float8_e5m2,
+  'I64': np.int64,
+  'I32': np.int32,
+  'I16': np.int16,
+  'I8': np.int8,
+  'U8': np.uint8,
+  'BOOL': np.bool_,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorRef:
   """Where one checkpoint tensor lives (nothing read): file, name inside it, safetensors dtype, shape."""
+
   path: str
   name: str
   dtype: str
@@ -253,7 +268,7 @@ def _read_header(path: str) -> tuple[dict, int]:
       if n > size - 8:
         raise ValueError(f'header of {n} bytes in a file of {size}')
       header = json.loads(f.read(n))
-    except (struct.error, ValueError) as e:   # UnicodeDecodeError is a ValueError
+    except (struct.error, ValueError) as e:  # UnicodeDecodeError is a ValueError
       raise CheckpointError(f'{path} is not a safetensors file: {e}') from e
   if not isinstance(header, dict):
     raise CheckpointError(f'{path}: the safetensors header is a JSON {type(header).__name__}, not an object')
@@ -275,16 +290,22 @@ def _check_entry(path: str, name: str, info: Any, data_size: int) -> None:
   shape, offsets = info['shape'], info['data_offsets']
   if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
     raise CheckpointError(f'{where}: shape {shape!r} is not a list of sizes')
-  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-      or not 0 <= offsets[0] <= offsets[1]):
+  if (
+    not isinstance(offsets, list)
+    or len(offsets) != 2
+    or not all(isinstance(o, int) for o in offsets)
+    or not 0 <= offsets[0] <= offsets[1]
+  ):
     raise CheckpointError(f'{where}: data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end')
   start, end = offsets
   if end > data_size:
     raise CheckpointError(f'{path} is truncated: tensor {name!r} ends at byte {end} of {max(data_size, 0)}')
   itemsize = np.dtype(_SAFETENSORS_DTYPES[info['dtype']]).itemsize
   if (end - start) != math.prod(shape) * itemsize:
-    raise CheckpointError(f'{where}: data_offsets {offsets} hold {end - start} bytes, shape {shape} of '
-                          f'{info["dtype"]} needs {math.prod(shape) * itemsize}')
+    raise CheckpointError(
+      f'{where}: data_offsets {offsets} hold {end - start} bytes, shape {shape} of '
+      f'{info["dtype"]} needs {math.prod(shape) * itemsize}'
+    )
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -318,7 +339,8 @@ def _collect(ckpt_dir: str, read_file: Callable[[str], Mapping[str, Any]]) -> di
   index = read_json(ckpt_dir, INDEX_FILE)
   if index is None:
     raise CheckpointNotFoundError(
-        f'{ckpt_dir} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)')
+      f'{ckpt_dir} has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)'
+    )
   weight_map = index.get('weight_map') if isinstance(index, dict) else None
   if not isinstance(weight_map, dict):
     raise CheckpointError(f'{os.path.join(ckpt_dir, INDEX_FILE)} has no weight_map object (tensor -> shard file)')
@@ -347,8 +369,9 @@ def read_tensor_index(ckpt_dir: str) -> dict[str, TensorRef]:
   return _collect(ckpt_dir, read_tensor_refs)
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], out_dir: str,
-                     max_shard_bytes: int | None = None) -> list[str]:
+def write_state_dict(
+  state_dict: Mapping[str, np.ndarray], out_dir: str, max_shard_bytes: int | None = None
+) -> list[str]:
   """Writes tensors as `model.safetensors`, or as shards plus an index when they exceed
   `max_shard_bytes`. Returns the file names written."""
   os.makedirs(out_dir, exist_ok=True)
@@ -387,6 +410,7 @@ class Family:
   tied: (head key, embedding key) of our tree, dropped from a tied checkpoint if equal;
   tensor_to_ours / tensor_to_hf(model, our key, tensor) -> tensor: layout changes beyond the generic
   convention (e.g. a Conv3d weight that our tree holds as a Dense kernel), after / before renaming."""
+
   architecture: str
   build: Callable[[dict, Any], Any]
   param_shapes: Callable[[Any], Any]
@@ -400,6 +424,7 @@ class Family:
 
 def _build_siglip(config: dict, dtype: Any):
   from jaxvlm.models import siglip
+
   return siglip.SiglipModel(siglip.SiglipConfig.from_hf(config), dtype=dtype)
 
 
@@ -412,11 +437,13 @@ def _siglip_param_shapes(model) -> Any:
 
 def _build_llava_onevision(config: dict, dtype: Any):
   from jaxvlm.models import llava_onevision as lo
+
   return lo.LlavaOnevisionForConditionalGeneration(lo.LlavaOnevisionConfig.from_hf(config), dtype=dtype)
 
 
 def _llava_param_shapes(model) -> Any:
   from jaxvlm.models import llava_onevision as lo
+
   return lo.param_shapes(model)
 
 
@@ -428,19 +455,21 @@ def _llava_to_ours(key: str) -> str:
   `language_model.lm_head.*`), what transformers v5 `save_pretrained` writes (the same with
   `vision_tower.*`) and v5's in-memory names (`model.language_model.*`, `lm_head.*`)."""
   if key.startswith('model.') and key.split('.')[1] in _LLAVA_PARTS:
-    key = key[len('model.'):]
-  for old, new in (('language_model.model.', 'language_model.'),
-                   ('language_model.lm_head.', 'lm_head.'),
-                   ('vision_tower.vision_model.', 'vision_tower.')):
+    key = key[len('model.') :]
+  for old, new in (
+    ('language_model.model.', 'language_model.'),
+    ('language_model.lm_head.', 'lm_head.'),
+    ('vision_tower.vision_model.', 'vision_tower.'),
+  ):
     if key.startswith(old):
-      return new + key[len(old):]
+      return new + key[len(old) :]
   return key
 
 
 def _llava_to_hf(key: str) -> str:
   """Our key -> the key transformers v5 `save_pretrained` writes for LLaVA-OneVision."""
   if key.startswith('language_model.'):
-    return 'language_model.model.' + key[len('language_model.'):]
+    return 'language_model.model.' + key[len('language_model.') :]
   if key.startswith('lm_head.'):
     return 'language_model.' + key
   return key
@@ -448,11 +477,13 @@ def _llava_to_hf(key: str) -> str:
 
 def _build_qwen2_5_vl(config: dict, dtype: Any):
   from jaxvlm.models import qwen2_5_vl as qv
+
   return qv.Qwen25VLForConditionalGeneration(qv.Qwen25VLConfig.from_hf(config), dtype=dtype)
 
 
 def _qwen2_5_vl_param_shapes(model) -> Any:
   from jaxvlm.models import qwen2_5_vl as qv
+
   return qv.param_shapes(model)
 
 
@@ -460,22 +491,25 @@ def _qwen2_5_vl_to_ours(key: str) -> str:
   """Accepts the hub layout (`visual.*`, `model.*` = the decoder, `lm_head.*`; also what transformers v5
   `save_pretrained` writes) and v5's in-memory names (`model.visual.*`, `model.language_model.*`).
   Vision blocks `blocks.{i}` are our stacked `layers`."""
-  for old, new in (('model.visual.', 'visual.'), ('model.language_model.', 'language_model.'),
-                   ('model.', 'language_model.')):
+  for old, new in (
+    ('model.visual.', 'visual.'),
+    ('model.language_model.', 'language_model.'),
+    ('model.', 'language_model.'),
+  ):
     if key.startswith(old):
-      key = new + key[len(old):]
+      key = new + key[len(old) :]
       break
   if key.startswith('visual.blocks.'):
-    key = 'visual.layers.' + key[len('visual.blocks.'):]
+    key = 'visual.layers.' + key[len('visual.blocks.') :]
   return key
 
 
 def _qwen2_5_vl_to_hf(key: str) -> str:
   """Our key -> the hub layout (what transformers v5 `save_pretrained` writes for Qwen2.5-VL)."""
   if key.startswith('language_model.'):
-    return 'model.' + key[len('language_model.'):]
+    return 'model.' + key[len('language_model.') :]
   if key.startswith('visual.layers.'):
-    return 'visual.blocks.' + key[len('visual.layers.'):]
+    return 'visual.blocks.' + key[len('visual.layers.') :]
   return key
 
 
@@ -493,8 +527,9 @@ def _qwen2_5_vl_tensor_to_ours(model, key: str, tensor: np.ndarray) -> np.ndarra
     return tensor
   want = _conv3d_shape(model)
   if tuple(tensor.shape) != want:
-    raise ShapeMismatchError(f'tensor {key!r} has shape {tuple(tensor.shape)} in the checkpoint, the model '
-                             f'expects the Conv3d weight {want}')
+    raise ShapeMismatchError(
+      f'tensor {key!r} has shape {tuple(tensor.shape)} in the checkpoint, the model expects the Conv3d weight {want}'
+    )
   return np.asarray(tensor).reshape(want[0], -1)
 
 
@@ -507,15 +542,26 @@ def _same(key: str) -> str:
 
 
 FAMILIES: dict[str, Family] = {
-    'siglip': Family('SiglipModel', _build_siglip, _siglip_param_shapes, _same, _same),
-    'llava_onevision': Family(
-        'LlavaOnevisionForConditionalGeneration', _build_llava_onevision, _llava_param_shapes,
-        _llava_to_ours, _llava_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight')),
-    'qwen2_5_vl': Family(
-        'Qwen2_5_VLForConditionalGeneration', _build_qwen2_5_vl, _qwen2_5_vl_param_shapes,
-        _qwen2_5_vl_to_ours, _qwen2_5_vl_to_hf, tied=('lm_head.weight', 'language_model.embed_tokens.weight'),
-        tensor_to_ours=_qwen2_5_vl_tensor_to_ours, tensor_to_hf=_qwen2_5_vl_tensor_to_hf,
-        relaid=(_PATCH_EMBED,)),
+  'siglip': Family('SiglipModel', _build_siglip, _siglip_param_shapes, _same, _same),
+  'llava_onevision': Family(
+    'LlavaOnevisionForConditionalGeneration',
+    _build_llava_onevision,
+    _llava_param_shapes,
+    _llava_to_ours,
+    _llava_to_hf,
+    tied=('lm_head.weight', 'language_model.embed_tokens.weight'),
+  ),
+  'qwen2_5_vl': Family(
+    'Qwen2_5_VLForConditionalGeneration',
+    _build_qwen2_5_vl,
+    _qwen2_5_vl_param_shapes,
+    _qwen2_5_vl_to_ours,
+    _qwen2_5_vl_to_hf,
+    tied=('lm_head.weight', 'language_model.embed_tokens.weight'),
+    tensor_to_ours=_qwen2_5_vl_tensor_to_ours,
+    tensor_to_hf=_qwen2_5_vl_tensor_to_hf,
+    relaid=(_PATCH_EMBED,),
+  ),
 }
 
 
@@ -523,11 +569,12 @@ def family_of(config: Mapping[str, Any]) -> Family:
   model_type = config.get('model_type')
   if model_type not in FAMILIES:
     raise UnsupportedModelError(
-        f'unsupported model_type {model_type!r} in config.json; supported: {", ".join(sorted(FAMILIES))}')
+      f'unsupported model_type {model_type!r} in config.json; supported: {", ".join(sorted(FAMILIES))}'
+    )
   return FAMILIES[model_type]
 
 
-_T = TypeVar('_T')   # a tensor: an array, or a TensorRef into a safetensors file
+_T = TypeVar('_T')  # a tensor: an array, or a TensorRef into a safetensors file
 
 
 def _rename(state_dict: Mapping[str, _T], rename: Callable[[str], str]) -> dict[str, _T]:
@@ -541,8 +588,9 @@ def _rename(state_dict: Mapping[str, _T], rename: Callable[[str], str]) -> dict[
   return out
 
 
-def _drop_tied_head(state_dict: dict[str, Any], target: Any, family: Family,
-                    equal: Callable[[Any, Any], bool] = np.array_equal) -> None:
+def _drop_tied_head(
+  state_dict: dict[str, Any], target: Any, family: Family, equal: Callable[[Any, Any], bool] = np.array_equal
+) -> None:
   """A tied model has no head param; a checkpoint may still store the head as a copy of the embedding.
   `state_dict` values are tensors or TensorRefs (then `equal` compares what they point to)."""
   if family.tied is None:
@@ -552,12 +600,14 @@ def _drop_tied_head(state_dict: dict[str, Any], target: Any, family: Family,
     return
   if not equal(state_dict[head], state_dict[embedding]):
     raise TensorSetError(
-        f'the config ties word embeddings, but the checkpoint holds a {head!r} that differs from {embedding!r}')
+      f'the config ties word embeddings, but the checkpoint holds a {head!r} that differs from {embedding!r}'
+    )
   del state_dict[head]
 
 
-def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any, model: Any = None,
-             dtype: Any = np.float32) -> dict:
+def _convert(
+  family: Family, state_dict: Mapping[str, np.ndarray], target: Any, model: Any = None, dtype: Any = np.float32
+) -> dict:
   renamed = _rename(state_dict, family.to_ours)
   if family.tensor_to_ours is not None:
     if model is None:
@@ -567,8 +617,7 @@ def _convert(family: Family, state_dict: Mapping[str, np.ndarray], target: Any, 
   return state_dict_to_params(renamed, target, dtype)
 
 
-def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any,
-                       model: Any = None) -> dict:
+def convert_state_dict(model_type: str, state_dict: Mapping[str, np.ndarray], target: Any, model: Any = None) -> dict:
   """Any supported key layout of `model_type` (hub files, v5 files, v5 in-memory `state_dict()`) ->
   our param tree shaped like `target`, strictly (numpy float32). `model` is needed by families whose
   tensors change layout (qwen2_5_vl)."""
@@ -614,7 +663,7 @@ def read_slice(ref: TensorRef | np.ndarray, index: tuple[slice, ...]) -> np.ndar
     return f.get_slice(ref.name)[index]
 
 
-def _refs_equal(a: TensorRef, b: TensorRef, block_bytes: int = 64 * 2 ** 20) -> bool:
+def _refs_equal(a: TensorRef, b: TensorRef, block_bytes: int = 64 * 2**20) -> bool:
   """Whether two checkpoint tensors hold the same values, compared in row blocks of ~block_bytes."""
   if a.shape != b.shape:
     return False
@@ -633,9 +682,14 @@ def _index_key(index: tuple[slice, ...]) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
-def _read_block(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef | np.ndarray],
-                shape: tuple[int, ...],
-                index: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
+def _read_block(
+  path: tuple[str, ...],
+  keys: list[str],
+  refs: Mapping[str, TensorRef | np.ndarray],
+  shape: tuple[int, ...],
+  index: tuple[slice, ...],
+  dtype: np.dtype,
+) -> np.ndarray:
   """The block `index` of flax leaf `path` [shape] as numpy `dtype`, read from the HF tensors `keys`
   (one per layer when stacked; a kernel's block is the transposed block of the HF weight). Converted
   slice by slice, so a bfloat16 checkpoint never passes through float32 unless float32 is asked for."""
@@ -656,9 +710,14 @@ def _read_block(path: tuple[str, ...], keys: list[str], refs: Mapping[str, Tenso
   return block
 
 
-def _place_leaf(path: tuple[str, ...], keys: list[str], refs: Mapping[str, TensorRef | np.ndarray],
-                shape: tuple[int, ...],
-                leaf_sharding: Any, dtype: np.dtype) -> jax.Array:
+def _place_leaf(
+  path: tuple[str, ...],
+  keys: list[str],
+  refs: Mapping[str, TensorRef | np.ndarray],
+  shape: tuple[int, ...],
+  leaf_sharding: Any,
+  dtype: np.dtype,
+) -> jax.Array:
   """The global array of one parameter: each of this process's devices gets its block, read and put on
   the device one at a time (a block replicated on several local devices is read once)."""
   index_map = leaf_sharding.addressable_devices_indices_map(shape)
@@ -678,8 +737,9 @@ def _place_leaf(path: tuple[str, ...], keys: list[str], refs: Mapping[str, Tenso
   return jax.make_array_from_single_device_arrays(shape, leaf_sharding, arrays)
 
 
-def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dtype: Any = np.float32,
-                        rules: Any = None) -> dict:
+def load_sharded_params(
+  ckpt_dir: str, model: Any, family: Family, mesh: Any, dtype: Any = np.float32, rules: Any = None
+) -> dict:
   """Strictly loads `ckpt_dir` into `model`'s param tree as global jax arrays of `dtype` placed with
   `sharding.param_shardings(params, mesh, rules)`.
 
@@ -690,28 +750,41 @@ def load_sharded_params(ckpt_dir: str, model: Any, family: Family, mesh: Any, dt
   process of a multi-process run calls this with the same arguments.
   """
   from jaxvlm import sharding  # pylint: disable=g-import-not-at-top
+
   dtype = np.dtype(dtype)
   rules = sharding.DEFAULT_RULES if rules is None else rules
   refs: dict[str, TensorRef | np.ndarray] = dict(_rename(read_tensor_index(ckpt_dir), family.to_ours))
   relay = family.tensor_to_ours
   for key in family.relaid:
     if key in refs and relay is not None:  # small tensors whose layout changes (a patch embedding): read
-      refs[key] = np.asarray(relay(model, key, read_slice(refs[key], ())))   # whole, changed in memory
+      refs[key] = np.asarray(relay(model, key, read_slice(refs[key], ())))  # whole, changed in memory
   target = family.param_shapes(model)
   _drop_tied_head(refs, target, family, equal=_refs_equal)
   plan = match_tensors({k: r.shape for k, r in refs.items()}, target)
   shardings = traverse_util.flatten_dict(sharding.param_shardings(target, mesh, rules))
   shapes = traverse_util.flatten_dict(target)
   out = {}
-  for path in tqdm(plan, desc=f'loading {os.path.basename(os.path.normpath(ckpt_dir))}', unit='param',
-                   disable=jax.process_index() != 0, leave=False):
+  for path in tqdm(
+    plan,
+    desc=f'loading {os.path.basename(os.path.normpath(ckpt_dir))}',
+    unit='param',
+    disable=jax.process_index() != 0,
+    leave=False,
+  ):
     out[path] = _place_leaf(path, plan[path], refs, tuple(shapes[path].shape), shardings[path], dtype)
   return traverse_util.unflatten_dict(out)
 
 
-def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32,
-                    expect: Sequence[str] | None = None, field: str = '', *, param_dtype: Any = jnp.float32,
-                    mesh: Any = None, rules: Any = None) -> tuple[Any, dict, Any]:
+def load_pretrained(
+  name_or_path: str | os.PathLike,
+  dtype: Any = jnp.float32,
+  expect: Sequence[str] | None = None,
+  field: str = '',
+  *,
+  param_dtype: Any = jnp.float32,
+  mesh: Any = None,
+  rules: Any = None,
+) -> tuple[Any, dict, Any]:
   """Loads a local Hugging Face directory or hub id -> (model, params, processor).
 
   `dtype` is the compute dtype given to the module; params are `param_dtype` (default float32; a
@@ -726,13 +799,15 @@ def load_pretrained(name_or_path: str | os.PathLike, dtype: Any = jnp.float32,
   another type raises UnsupportedModelError naming `field` before any weight is read.
   """
   from jaxvlm import processor as processor_lib
+
   ckpt_dir = resolve_checkpoint_dir(name_or_path)
   config = read_config(ckpt_dir)
   family = family_of(config)
   if expect is not None and not any(str(config.get('model_type')).startswith(e) for e in expect):
     raise UnsupportedModelError(
-        f'{field + "=" if field else ""}{os.fspath(name_or_path)!r} is a {config.get("model_type")!r} checkpoint; '
-        f'{"this field" if field else "the caller"} needs one of: {", ".join(expect)}')
+      f'{field + "=" if field else ""}{os.fspath(name_or_path)!r} is a {config.get("model_type")!r} checkpoint; '
+      f'{"this field" if field else "the caller"} needs one of: {", ".join(expect)}'
+    )
   model = family.build(config, dtype)
   if mesh is None:
     params = load_params(ckpt_dir, model, family, param_dtype)
@@ -745,15 +820,23 @@ def _check_fits(params: Any, target: Any) -> None:
   got = {'/'.join(p): tuple(x.shape) for p, x in traverse_util.flatten_dict(params).items()}
   want = {'/'.join(p): tuple(x.shape) for p, x in traverse_util.flatten_dict(target).items()}
   if set(got) != set(want):
-    raise TensorSetError(f'params do not fit the model: missing {sorted(set(want) - set(got))}, '
-                         f'unexpected {sorted(set(got) - set(want))}')
+    raise TensorSetError(
+      f'params do not fit the model: missing {sorted(set(want) - set(got))}, unexpected {sorted(set(got) - set(want))}'
+    )
   for name, shape in got.items():
     if shape != want[name]:
       raise ShapeMismatchError(f'param {name} has shape {shape}, the model expects {want[name]}')
 
 
-def export_pretrained(model: Any, params: Any, config_dict: Mapping[str, Any], out_dir: str,
-                      processor: Any = None, max_shard_bytes: int | None = None, dtype: Any = np.float32) -> None:
+def export_pretrained(
+  model: Any,
+  params: Any,
+  config_dict: Mapping[str, Any],
+  out_dir: str,
+  processor: Any = None,
+  max_shard_bytes: int | None = None,
+  dtype: Any = np.float32,
+) -> None:
   """Writes `params` as a Hugging Face checkpoint transformers v5 loads: safetensors of `dtype` (default
   float32; bfloat16 as the hub's large checkpoints are) named as its `save_pretrained` names them
   (sharded above `max_shard_bytes`), `config.json` from `config_dict`, and the processor's tokenizer /

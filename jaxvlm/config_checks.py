@@ -12,6 +12,7 @@ right after the model's config is read, still before any compute.
 `Field.affects_results` feeds the workdir binding (`jaxvlm.runs.prepare_workdir`): a rerun into a
 workdir may change only the fields that cannot change a sample's record (batch size, mesh, ...).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ class ConfigError(ValueError):
 class Field:
   """problem(value) -> None if allowed, else what is wrong; allowed: the allowed values, for messages;
   optional: some presets have no such field (e.g. frame_size, only Qwen2.5-VL's)."""
+
   problem: Callable[[Any], str | None]
   allowed: str
   affects_results: bool = True
@@ -42,6 +44,7 @@ def optional(field: Field) -> Field:
 
 def frame_size() -> Field:
   """'' (the checkpoint's own rule) or 'H,W' (positive ints; Qwen2.5-VL resizes every frame to it)."""
+
   def problem(v):
     if not isinstance(v, str):
       return f'not a string ({type(v).__name__})'
@@ -51,6 +54,7 @@ def frame_size() -> Field:
     if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts):
       return "not 'H,W'"
     return None
+
   return Field(problem, "'' (the checkpoint's own size) or 'H,W' in pixels, e.g. '448,448'")
 
 
@@ -62,11 +66,16 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def integer(lo: int | None = None, hi: int | None = None, also: Sequence[int] = (), *,
-            affects_results: bool = True, meaning: str = '') -> Field:
+def integer(
+  lo: int | None = None,
+  hi: int | None = None,
+  also: Sequence[int] = (),
+  *,
+  affects_results: bool = True,
+  meaning: str = '',
+) -> Field:
   """An int in [lo, hi] (None: unbounded), or one of `also` (e.g. -1 = all)."""
-  rng = (f'>= {lo}' if hi is None else f'in {lo}..{hi}') if lo is not None else (
-      f'<= {hi}' if hi is not None else '')
+  rng = (f'>= {lo}' if hi is None else f'in {lo}..{hi}') if lo is not None else (f'<= {hi}' if hi is not None else '')
   allowed = ' '.join(x for x in ('an integer', rng) if x)
   if also:
     allowed += ', or ' + ' or '.join(f'{a}{meaning and f" ({meaning})"}' for a in also)
@@ -83,8 +92,14 @@ def integer(lo: int | None = None, hi: int | None = None, also: Sequence[int] = 
   return Field(problem, allowed, affects_results)
 
 
-def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, affects_results: bool = True) -> Field:
+def number(
+  lo: float | None = None,
+  hi: float | None = None,
+  *,
+  lo_open: bool = False,
+  hi_open: bool = False,
+  affects_results: bool = True,
+) -> Field:
   """A real number in [lo, hi] (an open end with lo_open / hi_open)."""
   parts = []
   if lo is not None:
@@ -106,8 +121,9 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
 
 
 def boolean(*, affects_results: bool = True) -> Field:
-  return Field(lambda v: None if isinstance(v, bool) else f'not True/False ({type(v).__name__})',
-               'True or False', affects_results)
+  return Field(
+    lambda v: None if isinstance(v, bool) else f'not True/False ({type(v).__name__})', 'True or False', affects_results
+  )
 
 
 def text(*, nonempty: bool = False, affects_results: bool = True) -> Field:
@@ -115,12 +131,14 @@ def text(*, nonempty: bool = False, affects_results: bool = True) -> Field:
     if not isinstance(v, str):
       return f'not a string ({type(v).__name__})'
     return 'empty' if nonempty and not v.strip() else None
+
   return Field(problem, 'a non-empty string' if nonempty else 'a string', affects_results)
 
 
 def one_of(*values: Any, affects_results: bool = True) -> Field:
-  return Field(lambda v: None if v in values else 'not allowed', 'one of ' + ', '.join(map(repr, values)),
-               affects_results)
+  return Field(
+    lambda v: None if v in values else 'not allowed', 'one of ' + ', '.join(map(repr, values)), affects_results
+  )
 
 
 def csv_items(v) -> list[str] | None:
@@ -146,8 +164,7 @@ def checked_items(v) -> list[str]:
   """csv_items of a field whose own check has passed (relations run only then), so never None."""
   items = csv_items(v)
   if items is None:
-    raise TypeError(f'{v!r} is neither a comma-separated string nor a sequence (its field check should have '
-                    'said so)')
+    raise TypeError(f'{v!r} is neither a comma-separated string nor a sequence (its field check should have said so)')
   return items
 
 
@@ -166,12 +183,14 @@ def names(values: Iterable[str], *, nonempty: bool = True, affects_results: bool
       return 'a name is repeated'
     return None
 
-  return Field(problem, ('' if nonempty else 'empty or ') + 'comma-separated names from ' + ', '.join(values),
-               affects_results)
+  return Field(
+    problem, ('' if nonempty else 'empty or ') + 'comma-separated names from ' + ', '.join(values), affects_results
+  )
 
 
 def int_list(lo: int = 0, *, nonempty: bool = True, affects_results: bool = True) -> Field:
   """Comma-separated integers >= lo (or a sequence)."""
+
   def problem(v):
     items, bad = _csv_or_problem(v, nonempty)
     if bad:
@@ -182,12 +201,13 @@ def int_list(lo: int = 0, *, nonempty: bool = True, affects_results: bool = True
       return 'not all integers'
     below = [i for i in ints if i < lo]
     return f'{below} below {lo}' if below else None
-  return Field(problem, ('' if nonempty else 'empty or ') + f'comma-separated integers >= {lo}',
-               affects_results)
+
+  return Field(problem, ('' if nonempty else 'empty or ') + f'comma-separated integers >= {lo}', affects_results)
 
 
 def layer_range(*, affects_results: bool = True) -> Field:
   """'' (all layers) or 'first-last' (0-based, inclusive); the upper bound is the model's, checked later."""
+
   def problem(v):
     if not isinstance(v, str):
       return f'not a string ({type(v).__name__})'
@@ -198,6 +218,7 @@ def layer_range(*, affects_results: bool = True) -> Field:
     except ValueError:
       return 'not of the form first-last'
     return None if 0 <= first <= last else 'first must be <= last, both >= 0'
+
   return Field(problem, "'' (all layers) or 'first-last' (0-based, inclusive)", affects_results)
 
 
@@ -206,16 +227,19 @@ class Spec:
   """An experiment's config fields by dotted name ('mesh.data'), relations between them (config ->
   problems, each naming its fields), and groups whose sub-fields are open (checked by a relation or
   free-form, e.g. 'data', whose fields depend on the benchmark)."""
+
   experiment: str
   config_file: str
   fields: Mapping[str, Field]
   relations: Sequence[Callable[[Any], Iterable[str]]] = ()
-  open_groups: Mapping[str, bool] = dataclasses.field(default_factory=dict)   # group -> affects results
+  open_groups: Mapping[str, bool] = dataclasses.field(default_factory=dict)  # group -> affects results
 
   def free_fields(self) -> list[str]:
     """Dotted names (or 'group.*') that may differ when a run resumes in an existing workdir."""
-    return sorted([k for k, f in self.fields.items() if not f.affects_results]
-                  + [f'{g}.*' for g, affects in self.open_groups.items() if not affects])
+    return sorted(
+      [k for k, f in self.fields.items() if not f.affects_results]
+      + [f'{g}.*' for g, affects in self.open_groups.items() if not affects]
+    )
 
   def affects_results(self, name: str) -> bool:
     if name in self.fields:
@@ -223,7 +247,7 @@ class Spec:
     for group, affects in self.open_groups.items():
       if name.startswith(group + '.'):
         return affects
-    return True   # a field with no spec is assumed to change results
+    return True  # a field with no spec is assumed to change results
 
 
 def flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -264,20 +288,22 @@ def problems(config, spec: Spec) -> list[str]:
   unknown = sorted(k for k in flat if k not in spec.fields and not in_group(k))
   if missing or (unknown and len(unknown) * 2 >= len(flat)):
     # Mostly unknown fields: another experiment's config. Say which file this experiment reads.
-    out.append(f'this is not a {spec.experiment} config ({spec.config_file}): '
-               + (f'missing fields {", ".join(_collapse(missing, spec.fields))}' if missing else '')
-               + ('; ' if missing and unknown else '')
-               + (f'unknown fields {", ".join(unknown)}' if unknown else ''))
+    out.append(
+      f'this is not a {spec.experiment} config ({spec.config_file}): '
+      + (f'missing fields {", ".join(_collapse(missing, spec.fields))}' if missing else '')
+      + ('; ' if missing and unknown else '')
+      + (f'unknown fields {", ".join(unknown)}' if unknown else '')
+    )
     return out
   for k in unknown:
     out.append(f'{k}={flat[k]!r}: unknown field (no check in the {spec.experiment} spec)')
   for name, field in spec.fields.items():
     if name not in flat:
-      continue   # optional and absent
+      continue  # optional and absent
     why = field.problem(flat[name])
     if why:
       out.append(f'{name}={flat[name]!r}: {why}; expected {field.allowed}')
-  if not out:   # relations read fields whose own checks passed
+  if not out:  # relations read fields whose own checks passed
     for relation in spec.relations:
       out.extend(relation(config))
   return out
@@ -287,21 +313,32 @@ def check(config, spec: Spec) -> None:
   """Raises ConfigError listing every problem; returns None when the config is valid."""
   found = problems(config, spec)
   if found:
-    raise ConfigError(f'invalid {spec.experiment} config ({len(found)} problem{"s" * (len(found) > 1)}):\n  '
-                      + '\n  '.join(found))
+    raise ConfigError(
+      f'invalid {spec.experiment} config ({len(found)} problem{"s" * (len(found) > 1)}):\n  ' + '\n  '.join(found)
+    )
 
 
 # ---------------------------------------------------------------- fields every experiment shares
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 # Arguments of synthetic.ensure a synthetic split is generated from (the data.* fields of 'synthetic').
-SYNTHETIC_FIELDS = {'split': one_of(*synthetic.SPLITS), 'num': integer(1), 'seed': integer(),
-                    'num_frames': integer(1), 'size': integer(8), 'fps': integer(1)}
+SYNTHETIC_FIELDS = {
+  'split': one_of(*synthetic.SPLITS),
+  'num': integer(1),
+  'seed': integer(),
+  'num_frames': integer(1),
+  'size': integer(8),
+  'fps': integer(1),
+}
 
 
 def model_fields() -> dict[str, Field]:
-  return {'checkpoint': text(nonempty=True), 'dtype': one_of(*DTYPES), 'benchmark': one_of(*sorted(loaders.LOADERS)),
-          'frame_size': optional(frame_size())}
+  return {
+    'checkpoint': text(nonempty=True),
+    'dtype': one_of(*DTYPES),
+    'benchmark': one_of(*sorted(loaders.LOADERS)),
+    'frame_size': optional(frame_size()),
+  }
 
 
 def mesh_fields(devices: bool = True) -> dict[str, Field]:
@@ -344,14 +381,18 @@ def data_relation(config) -> list[str]:
       if field is None:
         if key in loaders.OPTIONAL_ARGS and unset(value):
           continue
-        out.append(f'data.{key}={value!r}: not an argument of the synthetic world; expected some of '
-                   f'ann, {", ".join(SYNTHETIC_FIELDS)}')
+        out.append(
+          f'data.{key}={value!r}: not an argument of the synthetic world; expected some of '
+          f'ann, {", ".join(SYNTHETIC_FIELDS)}'
+        )
       elif field.problem(value):
         out.append(f'data.{key}={value!r}: {field.problem(value)}; expected {field.allowed}')
     ann = data.get('ann') or ''
     if ann and not os.path.isdir(os.path.join(ann, 'json')):
-      out.append(f"data.ann={ann!r}: not a synthetic split directory (no json/ inside); expected '' "
-                 f'(generate one under the workdir) or a directory written by experiments.make_synthetic')
+      out.append(
+        f"data.ann={ann!r}: not a synthetic split directory (no json/ inside); expected '' "
+        f'(generate one under the workdir) or a directory written by experiments.make_synthetic'
+      )
     return out
   params = list(inspect.signature(loaders.LOADERS[config.benchmark]).parameters)
   accepted = set(params[1:]) | {'ann', params[0]}
@@ -360,15 +401,16 @@ def data_relation(config) -> list[str]:
     if key == 'video_root' and 'video_root' not in params:
       continue
     if not isinstance(value, str) or not value:
-      out.append(f'data.{key}={value!r}: benchmark={config.benchmark!r} needs it; set '
-                 f'--config.data.{key}=PATH')
+      out.append(f'data.{key}={value!r}: benchmark={config.benchmark!r} needs it; set --config.data.{key}=PATH')
     elif not os.path.exists(value):
       out.append(f'data.{key}={value!r}: no such file or directory (set --config.data.{key}=PATH)')
   for key, value in data.items():
     if key in accepted or key in SYNTHETIC_FIELDS or (key in loaders.OPTIONAL_ARGS and unset(value)):
       continue
-    out.append(f'data.{key}={value!r}: not an argument of the {config.benchmark} loader; expected some '
-               f'of {", ".join(sorted(accepted))}')
+    out.append(
+      f'data.{key}={value!r}: not an argument of the {config.benchmark} loader; expected some '
+      f'of {", ".join(sorted(accepted))}'
+    )
   for key in ('answers_json', 'video_map_json'):
     value = data.get(key)
     if key in accepted and isinstance(value, str) and value and not os.path.exists(value):

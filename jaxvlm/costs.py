@@ -22,6 +22,7 @@ benchmarks/efficient_prefill.py prints the ratio, docs/results.md has it):
 Letters: B batch, F frames (k of them run), t tokens per frame, P text before the video, Q text after
 it, S = P + F t + 1 + Q prompt slots, S' = P + Q, L layers, D hidden, H / K heads, Dh head dim.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +43,7 @@ from jaxvlm.models.siglip import SiglipEncoderLayer
 class PromptShape:
   """One prompt's token counts: text before the video (prefix), frames x tokens per frame (+ the
   image_newline), text after it (suffix); batch of identical prompts; decode slots."""
+
   prefix: int
   suffix: int
   frames: int
@@ -66,6 +68,7 @@ class PromptShape:
 class PrefillCost:
   """FLOPs of one prefill (whole batch) and KV-cache bytes; `layers` lists (kind, count) of the decoder
   segments ('within-frame', 'full', 'text-only')."""
+
   attention: float
   linear: float
   vision: float
@@ -95,8 +98,8 @@ def kernel_pairs(q_index: np.ndarray, k_index: np.ndarray, block_size: int) -> i
   q_pad[:, :t] = q_index
   k_pad = np.full((rows, nk * kb), np.iinfo(np.int64).max)
   k_pad[:, :s] = k_index
-  q_last = q_pad.reshape(rows, nq, qb).max(axis=(0, 2))     # [nq]
-  k_first = k_pad.reshape(rows, nk, kb).min(axis=(0, 2))    # [nk]
+  q_last = q_pad.reshape(rows, nq, qb).max(axis=(0, 2))  # [nq]
+  k_first = k_pad.reshape(rows, nk, kb).min(axis=(0, 2))  # [nk]
   visited = (k_first[None] <= q_last[:, None]).sum()
   return int(visited) * rows * qb * kb
 
@@ -123,10 +126,11 @@ def _layer_pairs(kind: str, shape: PromptShape, block_size: int | None) -> int:
 def vision_flops(config: LlavaOnevisionConfig, frames: int) -> float:
   """SigLIP tower + projector + 2x2 bilinear pooling on `frames` frames (one sample)."""
   v, d = config.vision, config.text.hidden_size
-  patches = config.patch_grid ** 2
-  per_layer = (8 * patches * v.hidden_size ** 2 + 4 * patches * v.hidden_size * v.intermediate_size
-               + 4 * patches ** 2 * v.hidden_size)
-  embed = 2 * patches * v.num_channels * v.patch_size ** 2 * v.hidden_size
+  patches = config.patch_grid**2
+  per_layer = (
+    8 * patches * v.hidden_size**2 + 4 * patches * v.hidden_size * v.intermediate_size + 4 * patches**2 * v.hidden_size
+  )
+  embed = 2 * patches * v.num_channels * v.patch_size**2 * v.hidden_size
   layers = config.vision_feature_layer
   width = v.hidden_size * (1 if isinstance(layers, int) else len(layers))
   projector = 2 * patches * (width * d + d * d)
@@ -135,16 +139,22 @@ def vision_flops(config: LlavaOnevisionConfig, frames: int) -> float:
   return float(frames * (embed + v.num_hidden_layers * per_layer + projector + pooling))
 
 
-def prefill_cost(config: LlavaOnevisionConfig, plan: InferencePlan, shape: PromptShape,
-                 block_size: int | None = None, kv_bytes_per_value: int = 2) -> PrefillCost:
+def prefill_cost(
+  config: LlavaOnevisionConfig,
+  plan: InferencePlan,
+  shape: PromptShape,
+  block_size: int | None = None,
+  kv_bytes_per_value: int = 2,
+) -> PrefillCost:
   """The cost of one prefill of `shape` under `plan` (see the module docstring for what is counted).
   InferencePlan(L, 0) is the clean model."""
   t = config.text
   num_layers = t.num_hidden_layers
   plan.validate(num_layers)
   e, m = plan.exit_layer, plan.intra_frame_layers
-  layers = tuple((kind, count) for kind, count in
-                 (('within-frame', m), ('full', e - m), ('text-only', num_layers - e)) if count)
+  layers = tuple(
+    (kind, count) for kind, count in (('within-frame', m), ('full', e - m), ('text-only', num_layers - e)) if count
+  )
   d, heads, kv, dh = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim
   per_row = 2 * d * (heads * dh + 2 * kv * dh) + 2 * heads * dh * d + 6 * d * t.intermediate_size
   rows = {'within-frame': shape.slots, 'full': shape.slots, 'text-only': shape.text}
@@ -154,8 +164,14 @@ def prefill_cost(config: LlavaOnevisionConfig, plan: InferencePlan, shape: Promp
   slots = e * (shape.slots + shape.new_tokens) + (num_layers - e) * (shape.text + shape.new_tokens)
   kv_bytes = 2 * kv * dh * kv_bytes_per_value * slots
   b = shape.batch
-  return PrefillCost(attention=float(b * attention), linear=float(b * linear), vision=float(b * vision),
-                     kv_cache_bytes=float(b * kv_bytes), slots=shape.slots, layers=layers)
+  return PrefillCost(
+    attention=float(b * attention),
+    linear=float(b * linear),
+    vision=float(b * vision),
+    kv_cache_bytes=float(b * kv_bytes),
+    slots=shape.slots,
+    layers=layers,
+  )
 
 
 def format_cost(cost: PrefillCost, full: PrefillCost, title: str) -> str:
@@ -163,20 +179,22 @@ def format_cost(cost: PrefillCost, full: PrefillCost, title: str) -> str:
   g = lambda x: f'{x / 1e9:12.2f} GFLOPs'
   pct = lambda a, b: f'{100 * a / b:.1f} %' if b else 'n/a'
   segments = ', '.join(f'{kind} x{count}' for kind, count in cost.layers)
-  return '\n'.join([
+  return '\n'.join(
+    [
       f'{title}: {cost.slots} prompt slots; decoder layers: {segments}',
       f'  attention   {g(cost.attention)}   (full {g(full.attention).strip()})',
       f'  linear      {g(cost.linear)}   (full {g(full.linear).strip()})',
       f'  vision      {g(cost.vision)}   (full {g(full.vision).strip()})',
-      f'  total       {g(cost.total)}   ({pct(cost.total, full.total)} of full, '
-      f'{full.total / cost.total:.2f}x fewer)',
-      f'  KV cache    {cost.kv_cache_bytes / 2 ** 20:12.2f} MiB     (full {full.kv_cache_bytes / 2 ** 20:.2f} MiB)',
+      f'  total       {g(cost.total)}   ({pct(cost.total, full.total)} of full, {full.total / cost.total:.2f}x fewer)',
+      f'  KV cache    {cost.kv_cache_bytes / 2**20:12.2f} MiB     (full {full.kv_cache_bytes / 2**20:.2f} MiB)',
       f'attention FLOPs: {pct(cost.attention, full.attention)} of full',
-  ])
+    ]
+  )
 
 
-def paper_attention_share(config: LlavaOnevisionConfig, plan: InferencePlan, frames: int,
-                          tokens_per_frame: int | None = None) -> float:
+def paper_attention_share(
+  config: LlavaOnevisionConfig, plan: InferencePlan, frames: int, tokens_per_frame: int | None = None
+) -> float:
   """Attention FLOPs of `plan` as a share of the clean model's on a video-only prompt (the paper's
   count: no text around the video)."""
   t = tokens_per_frame or config.tokens_per_frame
@@ -185,8 +203,9 @@ def paper_attention_share(config: LlavaOnevisionConfig, plan: InferencePlan, fra
   return prefill_cost(config, plan, shape).attention / full.attention
 
 
-def xla_prefill_flops(model, params, input_ids, pixel_values_videos, positions, meta, answer_index,
-                      option_ids, plan: InferencePlan, span) -> dict[str, float]:
+def xla_prefill_flops(
+  model, params, input_ids, pixel_values_videos, positions, meta, answer_index, option_ids, plan: InferencePlan, span
+) -> dict[str, float]:
   """XLA's count (`compiled.cost_analysis()['flops']`) of the plan's option scoring, split as the
   analytical model is: 'decoder' (embedding lookup, every decoder layer unrolled, norm, head), 'vision'
   (tower, projector, pooling). XLA counts a loop body once whatever its trip count, so the decoder is
@@ -213,15 +232,17 @@ def xla_prefill_flops(model, params, input_ids, pixel_values_videos, positions, 
 
   out = {'decoder': flops(decoder, params, embeds, positions, meta, answer_index), 'vision': 0.0}
   if plan.exit_layer:
-    out['vision'] = flops(lambda p, v: model.apply({'params': p}, v, method='video_features'), params,
-                          pixel_values_videos)
+    out['vision'] = flops(
+      lambda p, v: model.apply({'params': p}, v, method='video_features'), params, pixel_values_videos
+    )
     vcfg = model.config.vision
     b, f = pixel_values_videos.shape[:2]
     h = jnp.zeros((b * f, vcfg.num_patches, vcfg.hidden_size), model.dtype)
     layer = SiglipEncoderLayer(vcfg, model.dtype)
     layer_params = jax.tree.map(lambda x: x[0], params['vision_tower']['encoder']['layers'])
     out['vision'] += (vcfg.num_hidden_layers - 1) * flops(
-        lambda p, h: layer.apply({'params': p}, h, None)[0], layer_params, h)
+      lambda p, h: layer.apply({'params': p}, h, None)[0], layer_params, h
+    )
   out['total'] = out['decoder'] + out['vision']
   return out
 
@@ -237,8 +258,9 @@ def config_plan(config) -> tuple[InferencePlan, int]:
   num_layers = config.text.num_hidden_layers
   exit_after = config.exit_layer or num_layers
   if not 1 <= exit_after <= num_layers:
-    raise ValueError(f'exit_layer {config.exit_layer} is outside the {num_layers} decoder layers '
-                     f'(1-based; 0 = no exit)')
+    raise ValueError(
+      f'exit_layer {config.exit_layer} is outside the {num_layers} decoder layers (1-based; 0 = no exit)'
+    )
   if not 0 <= config.intra_frame_layers <= exit_after:
     raise ValueError(f'intra_frame_layers {config.intra_frame_layers} must lie in 0..exit_layer={exit_after}')
   frames = config.frames or config.num_frames

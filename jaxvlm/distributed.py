@@ -19,6 +19,7 @@ timeout, never through a device collective. A process that fails posts its error
 `guarded`), so every other process stops at its next barrier with an error naming it; a process that
 vanished is named when the barrier times out.
 """
+
 from __future__ import annotations
 
 import collections
@@ -62,8 +63,12 @@ def _on_tpu_vm() -> bool:
   return has_chips and importlib.util.find_spec('libtpu') is not None
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, timeout_s: int | None = None) -> ProcessInfo:
+def initialize(
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  timeout_s: int | None = None,
+) -> ProcessInfo:
   """Starts jax.distributed if this is a multi-process launch (see the module docstring); idempotent.
 
   Must run before anything touches jax devices. On CPU the cross-process collectives use gloo. Joining
@@ -79,23 +84,32 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if not jax.distributed.is_initialized():
     if explicit:
       if coordinator is None or num_processes is None or process_id is None:
-        raise ValueError('a multi-process launch needs coordinator, num_processes and process_id together '
-                         f'(got {coordinator!r}, {num_processes!r}, {process_id!r})')
+        raise ValueError(
+          'a multi-process launch needs coordinator, num_processes and process_id together '
+          f'(got {coordinator!r}, {num_processes!r}, {process_id!r})'
+        )
       if not 0 <= process_id < num_processes:
-        raise DistributedError(f'process_id {process_id} is outside [0, {num_processes}) '
-                               f'(JAX_PROCESS_ID / JAX_NUM_PROCESSES)')
+        raise DistributedError(
+          f'process_id {process_id} is outside [0, {num_processes}) (JAX_PROCESS_ID / JAX_NUM_PROCESSES)'
+        )
       # Only affects the CPU backend; without it CPU computations cannot span processes.
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
       timeout_s = int(timeout_s or os.environ.get('JAXVLM_INIT_TIMEOUT_S') or DEFAULT_INIT_TIMEOUT_S)
       try:
-        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout_s,
-                                   heartbeat_timeout_seconds=max(10, min(100, timeout_s)),
-                                   shutdown_timeout_seconds=max(5, min(60, timeout_s)))
+        jax.distributed.initialize(
+          coordinator,
+          num_processes,
+          process_id,
+          initialization_timeout=timeout_s,
+          heartbeat_timeout_seconds=max(10, min(100, timeout_s)),
+          shutdown_timeout_seconds=max(5, min(60, timeout_s)),
+        )
       except Exception as e:  # pylint: disable=broad-except  # jax raises bare RuntimeErrors/XlaRuntimeErrors
         raise DistributedError(
-            f'process {process_id} could not join a run of {num_processes} processes at {coordinator} within '
-            f'{timeout_s} s: are all {num_processes} processes started, with the same JAX_NUM_PROCESSES and '
-            f'distinct JAX_PROCESS_ID? ({type(e).__name__}: {e})') from e
+          f'process {process_id} could not join a run of {num_processes} processes at {coordinator} within '
+          f'{timeout_s} s: are all {num_processes} processes started, with the same JAX_NUM_PROCESSES and '
+          f'distinct JAX_PROCESS_ID? ({type(e).__name__}: {e})'
+        ) from e
       _check_process_count(num_processes)
     elif _on_tpu_vm():
       jax.distributed.initialize()
@@ -106,8 +120,10 @@ def _check_process_count(num_processes: int) -> None:
   """Every process posts the process count it was launched with; any disagreement fails everywhere."""
   counts = agree('process_count', value=num_processes)
   if len(set(counts.values())) > 1:
-    raise DistributedError('processes were launched with different process counts: ' +
-                           ', '.join(f'process {p}: {n}' for p, n in sorted(counts.items())))
+    raise DistributedError(
+      'processes were launched with different process counts: '
+      + ', '.join(f'process {p}: {n}' for p, n in sorted(counts.items()))
+    )
 
 
 def is_main() -> bool:
@@ -124,8 +140,7 @@ def share_bounds(num_items: int, process_index: int, process_count: int) -> tupl
   return start, start + base + (process_index < extra)
 
 
-def process_share(items: Sequence[T], process_index: int | None = None,
-                  process_count: int | None = None) -> list[T]:
+def process_share(items: Sequence[T], process_index: int | None = None, process_count: int | None = None) -> list[T]:
   """This process's contiguous block of `items` (defaults: jax's process index and count)."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
@@ -143,12 +158,11 @@ def _read_records(path: str) -> list[dict]:
   """Whole JSON lines of `path` (a torn last line from a killed writer is ignored)."""
   with open(path, 'rb') as f:
     data = f.read()
-  whole = data[:data.rfind(b'\n') + 1].decode()
+  whole = data[: data.rfind(b'\n') + 1].decode()
   return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
 
-def merge_results(workdir: str, pattern: str = 'samples.process*.jsonl',
-                  out_name: str = 'samples.jsonl') -> list[dict]:
+def merge_results(workdir: str, pattern: str = 'samples.process*.jsonl', out_name: str = 'samples.jsonl') -> list[dict]:
   """Process 0 merges the per-process JSON-lines files matching `pattern` in workdir into `out_name`.
 
   Records are keyed by 'id' and written sorted by id (string order), one per line with sorted keys,
@@ -166,7 +180,7 @@ def merge_results(workdir: str, pattern: str = 'samples.process*.jsonl',
     for rec in _read_records(path):
       seen = merged.get(rec['id'])
       if seen is None or 'error' in seen[0]:
-        merged[rec['id']] = (rec, path)   # the first record, or a later one after a failure (a retry)
+        merged[rec['id']] = (rec, path)  # the first record, or a later one after a failure (a retry)
       elif seen[0] != rec and 'error' not in rec:
         raise ValueError(f'sample {rec["id"]!r} differs between {seen[1]} and {path}')
   records = [merged[k][0] for k in sorted(merged)]
@@ -185,6 +199,7 @@ def merge_results(workdir: str, pattern: str = 'samples.process*.jsonl',
 
 def _client():
   from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+
   client = jax_distributed.global_state.client
   if client is None:
     raise DistributedError('jax.distributed is not initialized (call distributed.initialize first)')
@@ -201,8 +216,9 @@ def _round_key(name: str) -> str:
 
 
 def _timeout(timeout_s: float | None) -> float:
-  return float(timeout_s if timeout_s is not None else
-               os.environ.get('JAXVLM_BARRIER_TIMEOUT_S', DEFAULT_BARRIER_TIMEOUT_S))
+  return float(
+    timeout_s if timeout_s is not None else os.environ.get('JAXVLM_BARRIER_TIMEOUT_S', DEFAULT_BARRIER_TIMEOUT_S)
+  )
 
 
 def report_error(message: str) -> None:
@@ -269,8 +285,9 @@ def agree(name: str, value: Any = None, error: str | None = None, timeout_s: flo
         raise DistributedError(f'{name}: {_describe(failed)}')
       missing = sorted(set(range(count)) - set(posted))
       raise DistributedError(
-          f'{name}: process(es) {", ".join(map(str, missing))} of {count} did not arrive within {timeout:g} s '
-          f'(died, hung, or took another code path)')
+        f'{name}: process(es) {", ".join(map(str, missing))} of {count} did not arrive within {timeout:g} s '
+        f'(died, hung, or took another code path)'
+      )
     time.sleep(pause)
     pause = min(pause * 2, 0.5)
 
@@ -351,7 +368,6 @@ def broadcast_json(value: Any, name: str = 'broadcast', timeout_s: float | None 
   if jax.process_count() == 1:
     return value
   return agree(name, value=value if is_main() else None, timeout_s=timeout_s)[0]
-
 
 
 def done_ids(mesh, ids: Sequence[str]) -> set[str]:

@@ -9,6 +9,7 @@ sample the same indices.
 `sample_frames_of(sample, ...)` is what experiments call for any sample: it reads a frame folder here
 and hands a video file to `video.sample_frames`.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,6 +46,7 @@ def read_frame_folder(folder: str | os.PathLike[str], indices, fps: float) -> vi
   """Decodes frames `indices` (0-based into the sorted listing; any order, repeats allowed) to RGB
   uint8 [N, H, W, 3]; every image must have the first one's size."""
   from PIL import Image  # pylint: disable=g-import-not-at-top  (only frame folders need it)
+
   paths = list_frames(folder)
   indices = np.asarray(indices, np.int64).reshape(-1)
   if indices.size == 0:
@@ -62,22 +64,32 @@ def read_frame_folder(folder: str | os.PathLike[str], indices, fps: float) -> vi
   first = cache[int(indices[0])].shape
   odd = [(paths[i], a.shape) for i, a in cache.items() if a.shape != first]
   if odd:
-    raise video.VideoError(f'frame {odd[0][0]} has shape {odd[0][1]}, frame {paths[int(indices[0])]} has '
-                           f'{first}: a frame folder must hold one size')
-  return video.Frames(pixels=np.stack([cache[i] for i in indices.tolist()]), indices=indices,
-                      timestamps_s=indices / float(fps))
+    raise video.VideoError(
+      f'frame {odd[0][0]} has shape {odd[0][1]}, frame {paths[int(indices[0])]} has '
+      f'{first}: a frame folder must hold one size'
+    )
+  return video.Frames(
+    pixels=np.stack([cache[i] for i in indices.tolist()]), indices=indices, timestamps_s=indices / float(fps)
+  )
 
 
-def sample_frame_folder(folder: str | os.PathLike[str], n: int, fps: float | None, rule: str = 'uniform',
-                        target_fps: float | None = None, start_s: float | None = None,
-                        end_s: float | None = None) -> video.Frames:
+def sample_frame_folder(
+  folder: str | os.PathLike[str],
+  n: int,
+  fps: float | None,
+  rule: str = 'uniform',
+  target_fps: float | None = None,
+  start_s: float | None = None,
+  end_s: float | None = None,
+) -> video.Frames:
   """`video.sample_frames` for a frame folder extracted at `fps`: indices by `rule` inside the clip
   [start_s, end_s] (seconds; the whole folder by default)."""
   if not fps or fps <= 0:
     raise ValueError(f'frame folder {folder}: fps must be positive, got {fps!r}')
   total_frames = len(list_frames(folder))
-  first, stop = ((0, total_frames) if start_s is None and end_s is None
-                 else video.clip_range(total_frames, fps, start_s, end_s))
+  first, stop = (
+    (0, total_frames) if start_s is None and end_s is None else video.clip_range(total_frames, fps, start_s, end_s)
+  )
   total = stop - first
   if rule == 'uniform':
     indices = video.uniform_indices(total, n)
@@ -92,11 +104,14 @@ def sample_frame_folder(folder: str | os.PathLike[str], n: int, fps: float | Non
   return read_frame_folder(folder, indices + first, fps)
 
 
-def sample_frames_of(sample: VideoQASample, n: int, rule: str = 'uniform',
-                     target_fps: float | None = None) -> video.Frames:
+def sample_frames_of(
+  sample: VideoQASample, n: int, rule: str = 'uniform', target_fps: float | None = None
+) -> video.Frames:
   """A sample's frames by `rule`, inside its clip: from its frame folder or its video file."""
   if sample.data_type == 'frame':
-    return sample_frame_folder(sample.video, n, sample.frame_fps, rule=rule, target_fps=target_fps,
-                               start_s=sample.start_s, end_s=sample.end_s)
-  return video.sample_frames(sample.video, n, rule=rule, target_fps=target_fps, start_s=sample.start_s,
-                             end_s=sample.end_s)
+    return sample_frame_folder(
+      sample.video, n, sample.frame_fps, rule=rule, target_fps=target_fps, start_s=sample.start_s, end_s=sample.end_s
+    )
+  return video.sample_frames(
+    sample.video, n, rule=rule, target_fps=target_fps, start_s=sample.start_s, end_s=sample.end_s
+  )

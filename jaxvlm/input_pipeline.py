@@ -18,6 +18,7 @@ its result is dropped, and the pool runs one worker short until it does.
 `num_workers=0` prepares each sample in the calling thread, in order (no overlap; for debugging and as
 the serial baseline of benchmarks/input_overlap.py).
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,6 +35,7 @@ PrepareFn = Callable[[Sequence[Any]], tuple[list, list]]
 @dataclasses.dataclass(frozen=True)
 class Ready:
   """One batch: prepared items (at most batch_size) and failure records [(sample id, reason)]."""
+
   items: list
   failed: list[tuple[str, str]]
 
@@ -57,16 +59,22 @@ def _prepare_one(prepare: PrepareFn, sample) -> tuple[list, list]:
 def _serial(samples: Sequence[Any], prepare: PrepareFn, batch_size: int) -> Iterator[Ready]:
   for start in range(0, len(samples), batch_size):
     items, failed = [], []
-    for sample in samples[start:start + batch_size]:
+    for sample in samples[start : start + batch_size]:
       got, bad = _prepare_one(prepare, sample)
       items.extend(got)
       failed.extend(bad)
     yield Ready(items, failed)
 
 
-def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int, num_workers: int = 2,
-                     prefetch_batches: int = 2, timeout_s: float | None = None,
-                     in_order: bool = False) -> Iterator[Ready]:
+def prefetch_batches(
+  samples: Sequence[Any],
+  prepare: PrepareFn,
+  batch_size: int,
+  num_workers: int = 2,
+  prefetch_batches: int = 2,
+  timeout_s: float | None = None,
+  in_order: bool = False,
+) -> Iterator[Ready]:
   """Prepared batches of `samples` (objects with an `id`), prepared by `num_workers` threads.
 
   Args:
@@ -128,7 +136,7 @@ def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int
               future.cancel()
               failed.append((sample.id, f'TimeoutError: not prepared within {timeout_s:g} s'))
             elif in_order:
-              break   # the batch continues with this sample: wait for it
+              break  # the batch continues with this sample: wait for it
         if len(items) >= batch_size or not pending:
           break
         if failed and not items and not in_order:
@@ -138,8 +146,9 @@ def prefetch_batches(samples: Sequence[Any], prepare: PrepareFn, batch_size: int
           s = samples[next_sample]
           pending[next_sample] = (s, pool.submit(run, next_sample, s))
           next_sample += 1
-        concurrent.futures.wait([f for _, f in pending.values()], timeout=_poll(timeout_s),
-                                return_when=concurrent.futures.FIRST_COMPLETED)
+        concurrent.futures.wait(
+          [f for _, f in pending.values()], timeout=_poll(timeout_s), return_when=concurrent.futures.FIRST_COMPLETED
+        )
       yield Ready(items, failed)
   finally:
     for _, future in pending.values():

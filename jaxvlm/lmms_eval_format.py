@@ -21,6 +21,7 @@ percent, the others as fractions.
 `doc_hash` hashes the doc as we rebuilt it from the release row (lmms-eval hashes its Hugging Face
 copy of the row), so it identifies the doc within our files, not across tools.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -90,26 +91,50 @@ def _doc(benchmark: str, s: VideoQASample) -> dict:
   if name == 'mvbench':
     if s.answer is None:
       raise ValueError(f'MVBench sample {s.id!r} has no answer (the lmms-eval doc holds its text)')
-    doc: dict[str, Any] = {'video': os.path.basename(s.video.rstrip('/')), 'question': s.question,
-                           'candidates': s.options, 'answer': s.options[s.answer]}
+    doc: dict[str, Any] = {
+      'video': os.path.basename(s.video.rstrip('/')),
+      'question': s.question,
+      'candidates': s.options,
+      'answer': s.options[s.answer],
+    }
     if s.start_s is not None:
       doc.update(start=s.start_s, end=s.end_s)
     return doc
   if name == 'videomme':
-    return {'video_id': s.meta.get('video_id'), 'duration': s.meta.get('duration'), 'domain': s.meta.get('domain'),
-            'sub_category': s.meta.get('sub_category'), 'videoID': _video_stem(s), 'question_id': s.id,
-            'task_type': s.task, 'question': s.question,
-            'options': [f'{LETTERS[i]}. {o}' for i, o in enumerate(s.options)], 'answer': s.answer_letter}
+    return {
+      'video_id': s.meta.get('video_id'),
+      'duration': s.meta.get('duration'),
+      'domain': s.meta.get('domain'),
+      'sub_category': s.meta.get('sub_category'),
+      'videoID': _video_stem(s),
+      'question_id': s.id,
+      'task_type': s.task,
+      'question': s.question,
+      'options': [f'{LETTERS[i]}. {o}' for i, o in enumerate(s.options)],
+      'answer': s.answer_letter,
+    }
   if name == 'egoschema':
     return {'video_idx': s.id, 'question': s.question, 'option': s.options, 'answer': str(s.answer)}
   if name == 'nextqa':
     video, qid = s.id.rsplit('_', 1)
-    return {'video': video, 'question': s.question, 'answer': s.answer, 'qid': int(qid), 'type': s.task,
-            **{f'a{i}': o for i, o in enumerate(s.options)}}
+    return {
+      'video': video,
+      'question': s.question,
+      'answer': s.answer,
+      'qid': int(qid),
+      'type': s.task,
+      **{f'a{i}': o for i, o in enumerate(s.options)},
+    }
   if name == 'longvideobench':
-    return {'id': s.id, 'question': s.question, 'candidates': s.options, 'correct_choice': s.answer,
-            'question_category': s.task, 'duration_group': _int_or_text(s.meta.get('duration_group', '')),
-            'video_path': os.path.basename(s.video)}
+    return {
+      'id': s.id,
+      'question': s.question,
+      'candidates': s.options,
+      'correct_choice': s.answer,
+      'question_category': s.task,
+      'duration_group': _int_or_text(s.meta.get('duration_group', '')),
+      'video_path': os.path.basename(s.video),
+    }
   raise ValueError(f'no lmms-eval doc for benchmark {benchmark!r}')
 
 
@@ -119,31 +144,53 @@ def _entries(task: str, s: VideoQASample, doc: dict, pred: int) -> tuple[Any, di
   if task.startswith('mvbench_'):
     return doc['answer'], {'mvbench_accuracy': {'pred_answer': letter, 'gt_answer': gold, 'score': int(letter == gold)}}
   if task == 'videomme':
-    return gold, {'videomme_perception_score': {
-        'question_id': s.id, 'duration': doc['duration'], 'category': doc['domain'],
-        'sub_category': doc['sub_category'], 'task_category': s.task, 'pred_answer': letter, 'answer': gold,
-        'score': float(letter == gold), 'videoID': doc['videoID']}}
+    return gold, {
+      'videomme_perception_score': {
+        'question_id': s.id,
+        'duration': doc['duration'],
+        'category': doc['domain'],
+        'sub_category': doc['sub_category'],
+        'task_category': s.task,
+        'pred_answer': letter,
+        'answer': gold,
+        'score': float(letter == gold),
+        'videoID': doc['videoID'],
+      }
+    }
   if task == 'egoschema_subset':
     return doc['answer'], {'submission': {s.id: pred}, 'score': {'pred': pred, 'ground_truth': doc['answer']}}
   if task == 'nextqa_mc_test':
     return s.answer, {'exact_match': letter == gold}
   if task == 'longvideobench_val_v':
-    return s.answer, {'lvb_acc': {'id': s.id, 'duration_group': doc['duration_group'],
-                                  'question_category': s.task, 'answer': gold, 'parsed_pred': letter},
-                      'submission': {s.id: letter}}
+    return s.answer, {
+      'lvb_acc': {
+        'id': s.id,
+        'duration_group': doc['duration_group'],
+        'question_category': s.task,
+        'answer': gold,
+        'parsed_pred': letter,
+      },
+      'submission': {s.id: letter},
+    }
   raise ValueError(f'unknown lmms-eval task {task!r}')
 
 
-def sample_line(benchmark: str, task: str, doc_id: int, sample: VideoQASample, predicted: int,
-                prompt: str) -> dict:
+def sample_line(benchmark: str, task: str, doc_id: int, sample: VideoQASample, predicted: int, prompt: str) -> dict:
   """One `<date>_samples_<task>.jsonl` line, with the fields lmms-eval's save_results_samples keeps
   (doc and arguments are dropped there; resps too, since it equals filtered_resps)."""
   if not 0 <= predicted < len(sample.options):
     raise ValueError(f'sample {sample.id!r}: predicted option {predicted} outside its {len(sample.options)} options')
   doc = _doc(benchmark, sample)
   target, entries = _entries(task, sample, doc, predicted)
-  return {'doc_id': doc_id, 'target': str(target), 'filtered_resps': LETTERS[predicted], 'token_counts': [None],
-          'doc_hash': _sha256(json.dumps(doc, indent=2, ensure_ascii=False)), **entries, 'input': prompt}
+  return {
+    'doc_id': doc_id,
+    'target': str(target),
+    'filtered_resps': LETTERS[predicted],
+    'token_counts': [None],
+    'doc_hash': _sha256(json.dumps(doc, indent=2, ensure_ascii=False)),
+    **entries,
+    'input': prompt,
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,16 +201,20 @@ def _metric(task: str) -> tuple[str, Callable[[list[dict]], float]]:
   if task.startswith('mvbench_'):
     return 'mvbench_accuracy', lambda lines: 100 * np.mean([l['mvbench_accuracy']['score'] for l in lines])
   if task == 'videomme':
-    return 'videomme_perception_score', lambda lines: 100 * np.mean(
-        [l['videomme_perception_score']['score'] for l in lines])
+    return (
+      'videomme_perception_score',
+      lambda lines: 100 * np.mean([l['videomme_perception_score']['score'] for l in lines]),
+    )
   if task == 'egoschema_subset':
-    return 'score', lambda lines: float(np.mean([str(l['score']['pred']) == str(l['score']['ground_truth'])
-                                                 for l in lines]))
+    return 'score', lambda lines: float(
+      np.mean([str(l['score']['pred']) == str(l['score']['ground_truth']) for l in lines])
+    )
   if task == 'nextqa_mc_test':
     return 'exact_match', lambda lines: float(np.mean([l['exact_match'] for l in lines]))
   if task == 'longvideobench_val_v':
-    return 'lvb_acc', lambda lines: round(float(np.mean([l['lvb_acc']['answer'] == l['lvb_acc']['parsed_pred']
-                                                         for l in lines])), 5)
+    return 'lvb_acc', lambda lines: round(
+      float(np.mean([l['lvb_acc']['answer'] == l['lvb_acc']['parsed_pred'] for l in lines])), 5
+    )
   raise ValueError(f'unknown lmms-eval task {task!r}')
 
 
@@ -190,9 +241,13 @@ def task_results(task: str, lines: list[dict], cluster_ids: Sequence[str] | None
   scores = np.asarray(_scores(task, metric, lines))
   n = len(scores)
   clt = float(np.std(scores, ddof=1) / np.sqrt(n)) if n > 1 else 'N/A'
-  out = {'alias': task, f'{metric},{FILTER}': float(aggregate(lines)), 'samples': n,
-         f'{metric}_stderr,{FILTER}': clt if metric == 'exact_match' else 'N/A',
-         f'{metric}_stderr_clt,{FILTER}': clt}
+  out = {
+    'alias': task,
+    f'{metric},{FILTER}': float(aggregate(lines)),
+    'samples': n,
+    f'{metric}_stderr,{FILTER}': clt if metric == 'exact_match' else 'N/A',
+    f'{metric}_stderr_clt,{FILTER}': clt,
+  }
   clusters = list(cluster_ids or [])
   if clusters and len(set(clusters)) > 1 and n > 1:
     out[f'{metric}_stderr_clustered,{FILTER}'] = _clustered_stderr(scores, clusters)
@@ -209,7 +264,7 @@ def _clustered_stderr(scores: np.ndarray, clusters: Sequence[str]) -> float:
   d = scores - scores.mean()
   labels = np.unique(np.asarray(clusters), return_inverse=True)[1]
   cluster_sums = np.bincount(labels, weights=d)
-  cross = ((cluster_sums ** 2).sum() - (d ** 2).sum()) / n ** 2
+  cross = ((cluster_sums**2).sum() - (d**2).sum()) / n**2
   return float(np.sqrt(d @ d / (n - 1) / n + cross))
 
 
@@ -217,9 +272,17 @@ def _clustered_stderr(scores: np.ndarray, clusters: Sequence[str]) -> float:
 # The files.
 
 
-def write(out_dir: str, benchmark: str, samples: Sequence[VideoQASample], predicted: Sequence[int],
-          prompts: Sequence[str], model_name: str, split: str = '', date: str | None = None,
-          run_config: dict | None = None) -> list[str]:
+def write(
+  out_dir: str,
+  benchmark: str,
+  samples: Sequence[VideoQASample],
+  predicted: Sequence[int],
+  prompts: Sequence[str],
+  model_name: str,
+  split: str = '',
+  date: str | None = None,
+  run_config: dict | None = None,
+) -> list[str]:
   """Writes the per-task sample logs and the results file under out_dir/<model_name_sanitized>/.
 
   Samples no lmms-eval task scores (see task_of) are left out. Returns the written paths ([] when no
@@ -253,9 +316,16 @@ def write(out_dir: str, benchmark: str, samples: Sequence[VideoQASample], predic
   return written + [path]
 
 
-def write_clean_answers(workdir: str, benchmark: str, samples: Sequence[VideoQASample], records: Sequence[dict],
-                        prompt_of: Callable[[VideoQASample], str], model_name: str, ann: str = '',
-                        run_config: dict | None = None) -> list[str]:
+def write_clean_answers(
+  workdir: str,
+  benchmark: str,
+  samples: Sequence[VideoQASample],
+  records: Sequence[dict],
+  prompt_of: Callable[[VideoQASample], str],
+  model_name: str,
+  ann: str = '',
+  run_config: dict | None = None,
+) -> list[str]:
   """A run's clean answers (argmax of each record's 'clean' option log-probs) in lmms-eval's files under
   workdir/lmms_eval/, replacing what an earlier pass of the same run wrote there.
 
@@ -274,13 +344,25 @@ def write_clean_answers(workdir: str, benchmark: str, samples: Sequence[VideoQAS
     for name in os.listdir(folder):
       if re.fullmatch(r'\d{8}_\d{6}_(samples_.+\.jsonl|results\.json)', name):
         os.remove(os.path.join(folder, name))
-  return write(os.path.join(workdir, 'lmms_eval'), benchmark, chosen,
-               [int(np.argmax(by_id[s.id]['clean'])) for s in chosen], [prompt_of(s) for s in chosen],
-               model_name, split=split, run_config=run_config)
+  return write(
+    os.path.join(workdir, 'lmms_eval'),
+    benchmark,
+    chosen,
+    [int(np.argmax(by_id[s.id]['clean'])) for s in chosen],
+    [prompt_of(s) for s in chosen],
+    model_name,
+    split=split,
+    run_config=run_config,
+  )
 
 
-def results_document(by_task: dict[str, list[dict]], clusters: dict[str, list[str]], model_name: str, date: str,
-                     run_config: dict | None = None) -> dict:
+def results_document(
+  by_task: dict[str, list[dict]],
+  clusters: dict[str, list[str]],
+  model_name: str,
+  date: str,
+  run_config: dict | None = None,
+) -> dict:
   """The `<date>_results.json` dict for these per-task sample lines."""
   tasks = sorted(by_task)
   mvbench = [t for t in tasks if t.startswith('mvbench_')]
@@ -292,41 +374,52 @@ def results_document(by_task: dict[str, list[dict]], clusters: dict[str, list[st
   for task in tasks:
     row = task_results(task, by_task[task], clusters.get(task) if task == 'videomme' else None)
     if task in mvbench:
-      row['alias'] = ' - ' + task   # lmms-eval indents a group's subtasks
+      row['alias'] = ' - ' + task  # lmms-eval indents a group's subtasks
     results[task] = row
     if task not in mvbench:
       group_subtasks[task] = []
   metric = {t: _metric(t)[0] for t in tasks}
   return {
-      'results': results,
-      'group_subtasks': group_subtasks,
-      'configs': {t: {'task': t, 'output_type': 'generate_until', 'metric_list': [
-          {'metric': metric[t], 'higher_is_better': True}]} for t in tasks},
-      'versions': {**({'mvbench': 'N/A'} if mvbench else {}), **{t: 'Yaml' for t in tasks}},
-      'n-shot': {t: 0 for t in tasks},
-      'higher_is_better': {**({'mvbench': {'mvbench_accuracy': True}} if mvbench else {}),
-                           **{t: {metric[t]: True} for t in tasks}},
-      'n-samples': {t: {'original': len(by_task[t]), 'effective': len(by_task[t])} for t in tasks},
-      'config': {'model': model_name, 'model_args': f'pretrained={model_name}',
-                 'model_backend': 'jaxvlm (answer = argmax of option-letter log-probabilities)',
-                 'batch_size': (run_config or {}).get('batch_size'), 'limit': None, 'bootstrap_iters': 0,
-                 'gen_kwargs': '', 'jaxvlm_config': run_config or {}},
-      'git_hash': None,
-      'git_branch': None,
-      'lmms_eval_version': f'format of lmms-eval {LMMS_EVAL_VERSION} (written by jaxvlm)',
-      'date': date,
-      'usage': {},   # lmms-eval's API token usage: none here
-      'task_hashes': {t: _sha256(''.join(f'sample_{i}' + l['doc_hash'] for i, l in enumerate(by_task[t])))
-                      for t in tasks},
-      'model_source': 'jaxvlm',
-      'model_name': model_name,
-      'model_name_sanitized': sanitize_model_name(model_name),
-      'system_instruction': None,
-      'system_instruction_sha': None,
-      'fewshot_as_multiturn': False,
-      'chat_template': None,
-      'chat_template_sha': None,
-      'start_time': None,
-      'end_time': None,
-      'total_evaluation_time_seconds': None,
+    'results': results,
+    'group_subtasks': group_subtasks,
+    'configs': {
+      t: {'task': t, 'output_type': 'generate_until', 'metric_list': [{'metric': metric[t], 'higher_is_better': True}]}
+      for t in tasks
+    },
+    'versions': {**({'mvbench': 'N/A'} if mvbench else {}), **{t: 'Yaml' for t in tasks}},
+    'n-shot': {t: 0 for t in tasks},
+    'higher_is_better': {
+      **({'mvbench': {'mvbench_accuracy': True}} if mvbench else {}),
+      **{t: {metric[t]: True} for t in tasks},
+    },
+    'n-samples': {t: {'original': len(by_task[t]), 'effective': len(by_task[t])} for t in tasks},
+    'config': {
+      'model': model_name,
+      'model_args': f'pretrained={model_name}',
+      'model_backend': 'jaxvlm (answer = argmax of option-letter log-probabilities)',
+      'batch_size': (run_config or {}).get('batch_size'),
+      'limit': None,
+      'bootstrap_iters': 0,
+      'gen_kwargs': '',
+      'jaxvlm_config': run_config or {},
+    },
+    'git_hash': None,
+    'git_branch': None,
+    'lmms_eval_version': f'format of lmms-eval {LMMS_EVAL_VERSION} (written by jaxvlm)',
+    'date': date,
+    'usage': {},  # lmms-eval's API token usage: none here
+    'task_hashes': {
+      t: _sha256(''.join(f'sample_{i}' + l['doc_hash'] for i, l in enumerate(by_task[t]))) for t in tasks
+    },
+    'model_source': 'jaxvlm',
+    'model_name': model_name,
+    'model_name_sanitized': sanitize_model_name(model_name),
+    'system_instruction': None,
+    'system_instruction_sha': None,
+    'fewshot_as_multiturn': False,
+    'chat_template': None,
+    'chat_template_sha': None,
+    'start_time': None,
+    'end_time': None,
+    'total_evaluation_time_seconds': None,
   }

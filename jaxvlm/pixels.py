@@ -3,6 +3,7 @@
 each of the two passes, computed as exact banded float64 matrix products), then rescale and normalize
 in float32, driven by a Hugging Face preprocessor config.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -16,17 +17,22 @@ from jaxvlm import resample as resample_lib
 _PIL_CODES = {2: 'bilinear', 3: 'bicubic'}
 
 
-def resize_uint8(frames: np.ndarray, size: tuple[int, int],
-                 resample: str = 'bicubic', threads: int | None = None) -> np.ndarray:
+def resize_uint8(
+  frames: np.ndarray, size: tuple[int, int], resample: str = 'bicubic', threads: int | None = None
+) -> np.ndarray:
   """PIL-equivalent resize of uint8 [N, H, W, C] to uint8 [N, h, w, C] (see jaxvlm.resample; threads:
   how many threads the frames are spread over, None for its default)."""
   return resample_lib.resize_uint8(frames, size, resample, threads)
 
 
-def preprocess(frames: np.ndarray, size: tuple[int, int],
-               mean: Sequence[float] | None = (0.5, 0.5, 0.5),
-               std: Sequence[float] | None = (0.5, 0.5, 0.5),
-               resample: str = 'bicubic', rescale: float | None = 1 / 255) -> np.ndarray:
+def preprocess(
+  frames: np.ndarray,
+  size: tuple[int, int],
+  mean: Sequence[float] | None = (0.5, 0.5, 0.5),
+  std: Sequence[float] | None = (0.5, 0.5, 0.5),
+  resample: str = 'bicubic',
+  rescale: float | None = 1 / 255,
+) -> np.ndarray:
   """Resize, rescale and normalize frames for a vision tower (channels-last, numpy only).
 
   The resize reproduces PIL's `Image.resize(..., resample)` on 8-bit RGB exactly (the tests
@@ -69,8 +75,7 @@ def _output_size(cfg: Mapping[str, Any], height: int, width: int) -> tuple[int, 
     if height <= width:
       return short, int(short * width / height)
     return int(short * height / width), short
-  raise ValueError(f'unsupported processor size {size!r}; expected {{height, width}} or '
-                   '{shortest_edge}')
+  raise ValueError(f'unsupported processor size {size!r}; expected {{height, width}} or {{shortest_edge}}')
 
 
 def _center_crop(frames: np.ndarray, crop: Mapping[str, Any]) -> np.ndarray:
@@ -79,7 +84,7 @@ def _center_crop(frames: np.ndarray, crop: Mapping[str, Any]) -> np.ndarray:
   if crop_h > h or crop_w > w:
     raise ValueError(f'crop {crop_h}x{crop_w} larger than resized frame {h}x{w}')
   top, left = (h - crop_h) // 2, (w - crop_w) // 2
-  return frames[:, top:top + crop_h, left:left + crop_w]
+  return frames[:, top : top + crop_h, left : left + crop_w]
 
 
 def preprocess_from_processor_config(frames: np.ndarray, cfg: Mapping[str, Any]) -> np.ndarray:

@@ -1,5 +1,6 @@
 """matplotlib set up once for every plot the library writes: the Agg backend (no display needed on a
 TPU VM or in CI) and one way to save a figure."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ placeholder into one slot per video token, pixel preprocessing from the checkpoi
 (video_)preprocessor_config.json) and `jaxvlm.qwen2_5_vl_processor.Qwen25VLProcessor`.
 `SiglipProcessor`: SigLIP text tokenization (padded to max_length, as SigLIP was trained) and pixels.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,9 @@ class ChatProcessor:
     pixel_config: the (video_)preprocessor_config.json dict, or None.
   """
 
-  def __init__(self, tokenizer: transformers.PreTrainedTokenizerBase, chat_template: str,
-               pixel_config: dict | None = None):
+  def __init__(
+    self, tokenizer: transformers.PreTrainedTokenizerBase, chat_template: str, pixel_config: dict | None = None
+  ):
     self.tokenizer = tokenizer
     self.chat_template = chat_template
     self.pixel_config = pixel_config
@@ -124,8 +126,9 @@ class ChatProcessor:
 
   def option_letter_ids(self, n_options: int) -> np.ndarray:
     """int32 [n_options]: the token of "A", "B", ... as the first token of an answer."""
-    return np.asarray([_single_token_id(self.tokenizer, letter)
-                       for letter in string.ascii_uppercase[:n_options]], np.int32)
+    return np.asarray(
+      [_single_token_id(self.tokenizer, letter) for letter in string.ascii_uppercase[:n_options]], np.int32
+    )
 
   def save_pretrained(self, out_dir: str) -> None:
     """Writes tokenizer, chat template and pixel config so `from_pretrained` reloads them."""
@@ -148,13 +151,21 @@ class VideoProcessor(ChatProcessor):
     pixel_config: the (video_)preprocessor_config.json dict, or None.
   """
 
-  def __init__(self, tokenizer: transformers.PreTrainedTokenizerBase, chat_template: str,
-               video_token: str, video_token_id: int, tokens_per_frame: int,
-               pixel_config: dict | None = None, processor_config: dict | None = None):
+  def __init__(
+    self,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    chat_template: str,
+    video_token: str,
+    video_token_id: int,
+    tokens_per_frame: int,
+    pixel_config: dict | None = None,
+    processor_config: dict | None = None,
+  ):
     got = tokenizer.convert_tokens_to_ids(video_token)
     if got != video_token_id:
-      raise ValueError(f'video token {video_token!r} has id {got} in the tokenizer, the model '
-                       f'config says {video_token_id}')
+      raise ValueError(
+        f'video token {video_token!r} has id {got} in the tokenizer, the model config says {video_token_id}'
+      )
     super().__init__(tokenizer, chat_template, pixel_config)
     self.video_token = video_token
     self.video_token_id = video_token_id
@@ -168,24 +179,34 @@ class VideoProcessor(ChatProcessor):
     tokenizer = load_tokenizer(ckpt_dir)
     template = load_chat_template(ckpt_dir, tokenizer)
     if template is None:
-      raise ValueError(f'{ckpt_dir} has no chat template ({TEMPLATE_JINJA}, {TEMPLATE_JSON} or '
-                       'tokenizer_config.json chat_template)')
+      raise ValueError(
+        f'{ckpt_dir} has no chat template ({TEMPLATE_JINJA}, {TEMPLATE_JSON} or tokenizer_config.json chat_template)'
+      )
     processor_config = read_json(ckpt_dir, PROCESSOR_CONFIG) or {}
     vision = SiglipVisionConfig.from_hf(config['vision_config'])
     grid = vision.image_size // vision.patch_size
     # transformers counts video tokens from the processor's num_image_tokens: it must match the model.
     declared = processor_config.get('num_image_tokens')
     if declared is not None and declared != grid * grid:
-      raise ValueError(f'{PROCESSOR_CONFIG} num_image_tokens={declared}, but the vision config gives a '
-                       f'{grid}x{grid} patch grid ({grid * grid})')
+      raise ValueError(
+        f'{PROCESSOR_CONFIG} num_image_tokens={declared}, but the vision config gives a '
+        f'{grid}x{grid} patch grid ({grid * grid})'
+      )
     pixels = read_pixel_config(ckpt_dir)
     # Each frame's P x P grid is pooled 2x2 (bilinear, rounding up) as LLaVA-OneVision does for video.
     tokens_per_frame = math.ceil(grid / 2) ** 2
     video_id = config.get('video_token_index', config.get('video_token_id'))
     if video_id is None:
       raise ValueError(f'{ckpt_dir}/config.json has no video_token_index')
-    return cls(tokenizer, template, processor_config.get('video_token', '<video>'), video_id,
-               tokens_per_frame, pixels, processor_config)
+    return cls(
+      tokenizer,
+      template,
+      processor_config.get('video_token', '<video>'),
+      video_id,
+      tokens_per_frame,
+      pixels,
+      processor_config,
+    )
 
   def num_video_tokens(self, num_frames: int) -> int:
     """Slots one `<video>` placeholder expands to: every frame's pooled tokens + one image_newline."""
@@ -210,8 +231,12 @@ class VideoProcessor(ChatProcessor):
     return prompt
 
   def _apply_template(self, messages: list[dict]) -> str:
-    return cast(str, self.tokenizer.apply_chat_template(  # tokenize=False: the rendered text
-        messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True))
+    return cast(
+      str,
+      self.tokenizer.apply_chat_template(  # tokenize=False: the rendered text
+        messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
+      ),
+    )
 
   def build_prompt(self, question: str, options: Sequence[str], num_frames: int) -> tuple[str, np.ndarray]:
     """-> (prompt text fed to the tokenizer, input_ids int32 [S] with `<video>` expanded for
@@ -246,8 +271,9 @@ class VideoProcessor(ChatProcessor):
 class SiglipProcessor:
   """SigLIP text tokenization (padded to `max_length` with the pad token) and pixel preprocessing."""
 
-  def __init__(self, tokenizer: transformers.PreTrainedTokenizerBase, max_length: int = 64,
-               pixel_config: dict | None = None):
+  def __init__(
+    self, tokenizer: transformers.PreTrainedTokenizerBase, max_length: int = 64, pixel_config: dict | None = None
+  ):
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.pixel_config = pixel_config
@@ -278,8 +304,7 @@ class SiglipProcessor:
       write_json(out_dir, IMAGE_CONFIG, self.pixel_config)
 
 
-def from_checkpoint_dir(ckpt_dir: str, config: dict
-                        ) -> VideoProcessor | SiglipProcessor | Qwen25VLProcessor | None:
+def from_checkpoint_dir(ckpt_dir: str, config: dict) -> VideoProcessor | SiglipProcessor | Qwen25VLProcessor | None:
   """The processor of a checkpoint of `config['model_type']`, or None when it ships no tokenizer."""
   if not has_tokenizer(ckpt_dir):
     return None
@@ -287,5 +312,6 @@ def from_checkpoint_dir(ckpt_dir: str, config: dict
     return SiglipProcessor.from_pretrained(ckpt_dir, config)
   if config.get('model_type') == 'qwen2_5_vl':
     from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor  # imports this module
+
     return Qwen25VLProcessor.from_pretrained(ckpt_dir, config)
   return VideoProcessor.from_pretrained(ckpt_dir, config)

@@ -47,6 +47,7 @@ class StreamIndex:
     keyframe_before: fn(frames int64 [N]) -> int64 [N], the last keyframe at or before each frame (0
       when none is listed before it). A sample-table index answers from the open container's table.
   """
+
   pts: np.ndarray
   time_base: fractions.Fraction
   fps: float
@@ -60,9 +61,11 @@ class StreamIndex:
 
 def _keyframe_lookup(keyframes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
   """keyframe_before for sorted keyframe indices int64 [K]."""
+
   def keyframe_before(frames):
     k = np.searchsorted(keyframes, frames, side='right') - 1
     return np.where(k >= 0, keyframes[np.maximum(k, 0)], 0)
+
   return keyframe_before
 
 
@@ -92,6 +95,7 @@ def existing_video_file(path: str | os.PathLike[str]) -> str:
 def open_video(path: str | os.PathLike[str]):
   """-> (container, stream) of the first video stream; every failure is a VideoError naming the file."""
   import av  # pylint: disable=g-import-not-at-top  (heavy native library, load on use)
+
   path = existing_video_file(path)
   try:
     container = av.open(path)
@@ -226,8 +230,9 @@ def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray
       container.seek(int(index.pts[0]), stream=stream, backward=True, any_frame=False)
       stream_frames, seek = decode_from(None), False
     if target not in out:
-      raise VideoError(f'frame {target} of {index.num_frames} could not be decoded (the stream ends '
-                        f'early: truncated file?): {path}')
+      raise VideoError(
+        f'frame {target} of {index.num_frames} could not be decoded (the stream ends early: truncated file?): {path}'
+      )
   codec.skip_frame = 'DEFAULT'
   return out
 
@@ -235,13 +240,15 @@ def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray
 @dataclasses.dataclass(frozen=True)
 class Decoded:
   """pixels uint8 [N, H, W, 3] of `indices` int64 [N] (request order), timestamps_s float64 [N]."""
+
   pixels: np.ndarray
   indices: np.ndarray
   timestamps_s: np.ndarray
 
 
-def read(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray | None = None,
-         select=None) -> tuple[Decoded, StreamIndex]:
+def read(
+  path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray | None = None, select=None
+) -> tuple[Decoded, StreamIndex]:
   """Decodes frames of a video by the plan; any order and repeats allowed.
 
   Args:

@@ -30,6 +30,7 @@ that: its patches get `KEYFRAME_SECONDS_PER_PATCH` (temporal rank only), so a se
 depend on how many frames it holds, not on when they were shot; all N candidates as keyframes give the
 same prompt as the candidate pool.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,9 @@ _RESAMPLE = {2: 'bilinear', 3: 'bicubic'}  # PIL codes in preprocessor configs
 KEYFRAME_SECONDS_PER_PATCH = 1.0
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
+def smart_resize(
+  height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280
+) -> tuple[int, int]:
   """(h, w) multiples of `factor`, area within [min_pixels, max_pixels], aspect ratio about kept: the
   nearest multiples, shrunk (floored) or grown (ceiled) by a common factor when the area is out of range."""
   if max(height, width) / min(height, width) > 200:
@@ -74,6 +76,7 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
 @dataclasses.dataclass(frozen=True)
 class QwenPixels:
   """Pixel settings of a Qwen2.5-VL (video_)preprocessor_config.json."""
+
   patch_size: int = 14
   temporal_patch_size: int = 2
   merge_size: int = 2
@@ -92,14 +95,17 @@ class QwenPixels:
     resample = d.get('resample', 3)
     if resample not in _RESAMPLE:
       raise ValueError(f'resample {resample!r} is not supported (only {sorted(_RESAMPLE)})')
-    return cls(patch_size=d.get('patch_size', cls.patch_size),
-               temporal_patch_size=d.get('temporal_patch_size', cls.temporal_patch_size),
-               merge_size=d.get('merge_size', cls.merge_size),
-               min_pixels=d.get('min_pixels', size.get('shortest_edge', cls.min_pixels)),
-               max_pixels=d.get('max_pixels', size.get('longest_edge', cls.max_pixels)),
-               image_mean=tuple(d.get('image_mean', cls.image_mean)),
-               image_std=tuple(d.get('image_std', cls.image_std)),
-               rescale_factor=d.get('rescale_factor', cls.rescale_factor), resample=_RESAMPLE[resample])
+    return cls(
+      patch_size=d.get('patch_size', cls.patch_size),
+      temporal_patch_size=d.get('temporal_patch_size', cls.temporal_patch_size),
+      merge_size=d.get('merge_size', cls.merge_size),
+      min_pixels=d.get('min_pixels', size.get('shortest_edge', cls.min_pixels)),
+      max_pixels=d.get('max_pixels', size.get('longest_edge', cls.max_pixels)),
+      image_mean=tuple(d.get('image_mean', cls.image_mean)),
+      image_std=tuple(d.get('image_std', cls.image_std)),
+      rescale_factor=d.get('rescale_factor', cls.rescale_factor),
+      resample=_RESAMPLE[resample],
+    )
 
   @property
   def factor(self) -> int:
@@ -137,8 +143,9 @@ class QwenPixels:
       raise ValueError(f'size {size} is not a multiple of patch * merge = {self.factor}')
     return pixels_lib.preprocess(frames, size, self.image_mean, self.image_std, self.resample, self.rescale_factor)
 
-  def preprocess(self, frames: np.ndarray, size: tuple[int, int] | None = None
-                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
+  def preprocess(
+    self, frames: np.ndarray, size: tuple[int, int] | None = None
+  ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """uint8 frames [F, H, W, 3] -> (patches [T, Hm, Wm, m*m, P], grid (T, gh, gw))."""
     x = self.normalize(frames, size)
     return self.patchify(x), self.grid(x.shape[0], x.shape[1], x.shape[2])
@@ -160,14 +167,22 @@ def seconds_per_patch(temporal_patch_size: int, sampled_fps: float) -> float:
   return temporal_patch_size / sampled_fps
 
 
-def build_prompt(tokenizer, chat_template: str, question_text: str, question: str, answer_instruction: str,
-                 grid_thw: Sequence[int], merge_size: int) -> Prompt:
+def build_prompt(
+  tokenizer,
+  chat_template: str,
+  question_text: str,
+  question: str,
+  answer_instruction: str,
+  grid_thw: Sequence[int],
+  merge_size: int,
+) -> Prompt:
   """The chat-template prompt of one video question, the pad expanded for grid (T, gh, gw), with its
   layout (module docstring). `question_text` is the whole user text: `question`, option lines, then
   `answer_instruction` (as `jaxvlm.processor.VideoProcessor.question_text` writes it)."""
   messages = [{'role': 'user', 'content': [{'type': 'video'}, {'type': 'text', 'text': question_text}]}]
-  text = tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
-                                       add_generation_prompt=True)
+  text = tokenizer.apply_chat_template(
+    messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+  )
   if text.count(VIDEO_PAD) != 1 or text.count(VISION_START) != 1 or text.count(VISION_END) != 1:
     raise ValueError(f'the chat template must render one {VISION_START}{VIDEO_PAD}{VISION_END}: {text!r}')
   enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -177,8 +192,11 @@ def build_prompt(tokenizer, chat_template: str, question_text: str, question: st
   options_at = user_at + len(question) + 1
   last_at = user_at + question_text.rindex(answer_instruction)
   video_at, video_end = text.index(VISION_START), text.index(VISION_END) + len(VISION_END)
-  group = np.select([starts < video_at, starts < video_end, starts < options_at, starts < last_at],
-                    [Group.SYSTEM, Group.VIDEO, Group.QUESTION, Group.OPTIONS], Group.LAST).astype(np.int32)
+  group = np.select(
+    [starts < video_at, starts < video_end, starts < options_at, starts < last_at],
+    [Group.SYSTEM, Group.VIDEO, Group.QUESTION, Group.OPTIONS],
+    Group.LAST,
+  ).astype(np.int32)
   pad_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
   is_pad = ids == pad_id
   if is_pad.sum() != 1:
@@ -189,7 +207,7 @@ def build_prompt(tokenizer, chat_template: str, question_text: str, question: st
   expanded = np.repeat(ids, repeats)
   frame = np.full(expanded.shape, -1, np.int32)
   at = int(np.flatnonzero(is_pad)[0])
-  frame[at:at + t * per_patch] = np.arange(t * per_patch) // per_patch
+  frame[at : at + t * per_patch] = np.arange(t * per_patch) // per_patch
   return Prompt(text, expanded, np.repeat(group, repeats), frame, t)
 
 
@@ -203,8 +221,15 @@ class Qwen25VLProcessor(ChatProcessor):
   vision_start_token_id / vision_end_token_id (checked against the model config).
   """
 
-  def __init__(self, tokenizer, chat_template: str, pixels: QwenPixels, pixel_config: dict | None = None,
-               model_config: qv.Qwen25VLConfig | None = None, frame_size: tuple[int, int] | None = None):
+  def __init__(
+    self,
+    tokenizer,
+    chat_template: str,
+    pixels: QwenPixels,
+    pixel_config: dict | None = None,
+    model_config: qv.Qwen25VLConfig | None = None,
+    frame_size: tuple[int, int] | None = None,
+  ):
     super().__init__(tokenizer, chat_template, pixel_config)
     self.pixels = pixels
     self.model_config = model_config
@@ -212,7 +237,8 @@ class Qwen25VLProcessor(ChatProcessor):
     if frame_size is not None:
       self.set_frame_size(frame_size)
     self.video_token_id, self.vision_start_token_id, self.vision_end_token_id = (
-        tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_PAD, VISION_START, VISION_END))
+      tokenizer.convert_tokens_to_ids(t) for t in (VIDEO_PAD, VISION_START, VISION_END)
+    )
 
   @classmethod
   def from_pretrained(cls, ckpt_dir: str, config: Mapping[str, Any]) -> Qwen25VLProcessor:
@@ -227,36 +253,50 @@ class Qwen25VLProcessor(ChatProcessor):
       if name in config and config[name] != getattr(out, name):
         raise ValueError(f'{name}: the tokenizer has {getattr(out, name)}, config.json says {config[name]}')
     vision = config.get('vision_config') or {}
-    for ours, theirs in (('patch_size', 'patch_size'), ('temporal_patch_size', 'temporal_patch_size'),
-                         ('merge_size', 'spatial_merge_size')):
+    for ours, theirs in (
+      ('patch_size', 'patch_size'),
+      ('temporal_patch_size', 'temporal_patch_size'),
+      ('merge_size', 'spatial_merge_size'),
+    ):
       if theirs in vision and vision[theirs] != getattr(pixels, ours):
-        raise ValueError(f'pixel config {ours}={getattr(pixels, ours)} but the vision config has '
-                         f'{theirs}={vision[theirs]}')
+        raise ValueError(
+          f'pixel config {ours}={getattr(pixels, ours)} but the vision config has {theirs}={vision[theirs]}'
+        )
     return out
 
   def set_frame_size(self, size: Sequence[int]) -> None:
     """Fixes the run's frame size (H, W); both must be multiples of patch * merge."""
     h, w = (int(v) for v in size)
     if h <= 0 or w <= 0 or h % self.pixels.factor or w % self.pixels.factor:
-      raise ValueError(f'frame_size {h}x{w}: both sides must be positive multiples of patch * merge = '
-                       f'{self.pixels.factor}')
+      raise ValueError(
+        f'frame_size {h}x{w}: both sides must be positive multiples of patch * merge = {self.pixels.factor}'
+      )
     self.frame_size = (h, w)
 
-  def build_prompt(self, question: str, options: Sequence[str], grid_thw: Sequence[int],
-                   seconds_per_patch: float | None = None) -> Prompt:
+  def build_prompt(
+    self, question: str, options: Sequence[str], grid_thw: Sequence[int], seconds_per_patch: float | None = None
+  ) -> Prompt:
     """The prompt of one multiple-choice question about a video of grid (T, gh, gw), with its layout and,
     when the processor knows the model config, its M-RoPE positions [3, S] (`seconds_per_patch`:
     transformers' second_per_grid_ts, default `KEYFRAME_SECONDS_PER_PATCH`)."""
-    prompt = build_prompt(self.tokenizer, self.chat_template, self.question_text(question, options), question,
-                          ANSWER_INSTRUCTION, grid_thw, self.pixels.merge_size)
+    prompt = build_prompt(
+      self.tokenizer,
+      self.chat_template,
+      self.question_text(question, options),
+      question,
+      ANSWER_INSTRUCTION,
+      grid_thw,
+      self.pixels.merge_size,
+    )
     if self.model_config is None:
       return prompt
     seconds = KEYFRAME_SECONDS_PER_PATCH if seconds_per_patch is None else seconds_per_patch
     positions, _ = qv.rope_index(prompt.input_ids[None], self.model_config, [grid_thw], [seconds])
     return dataclasses.replace(prompt, positions=positions[:, 0].astype(np.int32))
 
-  def preprocess(self, frames: np.ndarray, size: tuple[int, int] | None = None
-                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
+  def preprocess(
+    self, frames: np.ndarray, size: tuple[int, int] | None = None
+  ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """uint8 frames [F, H, W, 3] -> (patches [T, Hm, Wm, m*m, P], grid (T, gh, gw)), at `size`, else the
     run's `frame_size`, else the clip's smart-resize size."""
     return self.pixels.preprocess(frames, size or self.frame_size)
@@ -285,11 +325,17 @@ class Qwen25VLProcessor(ChatProcessor):
       raise ValueError(f'frame timestamps {list(timestamps_s)} do not increase')
     return seconds_per_patch(self.pixels.temporal_patch_size, 1.0 / spacing)
 
-  def video_inputs(self, question: str, options: Sequence[str], frames: np.ndarray,
-                   timestamps_s: np.ndarray | None = None, keyframes: bool = False
-                   ) -> tuple[Prompt, np.ndarray]:
+  def video_inputs(
+    self,
+    question: str,
+    options: Sequence[str],
+    frames: np.ndarray,
+    timestamps_s: np.ndarray | None = None,
+    keyframes: bool = False,
+  ) -> tuple[Prompt, np.ndarray]:
     """(prompt with layout and positions, patches [T, Hm, Wm, m*m, P]) of one question over uint8 frames
     [F, H, W, 3] (`video_pixels` for the keyframes rule)."""
     patches = self.video_pixels(frames, keyframes)
-    return self.build_prompt(question, options, self.grid_of(patches),
-                             self.seconds_per_patch(timestamps_s, keyframes)), patches
+    return self.build_prompt(
+      question, options, self.grid_of(patches), self.seconds_per_patch(timestamps_s, keyframes)
+    ), patches

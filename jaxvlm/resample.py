@@ -76,15 +76,14 @@ def resample_taps(in_size: int, out_size: int, resample: str) -> tuple[np.ndarra
     total = w.sum()
     if total != 0.0:
       w = w / total
-    taps[xx, :len(idx)] = idx
+    taps[xx, : len(idx)] = idx
     # PIL rounds half away from zero when converting to fixed point.
-    weights[xx, :len(idx)] = np.trunc(w * _ONE + np.where(w < 0, -0.5, 0.5))
+    weights[xx, : len(idx)] = np.trunc(w * _ONE + np.where(w < 0, -0.5, 0.5))
   return taps, weights
 
 
 @functools.lru_cache(maxsize=32)
-def _pass(in_size: int, out_size: int, resample: str
-          ) -> tuple[tuple[tuple[int, int, int, int, np.ndarray], ...], bool]:
+def _pass(in_size: int, out_size: int, resample: str) -> tuple[tuple[tuple[int, int, int, int, np.ndarray], ...], bool]:
   """One PIL pass: its band as blocks (out_start, out_stop, in_start, in_stop, matrix), and whether
   its output needs clipping to [0, 255].
 
@@ -184,8 +183,9 @@ def default_threads() -> int:
   return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
 
 
-def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bicubic',
-                 threads: int | None = None) -> np.ndarray:
+def resize_uint8(
+  frames: np.ndarray, size: tuple[int, int], resample: str = 'bicubic', threads: int | None = None
+) -> np.ndarray:
   """PIL-equivalent `Image.resize((w, h), resample)` of uint8 [N, H, W, C] -> uint8 [N, h, w, C].
 
   threads: frames are split into that many contiguous chunks resized in parallel (numpy's products
@@ -223,16 +223,16 @@ def resize_uint8(frames: np.ndarray, size: tuple[int, int], resample: str = 'bic
       cols = out_w
     else:
       # After a horizontal pass the vertical one reads that pass's output as a transposed operand.
-      plan.append(('rows', *_pass(in_h, out_h, resample), (rows, cols * c) if k == 0 else None,
-                   (out_h, cols * c)))
+      plan.append(('rows', *_pass(in_h, out_h, resample), (rows, cols * c) if k == 0 else None, (out_h, cols * c)))
       rows = out_h
   chunks = min(threads, n)
   if chunks <= 1:
     _resize_frames(frames, out, plan, c)
     return out
   bounds = np.linspace(0, n, chunks + 1).round().astype(int)
-  jobs = [_pool(threads).submit(_resize_frames, frames[a:b], out[a:b], plan, c)
-          for a, b in zip(bounds[:-1], bounds[1:])]
+  jobs = [
+    _pool(threads).submit(_resize_frames, frames[a:b], out[a:b], plan, c) for a, b in zip(bounds[:-1], bounds[1:])
+  ]
   for job in jobs:
     job.result()
   return out

@@ -19,6 +19,7 @@ naming the fields, unless config.fresh=True asks to discard the results there fi
 Samples: the config's model and benchmark (`load_model`, `load_samples`), decoding + preprocessing +
 prompting with per-sample failure capture (`prepare`), device-ready batches (`collate`, `place_batch`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -91,7 +92,7 @@ class SampleLog:
   def _load(self) -> None:
     with open(self.path, 'rb') as f:
       data = f.read()
-    whole = data[:data.rfind(b'\n') + 1]
+    whole = data[: data.rfind(b'\n') + 1]
     if len(whole) != len(data):
       with open(self.path, 'r+b') as f:
         f.truncate(len(whole))
@@ -123,7 +124,7 @@ class SampleLog:
     if old is not None and not is_failure(old):
       raise ValueError(f'sample {record["id"]!r} is already in {self.path}')
     if old is not None and is_failure(record) and old.get('error') == record.get('error'):
-      return   # failed again for the same reason: the line is already there
+      return  # failed again for the same reason: the line is already there
     with open(self.path, 'a') as f:
       f.write(json.dumps(jsonable(record), sort_keys=True) + '\n')
       f.flush()
@@ -149,11 +150,14 @@ def pending(samples: Sequence[data.VideoQASample], log: SampleLog) -> list[data.
   todo = [s for s in samples if not log.done(s.id)]
   retried = sum(1 for s in todo if s.id in log)
   if retried:
-    logging.info('retrying %d recorded failure%s in %s (config.retry_failures=False keeps them)', retried,
-                 's' * (retried > 1), log.path)
+    logging.info(
+      'retrying %d recorded failure%s in %s (config.retry_failures=False keeps them)',
+      retried,
+      's' * (retried > 1),
+      log.path,
+    )
   elif not log.retry_failures and log.failed_ids():
-    logging.info('keeping %d recorded failures in %s (config.retry_failures=False)', len(log.failed_ids()),
-                 log.path)
+    logging.info('keeping %d recorded failures in %s (config.retry_failures=False)', len(log.failed_ids()), log.path)
   return todo
 
 
@@ -161,8 +165,11 @@ def pending(samples: Sequence[data.VideoQASample], log: SampleLog) -> list[data.
 _FATAL = (KeyboardInterrupt, SystemExit, MemoryError)
 
 
-def batch_records(items: Sequence[Any], make_records: Callable[[Sequence[Any]], list[dict]],
-                  item_id: Callable[[Any], str] = lambda p: p.sample.id) -> list[dict]:
+def batch_records(
+  items: Sequence[Any],
+  make_records: Callable[[Sequence[Any]], list[dict]],
+  item_id: Callable[[Any], str] = lambda p: p.sample.id,
+) -> list[dict]:
   """make_records(items) -> one record per item. When the batch fails on the model side (e.g. out of
   device memory on an unusually long prompt), each item is retried alone, and one that still fails
   becomes a failure record {'id', 'error'}, so the run goes on and a resume does not die on it again."""
@@ -173,8 +180,9 @@ def batch_records(items: Sequence[Any], make_records: Callable[[Sequence[Any]], 
   except Exception as e:  # pylint: disable=broad-except  # retried one by one below
     if len(items) == 1:
       return [{'id': item_id(items[0]), 'error': f'model: {type(e).__name__}: {_short(e)}'}]
-    logging.warning('a batch of %d samples failed (%s: %s); retrying them one by one', len(items),
-                    type(e).__name__, _short(e))
+    logging.warning(
+      'a batch of %d samples failed (%s: %s); retrying them one by one', len(items), type(e).__name__, _short(e)
+    )
   out = []
   for item in items:
     try:
@@ -231,20 +239,25 @@ class WorkdirLock:
         holder = _read_holder(fd)
         os.close(fd)
         raise WorkdirLockedError(
-            f'workdir {os.path.dirname(self.path)} is in use by another run ({holder}); wait for it to '
-            f'finish or use another --workdir') from None
+          f'workdir {os.path.dirname(self.path)} is in use by another run ({holder}); wait for it to '
+          f'finish or use another --workdir'
+        ) from None
       try:
         if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
           break
       except FileNotFoundError:
         pass
-      os.close(fd)   # the holder released and removed the file between our open and flock: again
+      os.close(fd)  # the holder released and removed the file between our open and flock: again
     previous = _read_holder(fd)
     if previous != 'unknown holder':
       logging.warning('took over the stale lock of a run that is gone (%s) in %s', previous, self.path)
     os.ftruncate(fd, 0)
-    os.write(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'started': time.time(),
-                             'command': ' '.join(sys.argv)}).encode())
+    os.write(
+      fd,
+      json.dumps(
+        {'host': socket.gethostname(), 'pid': os.getpid(), 'started': time.time(), 'command': ' '.join(sys.argv)}
+      ).encode(),
+    )
     os.fsync(fd)
     self._fd = fd
 
@@ -272,7 +285,7 @@ def _read_holder(fd: int) -> str:
   return f"pid {info.get('pid')} on host {info.get('host')}, since {started}: {info.get('command', '')}"
 
 
-_HELD: dict[str, WorkdirLock] = {}   # realpath -> the lock this process holds
+_HELD: dict[str, WorkdirLock] = {}  # realpath -> the lock this process holds
 
 
 def lock_workdir(workdir: str) -> None:
@@ -293,9 +306,22 @@ def release_workdir(workdir: str) -> None:
 
 # What a run writes into its workdir (globs); `fresh` removes these. Caches keyed by their own
 # arguments (synthetic/, whose meta.json says what it holds) stay.
-RESULT_ENTRIES = ('config.json', 'run.json', 'samples.jsonl', 'samples.process*.jsonl', 'summary.json',
-                  'summary.csv', 'summary_scores.csv', 'timing.json', 'lmms_eval', '*.png', 'metrics.jsonl',
-                  'checkpoints', 'best', 'teacher')
+RESULT_ENTRIES = (
+  'config.json',
+  'run.json',
+  'samples.jsonl',
+  'samples.process*.jsonl',
+  'summary.json',
+  'summary.csv',
+  'summary_scores.csv',
+  'timing.json',
+  'lmms_eval',
+  '*.png',
+  'metrics.jsonl',
+  'checkpoints',
+  'best',
+  'teacher',
+)
 # Entries whose presence means the workdir holds results a rerun would build on.
 _HOLDS_RESULTS = ('samples.jsonl', 'samples.process*.jsonl', 'metrics.jsonl', 'checkpoints', 'best', 'teacher')
 
@@ -324,7 +350,7 @@ def config_differences(old: dict, new: dict, spec: config_checks.Spec | None = N
     if k in a and k in b:
       if jsonable(a[k]) != jsonable(b[k]):
         out.append(f'{k}: {a[k]!r} (there) vs {b[k]!r} (now)')
-    elif (a.get(k, b.get(k)) not in ('', None, False)):
+    elif a.get(k, b.get(k)) not in ('', None, False):
       out.append(f'{k}: {a.get(k, "<absent>")!r} (there) vs {b.get(k, "<absent>")!r} (now)')
   return out
 
@@ -356,14 +382,21 @@ def prepare_workdir(workdir: str, config, spec: config_checks.Spec | None = None
     if diff:
       free = ', '.join(spec.free_fields()) if spec is not None else 'none'
       raise WorkdirConfigError(
-          f'workdir {workdir} holds results of another config; resuming would mix them. Fields that differ:\n  '
-          + '\n  '.join(diff) + f'\nFields that may differ on resume: {free}.\nUse another --workdir, or '
-          f'--config.fresh=True to discard the results in {workdir} and start over.')
+        f'workdir {workdir} holds results of another config; resuming would mix them. Fields that differ:\n  '
+        + '\n  '.join(diff)
+        + f'\nFields that may differ on resume: {free}.\nUse another --workdir, or '
+        f'--config.fresh=True to discard the results in {workdir} and start over.'
+      )
   write_json(config_path, config.to_dict())
   digest, _ = config_fingerprint(config, spec)
-  write_json(os.path.join(workdir, 'run.json'),
-             {'experiment': spec.experiment if spec is not None else None, 'fingerprint': digest,
-              'free_fields': spec.free_fields() if spec is not None else []})
+  write_json(
+    os.path.join(workdir, 'run.json'),
+    {
+      'experiment': spec.experiment if spec is not None else None,
+      'fingerprint': digest,
+      'free_fields': spec.free_fields() if spec is not None else [],
+    },
+  )
 
 
 class RunLog:
@@ -378,8 +411,9 @@ class RunLog:
   def __init__(self, workdir: str, mesh, retry_failures: bool = True):
     self.workdir, self.mesh = workdir, mesh
     self.writes = distributed.writes_results(mesh)
-    self.log = (SampleLog(os.path.join(workdir, distributed.sample_log_name(mesh)), retry_failures)
-                if self.writes else None)
+    self.log = (
+      SampleLog(os.path.join(workdir, distributed.sample_log_name(mesh)), retry_failures) if self.writes else None
+    )
 
   def record_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
     """Annotation failures, recorded once (by process 0; see `record_skipped`)."""
@@ -391,14 +425,14 @@ class RunLog:
     """The samples this process evaluates that are not done yet (`pending`: no record, or a failure to
     retry); on a spanning mesh process 0's list, sent to every process (they run every batch together)."""
     share = distributed.work_share(samples, self.mesh)
-    todo = pending(share, self.log) if self.log is not None else []   # None: not the writing process
+    todo = pending(share, self.log) if self.log is not None else []  # None: not the writing process
     if not distributed.mesh_spans_processes(self.mesh):
       return todo
     ids = set(distributed.broadcast_json([s.id for s in todo], name='todo ids'))
     return [s for s in share if s.id in ids]
 
   def append(self, record: dict) -> None:
-    if self.log is not None:   # the writing process
+    if self.log is not None:  # the writing process
       self.log.append(record)
 
   def records(self) -> list[dict]:
@@ -426,19 +460,25 @@ def open_run(workdir: str, config, spec: config_checks.Spec, mesh) -> tuple[list
   return samples, log, log.todo(samples)
 
 
-def evaluate_pending(todo: Sequence[data.VideoQASample], prepare: Callable[[Any], Any],
-                     evaluate: Callable[[Sequence[Any]], list[dict]], log: RunLog, config, mesh,
-                     desc: str) -> None:
+def evaluate_pending(
+  todo: Sequence[data.VideoQASample],
+  prepare: Callable[[Any], Any],
+  evaluate: Callable[[Sequence[Any]], list[dict]],
+  log: RunLog,
+  config,
+  mesh,
+  desc: str,
+) -> None:
   """The loop every per-sample study shares. Worker threads `prepare` the next samples while
   `evaluate(prepared batch) -> records` computes (jaxvlm/input_pipeline.py; in sample order on a mesh
   spanning processes, where every process must feed the same batch: checked). A sample that fails to
   prepare is a record; a batch that fails on the model side is retried sample by sample
   (`batch_records`). Progress bar on process 0."""
   start = time.time()
-  with tqdm(total=len(todo), unit='sample', desc=desc, dynamic_ncols=True,
-            disable=not distributed.is_main()) as bar:
-    for ready in input_pipeline.prefetch_batches(todo, prepare, config.batch_size, config.input_workers,
-                                                 in_order=distributed.mesh_spans_processes(mesh)):
+  with tqdm(total=len(todo), unit='sample', desc=desc, dynamic_ncols=True, disable=not distributed.is_main()) as bar:
+    for ready in input_pipeline.prefetch_batches(
+      todo, prepare, config.batch_size, config.input_workers, in_order=distributed.mesh_spans_processes(mesh)
+    ):
       check_same_batch([p.sample.id for p in ready.items] + [i for i, _ in ready.failed], mesh)
       for sample_id, reason in ready.failed:
         log.append({'id': sample_id, 'error': reason})
@@ -458,6 +498,7 @@ def finish_run(workdir: str) -> None:
 
 # ---------------------------------------------------------------- samples
 
+
 def csv_list(value) -> list[str]:
   """'a,b' or ('a', 'b') -> ['a', 'b']; '' -> []."""
   if isinstance(value, str):
@@ -476,18 +517,29 @@ def load_model(config, mesh=None):
   Qwen2.5-VL run's frame size (static shapes); LLaVA's frame size is the checkpoint's and cannot be set.
   A checkpoint of another kind (a SigLIP) is refused by name."""
   if mesh is None:
-    model, params, processor = checkpoints.load_pretrained(config.checkpoint, dtype=jnp.dtype(config.dtype),
-                                                           expect=VIDEO_LLM_TYPES, field='checkpoint')
+    model, params, processor = checkpoints.load_pretrained(
+      config.checkpoint, dtype=jnp.dtype(config.dtype), expect=VIDEO_LLM_TYPES, field='checkpoint'
+    )
   else:
     param_dtype = jnp.dtype(config.get('param_dtype', 'float32'))
-    model, params, processor = distributed.collective(f'load {config.checkpoint}', lambda: checkpoints.load_pretrained(
-        config.checkpoint, dtype=jnp.dtype(config.dtype), expect=VIDEO_LLM_TYPES, field='checkpoint',
-        param_dtype=param_dtype, mesh=mesh))
+    model, params, processor = distributed.collective(
+      f'load {config.checkpoint}',
+      lambda: checkpoints.load_pretrained(
+        config.checkpoint,
+        dtype=jnp.dtype(config.dtype),
+        expect=VIDEO_LLM_TYPES,
+        field='checkpoint',
+        param_dtype=param_dtype,
+        mesh=mesh,
+      ),
+    )
   size = [int(v) for v in csv_list(config.get('frame_size', ''))]
   if size:
     if not isinstance(processor, Qwen25VLProcessor):
-      raise ValueError(f'frame_size={config.frame_size!r}: only a Qwen2.5-VL processor takes a frame size '
-                       f'({config.checkpoint} gave {type(processor).__name__})')
+      raise ValueError(
+        f'frame_size={config.frame_size!r}: only a Qwen2.5-VL processor takes a frame size '
+        f'({config.checkpoint} gave {type(processor).__name__})'
+      )
     if len(size) != 2:
       raise ValueError(f"frame_size={config.frame_size!r}: expected 'H,W'")
     processor.set_frame_size(size)
@@ -496,8 +548,9 @@ def load_model(config, mesh=None):
 
 def load_siglip(config):
   """The keyframe scorer of config.siglip_checkpoint (a SigLIP checkpoint, by model_type)."""
-  return checkpoints.load_pretrained(config.siglip_checkpoint, dtype=jnp.dtype(config.dtype),
-                                     expect=('siglip',), field='siglip_checkpoint')
+  return checkpoints.load_pretrained(
+    config.siglip_checkpoint, dtype=jnp.dtype(config.dtype), expect=('siglip',), field='siglip_checkpoint'
+  )
 
 
 def max_positions(model) -> int | None:
@@ -510,14 +563,14 @@ def load_samples(config, workdir: str):
   generated under workdir/synthetic on first use (deterministic by seed)."""
   kwargs = dict(config.data)
   if config.benchmark == 'synthetic':
-    ann = kwargs.get('ann', '')     # '' -> generated under workdir; else a split directory
+    ann = kwargs.get('ann', '')  # '' -> generated under workdir; else a split directory
     generate = {k: v for k, v in kwargs.items() if k in config_checks.SYNTHETIC_FIELDS}
     kwargs = {'ann': ann or synthetic.ensure(os.path.join(workdir, 'synthetic'), **generate)}
   else:
     kwargs = config_checks.loader_kwargs(config.benchmark, kwargs)
   loaded = data.load_benchmark(config.benchmark, **kwargs)
   samples = interleave_tasks(loaded.samples)
-  samples = samples if config.max_samples < 0 else samples[:config.max_samples]
+  samples = samples if config.max_samples < 0 else samples[: config.max_samples]
   return samples, list(loaded.skipped)
 
 
@@ -532,7 +585,7 @@ def interleave_tasks(samples: Sequence[data.VideoQASample]) -> list[data.VideoQA
 
 def batches(items: Sequence, size: int) -> Iterator[Sequence]:
   for i in range(0, len(items), size):
-    yield items[i:i + size]
+    yield items[i : i + size]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,9 +595,14 @@ class Prepared:
   pixels: np.ndarray  # the model's pixels, one entry per knockout frame (see `video_inputs`)
 
 
-def video_inputs(processor, question: str, options: Sequence[str], frames: np.ndarray,
-                 timestamps_s: np.ndarray | None = None, keyframes: bool = False
-                 ) -> tuple[prompts.Prompt, np.ndarray]:
+def video_inputs(
+  processor,
+  question: str,
+  options: Sequence[str],
+  frames: np.ndarray,
+  timestamps_s: np.ndarray | None = None,
+  keyframes: bool = False,
+) -> tuple[prompts.Prompt, np.ndarray]:
   """(prompt, model pixels) of one multiple-choice question over uint8 frames [F, H, W, 3] at times
   timestamps_s [F]: the one place the model families differ on the sample path.
 
@@ -558,13 +616,13 @@ def video_inputs(processor, question: str, options: Sequence[str], frames: np.nd
   return prompts.build_prompt(processor, question, options, len(frames)), processor.preprocess(frames)
 
 
-def prompt_for_pixels(processor, question: str, options: Sequence[str], pixels: np.ndarray
-                      ) -> prompts.Prompt:
+def prompt_for_pixels(processor, question: str, options: Sequence[str], pixels: np.ndarray) -> prompts.Prompt:
   """The prompt of a question over model pixels taken from a keyframe pool (`video_inputs` with
   keyframes=True, then indexed [k]): one knockout frame per entry."""
   if isinstance(processor, Qwen25VLProcessor):
-    return processor.build_prompt(question, options, processor.grid_of(pixels),
-                                  processor.seconds_per_patch(keyframes=True))
+    return processor.build_prompt(
+      question, options, processor.grid_of(pixels), processor.seconds_per_patch(keyframes=True)
+    )
   return prompts.build_prompt(processor, question, options, len(pixels))
 
 
@@ -572,12 +630,14 @@ def check_prompt_length(prompt: prompts.Prompt, limit: int | None) -> None:
   """Raises when the prompt is longer than the model's positions (it would run on positions the model
   never learned, with no error anywhere else)."""
   if limit is not None and len(prompt.input_ids) > limit:
-    raise ValueError(f'prompt of {len(prompt.input_ids)} tokens is longer than the model\'s '
-                     f'max_position_embeddings={limit}')
+    raise ValueError(
+      f'prompt of {len(prompt.input_ids)} tokens is longer than the model\'s max_position_embeddings={limit}'
+    )
 
 
-def prepare(samples: Sequence[data.VideoQASample], processor, config, max_positions: int | None = None
-            ) -> tuple[list[Prepared], list[tuple[str, str]]]:
+def prepare(
+  samples: Sequence[data.VideoQASample], processor, config, max_positions: int | None = None
+) -> tuple[list[Prepared], list[tuple[str, str]]]:
   """Decodes, preprocesses and prompts each sample; a failing one becomes (id, reason), never a crash.
   max_positions: the model's limit (`max_positions(model)`); a longer prompt is that sample's failure."""
   ok, failed = [], []
@@ -601,6 +661,7 @@ class ModelBatch:
   """Device-ready batch: input_ids [B, S], pixels [B, F, ...] (LLaVA [B, F, H, W, C], Qwen2.5-VL
   [B, T, Hm, Wm, M, P]), layout [B, S] (positions [B, S] or M-RoPE [3, B, S]), answer_index [B],
   option_ids [O] (letters A.. up to the largest option count in the batch)."""
+
   input_ids: jnp.ndarray
   pixels: jnp.ndarray
   layout: TokenLayout
@@ -619,15 +680,20 @@ def collate(prepared: Sequence[Prepared], processor, multiple: int = 1) -> Model
   rows = list(prepared) + [prepared[-1]] * (-len(prepared) % multiple)
   shapes = {p.pixels.shape for p in rows}
   if len(shapes) > 1:
-    raise ValueError(f'samples {[p.sample.id for p in prepared]} have pixels of shapes {sorted(shapes)}: a '
-                     'batch needs one shape (set frame_size for a Qwen2.5-VL run over videos of mixed sizes)')
+    raise ValueError(
+      f'samples {[p.sample.id for p in prepared]} have pixels of shapes {sorted(shapes)}: a '
+      'batch needs one shape (set frame_size for a Qwen2.5-VL run over videos of mixed sizes)'
+    )
   pad_id = processor.tokenizer.pad_token_id or 0
   pb = prompts.collate([p.prompt for p in rows], pad_id)
   n_options = max(len(p.sample.options) for p in rows)
-  return ModelBatch(jnp.asarray(pb.input_ids), jnp.asarray(np.stack([p.pixels for p in rows])),
-                    TokenLayout(*(jnp.asarray(x) for x in (pb.layout.group, pb.layout.frame,
-                                                           pb.layout.positions, pb.layout.valid))),
-                    jnp.asarray(pb.answer_index), jnp.asarray(processor.option_letter_ids(n_options)))
+  return ModelBatch(
+    jnp.asarray(pb.input_ids),
+    jnp.asarray(np.stack([p.pixels for p in rows])),
+    TokenLayout(*(jnp.asarray(x) for x in (pb.layout.group, pb.layout.frame, pb.layout.positions, pb.layout.valid))),
+    jnp.asarray(pb.answer_index),
+    jnp.asarray(processor.option_letter_ids(n_options)),
+  )
 
 
 def check_same_batch(ids: Sequence[str], mesh) -> None:
@@ -639,8 +705,10 @@ def check_same_batch(ids: Sequence[str], mesh) -> None:
     return
   seen = distributed.agree('batch ids', value=list(ids))
   if len({tuple(v) for v in seen.values()}) > 1:
-    raise distributed.DistributedError('the processes of a global mesh prepared different batches: '
-                                       + '; '.join(f'process {p}: {v}' for p, v in sorted(seen.items())))
+    raise distributed.DistributedError(
+      'the processes of a global mesh prepared different batches: '
+      + '; '.join(f'process {p}: {v}' for p, v in sorted(seen.items()))
+    )
 
 
 def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
@@ -651,13 +719,17 @@ def place_batch(batch: ModelBatch, mesh) -> ModelBatch:
   planning reads them on every process; the pixels stay split."""
   if distributed.mesh_spans_processes(mesh):
     rep = lambda tree: jax.tree.map(lambda x: sharding.put(x, sharding.replicated(mesh)), tree)
-    return ModelBatch(rep(batch.input_ids), sharding.shard_batch(batch.pixels, mesh), rep(batch.layout),
-                      rep(batch.answer_index), rep(batch.option_ids))
+    return ModelBatch(
+      rep(batch.input_ids),
+      sharding.shard_batch(batch.pixels, mesh),
+      rep(batch.layout),
+      rep(batch.answer_index),
+      rep(batch.option_ids),
+    )
   positions = batch.layout.positions
   mrope = positions.ndim == 3
   layout = batch.layout.replace(positions=jnp.moveaxis(positions, 0, -1) if mrope else positions)
-  ids, pixels, layout, answer = sharding.shard_batch((batch.input_ids, batch.pixels, layout,
-                                                      batch.answer_index), mesh)
+  ids, pixels, layout, answer = sharding.shard_batch((batch.input_ids, batch.pixels, layout, batch.answer_index), mesh)
   if mrope:
     layout = layout.replace(positions=jnp.moveaxis(layout.positions, -1, 0))
   return ModelBatch(ids, pixels, layout, answer, jax.device_put(batch.option_ids, sharding.replicated(mesh)))

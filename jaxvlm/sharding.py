@@ -16,6 +16,7 @@ Meshes over every process (`mesh_from_config` with devices='global'): arrays are
 holds the blocks of its own devices). `put` builds one from a host value every process holds alike, and
 `to_host` gives every process the whole value back (a collective, so every process calls it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,84 +39,84 @@ Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 # Logical name -> mesh axes, first applicable rule wins (flax semantics: a mesh axis is used at most
 # once per array). Parameter names first, then activation names (used in jaxvlm/models).
 DEFAULT_RULES: Rules = (
-    ('layers', None),            # stacked layer axis: scanned over, never split
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),           # model width of a weight
-    ('vision_embed', 'fsdp'),    # SigLIP width entering the projector
-    ('mlp', 'tensor'),
-    ('q_heads', 'tensor'),       # H * Dh output of q (input of o_proj / out_proj)
-    ('kv_heads', 'tensor'),      # K * Dh output of k, v
-    ('qkv', 'tensor'),           # stacked [q; k; v] rows of the SigLIP pooling head
-    ('proj', 'tensor'),          # SigLIP text head output
-    ('norm', None),
-    ('position', None),
-    ('conv_height', None),
-    ('conv_width', None),
-    ('conv_in', None),
-    # activations
-    ('batch', BATCH_AXES),
-    ('length', None),
-    ('act_embed', None),         # hidden states are replicated over fsdp/tensor (batch-split instead)
-    ('act_heads', 'tensor'),
-    ('act_kv_heads', 'tensor'),
-    ('act_mlp', 'tensor'),
-    ('head_dim', None),
+  ('layers', None),  # stacked layer axis: scanned over, never split
+  ('vocab', 'tensor'),
+  ('embed', 'fsdp'),  # model width of a weight
+  ('vision_embed', 'fsdp'),  # SigLIP width entering the projector
+  ('mlp', 'tensor'),
+  ('q_heads', 'tensor'),  # H * Dh output of q (input of o_proj / out_proj)
+  ('kv_heads', 'tensor'),  # K * Dh output of k, v
+  ('qkv', 'tensor'),  # stacked [q; k; v] rows of the SigLIP pooling head
+  ('proj', 'tensor'),  # SigLIP text head output
+  ('norm', None),
+  ('position', None),
+  ('conv_height', None),
+  ('conv_width', None),
+  ('conv_in', None),
+  # activations
+  ('batch', BATCH_AXES),
+  ('length', None),
+  ('act_embed', None),  # hidden states are replicated over fsdp/tensor (batch-split instead)
+  ('act_heads', 'tensor'),
+  ('act_kv_heads', 'tensor'),
+  ('act_mlp', 'tensor'),
+  ('head_dim', None),
 )
 
 # Parameter path patterns (matched against the end of the '/'-joined path, fnmatch syntax, first match
 # wins) -> logical names of the UNSTACKED leaf. Leaves under a 'layers' subtree get a leading 'layers'.
 _PARAM_AXES: tuple[tuple[str, LogicalAxes], ...] = (
-    ('embed_tokens/embedding', ('vocab', 'embed')),
-    ('token_embedding/embedding', ('vocab', 'embed')),
-    ('position_embedding/embedding', ('position', 'embed')),
-    ('patch_embedding/kernel', ('conv_height', 'conv_width', 'conv_in', 'embed')),
-    ('patch_embedding/bias', ('embed',)),
-    ('*norm*/scale', ('norm',)),          # LayerNorm (layer_norm1, post_layernorm, head/layernorm, ...)
-    ('*norm*/bias', ('norm',)),
-    ('*norm*/weight', ('norm',)),         # Qwen2 RMSNorm (input_layernorm, norm, ...)
-    ('q_proj/kernel', ('embed', 'q_heads')),
-    ('q_proj/bias', ('q_heads',)),
-    ('k_proj/kernel', ('embed', 'kv_heads')),
-    ('k_proj/bias', ('kv_heads',)),
-    ('v_proj/kernel', ('embed', 'kv_heads')),
-    ('v_proj/bias', ('kv_heads',)),
-    ('o_proj/kernel', ('q_heads', 'embed')),
-    ('out_proj/kernel', ('q_heads', 'embed')),
-    ('out_proj/bias', ('embed',)),
-    ('attention/in_proj_weight', ('qkv', 'embed')),    # torch layout [3D, D]
-    ('attention/in_proj_bias', ('qkv',)),
-    ('gate_proj/kernel', ('embed', 'mlp')),
-    ('up_proj/kernel', ('embed', 'mlp')),
-    ('down_proj/kernel', ('mlp', 'embed')),
-    ('fc1/kernel', ('embed', 'mlp')),
-    ('fc1/bias', ('mlp',)),
-    ('fc2/kernel', ('mlp', 'embed')),
-    ('fc2/bias', ('embed',)),
-    ('multi_modal_projector/linear_1/kernel', ('vision_embed', 'mlp')),
-    ('multi_modal_projector/linear_1/bias', ('mlp',)),
-    ('multi_modal_projector/linear_2/kernel', ('mlp', 'embed')),
-    ('multi_modal_projector/linear_2/bias', ('embed',)),
-    ('lm_head/kernel', ('embed', 'vocab')),
-    ('image_newline', ('embed',)),
-    ('head/probe', (None, None, 'embed')),
-    ('text_model/head/kernel', ('embed', 'proj')),
-    ('text_model/head/bias', ('proj',)),
-    ('logit_scale', (None,)),
-    ('logit_bias', (None,)),
-    # Qwen2.5-VL vision tower (models/qwen2_5_vl_vision.py): fused qkv, biased MLP, patch merger.
-    ('visual/patch_embed/proj/kernel', ('conv_in', 'embed')),   # flattened Conv3d [C*tp*p*p, D]
-    ('attn/qkv/kernel', ('embed', 'qkv')),
-    ('attn/qkv/bias', ('qkv',)),
-    ('attn/proj/kernel', ('q_heads', 'embed')),
-    ('attn/proj/bias', ('embed',)),
-    ('gate_proj/bias', ('mlp',)),
-    ('up_proj/bias', ('mlp',)),
-    ('down_proj/bias', ('embed',)),
-    ('merger/ln_q/weight', ('norm',)),
-    ('merger/mlp/0/kernel', ('vision_embed', 'mlp')),
-    ('merger/mlp/0/bias', ('mlp',)),
-    ('merger/mlp/2/kernel', ('mlp', 'embed')),
-    ('merger/mlp/2/bias', ('embed',)),
+  ('embed_tokens/embedding', ('vocab', 'embed')),
+  ('token_embedding/embedding', ('vocab', 'embed')),
+  ('position_embedding/embedding', ('position', 'embed')),
+  ('patch_embedding/kernel', ('conv_height', 'conv_width', 'conv_in', 'embed')),
+  ('patch_embedding/bias', ('embed',)),
+  ('*norm*/scale', ('norm',)),  # LayerNorm (layer_norm1, post_layernorm, head/layernorm, ...)
+  ('*norm*/bias', ('norm',)),
+  ('*norm*/weight', ('norm',)),  # Qwen2 RMSNorm (input_layernorm, norm, ...)
+  ('q_proj/kernel', ('embed', 'q_heads')),
+  ('q_proj/bias', ('q_heads',)),
+  ('k_proj/kernel', ('embed', 'kv_heads')),
+  ('k_proj/bias', ('kv_heads',)),
+  ('v_proj/kernel', ('embed', 'kv_heads')),
+  ('v_proj/bias', ('kv_heads',)),
+  ('o_proj/kernel', ('q_heads', 'embed')),
+  ('out_proj/kernel', ('q_heads', 'embed')),
+  ('out_proj/bias', ('embed',)),
+  ('attention/in_proj_weight', ('qkv', 'embed')),  # torch layout [3D, D]
+  ('attention/in_proj_bias', ('qkv',)),
+  ('gate_proj/kernel', ('embed', 'mlp')),
+  ('up_proj/kernel', ('embed', 'mlp')),
+  ('down_proj/kernel', ('mlp', 'embed')),
+  ('fc1/kernel', ('embed', 'mlp')),
+  ('fc1/bias', ('mlp',)),
+  ('fc2/kernel', ('mlp', 'embed')),
+  ('fc2/bias', ('embed',)),
+  ('multi_modal_projector/linear_1/kernel', ('vision_embed', 'mlp')),
+  ('multi_modal_projector/linear_1/bias', ('mlp',)),
+  ('multi_modal_projector/linear_2/kernel', ('mlp', 'embed')),
+  ('multi_modal_projector/linear_2/bias', ('embed',)),
+  ('lm_head/kernel', ('embed', 'vocab')),
+  ('image_newline', ('embed',)),
+  ('head/probe', (None, None, 'embed')),
+  ('text_model/head/kernel', ('embed', 'proj')),
+  ('text_model/head/bias', ('proj',)),
+  ('logit_scale', (None,)),
+  ('logit_bias', (None,)),
+  # Qwen2.5-VL vision tower (models/qwen2_5_vl_vision.py): fused qkv, biased MLP, patch merger.
+  ('visual/patch_embed/proj/kernel', ('conv_in', 'embed')),  # flattened Conv3d [C*tp*p*p, D]
+  ('attn/qkv/kernel', ('embed', 'qkv')),
+  ('attn/qkv/bias', ('qkv',)),
+  ('attn/proj/kernel', ('q_heads', 'embed')),
+  ('attn/proj/bias', ('embed',)),
+  ('gate_proj/bias', ('mlp',)),
+  ('up_proj/bias', ('mlp',)),
+  ('down_proj/bias', ('embed',)),
+  ('merger/ln_q/weight', ('norm',)),
+  ('merger/mlp/0/kernel', ('vision_embed', 'mlp')),
+  ('merger/mlp/0/bias', ('mlp',)),
+  ('merger/mlp/2/kernel', ('mlp', 'embed')),
+  ('merger/mlp/2/bias', ('embed',)),
 )
 
 
@@ -126,12 +127,13 @@ def mesh_shape(num_devices: int, data: int = -1, fsdp: int = 1, tensor: int = 1)
     raise ValueError(f'mesh sizes {dict(zip(MESH_AXES, sizes))}: each must be >= 1, at most one -1')
   known = math.prod(s for s in sizes if s != -1)
   if num_devices % known:
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs a multiple of {known} devices, '
-                     f'have {num_devices}')
+    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs a multiple of {known} devices, have {num_devices}')
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != num_devices:
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, '
-                     f'have {num_devices} (use -1 on one axis to fill the rest)')
+    raise ValueError(
+      f'mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, '
+      f'have {num_devices} (use -1 on one axis to fill the rest)'
+    )
   return sizes[0], sizes[1], sizes[2]
 
 
@@ -170,8 +172,10 @@ def mesh_from_config(mesh_config: Mapping[str, Any]) -> Mesh:
   try:
     return make_mesh(**fields, devices=devices)
   except ValueError as e:
-    raise ValueError(f'config.mesh (devices={kind}: {len(devices)} devices, {jax.process_count()} process(es), '
-                     f'{jax.local_device_count()} devices each): {e}') from e
+    raise ValueError(
+      f'config.mesh (devices={kind}: {len(devices)} devices, {jax.process_count()} process(es), '
+      f'{jax.local_device_count()} devices each): {e}'
+    ) from e
 
 
 def put(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -190,6 +194,7 @@ def to_host(x: Any) -> np.ndarray:
     if x.is_fully_replicated:
       return np.asarray(x.addressable_data(0))
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
 
@@ -226,8 +231,9 @@ def _axis_product(mesh_axes, axis_sizes: Mapping[str, int]) -> int:
   return math.prod(axis_sizes[n] for n in names)
 
 
-def logical_to_spec(names: LogicalAxes, shape: Sequence[int], axis_sizes: Mapping[str, int],
-                    rules: Rules = DEFAULT_RULES) -> PartitionSpec:
+def logical_to_spec(
+  names: LogicalAxes, shape: Sequence[int], axis_sizes: Mapping[str, int], rules: Rules = DEFAULT_RULES
+) -> PartitionSpec:
   """PartitionSpec of an array of `shape` with logical `names`; dims that do not divide evenly by
   their mesh axes are replicated."""
   mesh_axes = cast(PartitionSpec, nn.logical_to_mesh_axes(names, rules))  # None only for names=None
@@ -238,8 +244,8 @@ def logical_to_spec(names: LogicalAxes, shape: Sequence[int], axis_sizes: Mappin
 def param_partition_specs(params: Any, axis_sizes: Mapping[str, int], rules: Rules = DEFAULT_RULES) -> Any:
   """Tree of PartitionSpecs for params on a mesh with `axis_sizes` (no devices needed: planning)."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: logical_to_spec(logical_axes_of(_path_str(p), len(x.shape)), x.shape, axis_sizes, rules),
-      params)
+    lambda p, x: logical_to_spec(logical_axes_of(_path_str(p), len(x.shape)), x.shape, axis_sizes, rules), params
+  )
 
 
 def shard_count(spec: PartitionSpec, axis_sizes: Mapping[str, int]) -> int:
@@ -273,8 +279,10 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   n = mesh.shape['data'] * mesh.shape['fsdp']
   for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
     if not x.shape or x.shape[0] % n:
-      raise ValueError(f'batch leaf {_path_str(path) or "<root>"} has shape {x.shape}: the leading '
-                       f'sample axis must be a multiple of data * fsdp = {n} (pad the batch)')
+      raise ValueError(
+        f'batch leaf {_path_str(path) or "<root>"} has shape {x.shape}: the leading '
+        f'sample axis must be a multiple of data * fsdp = {n} (pad the batch)'
+      )
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: put(x, sharding), batch)
 
@@ -288,8 +296,9 @@ def activation_rules(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[None]
     yield
 
 
-def jit_sharded(fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any,
-                rules: Rules = DEFAULT_RULES, **jit_kwargs) -> Callable:
+def jit_sharded(
+  fn: Callable, mesh: Mesh, in_shardings: Any, out_shardings: Any, rules: Rules = DEFAULT_RULES, **jit_kwargs
+) -> Callable:
   """jax.jit(fn) with explicit in/out shardings, traced and run under `activation_rules(mesh, rules)`.
 
   Arguments must already be placed (shard_params / shard_batch / device_put): with explicit shardings

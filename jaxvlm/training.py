@@ -6,6 +6,7 @@ Resuming is exact: the loop restarts from the latest orbax checkpoint, the metri
 killed run wrote after it, and the caller's `make_batch(step)` is a pure function of the step, so a
 resumed run replays the batches an uninterrupted one sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,17 +29,18 @@ from jaxvlm.plotting import plt, save_figure
 @struct.dataclass
 class TrainState:
   """step: steps done (int32 scalar); params and opt_state: pytrees."""
+
   step: jnp.ndarray
   params: Any
   opt_state: Any
 
 
-def optimizer(lr: float, warmup: int, steps: int, weight_decay: float, clip: float | None = None,
-              end_fraction: float = 0.0) -> optax.GradientTransformation:
+def optimizer(
+  lr: float, warmup: int, steps: int, weight_decay: float, clip: float | None = None, end_fraction: float = 0.0
+) -> optax.GradientTransformation:
   """AdamW with linear warmup from 0 and cosine decay to `end_fraction` x lr, after global-norm
   clipping when `clip` is given."""
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1),
-                                                end_value=lr * end_fraction)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=lr * end_fraction)
   adamw = optax.adamw(schedule, weight_decay=weight_decay)
   return optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
 
@@ -57,8 +59,7 @@ def checkpoint_manager(directory: str, keep: int, best_metric: str | None = None
   steps with the highest value of that metric (pass `metrics=` to save). Saves are synchronous: a
   step's checkpoint is whole on disk when `save` returns, so a kill never leaves a torn latest step."""
   best = dict(best_fn=lambda m: m[best_metric], best_mode='max') if best_metric else {}
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
-                                         **best)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False, **best)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -117,13 +118,11 @@ class MetricsLog:
       return [r for r in map(json.loads, f) if r.get('stage') == self.stage]
 
 
-def plot_curves(records: list[dict], path: str, title: str,
-                eval_series: Iterable[tuple[str, str]] = ()) -> str:
+def plot_curves(records: list[dict], path: str, title: str, eval_series: Iterable[tuple[str, str]] = ()) -> str:
   """Training loss (log scale) and, where the records have it, the batch accuracy; with
   `eval_series` ((key, label) of evaluation records), a second panel with those curves."""
   eval_series = list(eval_series)
-  fig, axes = plt.subplots(1, 2 if eval_series else 1, figsize=(10 if eval_series else 5, 3.5),
-                           squeeze=False)
+  fig, axes = plt.subplots(1, 2 if eval_series else 1, figsize=(10 if eval_series else 5, 3.5), squeeze=False)
   ax = axes[0, 0]
   train = [r for r in records if 'loss' in r]
   ax.plot([r['step'] for r in train], [r['loss'] for r in train], label='loss')
@@ -142,10 +141,21 @@ def plot_curves(records: list[dict], path: str, title: str,
   return save_figure(fig, os.path.dirname(path) or '.', os.path.basename(path), dpi=100)
 
 
-def train_loop(state: TrainState, step_fn: Callable, make_batch: Callable[[int], Any], num_steps: int,
-               manager: ocp.CheckpointManager, log: MetricsLog, mesh, *, log_every: int = 1,
-               checkpoint_every: int = 50, stop_after: int | None = None, desc: str = 'train',
-               on_step: Callable[[int, TrainState], None] | None = None) -> TrainState:
+def train_loop(
+  state: TrainState,
+  step_fn: Callable,
+  make_batch: Callable[[int], Any],
+  num_steps: int,
+  manager: ocp.CheckpointManager,
+  log: MetricsLog,
+  mesh,
+  *,
+  log_every: int = 1,
+  checkpoint_every: int = 50,
+  stop_after: int | None = None,
+  desc: str = 'train',
+  on_step: Callable[[int, TrainState], None] | None = None,
+) -> TrainState:
   """Runs `step_fn(state, batch) -> (state, metrics)` from the latest checkpoint of `manager` to
   `num_steps` (or `stop_after`, a planned early stop that saves no checkpoint, like a kill).
 

@@ -45,6 +45,7 @@ class Frames:
     indices: int64 [N] frame indices into the video.
     timestamps_s: float64 [N] presentation time of each frame (start of the frame) in seconds.
   """
+
   pixels: np.ndarray
   indices: np.ndarray
   timestamps_s: np.ndarray
@@ -85,8 +86,9 @@ def uniform_indices(num_frames_total: int, n: int) -> np.ndarray:
   return np.linspace(0, num_frames_total - 1, n).astype(np.int64)
 
 
-def fps_indices(num_frames_total: int, video_fps: float, target_fps: float,
-                max_frames: int | None = None) -> np.ndarray:
+def fps_indices(
+  num_frames_total: int, video_fps: float, target_fps: float, max_frames: int | None = None
+) -> np.ndarray:
   """Frames floor(k * video_fps / target_fps), k = 0, 1, ..., inside the video.
 
   The fractional step keeps the sampled rate exact on average (LLaVA-Video's loader rounds the
@@ -131,15 +133,15 @@ def _open(path: str | os.PathLike[str]):
   try:
     import decord  # pylint: disable=g-import-not-at-top  (heavy native library, load on use)
   except ImportError as e:
-    raise VideoError(f"backend 'decord' is not installed (no wheel for this platform?); use 'pyav' "
-                     f'to read {path}') from e
+    raise VideoError(
+      f"backend 'decord' is not installed (no wheel for this platform?); use 'pyav' to read {path}"
+    ) from e
   path = pyav_decode.existing_video_file(path)
   try:
     reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
   except Exception as e:  # decord raises RuntimeError or DECORDError with a C++ log line.
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise VideoError(f'cannot open video {path} (corrupt, truncated or no video stream): '
-                     f'{first_line}') from e
+    raise VideoError(f'cannot open video {path} (corrupt, truncated or no video stream): {first_line}') from e
   if len(reader) == 0:
     raise VideoError(f'video has zero frames: {path}')
   return reader
@@ -149,13 +151,16 @@ def video_info(path: str | os.PathLike[str], backend: str = 'auto') -> VideoInfo
   if _backend(backend) == 'decord':
     reader = _open(path)
     height, width = reader[0].shape[:2]
-    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()),
-                     height=int(height), width=int(width))
+    return VideoInfo(num_frames=len(reader), fps=float(reader.get_avg_fps()), height=int(height), width=int(width))
   container, stream = pyav_decode.open_video(path)
   try:
     index = pyav_decode.stream_index(container, stream)
-    return VideoInfo(num_frames=index.num_frames, fps=index.fps, height=int(stream.codec_context.height),
-                     width=int(stream.codec_context.width))
+    return VideoInfo(
+      num_frames=index.num_frames,
+      fps=index.fps,
+      height=int(stream.codec_context.height),
+      width=int(stream.codec_context.width),
+    )
   except VideoError:
     raise
   except Exception as e:  # pylint: disable=broad-except  # libav errors of broken files
@@ -178,8 +183,9 @@ def _read(reader, path: str, indices: np.ndarray) -> Frames:
     timestamps = reader.get_frame_timestamp(indices.tolist())[:, 0]
   except Exception as e:
     raise VideoError(f'decoding frames {indices.tolist()[:5]}... failed for {path}: {e}') from e
-  return Frames(pixels=np.ascontiguousarray(pixels, np.uint8), indices=indices,
-                timestamps_s=np.asarray(timestamps, np.float64))
+  return Frames(
+    pixels=np.ascontiguousarray(pixels, np.uint8), indices=indices, timestamps_s=np.asarray(timestamps, np.float64)
+  )
 
 
 def _read_pyav(path, indices=None, select=None) -> Frames:
@@ -187,32 +193,32 @@ def _read_pyav(path, indices=None, select=None) -> Frames:
   return Frames(pixels=decoded.pixels, indices=decoded.indices, timestamps_s=decoded.timestamps_s)
 
 
-def read_frames(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray,
-                backend: str = 'auto') -> Frames:
+def read_frames(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarray, backend: str = 'auto') -> Frames:
   """Decodes the given frame indices (any order, repeats allowed)."""
   if _backend(backend) == 'decord':
     return _read(_open(path), os.fspath(path), np.asarray(indices))
   return _read_pyav(path, np.asarray(indices))
 
 
-def clip_range(num_frames_total: int, video_fps: float, start_s: float | None,
-               end_s: float | None) -> tuple[int, int]:
+def clip_range(num_frames_total: int, video_fps: float, start_s: float | None, end_s: float | None) -> tuple[int, int]:
   """Frames [first, last + 1) inside the clip [start_s, end_s] (seconds; None = video start / end).
   A clip that misses the video entirely raises ValueError."""
   first = 0 if start_s is None else int(np.ceil(start_s * video_fps - 1e-6))
   stop = num_frames_total if end_s is None else min(num_frames_total, int(np.floor(end_s * video_fps)) + 1)
   first = max(first, 0)
   if stop <= first:
-    raise ValueError(f'clip [{start_s}, {end_s}] s holds no frame of a {num_frames_total}-frame video '
-                     f'at {video_fps:g} fps')
+    raise ValueError(
+      f'clip [{start_s}, {end_s}] s holds no frame of a {num_frames_total}-frame video at {video_fps:g} fps'
+    )
   return first, stop
 
 
 _RULES = ('uniform', 'fps', 'pool')
 
 
-def _select(rule: str, n: int, target_fps: float | None, start_s: float | None, end_s: float | None,
-            num_frames: int, fps: float) -> np.ndarray:
+def _select(
+  rule: str, n: int, target_fps: float | None, start_s: float | None, end_s: float | None, num_frames: int, fps: float
+) -> np.ndarray:
   """Frame indices of `rule` inside the clip of a video with `num_frames` frames at `fps`."""
   first, stop = (0, num_frames) if start_s is None and end_s is None else clip_range(num_frames, fps, start_s, end_s)
   total = stop - first
@@ -226,9 +232,15 @@ def _select(rule: str, n: int, target_fps: float | None, start_s: float | None, 
   return indices + first
 
 
-def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
-                  target_fps: float | None = None, start_s: float | None = None,
-                  end_s: float | None = None, backend: str = 'auto') -> Frames:
+def sample_frames(
+  path: str | os.PathLike[str],
+  n: int,
+  rule: str = 'uniform',
+  target_fps: float | None = None,
+  start_s: float | None = None,
+  end_s: float | None = None,
+  backend: str = 'auto',
+) -> Frames:
   """Opens a video once, picks indices by `rule` inside the clip [start_s, end_s] (the whole video by
   default; benchmark samples such as MVBench's carry a clip) and decodes them.
 
@@ -249,4 +261,3 @@ def sample_frames(path: str | os.PathLike[str], n: int, rule: str = 'uniform',
     reader = _open(path)
     return _read(reader, os.fspath(path), select(len(reader), float(reader.get_avg_fps())))
   return _read_pyav(path, select=lambda index: select(index.num_frames, index.fps))
-

@@ -1,4 +1,5 @@
 """masked_attention vs a dense softmax whose mask is built entry by entry from the docstring definition."""
+
 from __future__ import annotations
 
 import chex
@@ -45,8 +46,7 @@ def _rule(block=None, cross_frame=False, same_frame=False, frames=None) -> Layer
   g = len(Group)
   block = np.zeros((g, g), bool) if block is None else np.asarray(block, bool)
   frames = np.zeros(NUM_FRAMES, bool) if frames is None else np.asarray(frames, bool)
-  return LayerRule(jnp.asarray(block), jnp.asarray(cross_frame), jnp.asarray(same_frame),
-                   jnp.asarray(frames))
+  return LayerRule(jnp.asarray(block), jnp.asarray(cross_frame), jnp.asarray(same_frame), jnp.asarray(frames))
 
 
 def _reference_mask(qm: TokenMeta, km: TokenMeta, rule: LayerRule | None) -> np.ndarray:
@@ -98,18 +98,23 @@ S = META.index.shape[1]  # 26
 RNG = np.random.default_rng(0)
 GROUPS = np.arange(len(Group))
 RULES = {
-    'none': None,
-    'empty': _rule(),
-    'block_random': _rule(block=RNG.random((len(Group), len(Group))) < 0.4),
-    'language_to_video': _rule(block=(GROUPS[:, None] != Group.VIDEO) & (GROUPS[None, :] == Group.VIDEO)),
-    'cross_frame': _rule(cross_frame=True),
-    'same_frame': _rule(same_frame=True),
-    'frames': _rule(frames=[True, False, True, False]),
-    'frames_short': LayerRule(jnp.zeros((len(Group),) * 2, bool), jnp.asarray(False),
-                              jnp.asarray(False), jnp.asarray([False, True])),
-    'cross_and_same': _rule(cross_frame=True, same_frame=True),
-    'all_kinds': _rule(block=RNG.random((len(Group), len(Group))) < 0.3, cross_frame=True,
-                       same_frame=True, frames=[False, True, True, False]),
+  'none': None,
+  'empty': _rule(),
+  'block_random': _rule(block=RNG.random((len(Group), len(Group))) < 0.4),
+  'language_to_video': _rule(block=(GROUPS[:, None] != Group.VIDEO) & (GROUPS[None, :] == Group.VIDEO)),
+  'cross_frame': _rule(cross_frame=True),
+  'same_frame': _rule(same_frame=True),
+  'frames': _rule(frames=[True, False, True, False]),
+  'frames_short': LayerRule(
+    jnp.zeros((len(Group),) * 2, bool), jnp.asarray(False), jnp.asarray(False), jnp.asarray([False, True])
+  ),
+  'cross_and_same': _rule(cross_frame=True, same_frame=True),
+  'all_kinds': _rule(
+    block=RNG.random((len(Group), len(Group))) < 0.3,
+    cross_frame=True,
+    same_frame=True,
+    frames=[False, True, True, False],
+  ),
 }
 
 
@@ -126,8 +131,7 @@ def test_matches_dense_reference(block_size):
   # All rules with the same shapes in one vmapped call: one compilation, and vmap over specs is tested.
   names = [n for n in RULES if n not in ('none', 'frames_short')]
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *[RULES[n] for n in names])
-  outs = jax.jit(jax.vmap(lambda r: masked_attention(q, k, v, META, META, r, block_size=block_size)))(
-      stacked)
+  outs = jax.jit(jax.vmap(lambda r: masked_attention(q, k, v, META, META, r, block_size=block_size)))(stacked)
   for name, out in zip(names, outs):
     _check(out, q, k, v, META, META, RULES[name], name)
 
@@ -155,9 +159,8 @@ def test_queries_are_a_suffix_of_the_keys():
   t = 3
   pad_slots = 4
   km = jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, pad_slots)), mode='edge'), META)
-  km = km.replace(valid=km.valid.at[:, S:].set(False),
-                  index=km.index.at[:, S:].set(jnp.arange(S, S + pad_slots)))
-  qm = jax.tree.map(lambda a: a[:, S - t:S], META)
+  km = km.replace(valid=km.valid.at[:, S:].set(False), index=km.index.at[:, S:].set(jnp.arange(S, S + pad_slots)))
+  qm = jax.tree.map(lambda a: a[:, S - t : S], META)
   rule = RULES['all_kinds']
   q, k, v = _qkv(jax.random.PRNGKey(2), t, S + pad_slots)
   _check(attend(q, k, v, qm, km, rule, block_size=7), q, k, v, qm, km, rule, 'suffix')
@@ -208,29 +211,37 @@ def test_states_sharing_keys_match_each_state_on_its_own_copy(block_size):
   states, t, f = 3, 9, NUM_FRAMES
   names = ('frames', 'cross_frame', 'all_kinds')
   batch = META.index.shape[0]
-  rows = lambda x: jnp.concatenate([x] * states)                       # [B, ...] -> [C * B, ...]
+  rows = lambda x: jnp.concatenate([x] * states)  # [B, ...] -> [C * B, ...]
   rules = jax.tree.map(lambda *a: jnp.repeat(jnp.stack(a), batch, axis=0), *[RULES[n] for n in names])
   kq, kk, ko = jax.random.split(jax.random.PRNGKey(6), 3)
   q = jax.random.normal(kq, (states * batch, t, 4, 8))
   k, v = jax.random.normal(kk, (2, batch, S, 2, 8))
   own_k, own_v = jax.random.normal(ko, (2, states * batch, t, 2, 8))
-  qm = jax.tree.map(lambda a: rows(a[:, S - t:]), META)
+  qm = jax.tree.map(lambda a: rows(a[:, S - t :]), META)
   int_max = jnp.iinfo(jnp.int32).max
-  shared_meta = META.replace(index=META.index.at[:, S - t:].set(int_max),
-                             valid=META.valid.at[:, S - t:].set(False))   # the tail slots, hidden
+  shared_meta = META.replace(
+    index=META.index.at[:, S - t :].set(int_max), valid=META.valid.at[:, S - t :].set(False)
+  )  # the tail slots, hidden
   out, mass = jax.jit(masked_attention, static_argnames=('block_size', 'frame_mass'))(
-      q, k, v, qm, shared_meta, rules, own=(own_k, own_v, qm), block_size=block_size, frame_mass=f)
+    q, k, v, qm, shared_meta, rules, own=(own_k, own_v, qm), block_size=block_size, frame_mass=f
+  )
   # Each state on its own copy: the shared slots, then its tail.
-  full_k, full_v = (jnp.concatenate([rows(x[:, :S - t]), own], axis=1)
-                    for x, own in ((k, own_k), (v, own_v)))
+  full_k, full_v = (jnp.concatenate([rows(x[:, : S - t]), own], axis=1) for x, own in ((k, own_k), (v, own_v)))
   full_meta = jax.tree.map(rows, META)
-  alone, alone_mass = masked_attention(q, full_k, full_v, qm, full_meta, rules, block_size=block_size,
-                                       frame_mass=f)
+  alone, alone_mass = masked_attention(q, full_k, full_v, qm, full_meta, rules, block_size=block_size, frame_mass=f)
   np.testing.assert_allclose(mass, alone_mass, atol=1e-5)
   for r in range(states * batch):
-    row = lambda x: jax.tree.map(lambda a: a[r:r + 1], x)
-    _check(out[r:r + 1], q[r:r + 1], full_k[r:r + 1], full_v[r:r + 1], row(qm), row(full_meta),
-           RULES[names[r // batch]], names[r // batch])
+    row = lambda x: jax.tree.map(lambda a: a[r : r + 1], x)
+    _check(
+      out[r : r + 1],
+      q[r : r + 1],
+      full_k[r : r + 1],
+      full_v[r : r + 1],
+      row(qm),
+      row(full_meta),
+      RULES[names[r // batch]],
+      names[r // batch],
+    )
     np.testing.assert_allclose(out[r], alone[r], atol=1e-5)
 
 

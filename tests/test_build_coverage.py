@@ -44,8 +44,11 @@ class Workspace:
     for dirpath, dirnames, filenames in os.walk(self.root):
       rel = os.path.relpath(dirpath, self.root)
       rel = '' if rel == '.' else rel
-      dirnames[:] = [d for d in dirnames if not d.startswith(('.', 'bazel-'))
-                     and not (pathlib.Path(dirpath, d) / 'WORKSPACE').exists()]
+      dirnames[:] = [
+        d
+        for d in dirnames
+        if not d.startswith(('.', 'bazel-')) and not (pathlib.Path(dirpath, d) / 'WORKSPACE').exists()
+      ]
       if any(name in filenames for name in BUILD_NAMES):
         packages.append(rel)
     return sorted(packages)
@@ -64,8 +67,7 @@ class Workspace:
         pattern = pattern + '/*' if pattern.endswith('**') else pattern
         for path in base.glob(pattern):
           rel = path.relative_to(base)
-          in_subpackage = any(self._is_package(base.joinpath(*rel.parts[:i]))
-                              for i in range(1, len(rel.parts)))
+          in_subpackage = any(self._is_package(base.joinpath(*rel.parts[:i])) for i in range(1, len(rel.parts)))
           if path.is_file() and not in_subpackage:
             found.add(rel.as_posix())
       return found
@@ -86,17 +88,20 @@ class Workspace:
       label = f'//{package}:{name}'
       assert label not in self.targets, f'{label} defined twice'
       self.targets[label] = Target(kind, label, {'package': package, **attrs})
+
     return rule
 
   def _builtins(self, package: str) -> dict:
-    rules = {kind: self._record(package, kind) for kind in (
-        'py_library', 'py_test', 'py_binary', 'py_runtime', 'filegroup', 'toolchain')}
+    rules = {
+      kind: self._record(package, kind)
+      for kind in ('py_library', 'py_test', 'py_binary', 'py_runtime', 'filegroup', 'toolchain')
+    }
     return dict(
-        rules,
-        glob=lambda include, exclude=(), **kw: self.glob(package, include, exclude),
-        package=lambda **kw: None,
-        exports_files=lambda srcs, **kw: None,
-        package_name=lambda: package,
+      rules,
+      glob=lambda include, exclude=(), **kw: self.glob(package, include, exclude),
+      package=lambda **kw: None,
+      exports_files=lambda srcs, **kw: None,
+      package_name=lambda: package,
     )
 
   def _load(self, package: str, namespace: dict):
@@ -111,6 +116,7 @@ class Workspace:
       exec(compile((self.root / pkg / name).read_text(), label, 'exec'), module)
       namespace.update({s: module[s] for s in symbols})
       namespace.update({alias: module[s] for alias, s in aliases.items()})
+
     return load
 
   def _evaluate(self, package: str):
@@ -157,7 +163,7 @@ def first_party_imports(root: pathlib.Path, path: str) -> set[str]:
     if isinstance(node, ast.Import):
       modules |= {alias.name for alias in node.names}
     elif isinstance(node, ast.ImportFrom):
-      base = here[:len(here) - node.level + 1] if node.level else ()
+      base = here[: len(here) - node.level + 1] if node.level else ()
       name = '.'.join((*base, *(node.module.split('.') if node.module else ())))
       modules.add(name)
       modules |= {f'{name}.{alias.name}' for alias in node.names}  # a submodule, when one exists
@@ -191,10 +197,12 @@ def uncovered_modules(ws: Workspace, patterns=LIBRARY_GLOBS) -> list[str]:
 
 def untested_files(ws: Workspace) -> list[str]:
   """tests/test_*.py files no py_test runs (pytest_main's argument) with the file in its sources."""
-  run = {arg for t in ws.of_kind('py_test') for arg in t.attrs.get('args', ())
-         if arg in ws.closure(t)}
-  return sorted(p.relative_to(ws.root).as_posix() for p in ws.root.glob('tests/test_*.py')
-                if p.relative_to(ws.root).as_posix() not in run)
+  run = {arg for t in ws.of_kind('py_test') for arg in t.attrs.get('args', ()) if arg in ws.closure(t)}
+  return sorted(
+    p.relative_to(ws.root).as_posix()
+    for p in ws.root.glob('tests/test_*.py')
+    if p.relative_to(ws.root).as_posix() not in run
+  )
 
 
 @pytest.fixture(scope='module')
@@ -257,21 +265,21 @@ def make_test(name, deps = []):
 
 def make_fake_repo(root: pathlib.Path):
   files = {
-      'BUILD': FAKE_BUILD,
-      'defs/BUILD': '',
-      'defs/macros.bzl': FAKE_MACROS,
-      'pkg/__init__.py': '',
-      'pkg/a.py': 'import pkg.b\n',
-      'pkg/b.py': 'from . import c\n',
-      'pkg/c.py': '',
-      'pkg/skipped.py': '',
-      'pkg/sub/BUILD': 'py_library(name = "sub", srcs = ["x.py"])',
-      'pkg/sub/__init__.py': '',
-      'pkg/sub/x.py': '',
-      'other/__init__.py': '',
-      'test_a.py': 'from pkg import a\nfrom other import thing\n',
-      'vendored/WORKSPACE': '',
-      'vendored/BUILD': 'this is not python',
+    'BUILD': FAKE_BUILD,
+    'defs/BUILD': '',
+    'defs/macros.bzl': FAKE_MACROS,
+    'pkg/__init__.py': '',
+    'pkg/a.py': 'import pkg.b\n',
+    'pkg/b.py': 'from . import c\n',
+    'pkg/c.py': '',
+    'pkg/skipped.py': '',
+    'pkg/sub/BUILD': 'py_library(name = "sub", srcs = ["x.py"])',
+    'pkg/sub/__init__.py': '',
+    'pkg/sub/x.py': '',
+    'other/__init__.py': '',
+    'test_a.py': 'from pkg import a\nfrom other import thing\n',
+    'vendored/WORKSPACE': '',
+    'vendored/BUILD': 'this is not python',
   }
   for rel, text in files.items():
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -286,8 +294,7 @@ def test_checks_find_problems_in_a_fake_repo(tmp_path):
   assert lib == {'pkg/__init__.py', 'pkg/a.py', 'pkg/b.py', 'pkg/c.py'}  # subpackage and exclude out
   assert first_party_imports(tmp_path, 'pkg/b.py') == {'pkg/__init__.py', 'pkg/c.py'}
   assert uncovered_modules(ws, ('pkg/*.py', 'other/*.py')) == ['other/__init__.py', 'pkg/skipped.py']
-  assert unreached_imports(ws) == [
-      'test_a.py imports other/__init__.py, which the deps of //:test_a do not reach']
+  assert unreached_imports(ws) == ['test_a.py imports other/__init__.py, which the deps of //:test_a do not reach']
   (tmp_path / 'tests').mkdir()
   (tmp_path / 'tests' / 'test_b.py').write_text('')
   ws = Workspace(tmp_path)
@@ -297,11 +304,18 @@ def test_checks_find_problems_in_a_fake_repo(tmp_path):
 
 def test_pytest_runner_follows_the_bazel_test_protocol():
   spec = importlib.util.spec_from_file_location(
-      'pytest_main', REPO / 'third_party' / 'bazel' / 'python' / 'pytest_main.py')
+    'pytest_main', REPO / 'third_party' / 'bazel' / 'python' / 'pytest_main.py'
+  )
   runner = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(runner)
   env = {'TEST_TMPDIR': '/t', 'XML_OUTPUT_FILE': '/o/test.xml', 'TESTBRIDGE_TEST_ONLY': 'parity'}
   assert runner.pytest_args(['tests/test_x.py'], env) == [
-      'tests/test_x.py', '--basetemp=/t/pytest', '-o', 'cache_dir=/t/cache',
-      '--junitxml=/o/test.xml', '-k', 'parity']
+    'tests/test_x.py',
+    '--basetemp=/t/pytest',
+    '-o',
+    'cache_dir=/t/cache',
+    '--junitxml=/o/test.xml',
+    '-k',
+    'parity',
+  ]
   assert runner.pytest_args(['tests/test_x.py'], {}) == ['tests/test_x.py']

@@ -2,6 +2,7 @@
 
 Tiny random models are written by transformers into tmp dirs; every test is strict about names/shapes.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,30 @@ from safetensors.numpy import save_file
 from jaxvlm import checkpoints
 from jaxvlm.models import llava_onevision as lo
 from jaxvlm.models import qwen2
-from jaxvlm.checkpoints import (CheckpointError, CheckpointNotFoundError, ShapeMismatchError,
-                                TensorSetError, UnsupportedModelError)
+from jaxvlm.checkpoints import (
+  CheckpointError,
+  CheckpointNotFoundError,
+  ShapeMismatchError,
+  TensorSetError,
+  UnsupportedModelError,
+)
 from tests import test_processor
 
 TOL = 1e-4
-SIGLIP_VISION = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-                     image_size=28, patch_size=7)
-SIGLIP_TEXT = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-                   vocab_size=50, max_position_embeddings=12, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+SIGLIP_VISION = dict(
+  hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=7
+)
+SIGLIP_TEXT = dict(
+  hidden_size=16,
+  intermediate_size=24,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  vocab_size=50,
+  max_position_embeddings=12,
+  pad_token_id=1,
+  bos_token_id=2,
+  eos_token_id=3,
+)
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
@@ -89,8 +105,7 @@ def siglip_inputs():
 
 def _siglip_torch_logits(model, pixels, ids) -> np.ndarray:
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(ids).long(),
-                pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)))
+    out = model(input_ids=torch.from_numpy(ids).long(), pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)))
   return out.logits_per_image.numpy()
 
 
@@ -115,8 +130,7 @@ def test_siglip_export_is_loaded_by_transformers(siglip_hf, siglip_dir, siglip_i
   again = transformers.SiglipModel.from_pretrained(tmp_path).eval()
   _assert_trees_equal(_state_dict(again), _state_dict(siglip_hf))
   pixels, ids = siglip_inputs
-  np.testing.assert_array_equal(_siglip_torch_logits(again, pixels, ids),
-                                _siglip_torch_logits(siglip_hf, pixels, ids))
+  np.testing.assert_array_equal(_siglip_torch_logits(again, pixels, ids), _siglip_torch_logits(siglip_hf, pixels, ids))
 
 
 def test_sharded_index_loading(siglip_hf, siglip_dir, tmp_path):
@@ -166,6 +180,7 @@ def test_error_directory_does_not_exist(tmp_path):
 def test_error_hub_id_unreachable_names_the_id(monkeypatch):
   def offline(repo_id, **_):
     raise OSError('network is unreachable')
+
   monkeypatch.setattr(checkpoints, 'snapshot_download', offline)
   with pytest.raises(CheckpointNotFoundError, match='google/siglip-tiny-nonexistent.*network is unreachable'):
     checkpoints.load_pretrained('google/siglip-tiny-nonexistent')
@@ -173,9 +188,11 @@ def test_error_hub_id_unreachable_names_the_id(monkeypatch):
 
 def test_hub_id_is_downloaded_when_not_local(siglip_dir, monkeypatch):
   calls = []
+
   def fake_download(repo_id, **kw):
     calls.append((repo_id, kw))
     return siglip_dir
+
   monkeypatch.setattr(checkpoints, 'snapshot_download', fake_download)
   _, params, _ = checkpoints.load_pretrained('google/siglip-tiny')
   assert calls[0][0] == 'google/siglip-tiny'
@@ -187,10 +204,13 @@ def test_error_missing_tensor(siglip_dir, tmp_path):
   def drop(t):
     del t['vision_model.encoder.layers.1.mlp.fc1.weight']
     return t
+
   path = _write_variant(siglip_dir, tmp_path / 'missing', drop)
-  with pytest.raises(TensorSetError,
-                     match=r'missing tensors: vision_model.encoder.layers.1.mlp.fc1.weight '
-                           r'\(expected shape \(24, 16\)\)'):
+  with pytest.raises(
+    TensorSetError,
+    match=r'missing tensors: vision_model.encoder.layers.1.mlp.fc1.weight '
+    r'\(expected shape \(24, 16\)\)',
+  ):
     checkpoints.load_pretrained(path)
 
 
@@ -198,9 +218,9 @@ def test_error_wrong_shape(siglip_dir, tmp_path):
   def shrink(t):
     t['text_model.head.weight'] = t['text_model.head.weight'][:, :8].copy()
     return t
+
   path = _write_variant(siglip_dir, tmp_path / 'shape', shrink)
-  with pytest.raises(ShapeMismatchError,
-                     match=r"'text_model.head.weight' has shape \(16, 8\).*expects \(16, 16\)"):
+  with pytest.raises(ShapeMismatchError, match=r"'text_model.head.weight' has shape \(16, 8\).*expects \(16, 16\)"):
     checkpoints.load_pretrained(path)
 
 
@@ -208,6 +228,7 @@ def test_error_unexpected_tensor(siglip_dir, tmp_path):
   def extra(t):
     t['vision_model.extra_projection.weight'] = np.zeros((2, 2), np.float32)
     return t
+
   path = _write_variant(siglip_dir, tmp_path / 'extra', extra)
   with pytest.raises(TensorSetError, match=r'unexpected tensors: vision_model.extra_projection.weight'):
     checkpoints.load_pretrained(path)
@@ -248,16 +269,23 @@ def _write_with_header(path: str, header, payload: bytes = b'\0' * 16) -> None:
     f.write(len(raw).to_bytes(8, 'little') + raw + payload)
 
 
-@pytest.mark.parametrize('header, message', [
+@pytest.mark.parametrize(
+  'header, message',
+  [
     ({'w': {'shape': [2], 'data_offsets': [0, 8]}}, "tensor 'w': header entry .* needs dtype, shape and data_offsets"),
-    ({'w': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0]}},
-     "tensor 'w': data_offsets \\[0\\] is not \\[begin, end\\]"),
-    ({'w': {'dtype': 'F32', 'shape': [3], 'data_offsets': [0, 8]}}, "tensor 'w': data_offsets \\[0, 8\\] hold 8 bytes, "
-                                                                   "shape \\[3\\] of F32 needs 12"),
+    (
+      {'w': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0]}},
+      "tensor 'w': data_offsets \\[0\\] is not \\[begin, end\\]",
+    ),
+    (
+      {'w': {'dtype': 'F32', 'shape': [3], 'data_offsets': [0, 8]}},
+      "tensor 'w': data_offsets \\[0, 8\\] hold 8 bytes, shape \\[3\\] of F32 needs 12",
+    ),
     ({'w': {'dtype': 'F32', 'shape': 'two', 'data_offsets': [0, 8]}}, "tensor 'w': shape 'two' is not a list"),
     ({'w': 'float'}, "tensor 'w': header entry 'float' needs"),
     ([1, 2], 'the safetensors header is a JSON list, not an object'),
-])
+  ],
+)
 def test_error_malformed_header_names_file_and_tensor(siglip_dir, tmp_path, header, message):
   path = _copy_config(siglip_dir, tmp_path / 'bad_header')
   _write_with_header(path, header)
@@ -267,9 +295,10 @@ def test_error_malformed_header_names_file_and_tensor(siglip_dir, tmp_path, head
 
 
 def test_error_wrong_model_type_for_the_caller_names_the_field(siglip_dir):
-  with pytest.raises(checkpoints.UnsupportedModelError,
-                     match=f"checkpoint='{siglip_dir}' is a 'siglip' checkpoint; this field needs one of: "
-                           'llava_onevision'):
+  with pytest.raises(
+    checkpoints.UnsupportedModelError,
+    match=f"checkpoint='{siglip_dir}' is a 'siglip' checkpoint; this field needs one of: llava_onevision",
+  ):
     checkpoints.load_pretrained(siglip_dir, expect=('llava_onevision',), field='checkpoint')
 
 
@@ -296,24 +325,29 @@ def _llava_inputs(video_id: int):
 
 def _llava_torch_logits(model, ids, pixels) -> np.ndarray:
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(ids).long(),
-                pixel_values_videos=torch.from_numpy(pixels.transpose(0, 1, 4, 2, 3)))
+    out = model(
+      input_ids=torch.from_numpy(ids).long(), pixel_values_videos=torch.from_numpy(pixels.transpose(0, 1, 4, 2, 3))
+    )
   return out.logits.numpy()
 
 
 def _llava_our_logits(lo, model, params, ids, pixels) -> np.ndarray:
   positions = jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
   meta = qwen2.text_meta(jnp.ones(ids.shape, bool))
+
   def logits(params):
     out = model.apply({'params': params}, ids, pixels, positions, meta)
     return model.apply({'params': params}, out.hidden, method='logits')
+
   return np.asarray(jax.jit(logits)(params))
 
 
 def _to_hub_layout(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """transformers v5 file names -> the llava-hf hub names (`vision_tower.vision_model.*`)."""
-  return {('vision_tower.vision_model.' + k[len('vision_tower.'):] if k.startswith('vision_tower.') else k): v
-          for k, v in tensors.items()}
+  return {
+    ('vision_tower.vision_model.' + k[len('vision_tower.') :] if k.startswith('vision_tower.') else k): v
+    for k, v in tensors.items()
+  }
 
 
 @pytest.mark.parametrize('tie', [False, True])
@@ -369,7 +403,7 @@ def test_llava_key_layouts_map_to_one_tree(tmp_path):
   hf.save_pretrained(tmp_path)
   family = checkpoints.FAMILIES['llava_onevision']
   in_memory = list(hf.state_dict())
-  ours = {k[len('model.'):] if k.startswith('model.') else k for k in in_memory}
+  ours = {k[len('model.') :] if k.startswith('model.') else k for k in in_memory}
   saved = list(_file_tensors(tmp_path))
   for layout in (saved, list(_to_hub_layout(dict.fromkeys(saved))), in_memory):
     assert {family.to_ours(k) for k in layout} == ours
@@ -383,5 +417,5 @@ def test_embedded_default_resolves_from_any_directory(tmp_path, monkeypatch):
   resolved = checkpoints.resolve_checkpoint_dir('assets/llava_ov_tiny')
   assert os.path.isfile(os.path.join(resolved, 'model.safetensors'))
   assert checkpoints.embedded_dir('assets/no_such_model') is None
-  os.makedirs('assets/llava_ov_tiny')   # a local directory of that name wins
+  os.makedirs('assets/llava_ov_tiny')  # a local directory of that name wins
   assert checkpoints.resolve_checkpoint_dir('assets/llava_ov_tiny') == 'assets/llava_ov_tiny'

@@ -2,6 +2,7 @@
 the selector's teacher labelling (both through `candidates.prepare_pool`) analyse only frames inside the
 clip, and evidence frames outside it are not counted. On the embedded default (assets/) and an
 MVBench-format annotation with clip bounds over synthetic videos (32 frames at 8 fps = 4 s)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,7 +64,7 @@ def test_teacher_pool_reads_only_the_clip(annotation):
   assert failed == []
   assert pool.indices.max() <= 1.9 * FPS and len(pool.indices) == 8
   whole = candidates.prepare_pool([dataclasses.replace(samples[0], start_s=None, end_s=None)], processor, c)[0][0]
-  assert whole.indices.max() > 1.9 * FPS     # without the clip the pool spans the video
+  assert whole.indices.max() > 1.9 * FPS  # without the clip the pool spans the video
   # A clip shorter than the pool is that sample's failure, named as the clip's.
   c.num_candidates = 17
   _, failed = candidates.prepare_pool(samples, processor, c)

@@ -1,6 +1,7 @@
 """Validation before compute (issue 16, item 2): every config field of every experiment is checked,
 with a message naming the field, its value and the allowed values, before a model is loaded or the
 workdir is written; the README's `--config.` overrides parse and pass the checks."""
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,14 @@ from jaxvlm.knockout import config_fields as knockout_fields
 from jaxvlm.tiny import config_fields as tiny_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPECS = {'knockout': (knockout_config, knockout_fields.KNOCKOUT),
-         'keyframe_diagnosis': (diagnosis_config, keyframe_fields.DIAGNOSIS),
-         'train_selector': (train_selector_config, keyframe_fields.TRAIN_SELECTOR),
-         'efficiency': (efficiency_config, keyframe_fields.EFFICIENCY),
-         'plan': (plan_config, memory_plan.CONFIG_FIELDS),
-         'train_synthetic': (train_synthetic_config, tiny_fields.TRAIN_SYNTHETIC)}
+SPECS = {
+  'knockout': (knockout_config, knockout_fields.KNOCKOUT),
+  'keyframe_diagnosis': (diagnosis_config, keyframe_fields.DIAGNOSIS),
+  'train_selector': (train_selector_config, keyframe_fields.TRAIN_SELECTOR),
+  'efficiency': (efficiency_config, keyframe_fields.EFFICIENCY),
+  'plan': (plan_config, memory_plan.CONFIG_FIELDS),
+  'train_synthetic': (train_synthetic_config, tiny_fields.TRAIN_SYNTHETIC),
+}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -58,7 +61,7 @@ def test_every_hub_preset_builds_a_passing_config_or_is_refused_by_name(name, pr
   """A preset a study does not support must be refused with a ValueError naming it (not a KeyError deep
   in the config), and every one it supports passes the checks, also shrunk with runlocal."""
   module, spec = SPECS[name]
-  for arg in (preset,) if name == 'plan' else (preset, preset + ',runlocal'):   # plan has no runlocal
+  for arg in (preset,) if name == 'plan' else (preset, preset + ',runlocal'):  # plan has no runlocal
     try:
       c = module.get_config(arg)
     except ValueError as e:
@@ -76,13 +79,15 @@ def set_field(c, dotted: str, value) -> None:
   c[name] = value
 
 
-@pytest.mark.parametrize('name, field, value, expected', [
-    ('knockout', 'spec_chunk', 0, 'an integer >= 1'),          # looped forever, 24 GB
-    ('knockout', 'tail_multiple', 0, 'an integer >= 1'),       # died inside jit after the workdir
-    ('knockout', 'num_frames', 0, 'an integer >= 1'),          # every sample "failed", exit 0
+@pytest.mark.parametrize(
+  'name, field, value, expected',
+  [
+    ('knockout', 'spec_chunk', 0, 'an integer >= 1'),  # looped forever, 24 GB
+    ('knockout', 'tail_multiple', 0, 'an integer >= 1'),  # died inside jit after the workdir
+    ('knockout', 'num_frames', 0, 'an integer >= 1'),  # every sample "failed", exit 0
     ('knockout', 'num_frames', -3, 'an integer >= 1'),
     ('knockout', 'batch_size', 0, 'an integer >= 1'),
-    ('knockout', 'batch_size', -1, 'an integer >= 1'),         # exit 0, empty summary
+    ('knockout', 'batch_size', -1, 'an integer >= 1'),  # exit 0, empty summary
     ('knockout', 'max_samples', 0, 'or -1 (all)'),
     ('knockout', 'kinds', '', 'comma-separated names from LV, VT, VS'),
     ('knockout', 'settings', '', 'comma-separated names from global1, global2, fine, explicit'),
@@ -105,7 +110,7 @@ def set_field(c, dotted: str, value) -> None:
     ('train_selector', 'val_fraction', 1.0, 'a number > 0 and < 1'),
     ('train_selector', 'model.width', 30, 'not a multiple of model.num_heads=4'),
     ('train_selector', 'warmup_steps', 5000, 'more than num_steps=2000'),
-    ('plan', 'num_frames', -5, 'an integer >= 1'),               # reported negative GiB, "fits"
+    ('plan', 'num_frames', -5, 'an integer >= 1'),  # reported negative GiB, "fits"
     ('plan', 'tpu', 'v9-8', 'unknown TPU type'),
     ('plan', 'mesh.tensor', 3, 'needs a multiple of 3 devices'),
     ('plan', 'exit_layer', -1, 'an integer >= 0'),
@@ -116,7 +121,8 @@ def set_field(c, dotted: str, value) -> None:
     ('train_synthetic', 'llava.first_types', 'needle,colour', "unknown 'colour'"),
     ('train_synthetic', 'siglip.moving_share', 0.7, 'more than 1'),
     ('train_synthetic', 'data.num_train', 0, 'an integer >= 1'),
-])
+  ],
+)
 def test_a_bad_field_is_named_with_the_allowed_values(name, field, value, expected):
   module, spec = SPECS[name]
   c = module.get_config()
@@ -129,8 +135,13 @@ def test_a_bad_field_is_named_with_the_allowed_values(name, field, value, expect
 
 def test_bad_fields_fail_through_the_flags_before_anything_is_written(tmp_path):
   workdir = str(tmp_path / 'w')
-  result = cli('experiments.knockout', '--config=configs/knockout.py', '--config.spec_chunk=0',
-               '--config.tail_multiple=0', f'--workdir={workdir}')
+  result = cli(
+    'experiments.knockout',
+    '--config=configs/knockout.py',
+    '--config.spec_chunk=0',
+    '--config.tail_multiple=0',
+    f'--workdir={workdir}',
+  )
   assert result.returncode != 0
   assert 'spec_chunk=0: out of range; expected an integer >= 1' in result.stderr
   assert 'tail_multiple=0: out of range; expected an integer >= 1' in result.stderr
@@ -155,6 +166,7 @@ def test_score_refuses_an_empty_option():
 
 # ---------------------------------------------------------------- README's overrides (item 9)
 
+
 def readme_overrides() -> list[tuple[str, list[str]]]:
   """(config file, ['--config.x=y', ...]) of every README line that shows --config. overrides; a line
   with no --config=FILE is about the knockout command (the quick start's)."""
@@ -171,8 +183,13 @@ def readme_overrides() -> list[tuple[str, list[str]]]:
 
 def test_readme_shows_the_benchmark_override_and_hub_preset_overrides():
   shown = ' '.join(o for _, overrides in readme_overrides() for o in overrides)
-  for needed in ('--config.benchmark=mvbench', '--config.data.ann=', '--config.data.video_root=',
-                 '--config.fresh=True', '--config.num_frames=16'):
+  for needed in (
+    '--config.benchmark=mvbench',
+    '--config.data.ann=',
+    '--config.data.video_root=',
+    '--config.fresh=True',
+    '--config.num_frames=16',
+  ):
     assert needed in shown
 
 
@@ -184,16 +201,23 @@ def test_every_readme_override_parses_and_passes_the_checks(file, overrides, tmp
   ann.write_text('[]')
   videos.mkdir()
   ckpt.mkdir()
-  real = {'data.ann': str(ann), 'data.video_root': str(videos), 'checkpoint': str(ckpt), 'benchmark': 'mvbench',
-          'exit_layer': '18', 'intra_frame_layers': '8', 'frames': '32'}
+  real = {
+    'data.ann': str(ann),
+    'data.video_root': str(videos),
+    'checkpoint': str(ckpt),
+    'benchmark': 'mvbench',
+    'exit_layer': '18',
+    'intra_frame_layers': '8',
+    'frames': '32',
+  }
   argv = []
   for o in overrides:
-    field, value = o[len('--config.'):].split('=', 1)
+    field, value = o[len('--config.') :].split('=', 1)
     if value == '...' or value.startswith('/path/') or re.fullmatch(r'[A-Z_]+', value):
       value = real[field]
     argv.append(f'--config.{field}={value}')
   argv = ['prog', f'--config={os.path.join(REPO, file)}', *argv]
-  fv = flags.FlagValues()   # overrides are registered from the argv, as app.run's sys.argv
+  fv = flags.FlagValues()  # overrides are registered from the argv, as app.run's sys.argv
   config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, lock_config=True, sys_argv=argv)
   fv(argv)
   name = os.path.basename(file).split('.')[0]

@@ -1,5 +1,6 @@
 """The prefill cost model (jaxvlm.costs): the paper's 37.5 % for LLaVA-OneVision-7B, the kernel's tile
 count, agreement with XLA's own FLOP count of the compiled plan prefill, and `experiments.plan` printing it."""
+
 from __future__ import annotations
 
 import os
@@ -42,10 +43,12 @@ def test_linear_vision_and_cache_follow_the_plan():
   head = 2 * cfg.text.hidden_size * cfg.text.vocab_size
   # Linear work is per row: 18 layers of S rows + 10 of the S' text rows instead of 28 of S.
   assert (cut.linear - head) / (full.linear - head) == pytest.approx(
-      (18 * shape.slots + 10 * shape.text) / (28 * shape.slots))
+    (18 * shape.slots + 10 * shape.text) / (28 * shape.slots)
+  )
   assert cut.vision == full.vision > 0
   assert cut.kv_cache_bytes / full.kv_cache_bytes == pytest.approx(
-      (18 * (shape.slots + 8) + 10 * (shape.text + 8)) / (28 * (shape.slots + 8)))
+    (18 * (shape.slots + 8) + 10 * (shape.text + 8)) / (28 * (shape.slots + 8))
+  )
   # A frame budget cuts the vision tower proportionally; exit after layer 0 removes it.
   eight = costs.prefill_cost(cfg, InferencePlan(18, 8), costs.PromptShape(14, 100, 8, 196))
   assert eight.vision == pytest.approx(full.vision / 4)
@@ -71,11 +74,13 @@ def test_analytical_flops_agree_with_xla_on_the_mid_size_model():
   model = ks.with_attention_block(model, block)
   px = np.random.default_rng(1).normal(size=(1, frames, 196, 196, 3)).astype(np.float32)
   span = efficient.video_span(np.asarray(layout.group), np.asarray(layout.frame), model.config.tokens_per_frame)
-  shape = costs.PromptShape(span.start, ids.shape[1] - span.start - span.num_tokens, frames,
-                            model.config.tokens_per_frame)
+  shape = costs.PromptShape(
+    span.start, ids.shape[1] - span.start - span.num_tokens, frames, model.config.tokens_per_frame
+  )
   for plan in (InferencePlan(8), InferencePlan(5, 2)):
-    xla = costs.xla_prefill_flops(model, params, ids, px, layout.positions, layout.meta(), answer, ks.OPTION_IDS,
-                                  plan, span)
+    xla = costs.xla_prefill_flops(
+      model, params, ids, px, layout.positions, layout.meta(), answer, ks.OPTION_IDS, plan, span
+    )
     ours = costs.prefill_cost(model.config, plan, shape, block_size=block)
     print(f'{plan}: XLA {xla["total"] / 1e9:.3f} GFLOPs, analytical {ours.total / 1e9:.3f} GFLOPs')
     assert xla['decoder'] == pytest.approx(ours.attention + ours.linear, rel=0.05)
@@ -85,16 +90,29 @@ def test_analytical_flops_agree_with_xla_on_the_mid_size_model():
 def test_plan_cli_prints_the_cost_and_rejects_bad_plans():
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   run = lambda *flags: subprocess.run(
-      [sys.executable, '-m', 'experiments.plan', '--config=configs/plan.py:llava_ov_7b', '--config.prompt_tokens=0',
-       *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'experiments.plan',
+      '--config=configs/plan.py:llava_ov_7b',
+      '--config.prompt_tokens=0',
+      *flags,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   out = run('--config.exit_layer=18', '--config.intra_frame_layers=8', '--config.frames=32')
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'attention FLOPs: 37.5 % of full' in out.stdout
   assert 'within-frame x8, full x10, text-only x10' in out.stdout
-  for flags, message in ((('--config.exit_layer=29',), 'exit_layer 29 is outside the 28 decoder layers'),
-                         (('--config.exit_layer=4', '--config.intra_frame_layers=6'),
-                          'intra_frame_layers 6 must lie in 0..exit_layer=4'),
-                         (('--config.frames=33',), 'frames 33 must lie in 1..num_frames=32')):
+  for flags, message in (
+    (('--config.exit_layer=29',), 'exit_layer 29 is outside the 28 decoder layers'),
+    (('--config.exit_layer=4', '--config.intra_frame_layers=6'), 'intra_frame_layers 6 must lie in 0..exit_layer=4'),
+    (('--config.frames=33',), 'frames 33 must lie in 1..num_frames=32'),
+  ):
     out = run(*flags)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert 'fits' not in out.stdout  # rejected before the memory plan is computed

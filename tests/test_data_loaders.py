@@ -59,17 +59,31 @@ def test_sample_validation_names_the_item():
 # MVBench: fixtures/mvbench mirrors the release (json/<task>.json, video/<task folder>/...).
 
 MVBENCH = FIXTURES / 'mvbench'
-MVBENCH_VIDEOS = ['ZS9XR.mp4', 'Y2KRZ.mp4', '166583.webm', '52317.webm', '97441.webm',
-                  'S001C002P003R002A013_rgb.avi', 'S012C001P019R001A055_rgb.avi']
+MVBENCH_VIDEOS = [
+  'ZS9XR.mp4',
+  'Y2KRZ.mp4',
+  '166583.webm',
+  '52317.webm',
+  '97441.webm',
+  'S001C002P003R002A013_rgb.avi',
+  'S012C001P019R001A055_rgb.avi',
+]
 
 
 def test_mvbench_release_tree_loads_every_task():
   result = data.load_benchmark('mvbench', ann=str(MVBENCH / 'json'), video_root=str(MVBENCH / 'video'))
   assert result.skipped == []
   assert [s.id for s in result.samples] == [
-      'action_antonym/0', 'action_antonym/1', 'action_antonym/2', 'action_sequence/0',
-      'action_sequence/1', 'episodic_reasoning/0', 'episodic_reasoning/1', 'fine_grained_pose/0',
-      'fine_grained_pose/1']
+    'action_antonym/0',
+    'action_antonym/1',
+    'action_antonym/2',
+    'action_sequence/0',
+    'action_sequence/1',
+    'episodic_reasoning/0',
+    'episodic_reasoning/1',
+    'fine_grained_pose/0',
+    'fine_grained_pose/1',
+  ]
   by_id = {s.id: s for s in result.samples}
   antonym = by_id['action_antonym/0']
   assert antonym.video == os.path.join(MVBENCH / 'video', 'ssv2_video', '166583.webm')
@@ -85,8 +99,7 @@ def test_mvbench_release_tree_loads_every_task():
   episodic = by_id['episodic_reasoning/0']
   assert episodic.data_type == 'frame' and episodic.frame_fps == data.MVBENCH_FRAME_FPS == 3.0
   assert os.path.isdir(episodic.video)
-  assert episodic.video == os.path.join(MVBENCH / 'video', 'tvqa', 'frames_fps3_hq',
-                                        'castle_s07e04_seg02_clip_14')
+  assert episodic.video == os.path.join(MVBENCH / 'video', 'tvqa', 'frames_fps3_hq', 'castle_s07e04_seg02_clip_14')
   assert (episodic.start_s, episodic.end_s) == (1.0, 3.0) and episodic.answer == 0
 
 
@@ -94,8 +107,12 @@ def test_mvbench_task_table_is_the_releases():
   tasks = data.MVBENCH_TASKS
   assert len(tasks) == 20 and len({t.name for t in tasks.values()}) == 20
   assert {k for k, t in tasks.items() if t.clipped} == {
-      'action_sequence', 'action_prediction', 'object_interaction', 'action_localization',
-      'episodic_reasoning'}
+    'action_sequence',
+    'action_prediction',
+    'object_interaction',
+    'action_localization',
+    'episodic_reasoning',
+  }
   assert {k for k, t in tasks.items() if t.data_type == 'frame'} == {'episodic_reasoning'}
   assert tasks['fine_grained_pose'].folder == 'nturgbd'
   assert tasks['action_antonym'].folder == 'ssv2_video'
@@ -122,13 +139,17 @@ def test_mvbench_finds_videos_under_data0613_or_flat(tmp_path):
   result = data.load_mvbench(MVBENCH / 'json' / 'action_sequence.json', tmp_path)
   assert result.skipped == []
   assert [s.video for s in result.samples] == [
-      os.path.join(tmp_path, 'data0613', 'star', 'Charades_v1_480', 'ZS9XR.mp4'),
-      os.path.join(tmp_path, 'Y2KRZ.mp4')]
+    os.path.join(tmp_path, 'data0613', 'star', 'Charades_v1_480', 'ZS9XR.mp4'),
+    os.path.join(tmp_path, 'Y2KRZ.mp4'),
+  ]
   # A custom task (not in the release table) reads video_root/<video> and keeps its clip.
   custom = tmp_path / 'my_task.json'
-  custom.write_text(json.dumps([{'video': 'Y2KRZ.mp4', 'question': 'q?', 'candidates': ['a', 'b'],
-                                 'answer': 'b', 'start': 1, 'end': 2}]))
-  sample, = data.load_mvbench(custom, tmp_path).samples
+  custom.write_text(
+    json.dumps(
+      [{'video': 'Y2KRZ.mp4', 'question': 'q?', 'candidates': ['a', 'b'], 'answer': 'b', 'start': 1, 'end': 2}]
+    )
+  )
+  (sample,) = data.load_mvbench(custom, tmp_path).samples
   assert sample.video == os.path.join(tmp_path, 'Y2KRZ.mp4') and (sample.start_s, sample.end_s) == (1, 2)
 
 
@@ -138,11 +159,20 @@ def test_mvbench_missing_videos_and_frame_folders_name_the_task_folder(tmp_path)
   reasons = _reasons(result)
   assert reasons['action_antonym/0'] == f"video not found: {tmp_path / 'ssv2_video' / '166583.webm'}"
   assert reasons['episodic_reasoning/1'] == (
-      f"frame folder not found: {tmp_path / 'tvqa' / 'frames_fps3_hq' / 'friends_s03e09_seg02_clip_07'}")
+    f"frame folder not found: {tmp_path / 'tvqa' / 'frames_fps3_hq' / 'friends_s03e09_seg02_clip_07'}"
+  )
   assert result.skipped_by_reason() == {
-      'video not found': ['action_antonym/0', 'action_antonym/1', 'action_antonym/2', 'action_sequence/0',
-                          'action_sequence/1', 'fine_grained_pose/0', 'fine_grained_pose/1'],
-      'frame folder not found': ['episodic_reasoning/0', 'episodic_reasoning/1']}
+    'video not found': [
+      'action_antonym/0',
+      'action_antonym/1',
+      'action_antonym/2',
+      'action_sequence/0',
+      'action_sequence/1',
+      'fine_grained_pose/0',
+      'fine_grained_pose/1',
+    ],
+    'frame folder not found': ['episodic_reasoning/0', 'episodic_reasoning/1'],
+  }
 
 
 def test_mvbench_single_file(tmp_path):
@@ -158,12 +188,12 @@ def test_mvbench_malformed_rows_are_skipped_with_reasons(tmp_path):
   bad = copy.deepcopy(good)
   bad[0]['candidates'] = []  # empty option list
   extra = [
-      {**good[1], 'answer': 'Flew away.'},  # answer not among candidates
-      {k: v for k, v in good[1].items() if k != 'question'},  # missing field
-      {**good[1], 'candidates': 'Put down the shoe.'},  # wrong type
-      'not an object',
-      {**good[1], 'video': 'gone.mp4'},  # missing video
-      {**good[1], 'start': 'soon'},  # unparsable time
+    {**good[1], 'answer': 'Flew away.'},  # answer not among candidates
+    {k: v for k, v in good[1].items() if k != 'question'},  # missing field
+    {**good[1], 'candidates': 'Put down the shoe.'},  # wrong type
+    'not an object',
+    {**good[1], 'video': 'gone.mp4'},  # missing video
+    {**good[1], 'start': 'soon'},  # unparsable time
   ]
   ann = tmp_path / 'action_sequence.json'
   ann.write_text(json.dumps(bad + extra))
@@ -208,14 +238,21 @@ def test_videomme_release_tree_with_extension_variants():
   assert [s.id for s in result.samples] == ['001-1', '001-2', '301-3', '150-2']
   assert [s.answer for s in result.samples] == [2, 0, 1, 3]
   first = result.samples[0]
-  assert first.options == ['Apples.', 'Candles.', 'Berries.',
-                           'The three kinds are of the same number.']
+  assert first.options == ['Apples.', 'Candles.', 'Berries.', 'The three kinds are of the same number.']
   assert first.task == 'Counting Problem'
-  assert first.meta == {'duration': 'short', 'domain': 'Knowledge',
-                        'sub_category': 'Humanity & History', 'video_id': '001'}
+  assert first.meta == {
+    'duration': 'short',
+    'domain': 'Knowledge',
+    'sub_category': 'Humanity & History',
+    'video_id': '001',
+  }
   # The release's .mp4 / .MP4 / .mkv files are each found under data/.
   assert [os.path.basename(s.video) for s in result.samples] == [
-      'fFjv93ACGo8.mp4', 'fFjv93ACGo8.mp4', 'Ly9Vt2zMQaQ.MP4', 'q1XKhJ3cVhE.mkv']
+    'fFjv93ACGo8.mp4',
+    'fFjv93ACGo8.mp4',
+    'Ly9Vt2zMQaQ.MP4',
+    'q1XKhJ3cVhE.mkv',
+  ]
   assert [s.meta['duration'] for s in result.samples] == ['short', 'short', 'long', 'medium']
 
 
@@ -248,8 +285,11 @@ def test_videomme_malformed_rows(tmp_path):
 # EgoSchema: fixtures/egoschema mirrors the release (questions.json, subset_answers.json, videos/).
 
 EGOSCHEMA = FIXTURES / 'egoschema'
-EGO_UIDS = ['001934bb-81bd-4cd8-a574-0472ef3f6678', '00b9a0de-c59e-49cb-a127-6081e2fb8c8e',
-            '00f93e1e-cf4e-4835-88b4-4ad68216e86f']
+EGO_UIDS = [
+  '001934bb-81bd-4cd8-a574-0472ef3f6678',
+  '00b9a0de-c59e-49cb-a127-6081e2fb8c8e',
+  '00f93e1e-cf4e-4835-88b4-4ad68216e86f',
+]
 
 
 def test_egoschema_full_and_subset():
@@ -289,8 +329,7 @@ NEXTQA = FIXTURES / 'nextqa' / 'dataset' / 'nextqa'
 
 
 def test_nextqa_with_and_without_video_map(tmp_path):
-  result = data.load_nextqa(NEXTQA / 'val.csv', FIXTURES / 'nextqa' / 'NExTVideo',
-                            NEXTQA / 'map_vid_vidorID.json')
+  result = data.load_nextqa(NEXTQA / 'val.csv', FIXTURES / 'nextqa' / 'NExTVideo', NEXTQA / 'map_vid_vidorID.json')
   assert result.skipped == []
   assert [s.id for s in result.samples] == ['4010069381_6', '4010069381_9', '4882821564_2']
   assert [s.answer for s in result.samples] == [1, 0, 4]
@@ -349,8 +388,10 @@ def test_longvideobench_val_and_test(tmp_path):
   assert 'answer index 4 out of range' in _reasons(test)['gZpcvXsEH0Y_1']
   items[0]['duration'] = 0
   (tmp_path / 'lvb_bad.json').write_text(json.dumps(items))
-  assert "'duration' must be positive" in _reasons(data.load_longvideobench(tmp_path / 'lvb_bad.json',
-                                                                           root))['86CxyhFV9MI_0']
+  assert (
+    "'duration' must be positive"
+    in _reasons(data.load_longvideobench(tmp_path / 'lvb_bad.json', root))['86CxyhFV9MI_0']
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,22 +406,23 @@ def test_every_loader_logs_one_summary_with_grouped_reasons(tmp_path, caplog):
   messy = data.load_mvbench(tmp_path / 'action_antonym.json', tmp_path / 'empty')
   assert len(clean.samples) == 2 and len(messy.skipped) == 7
   assert [r.levelno for r in caplog.records] == [logging.INFO, logging.WARNING]
-  assert caplog.records[0].getMessage() == (
-      f"longvideobench: loaded 2 samples from {LVB / 'lvb_val.json'}, skipped 0")
+  assert caplog.records[0].getMessage() == (f"longvideobench: loaded 2 samples from {LVB / 'lvb_val.json'}, skipped 0")
   assert caplog.records[1].getMessage() == (
-      f"mvbench: loaded 0 samples from {tmp_path / 'action_antonym.json'}, skipped 7: video not found x6 "
-      '(e.g. action_antonym/0, action_antonym/1, action_antonym/2, ...); answer … is not among the '
-      'candidates x1 (e.g. action_antonym/6)')
+    f"mvbench: loaded 0 samples from {tmp_path / 'action_antonym.json'}, skipped 7: video not found x6 "
+    '(e.g. action_antonym/0, action_antonym/1, action_antonym/2, ...); answer … is not among the '
+    'candidates x1 (e.g. action_antonym/6)'
+  )
 
 
 def test_reason_kind_blanks_item_specifics():
-  assert data.loaders.reason_kind("sample 'q1': answer 'E' is not one of ABCD") == (
-      'answer … is not one of ABCD')
+  assert data.loaders.reason_kind("sample 'q1': answer 'E' is not one of ABCD") == ('answer … is not one of ABCD')
   assert data.loaders.reason_kind('video not found: /a/b.mp4') == 'video not found'
   assert data.loaders.reason_kind("malformed row: missing field 'question'") == (
-      "malformed row: missing field 'question'")
+    "malformed row: missing field 'question'"
+  )
   assert data.loaders.reason_kind("sample 'q2': answer index 7 out of range for 5 options") == (
-      'answer index … out of range for … options')
+    'answer index … out of range for … options'
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,8 +439,7 @@ def test_load_benchmark_registry():
 
 def test_load_benchmark_takes_the_annotation_file_as_ann(tmp_path):
   root = _video_root(tmp_path, MVBENCH_VIDEOS + ['4010069381.mp4', '4882821564.mp4'])
-  mvbench = data.load_benchmark('mvbench', ann=str(MVBENCH / 'json' / 'action_antonym.json'),
-                                video_root=str(root))
+  mvbench = data.load_benchmark('mvbench', ann=str(MVBENCH / 'json' / 'action_antonym.json'), video_root=str(root))
   assert len(mvbench.samples) == 3
   nextqa = data.load_benchmark('nextqa', ann=NEXTQA / 'val.csv', video_root=root)
   assert len(nextqa.samples) == 3
@@ -409,17 +450,35 @@ def test_load_benchmark_takes_the_annotation_file_as_ann(tmp_path):
 def test_one_config_data_block_serves_every_benchmark():
   """configs/common.py's data block (ann, video_root + every optional loader key, unset) on each tree."""
   from configs import common  # pylint: disable=import-outside-toplevel
+
   def block(**set_keys):
     return {**common.MVBENCH_DATA, **set_keys}
+
   assert len(data.load_benchmark('mvbench', **block(ann=MVBENCH / 'json', video_root=MVBENCH / 'video')).samples) == 9
   assert len(data.load_benchmark('videomme', **block(ann=VIDEOMME, video_root=VIDEOMME_DATA)).samples) == 4
-  ego = data.load_benchmark('egoschema', **block(ann=EGOSCHEMA / 'questions.json', video_root=EGOSCHEMA / 'videos',
-                                                 answers_json=EGOSCHEMA / 'subset_answers.json', subset_only=True))
+  ego = data.load_benchmark(
+    'egoschema',
+    **block(
+      ann=EGOSCHEMA / 'questions.json',
+      video_root=EGOSCHEMA / 'videos',
+      answers_json=EGOSCHEMA / 'subset_answers.json',
+      subset_only=True,
+    ),
+  )
   assert [s.answer for s in ego.samples] == [3, 3]
-  nextqa = data.load_benchmark('nextqa', **block(ann=NEXTQA / 'val.csv', video_root=FIXTURES / 'nextqa' / 'NExTVideo',
-                                                 video_map_json=NEXTQA / 'map_vid_vidorID.json'))
+  nextqa = data.load_benchmark(
+    'nextqa',
+    **block(
+      ann=NEXTQA / 'val.csv',
+      video_root=FIXTURES / 'nextqa' / 'NExTVideo',
+      video_map_json=NEXTQA / 'map_vid_vidorID.json',
+    ),
+  )
   assert len(nextqa.samples) == 3
-  assert len(data.load_benchmark('longvideobench', **block(ann=LVB / 'lvb_val.json', video_root=LVB / 'videos')).samples) == 2
+  assert (
+    len(data.load_benchmark('longvideobench', **block(ann=LVB / 'lvb_val.json', video_root=LVB / 'videos')).samples)
+    == 2
+  )
   with pytest.raises(ValueError, match="mvbench: the loader takes no answers_json"):
     data.load_benchmark('mvbench', **block(ann=MVBENCH / 'json', video_root=MVBENCH / 'video', answers_json='a.json'))
 
@@ -434,22 +493,28 @@ def test_check_videos_can_be_disabled(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Issue 16: duplicates keep the first item, bad files and items are named, paths stay in video_root.
 
+
 def test_a_duplicate_id_keeps_the_first_item_and_records_the_repeat_under_its_own_id(tmp_path):
   root = _video_root(tmp_path, ['a.mp4', 'b.mp4', 'c.mp4'])
-  item = lambda i, video: {'id': i, 'video': video, 'question': f'{i} {video}?', 'candidates': ['x', 'y'],
-                           'answer': 'x'}
+  item = lambda i, video: {
+    'id': i,
+    'video': video,
+    'question': f'{i} {video}?',
+    'candidates': ['x', 'y'],
+    'answer': 'x',
+  }
   ann = tmp_path / 'task.json'
   ann.write_text(json.dumps([item('q1', 'a.mp4'), item('q1', 'b.mp4'), item('q2', 'c.mp4'), item('q1', 'c.mp4')]))
   result = data.load_mvbench(ann, root)
   assert [(s.id, os.path.basename(s.video)) for s in result.samples] == [('q1', 'a.mp4'), ('q2', 'c.mp4')]
   reasons = _reasons(result)
-  assert set(reasons) == {'q1#duplicate2', 'q1#duplicate3'}   # never the kept item's id
+  assert set(reasons) == {'q1#duplicate2', 'q1#duplicate3'}  # never the kept item's id
   assert "duplicate id 'q1' (item task/1): the first item with this id is kept" == reasons['q1#duplicate2']
 
 
 def test_a_non_utf8_annotation_file_is_named(tmp_path):
   ann = tmp_path / 'latin1.json'
-  ann.write_bytes(b'[{"question": "caf\xe9"}]')   # Latin-1, not UTF-8
+  ann.write_bytes(b'[{"question": "caf\xe9"}]')  # Latin-1, not UTF-8
   with pytest.raises(ValueError, match=f'annotation file {ann} is not UTF-8 text'):
     data.load_mvbench(ann, tmp_path)
   csv_path = tmp_path / 'val.csv'
@@ -471,9 +536,14 @@ def test_a_video_path_out_of_video_root_is_refused(tmp_path, video):
   root = _video_root(tmp_path / 'root', ['inside.mp4'])
   (tmp_path / 'outside.mp4').write_bytes(b'')
   ann = tmp_path / 'task.json'
-  ann.write_text(json.dumps([{'video': video, 'question': 'q?', 'candidates': ['x', 'y'], 'answer': 'x'},
-                             {'video': 'sub/../inside.mp4', 'question': 'q?', 'candidates': ['x', 'y'],
-                              'answer': 'x'}]))
+  ann.write_text(
+    json.dumps(
+      [
+        {'video': video, 'question': 'q?', 'candidates': ['x', 'y'], 'answer': 'x'},
+        {'video': 'sub/../inside.mp4', 'question': 'q?', 'candidates': ['x', 'y'], 'answer': 'x'},
+      ]
+    )
+  )
   result = data.load_mvbench(ann, root, check_videos=False)
-  assert [s.id for s in result.samples] == ['task/1']              # '..' that stays inside is fine
+  assert [s.id for s in result.samples] == ['task/1']  # '..' that stays inside is fine
   assert f"{video!r} leaves video_root {str(root)!r}" in _reasons(result)['task/0']

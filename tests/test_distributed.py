@@ -5,6 +5,7 @@ single-process run byte for byte.
 `python -m tests.test_distributed WORKDIR NUM_PROCESSES PROCESS_ID PORT` is the worker the last test
 launches (NUM_PROCESSES=1: the single-process reference, no jax.distributed).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ ITEMS = [f'item{i:02d}' for i in range(11)]
 def test_shares_are_contiguous_balanced_and_cover_everything():
   for n in (0, 1, 5, 11, 16):
     for count in (1, 2, 3, 4):
-      shares = [distributed.process_share(ITEMS[:n] if n <= 11 else list(range(n)), i, count)
-                for i in range(count)]
+      shares = [distributed.process_share(ITEMS[:n] if n <= 11 else list(range(n)), i, count) for i in range(count)]
       flat = [x for s in shares for x in s]
       assert flat == (ITEMS[:n] if n <= 11 else list(range(n)))  # contiguous blocks, in order
       sizes = [len(s) for s in shares]
@@ -48,8 +48,9 @@ def write_lines(path, records, torn: str = ''):
 
 
 def test_merge_sorts_by_id_dedups_and_ignores_a_torn_line(tmp_path):
-  write_lines(tmp_path / 'samples.process00001.jsonl', [{'id': 'c', 'v': 3}, {'id': 'a', 'v': 1}],
-              torn='{"id": "z", "v"')
+  write_lines(
+    tmp_path / 'samples.process00001.jsonl', [{'id': 'c', 'v': 3}, {'id': 'a', 'v': 1}], torn='{"id": "z", "v"'
+  )
   write_lines(tmp_path / 'samples.process00000.jsonl', [{'id': 'b', 'v': 2}, {'id': 'a', 'v': 1}])
   merged = distributed.merge_results(str(tmp_path))
   assert [r['id'] for r in merged] == ['a', 'b', 'c']
@@ -94,7 +95,7 @@ def worker(workdir: str, num_processes: int, process_id: int, port: int) -> None
   mine = distributed.process_share(ITEMS)
   rows = -(-len(ITEMS) // info.process_count)  # every process contributes the same number of rows
   local = np.zeros((rows, 4), np.int32)
-  local[:len(mine)] = [item_value(i) for i in mine]
+  local[: len(mine)] = [item_value(i) for i in mine]
   mesh = sharding.make_mesh()  # data = all devices of all processes
   x = sharding.global_batch(local, mesh)
   # Each row's output needs the global total: a collective across processes.
@@ -105,8 +106,15 @@ def worker(workdir: str, num_processes: int, process_id: int, port: int) -> None
     for item, row in zip(mine, out):
       fh.write(json.dumps({'id': item, 'value': row.tolist()}) + '\n')
   with open(os.path.join(workdir, f'info{info.process_index}.json'), 'w') as fh:
-    json.dump({'process_count': info.process_count, 'device_count': jax.device_count(),
-               'local_device_count': jax.local_device_count(), 'share': mine}, fh)
+    json.dump(
+      {
+        'process_count': info.process_count,
+        'device_count': jax.device_count(),
+        'local_device_count': jax.local_device_count(),
+        'share': mine,
+      },
+      fh,
+    )
   distributed.barrier('results_written')
   if distributed.is_main():
     records = distributed.merge_results(workdir)
@@ -127,9 +135,17 @@ def launch(workdir, num_processes: int, port: int) -> list[subprocess.Popen]:
   env.pop('XLA_FLAGS', None)  # one CPU device per process
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(var, None)
-  return [subprocess.Popen([sys.executable, '-m', 'tests.test_distributed', str(workdir), str(num_processes),
-                            str(i), str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+  return [
+    subprocess.Popen(
+      [sys.executable, '-m', 'tests.test_distributed', str(workdir), str(num_processes), str(i), str(port)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(num_processes)
+  ]
 
 
 def wait(procs):

@@ -7,6 +7,7 @@ Two real local processes (jax.distributed on 127.0.0.1, 2 CPU devices each) per 
 `python -m tests.test_distributed_faults SCENARIO OUT_DIR NUM_PROCESSES PROCESS_ID PORT` is the worker,
 which writes what it saw (or the error it raised) to OUT_DIR/processN.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ def _error(e: BaseException) -> dict:
 
 def worker(scenario: str, out_dir: str, num_processes: int, process_id: int, port: int) -> None:
   from jaxvlm import checkpoints, distributed, sharding  # pylint: disable=g-import-not-at-top
+
   seen: dict = {}
 
   def save():
@@ -51,8 +53,9 @@ def worker(scenario: str, out_dir: str, num_processes: int, process_id: int, por
     # The checkpoint exists on process 0's "host" only.
     path = os.path.join(REPO, 'assets', 'siglip_tiny') if process_id == 0 else os.path.join(out_dir, 'nowhere')
     try:
-      distributed.collective('load checkpoint', lambda: checkpoints.load_pretrained(path),
-                             timeout_s=BARRIER_TIMEOUT_S * 5)
+      distributed.collective(
+        'load checkpoint', lambda: checkpoints.load_pretrained(path), timeout_s=BARRIER_TIMEOUT_S * 5
+      )
       seen['load'] = 'ok'
     except distributed.DistributedError as e:
       seen['load'] = _error(e)
@@ -89,7 +92,7 @@ def worker(scenario: str, out_dir: str, num_processes: int, process_id: int, por
       seen['prepare'] = _error(e)
     seen['prepare_s'] = time.time() - t0
     save()
-    return   # a normal exit: jax.distributed's shutdown keeps process 0's store up for the other
+    return  # a normal exit: jax.distributed's shutdown keeps process 0's store up for the other
   elif scenario.startswith('dies'):
     victim = int(scenario[-1])
     distributed.barrier('started', timeout_s=BARRIER_TIMEOUT_S * 5)
@@ -113,15 +116,27 @@ def _free_port() -> int:
 
 def run_scenario(scenario: str, out_dir) -> tuple[list[dict | None], float, list[str]]:
   os.makedirs(out_dir, exist_ok=True)
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(var, None)
   port = _free_port()
   t0 = time.time()
-  procs = [subprocess.Popen([sys.executable, '-m', 'tests.test_distributed_faults', scenario, str(out_dir), '2',
-                             str(i), str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-m', 'tests.test_distributed_faults', scenario, str(out_dir), '2', str(i), str(port)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   errs = []
   for p in procs:
     try:
@@ -171,8 +186,10 @@ def test_a_process_that_dies_is_named_when_the_barrier_times_out(tmp_path, victi
     assert "results: process(es) 1 of 2 did not arrive within 4 s" in survivor['barrier']['message']
     assert BARRIER_TIMEOUT_S <= survivor['barrier_s'] < BARRIER_TIMEOUT_S + 10
   elif survivor is not None:  # the coordinator vanished: the key-value store went with it
-    assert 'lost the coordinator (process 0)' in survivor['barrier']['message'] or \
-        'cannot reach the coordinator (process 0)' in survivor['barrier']['message']
+    assert (
+      'lost the coordinator (process 0)' in survivor['barrier']['message']
+      or 'cannot reach the coordinator (process 0)' in survivor['barrier']['message']
+    )
   else:  # or jax's own coordination client noticed first and stopped the process, saying why
     print(errs[1][-2000:])
     assert 'coordination' in errs[1].lower() or 'distributed service' in errs[1].lower(), errs[1][-2000:]
@@ -182,6 +199,7 @@ def test_a_workdir_refused_on_process_0_stops_every_process(tmp_path):
   """Only process 0 takes the workdir's lock; when it cannot (another run holds it), the others stop at
   the 'workdir' barrier naming process 0 and its reason, long before the barrier's timeout."""
   from jaxvlm import runs  # pylint: disable=g-import-not-at-top
+
   os.makedirs(tmp_path / 'w')
   lock = runs.WorkdirLock(str(tmp_path / 'w'))
   lock.acquire()
@@ -194,7 +212,7 @@ def test_a_workdir_refused_on_process_0_stops_every_process(tmp_path):
   assert seen[1]['prepare']['type'] == 'DistributedError'
   assert 'workdir: process 0 failed: WorkdirLockedError: workdir' in seen[1]['prepare']['message']
   assert seen[1]['prepare_s'] < BARRIER_TIMEOUT_S * 5
-  assert not os.path.exists(tmp_path / 'w' / 'run.json')   # nothing written for the refused run
+  assert not os.path.exists(tmp_path / 'w' / 'run.json')  # nothing written for the refused run
 
 
 def test_processes_launched_with_different_counts_both_fail(tmp_path):

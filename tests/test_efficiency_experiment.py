@@ -1,5 +1,6 @@
 """experiments.efficiency: bad input fails before any compute, the plan chosen from a knockout summary,
 the Pareto front, and a small resumable run on the embedded default writing the results contract."""
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,13 @@ def tiny():
 def knockout_summary(clean: float, global1: dict, fine_vt: dict, vt_all: float, num_layers: int = 8) -> dict:
   """A knockout summary.json: global1 {first knocked layer (1-based): acc} of LV, fine VT windows of 4
   {first layer: acc}, global2 VT accuracy."""
-  rows = [{'setting': 'global1', 'kind': 'LV', 'first_layer': f, 'last_layer': num_layers, 'accuracy': a}
-          for f, a in global1.items()]
-  rows += [{'setting': 'fine', 'kind': 'VT', 'first_layer': f, 'last_layer': f + 3, 'accuracy': a}
-           for f, a in fine_vt.items()]
+  rows = [
+    {'setting': 'global1', 'kind': 'LV', 'first_layer': f, 'last_layer': num_layers, 'accuracy': a}
+    for f, a in global1.items()
+  ]
+  rows += [
+    {'setting': 'fine', 'kind': 'VT', 'first_layer': f, 'last_layer': f + 3, 'accuracy': a} for f, a in fine_vt.items()
+  ]
   rows.append({'setting': 'global2', 'kind': 'VT', 'first_layer': 1, 'last_layer': num_layers, 'accuracy': vt_all})
   return {'clean_accuracy': clean, 'rows': rows}
 
@@ -69,7 +73,9 @@ def test_plan_chosen_from_a_knockout_summary(tiny):
   assert cost(InferencePlan(2, 2)) < cost(InferencePlan(2, 0)) < cost(InferencePlan(8, 0))
 
 
-@pytest.mark.parametrize('overrides,message', [
+@pytest.mark.parametrize(
+  'overrides,message',
+  [
     (dict(exit_layer=9), 'exit_layer 9 is outside the decoder stack'),
     (dict(exit_layer=3, intra_frame_layers=4), 'intra_frame_layers=4: above exit_layer=3'),
     (dict(plans='2:5'), 'intra_frame_layers 5 lie above the exit'),
@@ -77,7 +83,8 @@ def test_plan_chosen_from_a_knockout_summary(tiny):
     (dict(ks='2,16'), r"ks='2,16': \[16\] outside 1..num_frames=8"),
     (dict(selectors='uniform,learned'), "'learned' needs selector_checkpoint"),
     (dict(plans='5'), "plans='5': entry '5' is not 'exit_layer:intra_frame_layers'"),
-])
+  ],
+)
 def test_bad_input_fails_before_compute(tmp_path, overrides, message):
   workdir = str(tmp_path / 'run')
   with pytest.raises(ValueError, match=message):
@@ -91,8 +98,9 @@ def test_knockout_workdir_of_another_model_is_rejected(tmp_path):
   workdir = str(tmp_path / 'run')
   with pytest.raises(ValueError, match='is a run of checkpoint .llava-hf/llava-onevision-qwen2-7b-ov-hf.'):
     experiment.run(config(knockout_workdir=other), workdir)
-  deep = write_knockout_run(str(tmp_path / 'ko_deep'), config().checkpoint,
-                            knockout_summary(0.95, {1: 0.2}, {1: 0.95}, 0.6, num_layers=28))
+  deep = write_knockout_run(
+    str(tmp_path / 'ko_deep'), config().checkpoint, knockout_summary(0.95, {1: 0.2}, {1: 0.95}, 0.6, num_layers=28)
+  )
   with pytest.raises(ValueError, match='its knockouts reach layer 28, this model has 8 layers'):
     experiment.run(config(knockout_workdir=deep), workdir)
   with pytest.raises(ValueError, match='holds no finished knockout run'):
@@ -108,8 +116,7 @@ def test_pareto_front():
 def test_small_run_writes_the_results_contract_and_resumes(tmp_path):
   summary = knockout_summary(0.95, {1: 0.2, 3: 0.95, 5: 0.95, 7: 0.95}, {1: 0.95}, 0.6)
   ko = write_knockout_run(str(tmp_path / 'ko'), config().checkpoint, summary)
-  c = config(max_samples=2, num_frames=4, ks='2', plans='', selectors='uniform', knockout_workdir=ko,
-             batch_size=2)
+  c = config(max_samples=2, num_frames=4, ks='2', plans='', selectors='uniform', knockout_workdir=ko, batch_size=2)
   workdir = str(tmp_path / 'run')
   out = experiment.run(c, workdir)
   # LV from layer 3 on is safe and VT 1-4 is, but within-frame layers cannot exceed exit 2: exit after 2.

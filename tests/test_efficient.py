@@ -1,6 +1,7 @@
 """Efficiency plans (jaxvlm.models.efficient) are their equivalent knockouts with the work skipped:
 option log-probs equal the masked forward and the sweep engine under the equivalent spec, greedy decoding
 with the plan's cache equals greedy decoding under that spec, and the cache holds no video above the exit."""
+
 from __future__ import annotations
 
 import jax
@@ -28,8 +29,13 @@ def batch(model, num_frames: int, texts=((3, 4, 6, 3), (3, 7, 5, 2)), seed: int 
   rows = []
   rng = np.random.default_rng(seed)
   for n_system, n_question, n_options, n_last in texts:
-    parts = [(Group.SYSTEM, n_system), (Group.VIDEO, n_video), (Group.QUESTION, n_question),
-             (Group.OPTIONS, n_options), (Group.LAST, n_last)]
+    parts = [
+      (Group.SYSTEM, n_system),
+      (Group.VIDEO, n_video),
+      (Group.QUESTION, n_question),
+      (Group.OPTIONS, n_options),
+      (Group.LAST, n_last),
+    ]
     group = np.concatenate([np.full(n, g) for g, n in parts]).astype(np.int32)
     ids = rng.integers(1, 90, size=len(group)).astype(np.int32)
     ids[group == Group.VIDEO] = tl.VIDEO_ID
@@ -42,10 +48,11 @@ def batch(model, num_frames: int, texts=((3, 4, 6, 3), (3, 7, 5, 2)), seed: int 
   frame = np.full((b, s), -1, np.int32)
   valid = np.zeros((b, s), bool)
   for i, (x, g, f) in enumerate(rows):
-    ids[i, :len(x)], group[i, :len(x)], frame[i, :len(x)], valid[i, :len(x)] = x, g, f, True
+    ids[i, : len(x)], group[i, : len(x)], frame[i, : len(x)], valid[i, : len(x)] = x, g, f, True
   positions = np.broadcast_to(np.arange(s, dtype=np.int32), (b, s)).copy()
-  layout = TokenLayout(group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions),
-                       valid=jnp.asarray(valid))
+  layout = TokenLayout(
+    group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions), valid=jnp.asarray(valid)
+  )
   pixels = np.random.default_rng(seed + 1).normal(size=(b, num_frames, 35, 35, 3)).astype(np.float32)
   return ids, pixels, layout, jnp.asarray(valid.sum(1) - 1, jnp.int32)
 
@@ -66,11 +73,15 @@ def test_plan_logprobs_equal_the_equivalent_knockout(tiny, frames):
   specs = [efficient.equivalent_spec(p, num_layers, frames) for p in plans]
   masked = np.asarray(engine.full_recompute(model, params, ids, px, layout, answer, OPTION_IDS, specs))
   clean = engine.clean_run(model, params, ids, px, layout, answer, OPTION_IDS)
-  by_engine = np.asarray(engine.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
-                                      jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *specs)))
+  by_engine = np.asarray(
+    engine.run_sweep(
+      model, params, clean, layout, answer, OPTION_IDS, jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *specs)
+    )
+  )
   for plan, ref, ref_engine in zip(plans, masked, by_engine):
-    ours = np.asarray(efficient.option_logprobs(model, params, ids, px, layout.positions, layout.meta(), answer,
-                                                OPTION_IDS, plan, span))
+    ours = np.asarray(
+      efficient.option_logprobs(model, params, ids, px, layout.positions, layout.meta(), answer, OPTION_IDS, plan, span)
+    )
     err = max(np.abs(ours - ref).max(), np.abs(ours - ref_engine).max())
     print(f'{frames} frames, {plan}: max |plan - knockout| = {err:.1e}')
     assert err <= 1e-5, (plan, err)
@@ -84,12 +95,13 @@ def test_prefill_skips_the_video_above_the_exit(tiny):
   model, params = tiny
   ids, px, layout, answer = batch(model, 2)
   span = efficient.video_span(np.asarray(layout.group), np.asarray(layout.frame), model.config.tokens_per_frame)
-  hidden, cache = efficient.prefill(model, params, ids, px, layout.positions, layout.meta(),
-                                    efficient.InferencePlan(1, 1), span, max_new_tokens=4)
+  hidden, cache = efficient.prefill(
+    model, params, ids, px, layout.positions, layout.meta(), efficient.InferencePlan(1, 1), span, max_new_tokens=4
+  )
   s, s_text = ids.shape[1], ids.shape[1] - span.num_tokens
   assert hidden.shape == (2, s_text, model.config.text.hidden_size)
   assert cache.low.k.shape[:3] == (1, 2, s + 4)
-  assert cache.high.k.shape[:3] == (2, 2, s_text + 4)     # layers 2-3 hold the text slots only
+  assert cache.high.k.shape[:3] == (2, 2, s_text + 4)  # layers 2-3 hold the text slots only
   np.testing.assert_array_equal(efficient.output_slots(efficient.InferencePlan(1, 1), span, 3), span.text_slots)
 
 

@@ -2,6 +2,7 @@
 
 The fixture folders hold 12 and 9 tiny JPEGs whose pixels all equal 20 * (frame number - 1).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,7 @@ def test_frame_order_is_numeric_and_ignores_other_files(tmp_path):
   for i in (1, 2, 10, 9):  # '10' must come after '9', not after '1'
     Image.fromarray(np.full((2, 2, 3), i, np.uint8)).save(tmp_path / f'{i}.png')
   (tmp_path / 'notes.txt').write_text('not a frame')
-  assert [p.rsplit('/', 1)[-1] for p in frame_folders.list_frames(tmp_path)] == [
-      '1.png', '2.png', '9.png', '10.png']
+  assert [p.rsplit('/', 1)[-1] for p in frame_folders.list_frames(tmp_path)] == ['1.png', '2.png', '9.png', '10.png']
   frames = frame_folders.read_frame_folder(tmp_path, [3, 0, 3], fps=1.0)
   np.testing.assert_array_equal(frames.pixels[:, 0, 0, 0], [10, 1, 10])
 

@@ -22,6 +22,7 @@ compile the programs the experiments share once, not once per experiment. Each p
 SPMD program on a 2-core machine, so the launches use XLA's cheapest CPU codegen (references and global
 runs alike).
 """
+
 from __future__ import annotations
 
 import glob
@@ -42,9 +43,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (docs/results.md, "Global mesh across processes": a local participant starved by the CPU client).
 GLOBAL = ['fsdp8']
 _SHAPES = {'fsdp8': {'data': 1, 'fsdp': 8, 'tensor': 1}, 'fsdp4_tensor2': {'data': 1, 'fsdp': 4, 'tensor': 2}}
-MESHES = {'one': {'devices': 'local', 'data': -1, 'fsdp': 1, 'tensor': 1},
-          **{f'local_{m}': {'devices': 'local', **shape} for m, shape in _SHAPES.items()},
-          **{m: {'devices': 'global', **shape} for m, shape in _SHAPES.items()}}
+MESHES = {
+  'one': {'devices': 'local', 'data': -1, 'fsdp': 1, 'tensor': 1},
+  **{f'local_{m}': {'devices': 'local', **shape} for m, shape in _SHAPES.items()},
+  **{m: {'devices': 'global', **shape} for m, shape in _SHAPES.items()},
+}
 # float32 log-probs of order 10 summed in another order (8-way fsdp, 2-way tensor splits of the
 # contractions): differences up to a few 1e-6 measured; 2e-5 is a few ulps at that scale, not a fudge.
 ATOL = 2e-5
@@ -53,17 +56,38 @@ ATOL = 2e-5
 # compiled programs (the clean run, the frame-knockout sweep), are the same in the three.
 DATA = {'data.split': 'test', 'data.num': 10, 'data.seed': 1234}
 KNOCKOUT = {**DATA, 'max_samples': 4, 'batch_size': 4, 'settings': 'global2', 'num_frames': 4, 'tail_multiple': 8}
-DIAGNOSIS = {**DATA, 'max_samples': 4, 'batch_size': 4, 'num_candidates': 4, 'ks': '1,2', 'sensitive_k': 1,
-             'strip_samples': 1, 'tail_multiple': 8}
-SELECTOR = {**DATA, 'max_samples': 4, 'label_batch_size': 4, 'num_candidates': 4, 'tail_multiple': 8,
-            'val_fraction': 0.5, 'num_steps': 6, 'batch_size': 8, 'eval_every': 3, 'checkpoint_every': 3,
-            'warmup_steps': 1, 'model.width': 16, 'model.depth': 1}
+DIAGNOSIS = {
+  **DATA,
+  'max_samples': 4,
+  'batch_size': 4,
+  'num_candidates': 4,
+  'ks': '1,2',
+  'sensitive_k': 1,
+  'strip_samples': 1,
+  'tail_multiple': 8,
+}
+SELECTOR = {
+  **DATA,
+  'max_samples': 4,
+  'label_batch_size': 4,
+  'num_candidates': 4,
+  'tail_multiple': 8,
+  'val_fraction': 0.5,
+  'num_steps': 6,
+  'batch_size': 8,
+  'eval_every': 3,
+  'checkpoint_every': 3,
+  'warmup_steps': 1,
+  'model.width': 16,
+  'model.depth': 1,
+}
 STEPS = 6
 # Cheapest XLA CPU codegen: most of a launch is compiling (each process compiles every SPMD program).
 FAST_XLA = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
 # ---------------------------------------------------------------- the driver (runs in the launched processes)
+
 
 def _config(module, overrides: dict, mesh: dict):
   config = module.get_config()
@@ -81,6 +105,7 @@ def _score(root: str, name: str, mesh_config: dict) -> None:
   from experiments import score  # pylint: disable=g-import-not-at-top
   from jaxvlm import checkpoints, distributed, sharding, video  # pylint: disable=g-import-not-at-top
   from jaxvlm.data import synthetic  # pylint: disable=g-import-not-at-top
+
   clips = os.path.join(root, 'clips')
   if distributed.is_main() and not os.path.exists(os.path.join(clips, 'meta.json')):
     synthetic.generate(clips, num=1, seed=3, num_frames=16, split='test')
@@ -89,8 +114,17 @@ def _score(root: str, name: str, mesh_config: dict) -> None:
   mesh = sharding.mesh_from_config(mesh_config)
   model, params, processor = checkpoints.load_pretrained('assets/llava_ov_tiny', mesh=mesh)
   frames = video.sample_frames(os.path.join(clips, 'videos', f'{item.id}.mp4'), 4)
-  out = score.score(model, params, processor, frames.pixels, item.question.question, list(item.question.options),
-                    3, frames.timestamps_s, mesh=mesh)
+  out = score.score(
+    model,
+    params,
+    processor,
+    frames.pixels,
+    item.question.question,
+    list(item.question.options),
+    3,
+    frames.timestamps_s,
+    mesh=mesh,
+  )
   if distributed.is_main():
     with open(os.path.join(root, f'score_{name}.json'), 'w') as f:
       json.dump(out, f)
@@ -103,15 +137,17 @@ def drive(root: str, names: list[str]) -> None:
   from configs import train_selector as selector_config  # pylint: disable=g-import-not-at-top
   from experiments import keyframe_diagnosis, knockout, train_selector  # pylint: disable=g-import-not-at-top
   from jaxvlm import distributed  # pylint: disable=g-import-not-at-top
+
   distributed.initialize()
   for name in names:
     mesh = MESHES[name]
     for experiment, module, overrides, run in (
-        ('knockout', knockout_config, KNOCKOUT, knockout.run),
-        ('keyframe_diagnosis', diagnosis_config, DIAGNOSIS, keyframe_diagnosis.run),
-        ('train_selector', selector_config, SELECTOR, train_selector.run)):
+      ('knockout', knockout_config, KNOCKOUT, knockout.run),
+      ('keyframe_diagnosis', diagnosis_config, DIAGNOSIS, keyframe_diagnosis.run),
+      ('train_selector', selector_config, SELECTOR, train_selector.run),
+    ):
       if name == 'one' and experiment != 'knockout':
-        continue   # the one-device reference is the knockout's only
+        continue  # the one-device reference is the knockout's only
       t0 = time.time()
       run(_config(module, overrides, mesh), os.path.join(root, f'{experiment}_{name}'))
       print(f'{experiment}/{name}: {time.time() - t0:.0f} s', file=sys.stderr)
@@ -120,6 +156,7 @@ def drive(root: str, names: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- launching
+
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -130,8 +167,13 @@ def _free_port() -> int:
 def launch(root, names: list[str], num_processes: int, devices: int = 8) -> list[subprocess.Popen]:
   """Starts the driver on `num_processes` local processes (`devices` CPU devices in all); wait with
   `finish`."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAXVLM_BARRIER_TIMEOUT_S='600', XLA_FLAGS=FAST_XLA,
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    JAXVLM_BARRIER_TIMEOUT_S='600',
+    XLA_FLAGS=FAST_XLA,
+    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(var, None)
   port = _free_port()
@@ -139,10 +181,23 @@ def launch(root, names: list[str], num_processes: int, devices: int = 8) -> list
   for i in range(num_processes):
     extra = {'XLA_FLAGS': f'{FAST_XLA} --xla_force_host_platform_device_count={devices // num_processes}'}
     if num_processes > 1:
-      extra.update({'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': str(num_processes),
-                    'JAX_PROCESS_ID': str(i)})
-    procs.append(subprocess.Popen([sys.executable, '-m', 'tests.test_global_mesh', str(root), *names], cwd=REPO,
-                                  env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+      extra.update(
+        {
+          'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
+          'JAX_NUM_PROCESSES': str(num_processes),
+          'JAX_PROCESS_ID': str(i),
+        }
+      )
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, '-m', 'tests.test_global_mesh', str(root), *names],
+        cwd=REPO,
+        env={**env, **extra},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   return procs
 
 
@@ -170,12 +225,15 @@ def root(tmp_path_factory):
   refs = launch(root, ['one'], 1, devices=1) + launch(root, [f'local_{m}' for m in GLOBAL], 1)
   two = launch(root, GLOBAL, 2)
   errs = finish(refs) + finish(two)
-  print(f'launches: {time.time() - t0:.0f} s;',
-        '; '.join(l for e in errs[:3] for l in e.splitlines() if l.endswith(' s') and '/' in l.split(':')[0]))
+  print(
+    f'launches: {time.time() - t0:.0f} s;',
+    '; '.join(l for e in errs[:3] for l in e.splitlines() if l.endswith(' s') and '/' in l.split(':')[0]),
+  )
   return root
 
 
 # ---------------------------------------------------------------- checks
+
 
 def assert_close(a, b, where: str = ''):
   """Equal structure and non-float values; floats within ATOL."""
@@ -228,6 +286,7 @@ def _separated(record: dict, ks: list[int], gap: float = 1e-4) -> bool:
 def test_keyframe_diagnosis_equals_the_single_process_run(root, mesh):
   from configs import keyframe_diagnosis as diagnosis_config  # pylint: disable=g-import-not-at-top
   from jaxvlm.keyframes import diagnosis  # pylint: disable=g-import-not-at-top
+
   one_dir, glob_dir = root / f'keyframe_diagnosis_local_{mesh}', root / f'keyframe_diagnosis_{mesh}'
   one, glob_ = records(one_dir), records(glob_dir)
   assert one.keys() == glob_.keys() and len(one) == 4
@@ -279,6 +338,7 @@ def test_global_mesh_helpers_single_process():
   """One process: a 'global' mesh is the local one, every item is this process's, it writes."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxvlm import distributed, sharding  # pylint: disable=g-import-not-at-top
+
   mesh = sharding.mesh_from_config({'devices': 'global', 'data': -1, 'fsdp': 1, 'tensor': 1})
   assert mesh.devices.size == jax.device_count()
   assert not distributed.mesh_spans_processes(mesh)

@@ -1,5 +1,6 @@
 """jaxvlm.input_pipeline: every sample once, in order when fast, a stuck or broken sample never holds
 the others back, failures as records."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,9 +100,10 @@ def test_a_sample_past_the_timeout_becomes_a_failure():
   assert sorted(i for b in batches for i in b.items) == ['s0', 's2', 's3']
 
 
-@pytest.mark.parametrize('kwargs,match', [(dict(batch_size=0), 'batch_size'),
-                                          (dict(num_workers=-1), 'num_workers'),
-                                          (dict(timeout_s=0), 'timeout_s')])
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [(dict(batch_size=0), 'batch_size'), (dict(num_workers=-1), 'num_workers'), (dict(timeout_s=0), 'timeout_s')],
+)
 def test_bad_arguments(kwargs, match):
   args = dict(batch_size=2, num_workers=2) | kwargs
   with pytest.raises(ValueError, match=match):
@@ -130,7 +132,7 @@ def test_in_order_batches_wait_for_a_slow_sample():
   def prepare(chunk):
     (s,) = chunk
     if s.id == 's1':
-      release.wait(0.5)   # slower than every later sample: out of order without in_order
+      release.wait(0.5)  # slower than every later sample: out of order without in_order
     if s.id == 's4':
       raise ValueError('no frames')
     return [s.id], []

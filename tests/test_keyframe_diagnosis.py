@@ -1,5 +1,6 @@
 """experiments.keyframe_diagnosis end to end on tiny random LLaVA-OneVision and SigLIP checkpoints and a
 small synthetic split: results contract, consistency of the k-frame path, resume, bad configs."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def write_random_siglip_checkpoint(siglip) -> str:
   """A tiny random SigLIP saved with transformers, plus tokenizer and pixel config."""
   tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
   sig_config = transformers.SiglipConfig(
-      vision_config=dict(tiny, image_size=28, patch_size=7),
-      text_config=dict(tiny, vocab_size=64, max_position_embeddings=24, pad_token_id=0))
+    vision_config=dict(tiny, image_size=28, patch_size=7),
+    text_config=dict(tiny, vocab_size=64, max_position_embeddings=24, pad_token_id=0),
+  )
   transformers.SiglipModel(sig_config).save_pretrained(siglip)
   test_processor.make_tokenizer(None).save_pretrained(siglip)
   with open(os.path.join(siglip, 'preprocessor_config.json'), 'w') as f:
@@ -67,8 +69,15 @@ def read_records(workdir: str) -> list[dict]:
 
 def test_results_contract(full_run):
   workdir, summary = full_run
-  for name in ('config.json', 'samples.jsonl', 'summary.json', 'summary.csv', 'accuracy_vs_k.png',
-               'recall_vs_k.png', 'frame_strips.png'):
+  for name in (
+    'config.json',
+    'samples.jsonl',
+    'summary.json',
+    'summary.csv',
+    'accuracy_vs_k.png',
+    'recall_vs_k.png',
+    'frame_strips.png',
+  ):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   h = summary['header']
   assert h['num_samples'] == NUM_SAMPLES and h['num_failed'] == 0
@@ -76,7 +85,7 @@ def test_results_contract(full_run):
   assert [(r['selector'], r['k']) for r in summary['rows']] == [(n, k) for n in names for k in KS]
   for r in summary['rows']:
     assert 0.0 <= r['accuracy'] <= 1.0 and 0.0 <= r['recall_oracle'] <= 1.0, r
-    assert 0.0 <= r['recall_evidence'] <= 1.0, r    # the synthetic world has evidence frames
+    assert 0.0 <= r['recall_evidence'] <= 1.0, r  # the synthetic world has evidence frames
   assert all(r['recall_oracle'] == 1.0 for r in summary['rows'] if r['selector'] == 'oracle_top')
   assert 0.0 <= h['frame_sensitive_share'] <= 1.0 and set(h['spearman_vs_causal']) >= {'siglip_q', 'attention'}
   with open(os.path.join(workdir, 'summary.csv')) as f:
@@ -95,7 +104,7 @@ def test_results_contract(full_run):
   assert conditions == {'clean', 'text_only'} | {diagnosis.condition_name(n, k) for n in names for k in KS}
   with open(os.path.join(workdir, 'summary_scores.csv')) as f:
     assert len(f.read().strip().splitlines()) == len(h['scores']) + 1
-  assert not os.path.exists(os.path.join(workdir, 'lmms_eval'))   # lmms-eval has no synthetic task
+  assert not os.path.exists(os.path.join(workdir, 'lmms_eval'))  # lmms-eval has no synthetic task
 
 
 def test_records_hold_valid_selections_and_scores(full_run):
@@ -136,12 +145,15 @@ def test_rerun_resumes_without_duplicates_and_gives_the_same_summary(checkpoints
       assert a[key] == pytest.approx(b[key], abs=1e-6, nan_ok=True), (a['selector'], a['k'], key)
 
 
-@pytest.mark.parametrize('field, value, message', [
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
     ('selectors', 'siglip_q,clip', "selectors='siglip_q,clip': unknown 'clip'"),
     ('ks', '1,9', r"ks='1,9': \[9\] outside 1..num_candidates=4"),
     ('oracle_layers', '1-3', 'outside the layers 0..1'),
     ('sensitive_k', 3, 'not one of ks'),
-])
+  ],
+)
 def test_bad_config_fails_before_any_sample(checkpoints_dir, tmp_path, field, value, message):
   workdir = str(tmp_path / 'bad')
   with pytest.raises(ValueError, match=message):

@@ -1,4 +1,5 @@
 """Mask algebra: spec constructors, layer selections, sweeps, and the first affected position."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -13,26 +14,37 @@ def random_layout(rng, num_frames=3, per_frame=2):
   """group/frame/valid [S] of a prompt: system, frames, newline, question, options, last, padding."""
   parts = [(Group.SYSTEM, rng.integers(1, 4), -1)]
   parts += [(Group.VIDEO, per_frame, f) for f in range(num_frames)] + [(Group.VIDEO, 1, -1)]
-  parts += [(Group.QUESTION, rng.integers(1, 4), -1), (Group.OPTIONS, rng.integers(1, 4), -1),
-            (Group.LAST, rng.integers(1, 3), -1)]
+  parts += [
+    (Group.QUESTION, rng.integers(1, 4), -1),
+    (Group.OPTIONS, rng.integers(1, 4), -1),
+    (Group.LAST, rng.integers(1, 3), -1),
+  ]
   group = np.concatenate([np.full(n, g) for g, n, _ in parts]).astype(np.int32)
   frame = np.concatenate([np.full(n, f) for _, n, f in parts]).astype(np.int32)
   pad = rng.integers(0, 3)
   valid = np.concatenate([np.ones(len(group), bool), np.zeros(pad, bool)])
-  return (np.concatenate([group, np.full(pad, Group.LAST)]).astype(np.int32),
-          np.concatenate([frame, np.full(pad, -1)]).astype(np.int32), valid)
+  return (
+    np.concatenate([group, np.full(pad, Group.LAST)]).astype(np.int32),
+    np.concatenate([frame, np.full(pad, -1)]).astype(np.int32),
+    valid,
+  )
 
 
 def dense_allowed(group, frame, valid, rule) -> np.ndarray:
   s = len(group)
-  meta = TokenMeta(index=jnp.arange(s)[None], valid=jnp.asarray(valid)[None], group=jnp.asarray(group)[None],
-                   frame=jnp.asarray(frame)[None])
+  meta = TokenMeta(
+    index=jnp.arange(s)[None],
+    valid=jnp.asarray(valid)[None],
+    group=jnp.asarray(group)[None],
+    frame=jnp.asarray(frame)[None],
+  )
   return np.asarray(allowed(meta, meta, rule))[0]
 
 
 def rule_at(spec, l):
-  return knockout.KnockoutSpec(*(jnp.asarray(x[l]) for x in (spec.block, spec.cross_frame, spec.same_frame,
-                                                               spec.frames)))
+  return knockout.KnockoutSpec(
+    *(jnp.asarray(x[l]) for x in (spec.block, spec.cross_frame, spec.same_frame, spec.frames))
+  )
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -53,25 +65,31 @@ def test_first_affected_position_is_the_first_row_that_loses_an_edge(seed):
 
 
 def test_paper_conventions_on_the_newline_token():
-  group = np.array([Group.SYSTEM, Group.VIDEO, Group.VIDEO, Group.VIDEO, Group.VIDEO, Group.VIDEO,
-                    Group.QUESTION, Group.LAST], np.int32)
+  group = np.array(
+    [Group.SYSTEM, Group.VIDEO, Group.VIDEO, Group.VIDEO, Group.VIDEO, Group.VIDEO, Group.QUESTION, Group.LAST],
+    np.int32,
+  )
   frame = np.array([-1, 0, 0, 1, 1, -1, -1, -1], np.int32)
   valid = np.ones(8, bool)
   layers = knockout.all_layers(1)
   lv = dense_allowed(group, frame, valid, rule_at(knockout.knockout_spec('LV', layers, 2), 0))
-  assert not lv[6, 5] and not lv[7, 1:6].any() and lv[6, 0]          # text -> every video key, newline too
+  assert not lv[6, 5] and not lv[7, 1:6].any() and lv[6, 0]  # text -> every video key, newline too
   vt = dense_allowed(group, frame, valid, rule_at(knockout.knockout_spec('VT', layers, 2), 0))
-  assert not vt[3, 1] and vt[4, 3] and vt[5, 1] and vt[5, 4]          # newline's edges untouched
+  assert not vt[3, 1] and vt[4, 3] and vt[5, 1] and vt[5, 4]  # newline's edges untouched
   vs = dense_allowed(group, frame, valid, rule_at(knockout.knockout_spec('VS', layers, 2), 0))
-  assert not vs[2, 1] and vs[2, 2] and vs[3, 1] and vs[5, 4]          # own frame blocked, itself kept
+  assert not vs[2, 1] and vs[2, 2] and vs[3, 1] and vs[5, 4]  # own frame blocked, itself kept
 
 
 def test_layer_selections():
   assert knockout.layers_from(6, 2).tolist() == [False, False, True, True, True, True]
   assert knockout.window(6, 1, 4).tolist() == [False, True, True, True, True, False]
   assert knockout.explicit(4, [0, 3]).tolist() == [True, False, False, True]
-  for bad in (lambda: knockout.window(6, 3, 4), lambda: knockout.layers_from(6, 6),
-              lambda: knockout.explicit(4, [4]), lambda: knockout.window(6, 0, 0)):
+  for bad in (
+    lambda: knockout.window(6, 3, 4),
+    lambda: knockout.layers_from(6, 6),
+    lambda: knockout.explicit(4, [4]),
+    lambda: knockout.window(6, 0, 0),
+  ):
     with pytest.raises(ValueError):
       bad()
 

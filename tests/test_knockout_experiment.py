@@ -1,5 +1,6 @@
 """experiments.knockout end to end on a tiny random checkpoint and a small synthetic split: the results
 contract, resume after a kill (torn last line included), per-sample failures, bad configs."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,15 @@ def full_run(checkpoint, tmp_path_factory):
 
 def test_results_contract(full_run):
   workdir, summary = full_run
-  for name in ('config.json', 'samples.jsonl', 'summary.json', 'summary.csv',
-               'global1_performance_ratio.png', 'global2_performance_ratio.png', 'fine_accuracy_change.png'):
+  for name in (
+    'config.json',
+    'samples.jsonl',
+    'summary.json',
+    'summary.csv',
+    'global1_performance_ratio.png',
+    'global2_performance_ratio.png',
+    'fine_accuracy_change.png',
+  ):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, 'samples.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -69,21 +77,21 @@ def test_results_contract(full_run):
     assert r['accuracy_low'] <= r['accuracy'] <= r['accuracy_high'] and 0.0 <= r['mcnemar_p'] <= 1.0
   tasks = {r['task'] for r in records}
   assert {(s['group_kind'], s['group']) for s in summary['header']['scores']} == (
-      {('overall', 'overall')} | {('task', t) for t in tasks})
+    {('overall', 'overall')} | {('task', t) for t in tasks}
+  )
   for name in ('summary_scores.csv', 'fine_task_change.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert not os.path.exists(os.path.join(workdir, 'lmms_eval'))
 
 
-def test_rerun_resumes_without_duplicates_and_kill_restart_gives_same_summary(checkpoint, full_run,
-                                                                               tmp_path):
+def test_rerun_resumes_without_duplicates_and_kill_restart_gives_same_summary(checkpoint, full_run, tmp_path):
   full_dir, _ = full_run
   workdir = str(tmp_path / 'killed')
-  experiment.run(make_config(checkpoint, max_samples=3), workdir)   # stopped after 3 samples...
+  experiment.run(make_config(checkpoint, max_samples=3), workdir)  # stopped after 3 samples...
   with open(os.path.join(workdir, 'samples.jsonl'), 'a') as f:
-    f.write('{"id": "torn-by-the-kill", "clean": [0.1')             # ...mid-way through a write
+    f.write('{"id": "torn-by-the-kill", "clean": [0.1')  # ...mid-way through a write
   experiment.run(make_config(checkpoint), workdir)
-  experiment.run(make_config(checkpoint), workdir)                   # a finished run: nothing new
+  experiment.run(make_config(checkpoint), workdir)  # a finished run: nothing new
   with open(os.path.join(workdir, 'samples.jsonl')) as f:
     ids = [json.loads(line)['id'] for line in f]
   assert len(ids) == NUM_SAMPLES == len(set(ids))
@@ -109,11 +117,14 @@ def test_corrupt_video_is_recorded_and_the_run_goes_on(checkpoint, full_run, tmp
   assert videos[0].split('.')[0] in failure['id'] and failure['error']
 
 
-@pytest.mark.parametrize('field, value, message', [
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
     ('kinds', 'LV,XX', "kinds='LV,XX': unknown 'XX'"),
     ('window', 9, 'outside the 4 layers'),
     ('settings', 'global3', "settings='global3': unknown 'global3'"),
-])
+  ],
+)
 def test_bad_config_fails_before_any_sample(checkpoint, tmp_path, field, value, message):
   workdir = str(tmp_path / 'bad')
   with pytest.raises(ValueError, match=message):
@@ -133,6 +144,7 @@ def test_mvbench_release_tree_runs_with_official_scores_and_lmms_eval_files(chec
   (a video task and a TVQA frame-folder task, both clipped), the tiny model's videos standing in."""
   from ml_collections import config_dict  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   full_dir, _ = full_run
   videos = sorted(os.listdir(os.path.join(full_dir, 'synthetic', 'test', 'videos')))[:2]
   root = tmp_path / 'MVBench'
@@ -140,19 +152,40 @@ def test_mvbench_release_tree_runs_with_official_scores_and_lmms_eval_files(chec
   (root / 'video' / 'star' / 'Charades_v1_480').mkdir(parents=True)
   items = []
   for i, name in enumerate(videos):
-    shutil.copy(os.path.join(full_dir, 'synthetic', 'test', 'videos', name),
-                root / 'video' / 'star' / 'Charades_v1_480' / f'CLIP{i}.mp4')
-    items.append({'video': f'CLIP{i}.mp4', 'question': 'What happened after the person took the food?',
-                  'candidates': ['Ate.', 'Slept.', 'Left.'], 'answer': 'Slept.', 'start': 0.0, 'end': 1.0})
+    shutil.copy(
+      os.path.join(full_dir, 'synthetic', 'test', 'videos', name),
+      root / 'video' / 'star' / 'Charades_v1_480' / f'CLIP{i}.mp4',
+    )
+    items.append(
+      {
+        'video': f'CLIP{i}.mp4',
+        'question': 'What happened after the person took the food?',
+        'candidates': ['Ate.', 'Slept.', 'Left.'],
+        'answer': 'Slept.',
+        'start': 0.0,
+        'end': 1.0,
+      }
+    )
   (root / 'json' / 'action_sequence.json').write_text(json.dumps(items))
   frames = root / 'video' / 'tvqa' / 'frames_fps3_hq' / 'friends_s01e01_seg01_clip_00'
   frames.mkdir(parents=True)
   rng = np.random.default_rng(0)
   for i in range(9):
     Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(frames / f'{i + 1:05d}.jpg')
-  (root / 'json' / 'episodic_reasoning.json').write_text(json.dumps([
-      {'video': frames.name, 'question': 'Why does Ross leave?', 'candidates': ['A call.', 'A knock.'],
-       'answer': 'A call.', 'start': 0.5, 'end': 2.5}]))
+  (root / 'json' / 'episodic_reasoning.json').write_text(
+    json.dumps(
+      [
+        {
+          'video': frames.name,
+          'question': 'Why does Ross leave?',
+          'candidates': ['A call.', 'A knock.'],
+          'answer': 'A call.',
+          'start': 0.5,
+          'end': 2.5,
+        }
+      ]
+    )
+  )
   config = make_config(checkpoint, settings='global2', benchmark='mvbench')
   config.data = config_dict.ConfigDict({'ann': str(root / 'json'), 'video_root': str(root / 'video')})
   workdir = str(tmp_path / 'run')
@@ -162,7 +195,8 @@ def test_mvbench_release_tree_runs_with_official_scores_and_lmms_eval_files(chec
   clean = {s['group']: s for s in h['scores'] if s['condition'] == 'clean'}
   assert set(clean) == {'overall', 'mean over tasks', 'action_sequence', 'episodic_reasoning'}
   assert clean['mean over tasks']['accuracy'] == pytest.approx(
-      (clean['action_sequence']['accuracy'] + clean['episodic_reasoning']['accuracy']) / 2)
+    (clean['action_sequence']['accuracy'] + clean['episodic_reasoning']['accuracy']) / 2
+  )
   folder = os.path.join(workdir, 'lmms_eval', lmms_eval_format.sanitize_model_name(str(checkpoint)))
   names = sorted(os.listdir(folder))
   assert len(names) == 3 and names[0].endswith('_results.json')

@@ -1,4 +1,5 @@
 """A knocked-out layer needs no more memory than a clean one: no S x S tensor (compile only)."""
+
 from __future__ import annotations
 
 import pytest

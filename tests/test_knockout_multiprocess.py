@@ -1,5 +1,6 @@
 """Two local processes (jax.distributed, 127.0.0.1 coordinator, gloo) run the knockout experiment on the
 embedded default and write the same summary as one process."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,15 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ['--config=configs/knockout.py', '--config.max_samples=4', '--config.batch_size=2',
-        '--config.settings=global2,fine', '--config.window=4', '--config.window_stride=2',
-        '--config.data.num=10']
+ARGS = [
+  '--config=configs/knockout.py',
+  '--config.max_samples=4',
+  '--config.batch_size=2',
+  '--config.settings=global2,fine',
+  '--config.window=4',
+  '--config.window_stride=2',
+  '--config.data.num=10',
+]
 
 
 def _free_port() -> int:
@@ -22,8 +29,14 @@ def _free_port() -> int:
 
 def _launch(workdir: str, env_extra: dict) -> subprocess.Popen:
   env = {**os.environ, **env_extra}
-  return subprocess.Popen([sys.executable, '-m', 'experiments.knockout', f'--workdir={workdir}', *ARGS],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, '-m', 'experiments.knockout', f'--workdir={workdir}', *ARGS],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _rows(workdir: str) -> list[dict]:
@@ -36,9 +49,13 @@ def test_two_processes_give_the_single_process_summary(tmp_path):
   out, err = single.communicate(timeout=900)
   assert single.returncode == 0, err[-3000:]
   port = _free_port()
-  procs = [_launch(str(tmp_path / 'two'), {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
-                                           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
-           for i in range(2)]
+  procs = [
+    _launch(
+      str(tmp_path / 'two'),
+      {'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)},
+    )
+    for i in range(2)
+  ]
   for p in procs:
     _, err = p.communicate(timeout=900)
     assert p.returncode == 0, err[-3000:]

@@ -1,5 +1,6 @@
 """The knockout summary on hand-made records: 1-based names, intervals, McNemar p, per-task and official
 rows, and the plots drawing them (no model runs)."""
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,9 @@ def _records(sw: specs.Sweep, num: int = 60, seed: int = 0) -> list[dict]:
       if rng.random() < damage:
         logp[answer] -= 10
       spec_logp[e.name] = logp
-    records.append({'id': f'{TASKS[i % 3]}/{i}', 'task': TASKS[i % 3], 'answer': answer, 'clean': clean,
-                    'specs': spec_logp})
+    records.append(
+      {'id': f'{TASKS[i % 3]}/{i}', 'task': TASKS[i % 3], 'answer': answer, 'clean': clean, 'specs': spec_logp}
+    )
   return records + [{'id': 'broken/0', 'error': 'VideoError: truncated'}]
 
 
@@ -52,7 +54,7 @@ def test_rows_use_1_based_layers_and_carry_intervals(summary):
     assert 0 <= r['mcnemar_p'] <= 1
     np.testing.assert_allclose(r['change'], r['accuracy'] - s['header']['clean_accuracy'])
   lv_all = s['rows'][names.index('global1/LV/1-8')]
-  assert lv_all['change_high'] < 0 and lv_all['mcnemar_p'] < 1e-3    # LV from layer 1 hurts, clearly
+  assert lv_all['change_high'] < 0 and lv_all['mcnemar_p'] < 1e-3  # LV from layer 1 hurts, clearly
   h = s['header']
   assert h['num_samples'] == 60 and h['num_failed'] == 1
   assert h['clean_accuracy_low'] <= h['clean_accuracy'] <= h['clean_accuracy_high']
@@ -87,8 +89,11 @@ def test_plots_draw_intervals_and_the_task_heatmap(summary, tmp_path):
   _, s = summary
   written = plots.knockout_plots(s['rows'], s['header'], str(tmp_path))
   assert [os.path.basename(p) for p in written] == [
-      'global1_performance_ratio.png', 'global2_performance_ratio.png', 'fine_accuracy_change.png',
-      'fine_task_change.png']
+    'global1_performance_ratio.png',
+    'global2_performance_ratio.png',
+    'fine_accuracy_change.png',
+    'fine_task_change.png',
+  ]
   assert all(os.path.getsize(p) > 0 for p in written)
   # A summary without per-task scores (an older run) still plots, just without the heatmap.
   header = {k: v for k, v in s['header'].items() if k != 'scores'}

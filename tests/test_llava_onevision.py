@@ -1,5 +1,6 @@
 """LLaVA-OneVision parity against transformers (PyTorch) on tiny random models, greedy decoding, and
 parameter counts of the full-size configs without memory."""
+
 from __future__ import annotations
 
 import jax
@@ -21,14 +22,35 @@ NUM_FRAMES = 2
 
 def tiny_config(tie: bool, image_size: int = 35) -> transformers.LlavaOnevisionConfig:
   """image 35 / patch 7: a 5x5 grid pooled to 3x3 (odd sizes exercise the bilinear edge rule)."""
-  vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                image_size=image_size, patch_size=7, vision_use_head=False)
-  text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=100, rope_theta=5000.0, tie_word_embeddings=tie,
-              max_position_embeddings=256)
+  vision = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=image_size,
+    patch_size=7,
+    vision_use_head=False,
+  )
+  text = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=100,
+    rope_theta=5000.0,
+    tie_word_embeddings=tie,
+    max_position_embeddings=256,
+  )
   return transformers.LlavaOnevisionConfig(
-      vision_config=vision, text_config=text, image_token_index=IMAGE_ID, video_token_index=VIDEO_ID,
-      vision_feature_layer=-1, vision_feature_select_strategy='full', tie_word_embeddings=tie)
+    vision_config=vision,
+    text_config=text,
+    image_token_index=IMAGE_ID,
+    video_token_index=VIDEO_ID,
+    vision_feature_layer=-1,
+    vision_feature_select_strategy='full',
+    tie_word_embeddings=tie,
+  )
 
 
 def build(tie: bool, seed: int = 0):
@@ -42,7 +64,8 @@ def build(tie: bool, seed: int = 0):
   config = lo.LlavaOnevisionConfig.from_hf(hf.config.to_dict())
   model = lo.LlavaOnevisionForConditionalGeneration(config)
   params = checkpoints.convert_state_dict(
-      'llava_onevision', {k: v.numpy() for k, v in hf.state_dict().items()}, lo.param_shapes(model))
+    'llava_onevision', {k: v.numpy() for k, v in hf.state_dict().items()}, lo.param_shapes(model)
+  )
   return hf, model, jax.tree.map(jnp.asarray, params)
 
 
@@ -69,11 +92,14 @@ def test_padded_batch_logits_match_transformers(tie):
   batch = np.zeros((2, s), np.int32)
   mask = np.zeros((2, s), bool)
   for i, x in enumerate(ids):
-    batch[i, :len(x)], mask[i, :len(x)] = x, True
+    batch[i, : len(x)], mask[i, : len(x)] = x, True
   px = pixels(3, 2)
   with torch.no_grad():
-    ref = hf(input_ids=torch.from_numpy(batch).long(), attention_mask=torch.from_numpy(mask).long(),
-             pixel_values_videos=torch.from_numpy(px.transpose(0, 1, 4, 2, 3))).logits.numpy()
+    ref = hf(
+      input_ids=torch.from_numpy(batch).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+      pixel_values_videos=torch.from_numpy(px.transpose(0, 1, 4, 2, 3)),
+    ).logits.numpy()
 
   @jax.jit
   def logits(params):
@@ -91,8 +117,9 @@ def test_video_features_match_transformers():
   hf, model, params = build(False)
   px = pixels(4, 1)
   with torch.no_grad():
-    ref = hf.model.get_video_features(torch.from_numpy(px.transpose(0, 1, 4, 2, 3)), vision_feature_layer=-1,
-                                      vision_feature_select_strategy='full').pooler_output.numpy()
+    ref = hf.model.get_video_features(
+      torch.from_numpy(px.transpose(0, 1, 4, 2, 3)), vision_feature_layer=-1, vision_feature_select_strategy='full'
+    ).pooler_output.numpy()
   ours = np.asarray(model.apply({'params': params}, px, method='video_features'))
   assert ours.shape == (1, model.config.num_video_tokens(NUM_FRAMES), 64) == ref.shape
   assert np.abs(ours - ref).max() <= 1e-4
@@ -105,12 +132,18 @@ def test_greedy_generation_matches_transformers_generate():
   batch = np.zeros((2, s), np.int32)
   mask = np.zeros((2, s), bool)
   for i, x in enumerate(ids):  # left padding, as generate expects
-    batch[i, s - len(x):], mask[i, s - len(x):] = x, True
+    batch[i, s - len(x) :], mask[i, s - len(x) :] = x, True
   px = pixels(7, 2)
   with torch.no_grad():
-    ref = hf.generate(input_ids=torch.from_numpy(batch).long(), attention_mask=torch.from_numpy(mask).long(),
-                      pixel_values_videos=torch.from_numpy(px.transpose(0, 1, 4, 2, 3)), do_sample=False,
-                      max_new_tokens=8, min_new_tokens=8, pad_token_id=0)[:, s:].numpy()
+    ref = hf.generate(
+      input_ids=torch.from_numpy(batch).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+      pixel_values_videos=torch.from_numpy(px.transpose(0, 1, 4, 2, 3)),
+      do_sample=False,
+      max_new_tokens=8,
+      min_new_tokens=8,
+      pad_token_id=0,
+    )[:, s:].numpy()
   positions = qwen2.positions_from_mask(jnp.asarray(mask))
   ours = np.asarray(lo.generate(model, params, batch, px, positions, meta_from_mask(mask), 8))
   np.testing.assert_array_equal(ours, ref)
@@ -133,7 +166,8 @@ FULL_TEXT = QWEN2
 def test_full_size_parameter_count_equals_transformers(size):
   text = FULL_TEXT[size]
   hf_config = transformers.LlavaOnevisionConfig(
-      vision_config=SIGLIP_SO400M_IN_LLAVA, text_config=text, tie_word_embeddings=text['tie_word_embeddings'])
+    vision_config=SIGLIP_SO400M_IN_LLAVA, text_config=text, tie_word_embeddings=text['tie_word_embeddings']
+  )
   with torch.device('meta'):
     hf = transformers.LlavaOnevisionForConditionalGeneration(hf_config)
   expected = sum(p.numel() for p in hf.parameters())  # tied weights are counted once

@@ -1,5 +1,6 @@
 """experiments.plan: TPU table, parameter bytes per device against the shard count (and against jax's
 own shard shapes), and the fit verdicts for LLaVA-OneVision 7B / 72B at 32 frames."""
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,8 @@ def plans():
 
 
 def test_tpu_table():
-  gib = 2 ** 30
-  gb = 10 ** 9
+  gib = 2**30
+  gb = 10**9
   assert plan.tpu_slice('v5e-8') == plan.TpuSlice('v5e-8', 8, 1, 16 * gib, 384 * gb)
   assert plan.tpu_slice('v5litepod-16').chips == 16
   assert plan.tpu_slice('v5p-32') == plan.TpuSlice('v5p-32', 16, 4, 95 * gib, 448 * gb)
@@ -73,8 +74,9 @@ def test_parameter_bytes_are_count_times_dtype_over_shards(plans, preset, tpu):
   mesh = AbstractMesh(tuple(p['mesh'][a] for a in sharding.MESH_AXES), sharding.MESH_AXES)
   specs = sharding.param_partition_specs(shapes, p['mesh'])
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-  by_jax = sum(math.prod(NamedSharding(mesh, s).shard_shape(x.shape)) * 2
-               for x, s in zip(jax.tree.leaves(shapes), spec_leaves))
+  by_jax = sum(
+    math.prod(NamedSharding(mesh, s).shard_shape(x.shape)) * 2 for x, s in zip(jax.tree.leaves(shapes), spec_leaves)
+  )
   assert by_jax == params['bytes_per_device']
 
 
@@ -82,12 +84,15 @@ def test_72b_does_not_fit_v5e_8_in_bfloat16_but_7b_does(plans):
   assert plans['llava_ov_7b', 'v5e-8']['fits']
   assert not plans['llava_ov_72b', 'v5e-8']['fits']
   # The weights alone exceed 16 GiB per chip; the 16-chip v5p slice holds everything.
-  assert plans['llava_ov_72b', 'v5e-8']['params']['bytes_per_device'] > 16 * 2 ** 30
+  assert plans['llava_ov_72b', 'v5e-8']['params']['bytes_per_device'] > 16 * 2**30
   assert plans['llava_ov_72b', 'v5p-32']['fits']
   for p in plans.values():
     assert p['total_bytes_per_device'] == pytest.approx(
-        p['params']['bytes_per_device'] + p['kv_cache_bytes_per_device'] + p['sweep_states_bytes_per_device']
-        + p['activations']['total'])
+      p['params']['bytes_per_device']
+      + p['kv_cache_bytes_per_device']
+      + p['sweep_states_bytes_per_device']
+      + p['activations']['total']
+    )
 
 
 def test_tensor_axis_splits_the_kv_cache_and_batch_splits_activations():
@@ -103,9 +108,21 @@ def test_tensor_axis_splits_the_kv_cache_and_batch_splits_activations():
 
 def test_cli_prints_the_plan():
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, '-m', 'experiments.plan', '--config=configs/plan.py:llava_ov_0_5b',
-                        '--config.num_frames=8', '--config.tpu=v6e-8'], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'experiments.plan',
+      '--config=configs/plan.py:llava_ov_0_5b',
+      '--config.num_frames=8',
+      '--config.tpu=v6e-8',
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'llava_ov_0_5b: 893,' in out.stdout and '8 frames' in out.stdout
   assert 'fits v6e-8: yes' in out.stdout
@@ -130,7 +147,7 @@ def test_host_ram_at_load_is_two_blocks_of_the_largest_parameter(plans):
   assert p['params']['largest_block_bytes'] == math.prod(mlp.shape) * 2 / 16
   assert p['host_load_bytes']['sharded'] == 2 * p['params']['largest_block_bytes']
   # The whole-model path (float32 tree + the stacked copy) cannot load 72B on any TPU host.
-  assert p['host_load_bytes']['whole_model_float32'] == 2 * 4 * p['params']['count'] > 448 * 10 ** 9
+  assert p['host_load_bytes']['whole_model_float32'] == 2 * 4 * p['params']['count'] > 448 * 10**9
   assert p['fits_host_ram'] and not p['whole_model_load_fits_host_ram']
   tiny_ram = plan.plan(config('llava_ov_72b', 'v5p-32', host_ram_gib=4.0))
   assert tiny_ram['fits_hbm'] and not tiny_ram['fits_host_ram'] and not tiny_ram['fits']
@@ -148,10 +165,17 @@ def test_72b_recommendations(recommended):
   # v5e-32: fsdp alone replicates the KV cache and activations (batch 1); tensor=2 brings it under 16 GiB.
   r = recommended['v5e-32']
   assert r['plan']['fits'] and r['plan']['mesh'] == {'data': 1, 'fsdp': 16, 'tensor': 2}
-  assert r['launch'] == {'hosts': 4, 'chips_per_host': 8, 'processes': 4, 'mesh_devices': 'global',
-                         'mesh': r['plan']['mesh']}
-  assert '--config.mesh.devices=global --config.mesh.data=1 --config.mesh.fsdp=16 --config.mesh.tensor=2' in \
-      plan.format_recommendation(r)
+  assert r['launch'] == {
+    'hosts': 4,
+    'chips_per_host': 8,
+    'processes': 4,
+    'mesh_devices': 'global',
+    'mesh': r['plan']['mesh'],
+  }
+  assert (
+    '--config.mesh.devices=global --config.mesh.data=1 --config.mesh.fsdp=16 --config.mesh.tensor=2'
+    in plan.format_recommendation(r)
+  )
   # v5e-16: no mesh holds the sweep's per-layer states too; without them fsdp=16 fits.
   r = recommended['v5e-16']
   assert not r['plan']['fits'] and r['launch']['hosts'] == 2
@@ -172,7 +196,7 @@ def test_qwen2_5_vl_7b_preset():
   """Qwen2.5-VL-7B at the runs' 448 x 448: 32 frames -> 16 temporal patches of 16 x 16 merged tokens."""
   p = plan.plan(config('qwen2_5_vl_7b', 'v5e-8'))
   print(plan.format_plan(p))
-  assert p['params']['count'] == 8_292_166_656      # transformers' meta-device model (test_qwen2_5_vl_checkpoints)
+  assert p['params']['count'] == 8_292_166_656  # transformers' meta-device model (test_qwen2_5_vl_checkpoints)
   assert p['prompt_slots'] == 16 * 16 * 16 + 2 + 256
   groups = p['params']['count_by_shard_count']
   assert set(groups) == {1, 8} and groups[1] / p['params']['count'] < 1e-3
@@ -180,4 +204,5 @@ def test_qwen2_5_vl_7b_preset():
   # Twice the frames: twice the KV cache (the prompt is almost all video).
   longer = plan.plan(config('qwen2_5_vl_7b', 'v5e-8', num_frames=64))
   assert longer['kv_cache_bytes_per_device'] / p['kv_cache_bytes_per_device'] == pytest.approx(
-      (32 * 256 + 2 + 256) / (16 * 256 + 2 + 256))
+    (32 * 256 + 2 + 256) / (16 * 256 + 2 + 256)
+  )

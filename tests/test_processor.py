@@ -1,4 +1,5 @@
 """Processor: chat template rendering, `<video>` expansion (vs transformers' count rule), letters, pixels."""
+
 from __future__ import annotations
 
 import json
@@ -15,24 +16,35 @@ from jaxvlm import processor as processor_lib
 from jaxvlm.processor import SiglipProcessor, VideoProcessor
 
 SPECIAL = ['<|im_start|>', '<|im_end|>', '<video>', '<image>']
-WORDS = ('[PAD] [UNK] system user assistant What colour is the ball ? A B C D . red blue green '
-         'Answer with option \' s letter from given choices directly a photo of cat dog').split()
+WORDS = (
+  '[PAD] [UNK] system user assistant What colour is the ball ? A B C D . red blue green '
+  'Answer with option \' s letter from given choices directly a photo of cat dog'
+).split()
 # LLaVA-OneVision's style: role then a space, media placeholders first, then '\n' + each text part.
 LLAVA_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + c['text'] }}{% endfor %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+  "{% for c in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+  "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + c['text'] }}{% endfor %}"
+  "{{ '<|im_end|>\n' }}{% endfor %}"
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 # Qwen2's style: string content only.
 PLAIN_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+  "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 QUESTION = 'What colour is the ball?'
 OPTIONS = ['red', 'blue', 'green']
-PIXELS = {'size': {'height': 28, 'width': 28}, 'resample': 3, 'image_mean': [0.5, 0.5, 0.5],
-          'image_std': [0.25, 0.5, 1.0], 'rescale_factor': 1 / 255, 'do_resize': True,
-          'do_rescale': True, 'do_normalize': True}
+PIXELS = {
+  'size': {'height': 28, 'width': 28},
+  'resample': 3,
+  'image_mean': [0.5, 0.5, 0.5],
+  'image_std': [0.25, 0.5, 1.0],
+  'rescale_factor': 1 / 255,
+  'do_resize': True,
+  'do_rescale': True,
+  'do_normalize': True,
+}
 
 
 def make_tokenizer(chat_template: str | None = LLAVA_TEMPLATE) -> transformers.PreTrainedTokenizerFast:
@@ -40,7 +52,8 @@ def make_tokenizer(chat_template: str | None = LLAVA_TEMPLATE) -> transformers.P
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token='[UNK]'))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]', additional_special_tokens=SPECIAL)
+    tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]', additional_special_tokens=SPECIAL
+  )
   fast.chat_template = chat_template
   return fast
 
@@ -51,13 +64,29 @@ def video_token_id() -> int:
 
 def llava_config(image_size: int = 28, patch_size: int = 7) -> transformers.LlavaOnevisionConfig:
   return transformers.LlavaOnevisionConfig(
-      vision_config=dict(model_type='siglip_vision_model', hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
-                         patch_size=patch_size),
-      text_config=dict(model_type='qwen2', hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, vocab_size=64),
-      video_token_index=video_token_id(), image_token_index=video_token_id() + 1,
-      vision_feature_layer=-1, vision_feature_select_strategy='full')
+    vision_config=dict(
+      model_type='siglip_vision_model',
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      image_size=image_size,
+      patch_size=patch_size,
+    ),
+    text_config=dict(
+      model_type='qwen2',
+      hidden_size=16,
+      intermediate_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      vocab_size=64,
+    ),
+    video_token_index=video_token_id(),
+    image_token_index=video_token_id() + 1,
+    vision_feature_layer=-1,
+    vision_feature_select_strategy='full',
+  )
 
 
 def write_llava_processor_dir(path, config=None, chat_template=LLAVA_TEMPLATE, pixels=PIXELS) -> str:
@@ -98,9 +127,11 @@ def transformers_expanded_text(text: str, num_frames: int, num_image_tokens: int
 
 def test_build_prompt_renders_template_exactly(proc):
   prompt, _ = proc.build_prompt(QUESTION, OPTIONS, num_frames=3)
-  assert prompt == ("<|im_start|>user <video>\nWhat colour is the ball?\nA. red\nB. blue\nC. green\n"
-                    "Answer with the option's letter from the given choices directly.<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+  assert prompt == (
+    "<|im_start|>user <video>\nWhat colour is the ball?\nA. red\nB. blue\nC. green\n"
+    "Answer with the option's letter from the given choices directly.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+  )
 
 
 @pytest.mark.parametrize('num_frames', [1, 3, 8])
@@ -108,8 +139,9 @@ def test_expanded_ids_match_transformers_rule(proc, num_frames):
   prompt, ids = proc.build_prompt(QUESTION, OPTIONS, num_frames)
   # Tiny vision config: 28 / 7 = 4x4 patches, pooled to 2x2 = 4 tokens per frame, + 1 newline.
   assert (ids == video_token_id()).sum() == 4 * num_frames + 1
-  expected = proc.tokenizer(transformers_expanded_text(prompt, num_frames, num_image_tokens=16),
-                            add_special_tokens=False)['input_ids']
+  expected = proc.tokenizer(
+    transformers_expanded_text(prompt, num_frames, num_image_tokens=16), add_special_tokens=False
+  )['input_ids']
   np.testing.assert_array_equal(ids, expected)
   assert ids.dtype == np.int32
   assert proc.tokenizer.unk_token_id not in ids
@@ -127,9 +159,11 @@ def test_full_size_grid_gives_196_tokens_per_frame(tmp_path):
 def test_plain_string_template_gets_video_line(tmp_path):
   proc = VideoProcessor.from_pretrained(write_llava_processor_dir(tmp_path, chat_template=PLAIN_TEMPLATE))
   prompt, ids = proc.build_prompt(QUESTION, OPTIONS[:2], num_frames=2)
-  assert prompt == ("<|im_start|>user\n<video>\nWhat colour is the ball?\nA. red\nB. blue\n"
-                    "Answer with the option's letter from the given choices directly.<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+  assert prompt == (
+    "<|im_start|>user\n<video>\nWhat colour is the ball?\nA. red\nB. blue\n"
+    "Answer with the option's letter from the given choices directly.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+  )
   assert (ids == video_token_id()).sum() == 9
 
 
@@ -200,8 +234,7 @@ def test_from_checkpoint_dir_without_tokenizer_is_none(tmp_path):
 def test_siglip_text_is_padded_to_max_length(tmp_path):
   transformers.SiglipConfig(text_config=dict(max_position_embeddings=16)).save_pretrained(tmp_path)
   make_tokenizer(None).save_pretrained(tmp_path)
-  proc = processor_lib.from_checkpoint_dir(
-      os.fspath(tmp_path), json.loads((tmp_path / 'config.json').read_text()))
+  proc = processor_lib.from_checkpoint_dir(os.fspath(tmp_path), json.loads((tmp_path / 'config.json').read_text()))
   assert isinstance(proc, SiglipProcessor)
   ids = proc.tokenize(['a photo of a cat', 'a dog'])
   assert ids.shape == (2, 16) and ids.dtype == np.int32

@@ -1,5 +1,6 @@
 """Flax Qwen2 vs transformers Qwen2ForCausalLM on tiny random models: logits, hidden states, greedy
 generation, cache writes at offsets, per-layer specs without retracing."""
+
 from __future__ import annotations
 
 import functools
@@ -22,11 +23,22 @@ TOL = 1e-4
 
 def _hf_config(tie: bool) -> transformers.Qwen2Config:
   return transformers.Qwen2Config(
-      vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=LAYERS,
-      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
-      rope_parameters={'rope_type': 'default', 'rope_theta': 500.0}, rms_norm_eps=1e-6,
-      tie_word_embeddings=tie, pad_token_id=0, bos_token_id=None, eos_token_id=None,
-      attn_implementation='eager')
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=64,
+    rope_parameters={'rope_type': 'default', 'rope_theta': 500.0},
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=tie,
+    pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=None,
+    attn_implementation='eager',
+  )
 
 
 @functools.cache
@@ -59,7 +71,7 @@ def _batch(lengths, total, padding_side, seed=0):
   for b, n in enumerate(lengths):
     mask[b, :n] = 1 if padding_side == 'right' else 0
     if padding_side == 'left':
-      mask[b, total - n:] = 1
+      mask[b, total - n :] = 1
   return np.where(mask == 1, ids, 0), mask
 
 
@@ -70,9 +82,18 @@ def _forward(model, params, ids, mask, spec=None, return_hidden_states=False):
   meta = qwen2.text_meta(mask)
   cache = qwen2.KVCache.empty(model.config, b, t)
   embeds = model.apply({'params': params}, ids, method='embed')
-  hidden, _, states = model.apply({'params': params}, embeds, qwen2.positions_from_mask(mask), meta, cache,
-                                  meta, jnp.zeros((b,), jnp.int32), spec, return_hidden_states,
-                                  method='decode')
+  hidden, _, states = model.apply(
+    {'params': params},
+    embeds,
+    qwen2.positions_from_mask(mask),
+    meta,
+    cache,
+    meta,
+    jnp.zeros((b,), jnp.int32),
+    spec,
+    return_hidden_states,
+    method='decode',
+  )
   return model.apply({'params': params}, hidden, method='logits'), states
 
 
@@ -80,8 +101,15 @@ def test_config_from_hf():
   cfg = qwen2.Qwen2Config.from_hf(_hf_config(True).to_dict())
   assert (cfg.rope_theta, cfg.head_dim, cfg.num_key_value_heads) == (500.0, 16, 2)
   assert cfg.tie_word_embeddings
-  v4 = dict(vocab_size=8, hidden_size=32, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=None, rope_theta=1e6)
+  v4 = dict(
+    vocab_size=8,
+    hidden_size=32,
+    intermediate_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=None,
+    rope_theta=1e6,
+  )
   cfg = qwen2.Qwen2Config.from_hf(v4)
   assert (cfg.rope_theta, cfg.head_dim, cfg.num_key_value_heads) == (1e6, 8, 4)
   with pytest.raises(ValueError, match='yarn'):
@@ -109,8 +137,9 @@ def test_logits_and_hidden_states_match_transformers(tie):
   assert np.abs(np.asarray(states[LAYERS]) - hf_states[LAYERS])[valid].max() > 1e-2
 
   # __call__ is the same plain forward; the params round-trip to the HF state dict.
-  np.testing.assert_allclose(jax.jit(model.apply)({'params': params}, jnp.asarray(ids), jnp.asarray(mask)),
-                             logits, atol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(model.apply)({'params': params}, jnp.asarray(ids), jnp.asarray(mask)), logits, atol=1e-6
+  )
   back = params_to_state_dict(params)
   for key, value in hf.state_dict().items():
     if key in back or not tie:
@@ -121,8 +150,9 @@ def test_greedy_generate_matches_transformers():
   hf, model, params = _models(False)
   ids, mask = _batch([9, 5], 9, 'left', seed=1)
   with torch.no_grad():
-    expected = hf.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                           do_sample=False, max_new_tokens=8, pad_token_id=0)[:, ids.shape[1]:].numpy()
+    expected = hf.generate(
+      input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False, max_new_tokens=8, pad_token_id=0
+    )[:, ids.shape[1] :].numpy()
   got = qwen2.greedy_generate(model, params, jnp.asarray(ids), jnp.asarray(mask), 8)
   assert len(set(expected.ravel().tolist())) > 2  # not a degenerate repeat of one token
   np.testing.assert_array_equal(np.asarray(got), expected)
@@ -136,7 +166,7 @@ def test_prefill_then_decode_steps_reproduce_full_forward():
   ids, mask = _batch(lengths.tolist(), 10, 'right', seed=2)
   full, _ = _forward(model, params, jnp.asarray(ids), jnp.asarray(mask))
 
-  prefix = lengths - steps                                              # [B] = (7, 4)
+  prefix = lengths - steps  # [B] = (7, 4)
   t0 = int(prefix.max())
   pre_mask = np.arange(t0)[None] < prefix[:, None]
   k_meta = qwen2.text_meta(jnp.zeros((2, 10), bool))
@@ -147,21 +177,24 @@ def test_prefill_then_decode_steps_reproduce_full_forward():
   def run(ids, positions, q_meta, cache, k_meta, write_index):
     """Tokens ids [B, T] written at write_index [B] -> (logits [B, T, V], cache)."""
     apply = functools.partial(model.apply, {'params': params})
-    hidden, cache, _ = apply(apply(ids, method='embed'), positions, q_meta, cache, k_meta, write_index,
-                             method='decode')
+    hidden, cache, _ = apply(apply(ids, method='embed'), positions, q_meta, cache, k_meta, write_index, method='decode')
     return apply(hidden, method='logits'), cache
 
-  logits, cache = run(jnp.asarray(ids[:, :t0]), qwen2.positions_from_mask(jnp.asarray(pre_mask)),
-                      qwen2.text_meta(jnp.asarray(pre_mask)), cache, k_meta, jnp.zeros((2,), jnp.int32))
+  logits, cache = run(
+    jnp.asarray(ids[:, :t0]),
+    qwen2.positions_from_mask(jnp.asarray(pre_mask)),
+    qwen2.text_meta(jnp.asarray(pre_mask)),
+    cache,
+    k_meta,
+    jnp.zeros((2,), jnp.int32),
+  )
   rows = np.arange(2)
   np.testing.assert_array_less(np.abs(logits[rows, prefix - 1] - full[rows, prefix - 1]), TOL)
   for i in range(steps):
-    slot = jnp.asarray(prefix + i, jnp.int32)                          # [B], differs per row
+    slot = jnp.asarray(prefix + i, jnp.int32)  # [B], differs per row
     k_meta = k_meta.replace(valid=k_meta.valid.at[rows, slot].set(True))
-    q_meta = TokenMeta(slot[:, None], jnp.ones((2, 1), bool), jnp.full((2, 1), Group.QUESTION),
-                       jnp.full((2, 1), -1))
-    logits, cache = run(jnp.asarray(ids[rows, prefix + i])[:, None], slot[:, None], q_meta, cache, k_meta,
-                        slot)
+    q_meta = TokenMeta(slot[:, None], jnp.ones((2, 1), bool), jnp.full((2, 1), Group.QUESTION), jnp.full((2, 1), -1))
+    logits, cache = run(jnp.asarray(ids[rows, prefix + i])[:, None], slot[:, None], q_meta, cache, k_meta, slot)
     np.testing.assert_array_less(np.abs(logits[:, 0] - full[rows, prefix + i]), TOL)
 
 
@@ -170,8 +203,9 @@ def _spec(block_layers) -> LayerRule:
   g = len(Group)
   block = np.zeros((LAYERS, g, g), bool)
   block[list(block_layers), Group.QUESTION, Group.QUESTION] = True
-  return LayerRule(jnp.asarray(block), jnp.zeros((LAYERS,), bool), jnp.zeros((LAYERS,), bool),
-                   jnp.zeros((LAYERS, 3), bool))
+  return LayerRule(
+    jnp.asarray(block), jnp.zeros((LAYERS,), bool), jnp.zeros((LAYERS,), bool), jnp.zeros((LAYERS, 3), bool)
+  )
 
 
 def test_spec_is_applied_per_layer_without_retracing():

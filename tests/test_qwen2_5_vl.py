@@ -1,6 +1,7 @@
 """Qwen2.5-VL parity against transformers (PyTorch) on tiny random models: vision features (ragged windows,
 two temporal patches, a non-square grid), M-RoPE positions, padded-batch logits, greedy decoding and
 knockouts driven by dense per-layer masks in transformers."""
+
 from __future__ import annotations
 
 import jax
@@ -29,16 +30,42 @@ PADS = GRID[0] * (GRID[1] // MERGE) * (GRID[2] // MERGE)
 
 
 def tiny_config(tie: bool = False, layers: int = 2) -> transformers.Qwen2_5_VLConfig:
-  vision = dict(depth=3, hidden_size=32, intermediate_size=48, num_heads=2, in_channels=3, patch_size=PATCH,
-                spatial_merge_size=MERGE, temporal_patch_size=2, tokens_per_second=2, window_size=16,
-                out_hidden_size=64, fullatt_block_indexes=[1])
-  text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=120, max_position_embeddings=512, tie_word_embeddings=tie,
-              rope_parameters={'rope_type': 'default', 'mrope_section': [2, 3, 3], 'rope_theta': 10000.0},
-              bos_token_id=None, eos_token_id=None)
-  return transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_ID,
-                                       video_token_id=VIDEO_ID, vision_start_token_id=START_ID,
-                                       vision_end_token_id=END_ID, tie_word_embeddings=tie)
+  vision = dict(
+    depth=3,
+    hidden_size=32,
+    intermediate_size=48,
+    num_heads=2,
+    in_channels=3,
+    patch_size=PATCH,
+    spatial_merge_size=MERGE,
+    temporal_patch_size=2,
+    tokens_per_second=2,
+    window_size=16,
+    out_hidden_size=64,
+    fullatt_block_indexes=[1],
+  )
+  text = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=layers,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=120,
+    max_position_embeddings=512,
+    tie_word_embeddings=tie,
+    rope_parameters={'rope_type': 'default', 'mrope_section': [2, 3, 3], 'rope_theta': 10000.0},
+    bos_token_id=None,
+    eos_token_id=None,
+  )
+  return transformers.Qwen2_5_VLConfig(
+    vision_config=vision,
+    text_config=text,
+    image_token_id=IMAGE_ID,
+    video_token_id=VIDEO_ID,
+    vision_start_token_id=START_ID,
+    vision_end_token_id=END_ID,
+    tie_word_embeddings=tie,
+  )
 
 
 def build(tie: bool = False, seed: int = 0, layers: int = 2):
@@ -86,10 +113,13 @@ def padded(prompts: list[np.ndarray], left: bool) -> tuple[np.ndarray, np.ndarra
 
 
 def hf_inputs(ids, mask, flats, seconds=None) -> dict:
-  out = dict(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(np.array(mask)).long(),
-             mm_token_type_ids=torch.from_numpy(np.where(ids == VIDEO_ID, 2, 0)).int(),
-             pixel_values_videos=torch.from_numpy(np.concatenate(flats)),
-             video_grid_thw=torch.tensor([GRID] * len(flats)))
+  out = dict(
+    input_ids=torch.from_numpy(ids).long(),
+    attention_mask=torch.from_numpy(np.array(mask)).long(),
+    mm_token_type_ids=torch.from_numpy(np.where(ids == VIDEO_ID, 2, 0)).int(),
+    pixel_values_videos=torch.from_numpy(np.concatenate(flats)),
+    video_grid_thw=torch.tensor([GRID] * len(flats)),
+  )
   if seconds is not None:
     out['second_per_grid_ts'] = torch.tensor(seconds, dtype=torch.float32)
   return out
@@ -113,11 +143,11 @@ def test_vision_features_match_transformers(tiny):
   hf, model, params = tiny
   flats = [flat_pixels(1), flat_pixels(2)]
   with torch.no_grad():
-    ref = hf.model.get_video_features(torch.from_numpy(np.concatenate(flats)),
-                                      torch.tensor([GRID, GRID])).pooler_output
+    ref = hf.model.get_video_features(torch.from_numpy(np.concatenate(flats)), torch.tensor([GRID, GRID])).pooler_output
   ref = np.stack([r.numpy() for r in ref])
-  ours = np.asarray(jax.jit(lambda p, x: model.apply({'params': p}, x, method='video_features'))(
-      params, our_pixels(flats)))
+  ours = np.asarray(
+    jax.jit(lambda p, x: model.apply({'params': p}, x, method='video_features'))(params, our_pixels(flats))
+  )
   assert ours.shape == ref.shape == (2, PADS, 64)
   err = np.abs(ours - ref).max()
   print(f'qwen2.5-vl vision features max abs diff: {err:.2e}')
@@ -125,16 +155,19 @@ def test_vision_features_match_transformers(tiny):
   # The two temporal patches must not see each other: changing frames 2-3 leaves patch 0 unchanged.
   other = flats[0].copy().reshape(GRID[0], -1)
   other[1] += 1.0
-  again = np.asarray(model.apply({'params': params}, our_pixels([other.reshape(flats[0].shape)]),
-                                 method='video_features'))
+  again = np.asarray(
+    model.apply({'params': params}, our_pixels([other.reshape(flats[0].shape)]), method='video_features')
+  )
   half = PADS // 2
   np.testing.assert_allclose(again[0, :half], ours[0, :half], atol=1e-6)
   assert np.abs(again[0, half:] - ours[0, half:]).max() > 1e-3
 
 
 def _hf_rope(hf, ids, mask, grids, seconds):
-  kwargs = dict(mm_token_type_ids=torch.from_numpy(np.where(ids == VIDEO_ID, 2, 0)).int(),
-                attention_mask=None if mask is None else torch.from_numpy(mask).long())
+  kwargs = dict(
+    mm_token_type_ids=torch.from_numpy(np.where(ids == VIDEO_ID, 2, 0)).int(),
+    attention_mask=None if mask is None else torch.from_numpy(mask).long(),
+  )
   if grids is not None:
     kwargs['video_grid_thw'] = torch.tensor(grids)
   if seconds is not None:
@@ -159,7 +192,7 @@ def test_rope_index_equals_transformers(tiny, case):
     if case == 'fractional':
       seconds = [0.3, 1.7]
     if case == 'long_video':
-      seconds = [5.0, 0.5]   # temporal positions reach past the text that follows the video
+      seconds = [5.0, 0.5]  # temporal positions reach past the text that follows the video
   ref, ref_deltas = _hf_rope(hf, ids, mask, grids, seconds)
   ours, deltas = qv.rope_index(ids, cfg, grids, seconds, mask)
   np.testing.assert_array_equal(ours, ref)
@@ -176,6 +209,7 @@ def _logits(model, params, ids, pixels, positions, mask):
   def run(params):
     out = model.apply({'params': params}, ids, pixels, positions, qwen2.text_meta(jnp.asarray(mask)))
     return model.apply({'params': params}, out.hidden, method='logits')
+
   return np.asarray(run(params))
 
 
@@ -212,22 +246,30 @@ def test_greedy_generation_matches_transformers_generate():
   seconds = [1.0, 2.0]
   s = ids.shape[1]
   with torch.no_grad():
-    ref = hf.generate(**hf_inputs(ids, mask, flats, seconds), do_sample=False, max_new_tokens=8,
-                      min_new_tokens=8, pad_token_id=0)[:, s:].numpy()
+    ref = hf.generate(
+      **hf_inputs(ids, mask, flats, seconds), do_sample=False, max_new_tokens=8, min_new_tokens=8, pad_token_id=0
+    )[:, s:].numpy()
   positions, _ = qv.rope_index(ids, model.config, [GRID, GRID], seconds, mask)
-  ours = np.asarray(qv.generate(model, params, ids, our_pixels(flats), positions,
-                                qwen2.text_meta(jnp.asarray(mask)), 8))
+  ours = np.asarray(
+    qv.generate(model, params, ids, our_pixels(flats), positions, qwen2.text_meta(jnp.asarray(mask)), 8)
+  )
   np.testing.assert_array_equal(ours, ref)
 
 
 # ------------------------------------------------------------------------------------------------ knockouts
 
+
 def qa_prompt(n_system, n_question, n_options, n_last, seed):
   """ids, group, frame [S] of a video QA prompt with the real group structure and Qwen's video span."""
   rng = np.random.default_rng(seed)
   span = video_span()
-  parts = [(Group.SYSTEM, n_system), (Group.VIDEO, len(span)), (Group.QUESTION, n_question),
-           (Group.OPTIONS, n_options), (Group.LAST, n_last)]
+  parts = [
+    (Group.SYSTEM, n_system),
+    (Group.VIDEO, len(span)),
+    (Group.QUESTION, n_question),
+    (Group.OPTIONS, n_options),
+    (Group.LAST, n_last),
+  ]
   group = np.concatenate([np.full(n, g) for g, n in parts]).astype(np.int32)
   ids = rng.integers(1, 100, size=len(group)).astype(np.int32)
   ids[group == Group.VIDEO] = span
@@ -240,7 +282,7 @@ def test_video_layout_helpers_follow_the_conventions(tiny):
   frame = qv.video_frames(ids, model.config, PADS // GRID[0])
   np.testing.assert_array_equal(qv.video_groups(ids, model.config) == Group.VIDEO, group == Group.VIDEO)
   video = np.flatnonzero(group == Group.VIDEO)
-  assert frame[video[0]] == frame[video[-1]] == -1          # vision_start / vision_end: no frame
+  assert frame[video[0]] == frame[video[-1]] == -1  # vision_start / vision_end: no frame
   np.testing.assert_array_equal(frame[video[1:-1]], np.repeat(np.arange(GRID[0]), PADS // GRID[0]))
   assert (frame[group != Group.VIDEO] == -1).all()
 
@@ -252,11 +294,12 @@ def qa_batch(model):
   ids, valid = padded([p[0] for p in prompts], left=False)
   group = np.full(ids.shape, Group.LAST, np.int32)
   for i, (_, g) in enumerate(prompts):
-    group[i, :len(g)] = g
+    group[i, : len(g)] = g
   frame = np.where(valid, qv.video_frames(ids, model.config, PADS // GRID[0]), -1)
   positions, _ = qv.rope_index(ids, model.config, [GRID, GRID], [0.5, 1.0], valid)
-  layout = TokenLayout(group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions),
-                       valid=jnp.asarray(valid))
+  layout = TokenLayout(
+    group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions), valid=jnp.asarray(valid)
+  )
   return ids, layout, valid.sum(1) - 1, [flat_pixels(9), flat_pixels(10)]
 
 
@@ -284,13 +327,18 @@ def test_knockouts_match_transformers_dense_masks():
   for name, spec in specs:
     handles = []
     for l, layer in enumerate(hf.model.language_model.layers):
-      spec_l = {'block': spec.block[l], 'cross_frame': spec.cross_frame[l], 'same_frame': spec.same_frame[l],
-                'frames': spec.frames[l]}
+      spec_l = {
+        'block': spec.block[l],
+        'cross_frame': spec.cross_frame[l],
+        'same_frame': spec.same_frame[l],
+        'frames': spec.frames[l],
+      }
       mask = torch.from_numpy(dense_mask(group, frame, valid, spec_l))
 
       def hook(module, args, kwargs, mask=mask):
         kwargs['attention_mask'] = mask
         return args, kwargs
+
       handles.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
     try:
       with torch.no_grad():

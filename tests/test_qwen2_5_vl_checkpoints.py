@@ -1,5 +1,6 @@
 """Qwen2.5-VL checkpoints: strict loading of the hub and transformers-5 key layouts, the Conv3d patch
 embedding, M-RoPE configs never read as plain Qwen2, export -> transformers, and the 7B parameter count."""
+
 from __future__ import annotations
 
 import json
@@ -22,20 +23,50 @@ from tests import test_qwen2_5_vl as tq
 
 # The published Qwen/Qwen2.5-VL-7B-Instruct config.json (hub layout: text fields at the top level).
 QWEN2_5_VL_7B = {
-    'architectures': ['Qwen2_5_VLForConditionalGeneration'], 'model_type': 'qwen2_5_vl',
-    'attention_dropout': 0.0, 'bos_token_id': 151643, 'eos_token_id': 151645,
-    'vision_start_token_id': 151652, 'vision_end_token_id': 151653, 'vision_token_id': 151654,
-    'image_token_id': 151655, 'video_token_id': 151656, 'hidden_act': 'silu', 'hidden_size': 3584,
-    'initializer_range': 0.02, 'intermediate_size': 18944, 'max_position_embeddings': 128000,
-    'max_window_layers': 28, 'num_attention_heads': 28, 'num_hidden_layers': 28, 'num_key_value_heads': 4,
-    'rms_norm_eps': 1e-06, 'rope_theta': 1000000.0, 'sliding_window': 32768, 'tie_word_embeddings': False,
-    'torch_dtype': 'bfloat16', 'use_cache': True, 'use_sliding_window': False, 'vocab_size': 152064,
-    'vision_config': {
-        'depth': 32, 'hidden_act': 'silu', 'hidden_size': 1280, 'intermediate_size': 3420, 'num_heads': 16,
-        'in_chans': 3, 'out_hidden_size': 3584, 'patch_size': 14, 'spatial_merge_size': 2,
-        'spatial_patch_size': 14, 'window_size': 112, 'fullatt_block_indexes': [7, 15, 23, 31],
-        'tokens_per_second': 2, 'temporal_patch_size': 2},
-    'rope_scaling': {'type': 'mrope', 'mrope_section': [16, 24, 24]},
+  'architectures': ['Qwen2_5_VLForConditionalGeneration'],
+  'model_type': 'qwen2_5_vl',
+  'attention_dropout': 0.0,
+  'bos_token_id': 151643,
+  'eos_token_id': 151645,
+  'vision_start_token_id': 151652,
+  'vision_end_token_id': 151653,
+  'vision_token_id': 151654,
+  'image_token_id': 151655,
+  'video_token_id': 151656,
+  'hidden_act': 'silu',
+  'hidden_size': 3584,
+  'initializer_range': 0.02,
+  'intermediate_size': 18944,
+  'max_position_embeddings': 128000,
+  'max_window_layers': 28,
+  'num_attention_heads': 28,
+  'num_hidden_layers': 28,
+  'num_key_value_heads': 4,
+  'rms_norm_eps': 1e-06,
+  'rope_theta': 1000000.0,
+  'sliding_window': 32768,
+  'tie_word_embeddings': False,
+  'torch_dtype': 'bfloat16',
+  'use_cache': True,
+  'use_sliding_window': False,
+  'vocab_size': 152064,
+  'vision_config': {
+    'depth': 32,
+    'hidden_act': 'silu',
+    'hidden_size': 1280,
+    'intermediate_size': 3420,
+    'num_heads': 16,
+    'in_chans': 3,
+    'out_hidden_size': 3584,
+    'patch_size': 14,
+    'spatial_merge_size': 2,
+    'spatial_patch_size': 14,
+    'window_size': 112,
+    'fullatt_block_indexes': [7, 15, 23, 31],
+    'tokens_per_second': 2,
+    'temporal_patch_size': 2,
+  },
+  'rope_scaling': {'type': 'mrope', 'mrope_section': [16, 24, 24]},
 }
 
 
@@ -111,13 +142,22 @@ def test_mrope_config_never_loads_as_plain_qwen2(hub_dir):
   with open(os.path.join(hub_dir, 'config.json')) as f:
     config = json.load(f)
   with pytest.raises(ValueError, match='M-RoPE'):
-    qwen2.Qwen2Config.from_hf(config['text_config'])               # v5: rope_type default + mrope_section
+    qwen2.Qwen2Config.from_hf(config['text_config'])  # v5: rope_type default + mrope_section
   flat_text = {k: v for k, v in QWEN2_5_VL_7B.items() if k != 'vision_config'}
   with pytest.raises(ValueError, match='M-RoPE'):
-    qwen2.Qwen2Config.from_hf(flat_text)                            # hub: rope_scaling type mrope
-  llava_like = {'model_type': 'llava_onevision', 'text_config': config['text_config'],
-                'vision_config': {'hidden_size': 16, 'intermediate_size': 24, 'num_hidden_layers': 1,
-                                  'num_attention_heads': 2, 'image_size': 28, 'patch_size': 7}}
+    qwen2.Qwen2Config.from_hf(flat_text)  # hub: rope_scaling type mrope
+  llava_like = {
+    'model_type': 'llava_onevision',
+    'text_config': config['text_config'],
+    'vision_config': {
+      'hidden_size': 16,
+      'intermediate_size': 24,
+      'num_hidden_layers': 1,
+      'num_attention_heads': 2,
+      'image_size': 28,
+      'patch_size': 7,
+    },
+  }
   with pytest.raises(ValueError, match='M-RoPE'):
     lo.LlavaOnevisionConfig.from_hf(llava_like)
   # And the Qwen2.5-VL family reads the sections.
@@ -130,8 +170,9 @@ def test_export_loads_in_transformers_with_equal_logits(tiny, tmp_path):
   checkpoints.export_pretrained(model, params, config, os.fspath(tmp_path))
   back = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path).eval()
   ids, mask, flats = _batch()
-  np.testing.assert_allclose(_reference_logits(back, ids, mask, flats), _reference_logits(hf, ids, mask, flats),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    _reference_logits(back, ids, mask, flats), _reference_logits(hf, ids, mask, flats), atol=1e-6
+  )
   # Exported under the names transformers itself writes.
   assert 'visual.blocks.0.attn.qkv.weight' in checkpoints.read_state_dict(os.fspath(tmp_path))
 
@@ -155,21 +196,28 @@ def tokenizer_with_model_ids():
   """Word-level tokenizer whose vision tokens carry the tiny model's ids (110..113)."""
   from tokenizers import Tokenizer, models, pre_tokenizers
   from tests import test_qwen2_5_vl_processor as tp
-  words = list(tp.WORDS) + ['D']   # the synthetic benchmark asks with 4 options
+
+  words = list(tp.WORDS) + ['D']  # the synthetic benchmark asks with 4 options
   words += [f'w{i}' for i in range(tq.IMAGE_ID - len(words))]
   special = ['<|image_pad|>', '<|video_pad|>', '<|vision_start|>', '<|vision_end|>', '<|im_start|>', '<|im_end|>']
   vocab = {w: i for i, w in enumerate(words + special)}
   tok = Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]',
-                                              additional_special_tokens=special)
+  fast = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]', additional_special_tokens=special
+  )
   fast.chat_template = tp.QWEN_TEMPLATE
   assert fast.convert_tokens_to_ids('<|video_pad|>') == tq.VIDEO_ID
   return fast
 
 
-PIXEL_CONFIG = {'patch_size': tq.PATCH, 'temporal_patch_size': 2, 'merge_size': tq.MERGE,
-                'size': {'shortest_edge': 64, 'longest_edge': 64 * 64}, 'resample': 3}
+PIXEL_CONFIG = {
+  'patch_size': tq.PATCH,
+  'temporal_patch_size': 2,
+  'merge_size': tq.MERGE,
+  'size': {'shortest_edge': 64, 'longest_edge': 64 * 64},
+  'resample': 3,
+}
 
 
 def write_random_qwen_checkpoint(path, num_layers: int = 2, seed: int = 0) -> str:
@@ -188,6 +236,7 @@ def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, h
   patches, prompt, M-RoPE positions -> logits equal to transformers' on the same inputs."""
   hf = tiny[0]
   import shutil
+
   ckpt = tmp_path / 'ckpt'
   shutil.copytree(hub_dir, ckpt)
   tokenizer_with_model_ids().save_pretrained(ckpt)
@@ -195,6 +244,7 @@ def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, h
     json.dump(PIXEL_CONFIG, f)
   model, params, processor = checkpoints.load_pretrained(ckpt)
   from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
+
   assert isinstance(processor, Qwen25VLProcessor)
   frames = np.random.default_rng(0).integers(0, 256, size=(4, 24, 40, 3), dtype=np.uint8)
   patches, grid = processor.preprocess(frames)
@@ -203,7 +253,7 @@ def test_load_pretrained_processor_prompt_to_logits_matches_transformers(tiny, h
   ids, mask = p.input_ids[None], np.ones((1, len(p.input_ids)), bool)
   positions, _ = qv.rope_index(ids, model.config, [grid], [0.5], mask)
   again = processor.build_prompt('What colour is the ball?', ['red', 'blue', 'green'], grid, 0.5)
-  np.testing.assert_array_equal(again.positions, positions[:, 0])   # the prompt carries them
+  np.testing.assert_array_equal(again.positions, positions[:, 0])  # the prompt carries them
   ours = tq._logits(model, params, ids, patches[None], positions, mask)  # pylint: disable=protected-access
   with torch.no_grad():
     ref = hf(**tq.hf_inputs(ids, mask, [patches.reshape(-1, patches.shape[-1])], [0.5])).logits.numpy()
@@ -218,6 +268,7 @@ def test_sharded_load_equals_the_whole_load(hub_dir):
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
 
   from jaxvlm import sharding  # pylint: disable=g-import-not-at-top
+
   _, whole, _ = checkpoints.load_pretrained(hub_dir)
   mesh = sharding.make_mesh(data=1, fsdp=-1, devices=jax.devices())
   _, sharded, _ = checkpoints.load_pretrained(hub_dir, mesh=mesh)

@@ -2,6 +2,7 @@
 `experiments.score`, end to end on a tiny random Qwen2.5-VL checkpoint written with transformers (a
 synthetic split stands in for MVBench). The sample path (frames -> patches, prompt, M-RoPE positions)
 is checked against transformers' own forward, which derives its positions itself."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ from tests import test_qwen2_5_vl as tq
 from tests import test_qwen2_5_vl_checkpoints as tqc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_LAYERS = 4                 # the preset's fine-grained window of 4 fits exactly once
-FRAME_SIZE = '16,16'           # patch 4, merge 2: 2 x 2 merged tokens per temporal patch
+NUM_LAYERS = 4  # the preset's fine-grained window of 4 fits exactly once
+FRAME_SIZE = '16,16'  # patch 4, merge 2: 2 x 2 merged tokens per temporal patch
 SYNTHETIC = {'split': 'test', 'num': 3, 'seed': 1234}
 
 
@@ -54,11 +55,14 @@ def hf_option_logprobs(checkpoint: str, prompt, patches: np.ndarray, seconds: fl
   hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint).eval()
   ids = prompt.input_ids[None]
   t, hm, wm = patches.shape[:3]
-  inputs = dict(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.ones_like(torch.from_numpy(ids)),
-                mm_token_type_ids=torch.from_numpy(np.where(ids == tq.VIDEO_ID, 2, 0)).int(),
-                pixel_values_videos=torch.from_numpy(patches.reshape(-1, patches.shape[-1])),
-                video_grid_thw=torch.tensor([[t, hm * tq.MERGE, wm * tq.MERGE]]),
-                second_per_grid_ts=torch.tensor([seconds], dtype=torch.float32))
+  inputs = dict(
+    input_ids=torch.from_numpy(ids).long(),
+    attention_mask=torch.ones_like(torch.from_numpy(ids)),
+    mm_token_type_ids=torch.from_numpy(np.where(ids == tq.VIDEO_ID, 2, 0)).int(),
+    pixel_values_videos=torch.from_numpy(patches.reshape(-1, patches.shape[-1])),
+    video_grid_thw=torch.tensor([[t, hm * tq.MERGE, wm * tq.MERGE]]),
+    second_per_grid_ts=torch.tensor([seconds], dtype=torch.float32),
+  )
   with torch.no_grad():
     logits = hf(**inputs).logits[0, -1]
   return torch.log_softmax(logits, -1).numpy()[np.asarray(letter_ids)]
@@ -81,8 +85,14 @@ def knockout_run(checkpoint, tmp_path_factory):
 
 def test_knockout_runlocal_end_to_end(knockout_run):
   config, workdir, summary = knockout_run
-  for name in ('config.json', 'samples.jsonl', 'summary.json', 'summary.csv', 'global2_performance_ratio.png',
-               'fine_accuracy_change.png'):
+  for name in (
+    'config.json',
+    'samples.jsonl',
+    'summary.json',
+    'summary.csv',
+    'global2_performance_ratio.png',
+    'fine_accuracy_change.png',
+  ):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert summary['header']['num_samples'] == SYNTHETIC['num'] and summary['header']['num_failed'] == 0
   # runlocal: global2 + one window of 4 over the 4 layers, x LV / VT / VS.
@@ -109,7 +119,7 @@ def test_knockout_clean_scores_equal_transformers_on_the_same_sample(checkpoint,
   assert p.pixels.shape[:3] == (config.num_frames // 2, 2, 2) and p.prompt.num_frames == 2
   assert p.prompt.positions.shape == (3, len(p.prompt.input_ids))
   frames = video.sample_frames(p.sample.video, config.num_frames)
-  seconds = processor.seconds_per_patch(frames.timestamps_s)     # 2 x the clip's frame spacing
+  seconds = processor.seconds_per_patch(frames.timestamps_s)  # 2 x the clip's frame spacing
   np.testing.assert_allclose(seconds, 2 * np.mean(np.diff(frames.timestamps_s)))
   ref = hf_option_logprobs(checkpoint, p.prompt, p.pixels, seconds, processor.option_letter_ids(4))
   with open(os.path.join(workdir, 'samples.jsonl')) as f:
@@ -130,8 +140,14 @@ def siglip_checkpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope='module')
 def diagnosis_run(checkpoint, siglip_checkpoint, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('diagnosis'))
-  config = tiny_run(diagnosis_config.get_config('qwen2_5_vl_7b,runlocal'), checkpoint,
-                    siglip_checkpoint=siglip_checkpoint, ks='1,2,8', tail_multiple=8, max_samples=2)
+  config = tiny_run(
+    diagnosis_config.get_config('qwen2_5_vl_7b,runlocal'),
+    checkpoint,
+    siglip_checkpoint=siglip_checkpoint,
+    ks='1,2,8',
+    tail_multiple=8,
+    max_samples=2,
+  )
   return config, workdir, diagnosis_experiment.run(config, workdir)
 
 
@@ -158,6 +174,7 @@ def test_diagnosis_pool_scores_equal_transformers_on_keyframe_patches(checkpoint
   """Candidates as keyframes (each frame duplicated into its own temporal patch, second_per_grid_ts 1):
   transformers gives the clean log-probs the diagnosis recorded."""
   from jaxvlm.keyframes import candidates
+
   config, workdir, _ = diagnosis_run
   _, _, processor = runs.load_model(config)
   samples, _ = runs.load_samples(config, workdir)
@@ -176,14 +193,23 @@ def test_diagnosis_pool_scores_equal_transformers_on_keyframe_patches(checkpoint
 def test_score_cli_on_qwen(checkpoint, tmp_path):
   data = tmp_path / 'video'
   item = synthetic.generate(data, num=1, seed=3, num_frames=16, split='test')[0]
-  cmd = [sys.executable, '-m', 'experiments.score', f'--checkpoint={checkpoint}',
-         f'--video={data / "videos" / f"{item.id}.mp4"}', '--question=What colour is the ball?',
-         '--options=red,blue,green', '--num_frames=4', f'--frame_size={FRAME_SIZE}', '--max_new_tokens=3']
+  cmd = [
+    sys.executable,
+    '-m',
+    'experiments.score',
+    f'--checkpoint={checkpoint}',
+    f'--video={data / "videos" / f"{item.id}.mp4"}',
+    '--question=What colour is the ball?',
+    '--options=red,blue,green',
+    '--num_frames=4',
+    f'--frame_size={FRAME_SIZE}',
+    '--max_new_tokens=3',
+  ]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout)
   assert out['prompt'].count('<|vision_start|><|video_pad|><|vision_end|>') == 1 and 'C. green' in out['prompt']
-  assert out['num_video_tokens'] == 2 * 2 * 2 + 2     # 2 temporal patches of 2 x 2 + vision_start / end
+  assert out['num_video_tokens'] == 2 * 2 * 2 + 2  # 2 temporal patches of 2 x 2 + vision_start / end
   logp = np.array(list(out['option_logprobs'].values()))
   assert set(out['option_logprobs']) == {'A', 'B', 'C'} and np.all(logp < 0)
   assert out['choice'] == 'ABC'[int(logp.argmax())] and isinstance(out['generated'], str)
@@ -196,15 +222,15 @@ def test_knockout_sharded_over_two_devices_equals_one(checkpoint, knockout_run, 
   workdir = tmp_path / 'two'
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu')
   script = (
-      'import jax; assert jax.device_count() == 2\n'
-      'from configs import knockout as kc\n'
-      'from experiments import knockout\n'
-      'from tests import test_qwen2_5_vl_experiments as t\n'
-      f'c = t.tiny_run(kc.get_config("qwen2_5_vl_7b,runlocal"), {checkpoint!r}, batch_size=2)\n'
-      'c.mesh.data = 2\n'
-      f'knockout.run(c, {str(workdir)!r})\n')
-  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
+    'import jax; assert jax.device_count() == 2\n'
+    'from configs import knockout as kc\n'
+    'from experiments import knockout\n'
+    'from tests import test_qwen2_5_vl_experiments as t\n'
+    f'c = t.tiny_run(kc.get_config("qwen2_5_vl_7b,runlocal"), {checkpoint!r}, batch_size=2)\n'
+    'c.mesh.data = 2\n'
+    f'knockout.run(c, {str(workdir)!r})\n'
+  )
+  proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   read = lambda d: {r['id']: r for r in map(json.loads, open(os.path.join(d, 'samples.jsonl')))}
   one, two = read(one_dir), read(workdir)

@@ -1,5 +1,6 @@
 """Qwen2.5-VL processing: smart resize, numpy patchify and normalization vs transformers (frames already at
 the target size), the keyframe -> temporal patch rule, and the prompt's token layout."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,7 @@ def _without_torchvision():
   """transformers' Qwen2-VL video processor module imports torchvision at import time, and torchvision is
   not installed. Its `patchify` is plain torch; to run that real code, the import sees an empty
   placeholder module, removed again right after."""
-  names = ['torchvision', 'torchvision.transforms', 'torchvision.transforms.v2',
-           'torchvision.transforms.v2.functional']
+  names = ['torchvision', 'torchvision.transforms', 'torchvision.transforms.v2', 'torchvision.transforms.v2.functional']
   added = [n for n in names if n not in sys.modules]
   for n in added:
     sys.modules[n] = types.ModuleType(n)
@@ -43,16 +43,24 @@ def hf_video_patchify(frames: np.ndarray) -> np.ndarray:
   with _without_torchvision():
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
   videos = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None]
-  flat, *_ = Qwen2VLVideoProcessor.patchify(None, videos, patch_size=PIXELS.patch_size,
-                                            merge_size=PIXELS.merge_size,
-                                            temporal_patch_size=PIXELS.temporal_patch_size)
+  flat, *_ = Qwen2VLVideoProcessor.patchify(
+    None,
+    videos,
+    patch_size=PIXELS.patch_size,
+    merge_size=PIXELS.merge_size,
+    temporal_patch_size=PIXELS.temporal_patch_size,
+  )
   return flat[0].numpy()
 
 
 def hf_image_processor():
-  return hf_image.Qwen2VLImageProcessorPil(patch_size=PIXELS.patch_size, merge_size=PIXELS.merge_size,
-                                           temporal_patch_size=PIXELS.temporal_patch_size,
-                                           min_pixels=PIXELS.min_pixels, max_pixels=PIXELS.max_pixels)
+  return hf_image.Qwen2VLImageProcessorPil(
+    patch_size=PIXELS.patch_size,
+    merge_size=PIXELS.merge_size,
+    temporal_patch_size=PIXELS.temporal_patch_size,
+    min_pixels=PIXELS.min_pixels,
+    max_pixels=PIXELS.max_pixels,
+  )
 
 
 def frames_u8(n: int, h: int = 24, w: int = 40, seed: int = 0) -> np.ndarray:
@@ -64,7 +72,7 @@ def test_smart_resize_equals_transformers():
     for lo, hi in [(56 * 56, 28 * 28 * 1280), (128 * 28 * 28, 768 * 28 * 28), (8 * 8, 64 * 64)]:
       factor = 28 if lo > 64 else 8
       assert qp.smart_resize(h, w, factor, lo, hi) == hf_image.smart_resize(h, w, factor, lo, hi), (h, w, lo)
-  assert PIXELS.target_size(24, 40) == (24, 40)       # already at a valid size: unchanged
+  assert PIXELS.target_size(24, 40) == (24, 40)  # already at a valid size: unchanged
 
 
 @pytest.mark.parametrize('num_frames', [4, 5])
@@ -73,7 +81,7 @@ def test_patchify_equals_transformers_video_processor(num_frames):
   ours = PIXELS.patchify(x)
   t = -(-num_frames // 2)
   assert ours.shape == (t, 3, 5, 4, 3 * 2 * 4 * 4)
-  pad = np.concatenate([x, x[-1:]]) if num_frames % 2 else x    # transformers' last-frame repeat
+  pad = np.concatenate([x, x[-1:]]) if num_frames % 2 else x  # transformers' last-frame repeat
   np.testing.assert_array_equal(ours.reshape(-1, ours.shape[-1]), hf_video_patchify(pad))
   assert PIXELS.grid(num_frames, 24, 40) == (t, 6, 10)
 
@@ -96,20 +104,24 @@ def test_keyframes_become_one_temporal_patch_each_like_the_image_path():
 
 
 QWEN_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% for c in message['content'] %}{% if c['type'] == 'video' %}"
-    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-WORDS = ('[PAD] [UNK] user assistant What colour is the ball ? A B C . red blue green Answer with option '
-         '\' s letter from given choices directly').split()
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+  "{% for c in message['content'] %}{% if c['type'] == 'video' %}"
+  "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+  "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+WORDS = (
+  '[PAD] [UNK] user assistant What colour is the ball ? A B C . red blue green Answer with option '
+  '\' s letter from given choices directly'
+).split()
 SPECIAL = ['<|im_start|>', '<|im_end|>', '<|vision_start|>', '<|vision_end|>', '<|video_pad|>', '<|image_pad|>']
 
 
 def qwen_tokenizer():
   tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token='[UNK]'))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]',
-                                              additional_special_tokens=SPECIAL)
+  return transformers.PreTrainedTokenizerFast(
+    tokenizer_object=tok, unk_token='[UNK]', pad_token='[PAD]', additional_special_tokens=SPECIAL
+  )
 
 
 def test_prompt_layout_of_the_video_span():
@@ -119,7 +131,7 @@ def test_prompt_layout_of_the_video_span():
   grid = (2, 6, 10)
   p = qp.build_prompt(tok, QWEN_TEMPLATE, user, question, ANSWER_INSTRUCTION, grid, 2)
   pad, start, end = (tok.convert_tokens_to_ids(t) for t in (qp.VIDEO_PAD, qp.VISION_START, qp.VISION_END))
-  n_pads = int(np.prod(grid)) // 4                      # transformers: video_grid_thw.prod() // merge**2
+  n_pads = int(np.prod(grid)) // 4  # transformers: video_grid_thw.prod() // merge**2
   assert int((p.input_ids == pad).sum()) == n_pads == 30
   video = np.flatnonzero(p.group == Group.VIDEO)
   assert p.input_ids[video[0]] == start and p.input_ids[video[-1]] == end and len(video) == n_pads + 2
@@ -130,9 +142,14 @@ def test_prompt_layout_of_the_video_span():
   assert set(np.unique(p.group).tolist()) == {int(g) for g in Group}
   assert p.num_frames == 2
   # The layout agrees with the model-side helpers and feeds rope_index.
-  cfg = qv.Qwen25VLConfig(vision=qv.Qwen25VLVisionConfig(patch_size=4, spatial_merge_size=2),
-                          text=None, video_token_id=pad, vision_start_token_id=start, vision_end_token_id=end,
-                          image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'))
+  cfg = qv.Qwen25VLConfig(
+    vision=qv.Qwen25VLVisionConfig(patch_size=4, spatial_merge_size=2),
+    text=None,
+    video_token_id=pad,
+    vision_start_token_id=start,
+    vision_end_token_id=end,
+    image_token_id=tok.convert_tokens_to_ids('<|image_pad|>'),
+  )
   np.testing.assert_array_equal(qv.video_frames(p.input_ids, cfg, 15), p.frame)
   positions, _ = qv.rope_index(p.input_ids[None], cfg, [grid], [1.0])
   assert positions.shape == (3, 1, len(p.input_ids))

@@ -1,5 +1,6 @@
 """The knockout sweep engine on Qwen2.5-VL (M-RoPE positions [3, B, S] in the layout): reuse of the clean
 run == full recompute, and new windows / types do not recompile."""
+
 from __future__ import annotations
 
 import jax
@@ -25,14 +26,30 @@ def tiny():
 def test_reuse_equals_full_recompute(tiny):
   model, params, ids, layout, answer, pixels = tiny
   f = tq.GRID[0]
-  specs = [knockout.knockout_spec(kind, layers, f) for kind in knockout.KINDS
-           for layers in (knockout.all_layers(NUM_LAYERS), knockout.layers_from(NUM_LAYERS, 1),
-                          knockout.window(NUM_LAYERS, 1, 2))]
+  specs = [
+    knockout.knockout_spec(kind, layers, f)
+    for kind in knockout.KINDS
+    for layers in (
+      knockout.all_layers(NUM_LAYERS),
+      knockout.layers_from(NUM_LAYERS, 1),
+      knockout.window(NUM_LAYERS, 1, 2),
+    )
+  ]
   specs.append(knockout.knockout_spec('frames', knockout.window(NUM_LAYERS, 0, 2), f, frames=[1]))
   specs.append(knockout.clean_spec(NUM_LAYERS, f))
   clean = sweep.clean_run(model, params, ids, pixels, layout, answer, OPTION_IDS)
-  reused = np.asarray(sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
-                                      jax.tree.map(jnp.asarray, knockout.stack_specs(specs)), tail_multiple=8))
+  reused = np.asarray(
+    sweep.run_sweep(
+      model,
+      params,
+      clean,
+      layout,
+      answer,
+      OPTION_IDS,
+      jax.tree.map(jnp.asarray, knockout.stack_specs(specs)),
+      tail_multiple=8,
+    )
+  )
   full = np.asarray(sweep.full_recompute(model, params, ids, pixels, layout, answer, OPTION_IDS, specs))
   err = np.abs(reused - full).max()
   print(f'qwen2.5-vl sweep reuse vs full recompute over {len(specs)} specs: {err:.2e}')
@@ -44,8 +61,9 @@ def test_reuse_equals_full_recompute(tiny):
 def test_new_windows_and_types_do_not_recompile(tiny):
   model, params, ids, layout, answer, pixels = tiny
   clean = sweep.clean_run(model, params, ids, pixels, layout, answer, OPTION_IDS)
-  run = lambda sw: sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
-                                   jax.tree.map(jnp.asarray, sw.specs), tail_multiple=8, spec_chunk=4)
+  run = lambda sw: sweep.run_sweep(
+    model, params, clean, layout, answer, OPTION_IDS, jax.tree.map(jnp.asarray, sw.specs), tail_multiple=8, spec_chunk=4
+  )
   steps = (sweep._layer_step, sweep._answer_step)  # pylint: disable=protected-access
   compiled = lambda: sum(f._cache_size() for f in steps)
   run(knockout.build_sweep(NUM_LAYERS, tq.GRID[0], settings=('fine',), kinds=('LV', 'VT'), window_size=1))

@@ -1,4 +1,5 @@
 """jaxvlm.resample against PIL at the sizes real frames have (test_video covers the small cases)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,9 @@ _CODES = {'bicubic': Image.BICUBIC, 'bilinear': Image.BILINEAR}
 def _pil(frames: np.ndarray, size: tuple[int, int], name: str) -> np.ndarray:
   h, w = size
   mode = 'L' if frames.shape[-1] == 1 else 'RGB'
-  out = [np.asarray(Image.fromarray(f.squeeze(-1) if mode == 'L' else f, mode).resize((w, h), _CODES[name]))
-         for f in frames]
+  out = [
+    np.asarray(Image.fromarray(f.squeeze(-1) if mode == 'L' else f, mode).resize((w, h), _CODES[name])) for f in frames
+  ]
   return np.stack(out).reshape(len(frames), h, w, -1)
 
 
@@ -26,11 +28,14 @@ def _frames(shape, seed):
 
 
 @pytest.mark.parametrize('name', ['bicubic', 'bilinear'])
-@pytest.mark.parametrize('in_size,out_size', [
+@pytest.mark.parametrize(
+  'in_size,out_size',
+  [
     ((360, 640), (384, 384)),  # a 360p video frame to SigLIP-so400m's input (width shrinks, height grows)
-    ((240, 1000), (7, 13)),    # a downscale of ~77x: hundreds of taps per output sample
-    ((700, 90), (41, 88)),     # height shrinks far more: Pillow runs the vertical pass first
-])
+    ((240, 1000), (7, 13)),  # a downscale of ~77x: hundreds of taps per output sample
+    ((700, 90), (41, 88)),  # height shrinks far more: Pillow runs the vertical pass first
+  ],
+)
 def test_matches_pil_at_real_sizes(name, in_size, out_size):
   frames = _frames((2, *in_size, 3), sum(in_size))
   np.testing.assert_array_equal(resample.resize_uint8(frames, out_size, name), _pil(frames, out_size, name))
@@ -84,11 +89,14 @@ def test_clip_is_skipped_only_where_the_weights_cannot_leave_0_255():
 
 
 @pytest.mark.parametrize('name', ['bicubic', 'bilinear'])
-@pytest.mark.parametrize('in_size,out_size', [
+@pytest.mark.parametrize(
+  'in_size,out_size',
+  [
     ((40, 30), (17, 30)),  # vertical pass only (rows layout in and out)
     ((40, 30), (40, 71)),  # horizontal pass only (the transposed layout is cast back at the end)
-    ((90, 20), (11, 9)),   # vertical first, then horizontal (the transposed copy between the passes)
-])
+    ((90, 20), (11, 9)),  # vertical first, then horizontal (the transposed copy between the passes)
+  ],
+)
 def test_single_passes_and_vertical_first_match_pil(name, in_size, out_size):
   frames = _frames((3, *in_size, 3), sum(out_size))
   np.testing.assert_array_equal(resample.resize_uint8(frames, out_size, name), _pil(frames, out_size, name))

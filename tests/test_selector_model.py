@@ -1,5 +1,6 @@
 """The learned selector network (jaxvlm/keyframes/selector_model.py) and the teacher cache and SigLIP
 features (jaxvlm/keyframes/teacher.py), on tiny random models."""
+
 from __future__ import annotations
 
 import jax
@@ -57,8 +58,9 @@ def test_scores_depend_on_text_and_on_temporal_position(selector, inputs):
 
 def test_batched_scores_match_per_sample(selector, inputs):
   frames, text = inputs
-  batch = selector_model.batch_scores(selector[0], selector[1], jnp.stack([frames, frames[::-1]]),
-                                      jnp.stack([text, 2 * text]))
+  batch = selector_model.batch_scores(
+    selector[0], selector[1], jnp.stack([frames, frames[::-1]]), jnp.stack([text, 2 * text])
+  )
   np.testing.assert_allclose(batch[0], selector_model.scores(*selector, frames, text), atol=1e-5)
   # Embeddings are L2-normalised first: scaling the text changes nothing.
   np.testing.assert_allclose(batch[1], selector_model.scores(*selector, frames[::-1], text), atol=1e-5)
@@ -83,11 +85,15 @@ def test_temporal_code_is_distinct_per_frame():
 def test_teacher_cache_round_trip_and_resume(tmp_path):
   cache = teacher.TeacherCache(str(tmp_path / 'cache'))
   rng = np.random.default_rng(0)
-  labels = [teacher.Label(f'video/{i}.mp4#q', rng.normal(size=(N, D)), rng.normal(size=(D,)),
-                          rng.normal(size=(N,)), np.asarray([i, i + 1])) for i in range(3)]
+  labels = [
+    teacher.Label(
+      f'video/{i}.mp4#q', rng.normal(size=(N, D)), rng.normal(size=(D,)), rng.normal(size=(N,)), np.asarray([i, i + 1])
+    )
+    for i in range(3)
+  ]
   for label in labels[:2]:
     cache.put(label)
-  (tmp_path / 'cache' / 'torn.tmp.npz').write_bytes(b'half a file')   # a kill mid-write
+  (tmp_path / 'cache' / 'torn.tmp.npz').write_bytes(b'half a file')  # a kill mid-write
   reopened = teacher.TeacherCache(str(tmp_path / 'cache'))
   assert reopened.ids() == sorted(l.id for l in labels[:2])
   assert labels[0].id in reopened and labels[2].id not in reopened
@@ -100,8 +106,10 @@ def test_teacher_cache_round_trip_and_resume(tmp_path):
 def test_siglip_features_reproduce_siglip_relevance():
   """The cached embeddings are SigLIP's own: cosine * scale + bias through a sigmoid == relevance."""
   tiny = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-  config = siglip.SiglipConfig(siglip.SiglipVisionConfig(**tiny, image_size=28, patch_size=7),
-                               siglip.SiglipTextConfig(**tiny, vocab_size=64, max_position_embeddings=24))
+  config = siglip.SiglipConfig(
+    siglip.SiglipVisionConfig(**tiny, image_size=28, patch_size=7),
+    siglip.SiglipTextConfig(**tiny, vocab_size=64, max_position_embeddings=24),
+  )
   model = siglip.SiglipModel(config)
   processor = SiglipProcessor(test_processor.make_tokenizer(None), 24, test_processor.PIXELS)
   pixels = jnp.zeros((1, 28, 28, 3))
@@ -112,6 +120,7 @@ def test_siglip_features_reproduce_siglip_relevance():
   image, txt = teacher.siglip_features(model, params, processor, frames, text)
   assert image.shape == (5, 16) and txt.shape == (16,)
   cos = (image / np.linalg.norm(image, axis=-1, keepdims=True)) @ (txt / np.linalg.norm(txt))
-  want = siglip.relevance(model, params, jnp.asarray(processor.preprocess(frames)),
-                          jnp.asarray(processor.tokenize([text])))[:, 0]
+  want = siglip.relevance(
+    model, params, jnp.asarray(processor.preprocess(frames)), jnp.asarray(processor.tokenize([text]))
+  )[:, 0]
   np.testing.assert_allclose(1 / (1 + np.exp(-(cos * np.exp(1.5) - 0.5))), want, atol=1e-5)

@@ -8,6 +8,7 @@ diagnosis (selector 'learned' included) equals that of 1 device.
 XLA_FLAGS=--xla_force_host_platform_device_count=8) reruns the diagnosis of DIAG, with the selector
 trained in RUN, in OUT.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,7 @@ def make_config(ckpts, teacher_dir: str):
   c.teacher_dir = teacher_dir
   c.data.num = NUM_SAMPLES
   c.num_candidates = N
-  c.label_batch_size = NUM_SAMPLES   # one batch: one compiled labelling call
+  c.label_batch_size = NUM_SAMPLES  # one batch: one compiled labelling call
   c.tail_multiple = 8
   c.model.width, c.model.depth, c.model.num_heads = 8, 1, 2
   c.batch_size = 2
@@ -80,13 +81,21 @@ def test_cached_labels_equal_the_causal_oracle_of_full_forwards(labelled):
   cands, failed = candidates.prepare_pool(samples[:2], processor, config)
   assert not failed
   batch = common.collate(cands, processor)
-  want = relevance.causal_relevance_full(model, params, batch.input_ids, batch.pixels, batch.layout,
-                                         batch.answer_index, batch.option_ids, N,
-                                         np.asarray([c.sample.answer for c in cands]))
+  want = relevance.causal_relevance_full(
+    model,
+    params,
+    batch.input_ids,
+    batch.pixels,
+    batch.layout,
+    batch.answer_index,
+    batch.option_ids,
+    N,
+    np.asarray([c.sample.answer for c in cands]),
+  )
   cache = teacher.TeacherCache(config.teacher_dir)
   got = np.stack([cache.get(c.sample.id).relevance for c in cands])
   np.testing.assert_allclose(got, want, atol=1e-5)
-  assert np.abs(want).max() > 1e-4   # the knockouts move the answer: not zeros twice
+  assert np.abs(want).max() > 1e-4  # the knockouts move the answer: not zeros twice
 
 
 def test_rerun_labels_nothing_again(labelled, monkeypatch):
@@ -98,8 +107,9 @@ def test_rerun_labels_nothing_again(labelled, monkeypatch):
 
   monkeypatch.setattr(teacher, 'causal_labels', fail)
   experiment.run(config, workdir)
-  assert {f: os.path.getmtime(os.path.join(config.teacher_dir, f))
-          for f in os.listdir(config.teacher_dir)} == cache_files
+  assert {
+    f: os.path.getmtime(os.path.join(config.teacher_dir, f)) for f in os.listdir(config.teacher_dir)
+  } == cache_files
 
 
 def test_trained_selector_picks_k_frames_of_a_video(labelled):
@@ -114,17 +124,27 @@ def test_trained_selector_picks_k_frames_of_a_video(labelled):
   assert set(frames.indices.tolist()) <= set(pool.indices.tolist())
   # The pick is the selector's own top-2 over the pool.
   emb = teacher.siglip_features(*trained.siglip, pool.pixels, relevance.query_texts(s.question, s.options)[1])
-  want = pool.indices[np.sort(np.argsort(-np.asarray(
-      selector_model.scores(trained.model, trained.params, *emb)), kind='stable')[:2])]
+  want = pool.indices[
+    np.sort(np.argsort(-np.asarray(selector_model.scores(trained.model, trained.params, *emb)), kind='stable')[:2])
+  ]
   assert frames.indices.tolist() == want.tolist()
 
 
 def test_score_cli_runs_the_video_llm_on_the_learned_selection(labelled):
   config, workdir, _ = labelled
   s = common.load_samples(config, workdir)[0][0]
-  cmd = [sys.executable, '-m', 'experiments.score', f'--checkpoint={config.checkpoint}', f'--video={s.video}',
-         f'--question={s.question}', f'--options={",".join(s.options)}', '--selector=learned', '--k=2',
-         f'--selector_checkpoint={workdir}']
+  cmd = [
+    sys.executable,
+    '-m',
+    'experiments.score',
+    f'--checkpoint={config.checkpoint}',
+    f'--video={s.video}',
+    f'--question={s.question}',
+    f'--options={",".join(s.options)}',
+    '--selector=learned',
+    '--k=2',
+    f'--selector_checkpoint={workdir}',
+  ]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout)
@@ -134,9 +154,15 @@ def test_score_cli_runs_the_video_llm_on_the_learned_selection(labelled):
 
 def diagnosis_run_config(ckpts, selector_workdir: str):
   """Every selector and 'learned' on 2 samples."""
-  return diagnosis_test.make_config(ckpts, selectors=diagnosis_config.SELECTORS + ',learned', ks='1,2',
-                                    sensitive_k=1, selector_checkpoint=selector_workdir, max_samples=2,
-                                    batch_size=2)
+  return diagnosis_test.make_config(
+    ckpts,
+    selectors=diagnosis_config.SELECTORS + ',learned',
+    ks='1,2',
+    sensitive_k=1,
+    selector_checkpoint=selector_workdir,
+    max_samples=2,
+    batch_size=2,
+  )
 
 
 @pytest.fixture(scope='module')
@@ -154,11 +180,13 @@ def test_diagnosis_runs_selector_learned(diagnosis, checkpoints_dir, tmp_path):
     for k in (1, 2):
       assert r['selections']['learned'][str(k)] == selector_model.select(r['scores']['learned'], k).tolist()
   with pytest.raises(ValueError, match='needs selector_checkpoint'):
-    keyframe_diagnosis.run(diagnosis_test.make_config(checkpoints_dir, selectors='learned', ks='1', sensitive_k=1),
-                           str(tmp_path / 'bad'))
+    keyframe_diagnosis.run(
+      diagnosis_test.make_config(checkpoints_dir, selectors='learned', ks='1', sensitive_k=1), str(tmp_path / 'bad')
+    )
 
 
 # ---------------------------------------------------------------- 8 simulated devices (a subprocess)
+
 
 def read_summary(workdir: str) -> tuple[dict, list[dict]]:
   """(header, rows) of summary.json."""
@@ -172,10 +200,20 @@ def eight(checkpoints_dir, labelled, diagnosis, tmp_path_factory) -> str:
   """The workdir of the diagnosis rerun on 8 devices (see the module docstring)."""
   _, workdir, _ = labelled
   out = str(tmp_path_factory.mktemp('eight'))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  proc = subprocess.run([sys.executable, '-m', 'tests.test_selector_teacher', *checkpoints_dir, workdir,
-                         diagnosis[0], out], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
+  proc = subprocess.run(
+    [sys.executable, '-m', 'tests.test_selector_teacher', *checkpoints_dir, workdir, diagnosis[0], out],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert json.loads(proc.stdout.strip().splitlines()[-1]) == {'num_devices': 8}
   return out
@@ -184,10 +222,10 @@ def eight(checkpoints_dir, labelled, diagnosis, tmp_path_factory) -> str:
 def test_eight_devices_give_the_same_diagnosis(diagnosis, eight):
   """The diagnosis places no array itself (jax's default device): 8 visible devices must change nothing."""
   diag_dir, _ = diagnosis
-  (one, one_rows), (many, many_rows) = (read_summary(diag_dir), read_summary(eight))   # NaN -> null in both
+  (one, one_rows), (many, many_rows) = (read_summary(diag_dir), read_summary(eight))  # NaN -> null in both
   assert jax.device_count() == 1 and set(many) == set(one) and 'learned' in {r['selector'] for r in one_rows}
   for key, value in one.items():
-    if key == 'scores':   # rows of dicts: approx compares one level deep
+    if key == 'scores':  # rows of dicts: approx compares one level deep
       assert len(many[key]) == len(value)
       for got, want in zip(many[key], value):
         assert got == pytest.approx(want, abs=1e-6), (want['condition'], want['group'])

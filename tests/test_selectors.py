@@ -1,5 +1,6 @@
 """Keyframe selectors (k distinct valid indices in time order for every k <= N, a clear error beyond)
 and the selection metrics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ def test_every_selector_returns_k_distinct_sorted_indices(name, seed):
   for k in range(1, N + 1):
     idx = select(s, k)
     assert idx.dtype == np.int64 and idx.shape == (k,), (name, k)
-    assert np.all(np.diff(idx) > 0), (name, k, idx)        # sorted in time and distinct
+    assert np.all(np.diff(idx) > 0), (name, k, idx)  # sorted in time and distinct
     assert idx.min() >= 0 and idx.max() < N, (name, k, idx)
   assert select(s, N).tolist() == list(range(N))
 
@@ -38,7 +39,7 @@ def test_k_outside_the_pool_fails_clearly(name, k):
 def test_top_and_bottom_k_pick_the_extremes():
   s = np.asarray([0.1, 0.9, 0.5, 0.9, 0.0, 0.3])
   assert selectors.top_k(s, 2).tolist() == [1, 3]
-  assert selectors.top_k(s, 1).tolist() == [1]               # tie goes to the earlier frame
+  assert selectors.top_k(s, 1).tolist() == [1]  # tie goes to the earlier frame
   assert selectors.bottom_k(s, 2).tolist() == [0, 4]
 
 
@@ -52,10 +53,10 @@ def test_uniform_spreads_and_random_is_seeded():
 
 def test_bolt_follows_the_score_density():
   s = np.zeros(32)
-  s[20:24] = 1.0                      # one relevant stretch
+  s[20:24] = 1.0  # one relevant stretch
   idx = selectors.bolt(s, 4, alpha=1.0)
   assert set(idx.tolist()) == {20, 21, 22, 23}
-  flat = selectors.bolt(np.ones(32), 4)   # no preference: evenly spread, like uniform
+  flat = selectors.bolt(np.ones(32), 4)  # no preference: evenly spread, like uniform
   assert flat.tolist() == selectors.uniform(np.ones(32), 4).tolist()
   # With two stretches of unequal height, the higher one gets more frames.
   s2 = np.zeros(32)
@@ -67,9 +68,9 @@ def test_bolt_follows_the_score_density():
 def test_aks_balances_relevance_and_coverage():
   peaked = np.zeros(32)
   peaked[[5, 6, 7]] = 1.0
-  assert selectors.aks(peaked, 3).tolist() == [5, 6, 7]       # relevance wins when one spike dominates
+  assert selectors.aks(peaked, 3).tolist() == [5, 6, 7]  # relevance wins when one spike dominates
   rng = np.random.default_rng(0)
-  noisy = 0.5 + 0.01 * rng.random(32)                          # no frame stands out: coverage
+  noisy = 0.5 + 0.01 * rng.random(32)  # no frame stands out: coverage
   idx = selectors.aks(noisy, 4)
   assert np.histogram(idx, bins=4, range=(0, 32))[0].tolist() == [1, 1, 1, 1]
   # Depth 0 is plain top-k.
@@ -78,12 +79,12 @@ def test_aks_balances_relevance_and_coverage():
 
 def test_recall_and_ndcg():
   assert metrics.recall_at_k([1, 2, 3], [2, 3, 9, 10]) == pytest.approx(2 / 3)
-  assert metrics.recall_at_k([4], [4, 5, 6]) == 1.0               # normalised by min(k, |R|)
+  assert metrics.recall_at_k([4], [4, 5, 6]) == 1.0  # normalised by min(k, |R|)
   assert metrics.recall_at_k([0, 1, 2, 3], [7]) == 0.0
   assert np.isnan(metrics.recall_at_k([0], []))
   rel = np.asarray([0.0, 3.0, -1.0, 1.0, 2.0])
   assert metrics.ndcg_at_k([1, 4], rel) == pytest.approx(1.0)
-  assert metrics.ndcg_at_k([4, 1], rel) == pytest.approx(1.0)     # a set: order does not matter
+  assert metrics.ndcg_at_k([4, 1], rel) == pytest.approx(1.0)  # a set: order does not matter
   want = (2 + 1 / np.log2(3)) / (3 + 2 / np.log2(3))
   assert metrics.ndcg_at_k([3, 4], rel) == pytest.approx(want)
   assert metrics.ndcg_at_k([0, 2], rel) == 0.0

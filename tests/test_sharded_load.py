@@ -9,6 +9,7 @@ the elements its devices hold and no more, and the sharded LLaVA gives the refer
 
 `python -m tests.test_sharded_load CASES_JSON OUT_DIR NUM_PROCESSES PROCESS_ID PORT` is the worker.
 """
+
 from __future__ import annotations
 
 import json
@@ -137,6 +138,7 @@ def _drop(key):
   def edit(t):
     del t[key]
     return t
+
   return edit
 
 
@@ -144,17 +146,30 @@ def _set(key, value):
   def edit(t):
     t[key] = value(t)
     return t
+
   return edit
 
 
-@pytest.mark.parametrize('edit, error, message', [
-    (_drop('vision_model.encoder.layers.1.mlp.fc1.weight'), TensorSetError,
-     r'missing tensors: vision_model.encoder.layers.1.mlp.fc1.weight \(expected shape \(24, 16\)\)'),
-    (_set('vision_model.extra.weight', lambda t: np.zeros((2, 2), np.float32)), TensorSetError,
-     r'unexpected tensors: vision_model.extra.weight'),
-    (_set('text_model.head.weight', lambda t: t['text_model.head.weight'][:, :8].copy()), ShapeMismatchError,
-     r"'text_model.head.weight' has shape \(16, 8\).*expects \(16, 16\)"),
-])
+@pytest.mark.parametrize(
+  'edit, error, message',
+  [
+    (
+      _drop('vision_model.encoder.layers.1.mlp.fc1.weight'),
+      TensorSetError,
+      r'missing tensors: vision_model.encoder.layers.1.mlp.fc1.weight \(expected shape \(24, 16\)\)',
+    ),
+    (
+      _set('vision_model.extra.weight', lambda t: np.zeros((2, 2), np.float32)),
+      TensorSetError,
+      r'unexpected tensors: vision_model.extra.weight',
+    ),
+    (
+      _set('text_model.head.weight', lambda t: t['text_model.head.weight'][:, :8].copy()),
+      ShapeMismatchError,
+      r"'text_model.head.weight' has shape \(16, 8\).*expects \(16, 16\)",
+    ),
+  ],
+)
 def test_mesh_path_is_as_strict_and_fails_before_reading(ckpts, tmp_path, monkeypatch, edit, error, message):
   path = _variant(ckpts['siglip'], tmp_path / 'bad', edit)
   reads = []
@@ -167,9 +182,11 @@ def test_mesh_path_is_as_strict_and_fails_before_reading(ckpts, tmp_path, monkey
 
 
 def test_mesh_path_rejects_a_tied_head_that_differs(ckpts, tmp_path):
-  path = _variant(ckpts['llava_tied_bf16'], tmp_path / 'tied',
-                  _set('lm_head.weight', lambda t: (t['lm_head.weight'].astype(np.float32) + 1).astype(
-                      ml_dtypes.bfloat16)))
+  path = _variant(
+    ckpts['llava_tied_bf16'],
+    tmp_path / 'tied',
+    _set('lm_head.weight', lambda t: (t['lm_head.weight'].astype(np.float32) + 1).astype(ml_dtypes.bfloat16)),
+  )
   with pytest.raises(TensorSetError, match="'lm_head.weight' that differs"):
     checkpoints.load_pretrained(path, mesh=one_device_mesh())
 
@@ -178,8 +195,10 @@ def test_refs_equal_compares_in_row_blocks(tmp_path):
   a = np.arange(60, dtype=np.float32).reshape(10, 6)
   b = a.copy()
   b[9, 5] += 1  # only in the last block
-  save_file({'a': a, 'a2': a.copy(), 'b': b, 's': np.array(1.0, np.float32), 't': np.array(2.0, np.float32)},
-            os.fspath(tmp_path / 'x.safetensors'))
+  save_file(
+    {'a': a, 'a2': a.copy(), 'b': b, 's': np.array(1.0, np.float32), 't': np.array(2.0, np.float32)},
+    os.fspath(tmp_path / 'x.safetensors'),
+  )
   refs = checkpoints.read_tensor_refs(os.fspath(tmp_path / 'x.safetensors'))
   assert checkpoints._refs_equal(refs['a'], refs['a2'], block_bytes=24)
   assert not checkpoints._refs_equal(refs['a'], refs['b'], block_bytes=24)
@@ -237,18 +256,27 @@ def worker(cases: list[dict], out_dir: str, num_processes: int, process_id: int,
       owned += _owned_elements(x)
       total += x.size
       split += len(x.sharding.device_set) == 8 and x.sharding.spec != PartitionSpec()
-    out = {'case': case, 'mismatched': sorted(set(mismatched)), 'elements_read': reads['elements'],
-           'elements_owned': owned, 'elements_total': total, 'split_params': split,
-           'device_count': jax.device_count(), 'local_device_count': jax.local_device_count()}
+    out = {
+      'case': case,
+      'mismatched': sorted(set(mismatched)),
+      'elements_read': reads['elements'],
+      'elements_owned': owned,
+      'elements_total': total,
+      'split_params': split,
+      'device_count': jax.device_count(),
+      'local_device_count': jax.local_device_count(),
+    }
     if case['dir'].endswith('llava'):
       ids, pixels = tc._llava_inputs(model.config.video_token_id)
       positions = jnp.arange(ids.shape[1], dtype=jnp.int32)[None]
       from jaxvlm.models import qwen2  # pylint: disable=g-import-not-at-top
+
       meta = qwen2.text_meta(jnp.ones(ids.shape, bool))
 
       def logits(p, ids, pixels):
-        return model.apply({'params': p}, model.apply({'params': p}, ids, pixels, positions, meta).hidden,
-                           method='logits')
+        return model.apply(
+          {'params': p}, model.apply({'params': p}, ids, pixels, positions, meta).hidden, method='logits'
+        )
 
       rep = NamedSharding(mesh, PartitionSpec())
       with sharding.activation_rules(mesh):
@@ -268,21 +296,35 @@ def _free_port() -> int:
 
 
 def test_two_processes_read_only_their_slices(ckpts, tmp_path):
-  cases = [{'dir': ckpts['llava'], 'mesh': 'fsdp8', 'dtype': 'float32'},
-           {'dir': ckpts['llava'], 'mesh': 'fsdp4_tensor2', 'dtype': 'float32'},
-           {'dir': ckpts['llava_tied_bf16'], 'mesh': 'fsdp4_tensor2', 'dtype': 'bfloat16'},
-           {'dir': ckpts['siglip'], 'mesh': 'fsdp8', 'dtype': 'float32'}]
+  cases = [
+    {'dir': ckpts['llava'], 'mesh': 'fsdp8', 'dtype': 'float32'},
+    {'dir': ckpts['llava'], 'mesh': 'fsdp4_tensor2', 'dtype': 'float32'},
+    {'dir': ckpts['llava_tied_bf16'], 'mesh': 'fsdp4_tensor2', 'dtype': 'bfloat16'},
+    {'dir': ckpts['siglip'], 'mesh': 'fsdp8', 'dtype': 'float32'},
+  ]
   cases_path = tmp_path / 'cases.json'
   cases_path.write_text(json.dumps(cases))
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS='--xla_force_host_platform_device_count=4',
+    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
   for var in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
     env.pop(var, None)
   port = _free_port()
   t0 = time.time()
-  procs = [subprocess.Popen([sys.executable, '-m', 'tests.test_sharded_load', str(cases_path), str(tmp_path),
-                             '2', str(i), str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-m', 'tests.test_sharded_load', str(cases_path), str(tmp_path), '2', str(i), str(port)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for p in procs:
     try:
       _, err = p.communicate(timeout=300)
@@ -309,5 +351,4 @@ def test_two_processes_read_only_their_slices(ckpts, tmp_path):
 
 
 if __name__ == '__main__':
-  worker(json.loads(open(sys.argv[1]).read()), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-         int(sys.argv[5]))
+  worker(json.loads(open(sys.argv[1]).read()), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

@@ -5,6 +5,7 @@ sharded over (data=2, fsdp=2, tensor=2) against the same model on one device.
 `python -m tests.test_sharding` (with XLA_FLAGS=--xla_force_host_platform_device_count=8) runs the
 8-device checks and prints their numbers as one JSON line; the tests below assert on them.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,26 +38,59 @@ FULL_TEXT = QWEN2
 
 
 def llava_config(text: dict, vision: dict) -> lo.LlavaOnevisionConfig:
-  return lo.LlavaOnevisionConfig.from_hf(dict(
-      vision_config=vision, text_config=text, video_token_index=VIDEO_ID, image_token_index=97,
-      tie_word_embeddings=text['tie_word_embeddings']))
+  return lo.LlavaOnevisionConfig.from_hf(
+    dict(
+      vision_config=vision,
+      text_config=text,
+      video_token_index=VIDEO_ID,
+      image_token_index=97,
+      tie_word_embeddings=text['tie_word_embeddings'],
+    )
+  )
 
 
 def tiny_llava() -> lo.LlavaOnevisionForConditionalGeneration:
   """tests/test_llava_onevision.py tiny_config(tie=False), built without transformers."""
-  vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                image_size=35, patch_size=7, vision_use_head=False)
-  text = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-              num_key_value_heads=2, vocab_size=100, rope_theta=5000.0, tie_word_embeddings=False,
-              max_position_embeddings=256)
+  vision = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=35,
+    patch_size=7,
+    vision_use_head=False,
+  )
+  text = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=100,
+    rope_theta=5000.0,
+    tie_word_embeddings=False,
+    max_position_embeddings=256,
+  )
   return lo.LlavaOnevisionForConditionalGeneration(llava_config(text, vision))
 
 
 def siglip_so400m() -> siglip.SiglipModel:
-  vision = siglip.SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                                     num_attention_heads=16, image_size=384, patch_size=14)
-  text = siglip.SiglipTextConfig(vocab_size=32000, hidden_size=1152, intermediate_size=4304,
-                                 num_hidden_layers=27, num_attention_heads=16, max_position_embeddings=64)
+  vision = siglip.SiglipVisionConfig(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=14,
+  )
+  text = siglip.SiglipTextConfig(
+    vocab_size=32000,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    max_position_embeddings=64,
+  )
   return siglip.SiglipModel(siglip.SiglipConfig(vision, text))
 
 
@@ -130,8 +164,7 @@ def test_indivisible_weight_axes_are_replicated():
   assert sharding.logical_to_spec(('vocab', 'embed'), (100, 64), sizes) == P(None, 'fsdp')
   assert sharding.logical_to_spec(('vocab', 'embed'), (152128, 3584), sizes) == P('tensor', 'fsdp')
   # 0.5B: 2 kv heads x 64 = 128 divides by 8; 14 heads x 64 = 896 too; 4864 / 8 = 608.
-  assert sharding.logical_to_spec(('layers', 'embed', 'kv_heads'), (24, 896, 128), sizes) == \
-      P(None, 'fsdp', 'tensor')
+  assert sharding.logical_to_spec(('layers', 'embed', 'kv_heads'), (24, 896, 128), sizes) == P(None, 'fsdp', 'tensor')
   assert sharding.logical_to_spec(('layers', 'embed', 'kv_heads'), (24, 895, 12), sizes) == P(None, None, None)
   assert sharding.shard_count(P(None, 'fsdp', 'tensor'), sizes) == 16
 
@@ -190,8 +223,13 @@ def video_batch(model, batch: int, seed: int):
   n_video = cfg.num_video_tokens(NUM_FRAMES)
   rows = []
   for i in range(batch):
-    parts = [(Group.SYSTEM, 2 + i % 2), (Group.VIDEO, n_video), (Group.QUESTION, 3 + i),
-             (Group.OPTIONS, 4), (Group.LAST, 2)]
+    parts = [
+      (Group.SYSTEM, 2 + i % 2),
+      (Group.VIDEO, n_video),
+      (Group.QUESTION, 3 + i),
+      (Group.OPTIONS, 4),
+      (Group.LAST, 2),
+    ]
     group = np.concatenate([np.full(n, g) for g, n in parts]).astype(np.int32)
     frame = np.full(len(group), -1, np.int32)
     frame[group == Group.VIDEO] = np.append(np.arange(n_video - 1) // cfg.tokens_per_frame, -1)
@@ -214,11 +252,12 @@ def video_batch(model, batch: int, seed: int):
 def sweep_specs(num_layers: int) -> knockout.KnockoutSpec:
   """Text-query knockouts only: every spec recomputes the same text tail, so one compiled sweep call
   (VT/VS tails start inside the video and would compile more shapes; test_sweep covers them)."""
-  specs = [knockout.knockout_spec('LV', knockout.all_layers(num_layers), NUM_FRAMES),
-           knockout.knockout_spec('LV', knockout.layers_from(num_layers, 1), NUM_FRAMES),
-           knockout.knockout_spec('frames', knockout.window(num_layers, 0, 2), NUM_FRAMES, frames=[1]),
-           knockout.block_spec([Group.QUESTION], [Group.VIDEO], knockout.explicit(num_layers, [2]),
-                               NUM_FRAMES)]
+  specs = [
+    knockout.knockout_spec('LV', knockout.all_layers(num_layers), NUM_FRAMES),
+    knockout.knockout_spec('LV', knockout.layers_from(num_layers, 1), NUM_FRAMES),
+    knockout.knockout_spec('frames', knockout.window(num_layers, 0, 2), NUM_FRAMES, frames=[1]),
+    knockout.block_spec([Group.QUESTION], [Group.VIDEO], knockout.explicit(num_layers, [2]), NUM_FRAMES),
+  ]
   return knockout.stack_specs(specs)
 
 
@@ -242,8 +281,19 @@ def eight_device_checks() -> dict:
   ref_logits = np.asarray(jax.jit(forward)(*on_one[:4]))
   ref_clean = sweep.clean_run(model, *on_one[:4], on_one[4], on_one[5])
   specs = sweep_specs(model.config.text.num_hidden_layers)
-  ref_sweep = np.asarray(sweep.run_sweep(model, on_one[0], ref_clean, on_one[3], on_one[4], on_one[5],
-                                         jax.tree.map(jnp.asarray, specs), tail_multiple=8, spec_chunk=4))
+  ref_sweep = np.asarray(
+    sweep.run_sweep(
+      model,
+      on_one[0],
+      ref_clean,
+      on_one[3],
+      on_one[4],
+      on_one[5],
+      jax.tree.map(jnp.asarray, specs),
+      tail_multiple=8,
+      spec_chunk=4,
+    )
+  )
   timings['one_device_s'] = time.time() - t0
 
   # Sharded: every input placed explicitly, then no implicit transfer is allowed.
@@ -260,37 +310,44 @@ def eight_device_checks() -> dict:
       clean = sweep.clean_run(model, sp, s_ids, s_px, s_layout, s_answer, s_options)
   # run_sweep plans tails on the host (reads the layout, uploads spec chunks): intended transfers.
   with sharding.activation_rules(mesh):
-    swept = sweep.run_sweep(model, sp, clean, s_layout, s_answer, s_options,
-                            jax.tree.map(jnp.asarray, specs), tail_multiple=8, spec_chunk=4)
+    swept = sweep.run_sweep(
+      model, sp, clean, s_layout, s_answer, s_options, jax.tree.map(jnp.asarray, specs), tail_multiple=8, spec_chunk=4
+    )
   timings['sharded_s'] = time.time() - t0
 
   q = sp['language_model']['layers']['self_attn']['q_proj']['kernel']
   with sharding.activation_rules(mesh):
     hlo = fwd.jitted.lower(sp, s_ids, s_px, s_layout).as_text()
   return {
-      'logits_max_abs_diff': float(np.abs(np.asarray(logits) - ref_logits).max()),
-      'logits_spec': str(logits.sharding.spec),
-      'clean_logp_max_abs_diff': float(np.abs(np.asarray(clean.option_logprobs)
-                                              - np.asarray(ref_clean.option_logprobs)).max()),
-      'sweep_logp_max_abs_diff': float(np.abs(np.asarray(swept) - ref_sweep).max()),
-      'sweep_knockout_effect': float(np.abs(ref_sweep - np.asarray(ref_clean.option_logprobs)).max()),
-      'q_proj_shape': list(q.shape),
-      'q_proj_shard_shape': list(q.addressable_shards[0].data.shape),
-      'q_proj_devices': len(q.sharding.device_set),
-      'hidden_states_spec': str(clean.hidden_states.sharding.spec),
-      'logits_max_abs': float(np.abs(ref_logits).max()),
-      'hlo_sharding_constraints': hlo.count('sharding_constraint') + hlo.count('@Sharding'),
-      **timings,
+    'logits_max_abs_diff': float(np.abs(np.asarray(logits) - ref_logits).max()),
+    'logits_spec': str(logits.sharding.spec),
+    'clean_logp_max_abs_diff': float(
+      np.abs(np.asarray(clean.option_logprobs) - np.asarray(ref_clean.option_logprobs)).max()
+    ),
+    'sweep_logp_max_abs_diff': float(np.abs(np.asarray(swept) - ref_sweep).max()),
+    'sweep_knockout_effect': float(np.abs(ref_sweep - np.asarray(ref_clean.option_logprobs)).max()),
+    'q_proj_shape': list(q.shape),
+    'q_proj_shard_shape': list(q.addressable_shards[0].data.shape),
+    'q_proj_devices': len(q.sharding.device_set),
+    'hidden_states_spec': str(clean.hidden_states.sharding.spec),
+    'logits_max_abs': float(np.abs(ref_logits).max()),
+    'hlo_sharding_constraints': hlo.count('sharding_constraint') + hlo.count('@Sharding'),
+    **timings,
   }
 
 
 @pytest.fixture(scope='module')
 def eight():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
   t0 = time.time()
-  proc = subprocess.run([sys.executable, '-m', 'tests.test_sharding'], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, '-m', 'tests.test_sharding'], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   out['subprocess_s'] = time.time() - t0

@@ -1,4 +1,5 @@
 """SigLIP port vs transformers (PyTorch) on tiny random models, plus a full-size eval_shape check."""
+
 from __future__ import annotations
 
 import functools
@@ -15,10 +16,26 @@ from jaxvlm.models import siglip
 
 TOL = 1e-4  # float32 parity
 
-TINY_VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4,
-                   image_size=28, patch_size=7, num_channels=3)
-TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                 vocab_size=99, max_position_embeddings=16, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+TINY_VISION = dict(
+  hidden_size=32,
+  intermediate_size=37,
+  num_hidden_layers=3,
+  num_attention_heads=4,
+  image_size=28,
+  patch_size=7,
+  num_channels=3,
+)
+TINY_TEXT = dict(
+  hidden_size=32,
+  intermediate_size=37,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  vocab_size=99,
+  max_position_embeddings=16,
+  pad_token_id=1,
+  bos_token_id=2,
+  eos_token_id=3,
+)
 
 
 def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -65,9 +82,16 @@ def test_config_from_hf_reads_transformers_dicts(hf_siglip):
   assert config.text_config.vocab_size == 99 and config.text_config.max_position_embeddings == 16
   assert config.text_config.num_hidden_layers == 2 and config.text_config.output_size == 32
   # LLaVA-OneVision's vision_config: no vision_use_head key -> default True; explicit False honoured.
-  llava_vision = {'model_type': 'siglip_vision_model', 'hidden_size': 1152, 'image_size': 384,
-                  'patch_size': 14, 'num_hidden_layers': 26, 'intermediate_size': 4304,
-                  'num_attention_heads': 16, 'vision_use_head': False}
+  llava_vision = {
+    'model_type': 'siglip_vision_model',
+    'hidden_size': 1152,
+    'image_size': 384,
+    'patch_size': 14,
+    'num_hidden_layers': 26,
+    'intermediate_size': 4304,
+    'num_attention_heads': 16,
+    'vision_use_head': False,
+  }
   assert not siglip.SiglipVisionConfig.from_hf(llava_vision).vision_use_head
   del llava_vision['vision_use_head']
   cfg = siglip.SiglipVisionConfig.from_hf(llava_vision)
@@ -92,15 +116,20 @@ def test_siglip_model_matches_transformers(hf_siglip, inputs):
     ref_text = hf_siglip.get_text_features(input_ids=pt_ids).pooler_output
 
   # One traced call for everything: eager op-by-op dispatch is the slow part on CPU.
-  image, text, logits, vision, rel = jax.jit(lambda v, x, t: model.apply(
-      v, x, t, method=lambda m, x, t: (m.image_features(x), m.text_features(t), m(x, t),
-                                       m.vision_model(x))) + (siglip.relevance(model, v['params'], x, t),)
+  image, text, logits, vision, rel = jax.jit(
+    lambda v, x, t: (
+      model.apply(v, x, t, method=lambda m, x, t: (m.image_features(x), m.text_features(t), m(x, t), m.vision_model(x)))
+      + (siglip.relevance(model, v['params'], x, t),)
+    )
   )(variables, pixels, ids)
 
   assert image.shape == (2, 32) and text.shape == (3, 32) and logits.shape == (2, 3)
-  diffs = {'image_embeds': _max_diff(image, ref_image), 'text_embeds': _max_diff(text, ref_text),
-           'logits_per_image': _max_diff(logits, ref.logits_per_image),
-           'vision_last_hidden_state': _max_diff(vision.last_hidden_state, ref_vision.last_hidden_state)}
+  diffs = {
+    'image_embeds': _max_diff(image, ref_image),
+    'text_embeds': _max_diff(text, ref_text),
+    'logits_per_image': _max_diff(logits, ref.logits_per_image),
+    'vision_last_hidden_state': _max_diff(vision.last_hidden_state, ref_vision.last_hidden_state),
+  }
   assert vision.hidden_states.shape == (4, 2, 16, 32)
   assert len(ref_vision.hidden_states) == 4
   for i, ref_h in enumerate(ref_vision.hidden_states):
@@ -135,9 +164,15 @@ def test_vision_tower_without_head_matches_siglip_vision_model():
 
 def test_reading_last_hidden_state_does_not_keep_the_layer_stack():
   """LLaVA-OneVision reads hidden_states[-1]: the [L+1, B, P, D] stack must be optimised away then."""
-  config = siglip.SiglipVisionConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=8,
-                                     num_attention_heads=4, image_size=64, patch_size=4,
-                                     vision_use_head=False)
+  config = siglip.SiglipVisionConfig(
+    hidden_size=64,
+    intermediate_size=64,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    image_size=64,
+    patch_size=4,
+    vision_use_head=False,
+  )
   tower = siglip.SiglipVisionTransformer(config)
   pixels = jax.ShapeDtypeStruct((4, 64, 64, 3), jnp.float32)
   params = jax.eval_shape(tower.init, jax.random.key(0), pixels)['params']
@@ -158,30 +193,48 @@ def test_bfloat16_compute_keeps_float32_params(hf_siglip, inputs):
   config = siglip.SiglipConfig.from_hf(hf_siglip.config.to_dict())
   params = _convert(siglip.SiglipModel(config), _state_dict(hf_siglip), pixels, ids)
   model16 = siglip.SiglipModel(config, dtype=jnp.bfloat16)
-  assert {x.dtype for x in jax.tree.leaves(jax.eval_shape(
-      model16.init, jax.random.key(0), pixels, ids))} == {jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree.leaves(jax.eval_shape(model16.init, jax.random.key(0), pixels, ids))} == {
+    jnp.dtype(jnp.float32)
+  }
   features = lambda model: jax.jit(functools.partial(model.apply, method=model.image_features))(
-      {'params': params}, pixels)
+    {'params': params}, pixels
+  )
   image16, image32 = features(model16), features(siglip.SiglipModel(config))
   assert image16.dtype == jnp.bfloat16
   cos = np.sum(np.asarray(image16, np.float32) * np.asarray(image32), -1) / (
-      np.linalg.norm(np.asarray(image16, np.float32), axis=-1) * np.linalg.norm(image32, axis=-1))
+    np.linalg.norm(np.asarray(image16, np.float32), axis=-1) * np.linalg.norm(image32, axis=-1)
+  )
   assert np.all(cos > 0.99), cos
 
 
 def test_so400m_param_count_matches_transformers():
-  vision = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                image_size=384, patch_size=14)
-  text = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-              vocab_size=32000, max_position_embeddings=64, bos_token_id=None, eos_token_id=1)
+  vision = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=14,
+  )
+  text = dict(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_hidden_layers=27,
+    num_attention_heads=16,
+    vocab_size=32000,
+    max_position_embeddings=64,
+    bos_token_id=None,
+    eos_token_id=1,
+  )
   hf_config = transformers.SiglipConfig(vision_config=vision, text_config=text)
   with torch.device('meta'):
     hf = transformers.SiglipModel(hf_config)
   hf_count = sum(p.numel() for p in hf.parameters())
 
   model = siglip.SiglipModel(siglip.SiglipConfig.from_hf(hf_config.to_dict()))
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 384, 384, 3)),
-                          jnp.zeros((1, 64), jnp.int32))['params']
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 384, 384, 3)), jnp.zeros((1, 64), jnp.int32))[
+    'params'
+  ]
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   print(f'so400m-patch14-384 parameters: jax {count:,} transformers {hf_count:,}')
   assert count == hf_count

@@ -1,4 +1,5 @@
 """Bootstrap intervals cover the truth at their nominal rate; McNemar p-values equal scipy's."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from scipy import stats as scipy_stats
 from jaxvlm import stats
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
-RUNS = 400          # simulated benchmarks per coverage test (true coverage ~0.935-0.97: sd ~1.2 % at 400)
+RUNS = 400  # simulated benchmarks per coverage test (true coverage ~0.935-0.97: sd ~1.2 % at 400)
 RESAMPLES = 500
 
 
@@ -28,7 +29,7 @@ def test_accuracy_interval_covers_the_true_accuracy():
 
 def test_macro_interval_over_strata_covers_the_mean_of_task_accuracies():
   rng = np.random.default_rng(1)
-  task_accuracy = np.array([0.3, 0.6, 0.9, 0.75])      # tasks of different sizes, as MVBench's could be
+  task_accuracy = np.array([0.3, 0.6, 0.9, 0.75])  # tasks of different sizes, as MVBench's could be
   tasks = np.repeat(np.arange(4), [30, 50, 40, 80])
   truth = task_accuracy.mean()
   covered = 0
@@ -67,8 +68,7 @@ def test_intervals_of_several_conditions_at_once():
   assert many.estimate.shape == many.low.shape == (3,)
   assert (many.estimate[0], many.low[0], many.high[0]) == (0.0, 0.0, 0.0)  # identical to clean
   one = stats.paired_change_interval(clean, conditions[2], num_resamples=500, seed=4)
-  np.testing.assert_allclose([one.estimate, one.low, one.high],
-                             [many.estimate[2], many.low[2], many.high[2]])
+  np.testing.assert_allclose([one.estimate, one.low, one.high], [many.estimate[2], many.low[2], many.high[2]])
   acc = stats.accuracy_interval(conditions, num_resamples=500)
   np.testing.assert_allclose(acc.estimate, conditions.mean(axis=1))
 
@@ -78,7 +78,7 @@ def test_paired_ratio_interval_covers_the_true_performance_ratio():
   covered = 0
   for run in range(RUNS):
     clean = rng.random(200) < 0.7
-    knocked = clean & (rng.random(200) < 0.8)          # true ratio 0.8
+    knocked = clean & (rng.random(200) < 0.8)  # true ratio 0.8
     ci = stats.paired_ratio_interval(clean, knocked, num_resamples=RESAMPLES, seed=run)
     np.testing.assert_allclose(ci.estimate, knocked.mean() / clean.mean())
     covered += ci.low <= 0.8 <= ci.high

@@ -1,5 +1,6 @@
 """Knockout sweeps: parity with transformers driven by dense per-layer masks (the way the PyTorch
 anchor tools do it), exactness of the clean-run reuse, and no recompilation across windows/types."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,13 @@ def layout_prompt(model, n_system: int, n_question: int, n_options: int, n_last:
   rng = np.random.default_rng(seed)
   cfg = model.config
   n_video = cfg.num_video_tokens(tl.NUM_FRAMES)
-  parts = [(Group.SYSTEM, n_system), (Group.VIDEO, n_video), (Group.QUESTION, n_question),
-           (Group.OPTIONS, n_options), (Group.LAST, n_last)]
+  parts = [
+    (Group.SYSTEM, n_system),
+    (Group.VIDEO, n_video),
+    (Group.QUESTION, n_question),
+    (Group.OPTIONS, n_options),
+    (Group.LAST, n_last),
+  ]
   group = np.concatenate([np.full(n, g) for g, n in parts]).astype(np.int32)
   ids = rng.integers(1, 90, size=len(group)).astype(np.int32)
   ids[group == Group.VIDEO] = tl.VIDEO_ID
@@ -42,10 +48,11 @@ def padded_batch(model):
   frame = np.full((2, s), -1, np.int32)
   valid = np.zeros((2, s), bool)
   for i, (x, g, f) in enumerate(prompts):
-    ids[i, :len(x)], group[i, :len(x)], frame[i, :len(x)], valid[i, :len(x)] = x, g, f, True
+    ids[i, : len(x)], group[i, : len(x)], frame[i, : len(x)], valid[i, : len(x)] = x, g, f, True
   positions = np.broadcast_to(np.arange(s, dtype=np.int32), (2, s)).copy()
-  layout = TokenLayout(group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions),
-                       valid=jnp.asarray(valid))
+  layout = TokenLayout(
+    group=jnp.asarray(group), frame=jnp.asarray(frame), positions=jnp.asarray(positions), valid=jnp.asarray(valid)
+  )
   answer = jnp.asarray(valid.sum(1) - 1, jnp.int32)
   return ids, layout, answer
 
@@ -58,8 +65,12 @@ def specs_under_test(num_layers: int) -> list[tuple[str, knockout.KnockoutSpec]]
     out.append((f'{kind}/from1', knockout.knockout_spec(kind, knockout.layers_from(num_layers, 1), f)))
     out.append((f'{kind}/win1-2', knockout.knockout_spec(kind, knockout.window(num_layers, 1, 2), f)))
   out.append(('frames/1', knockout.knockout_spec('frames', knockout.window(num_layers, 0, 2), f, frames=[1])))
-  out.append(('block/question->system', knockout.block_spec(
-      [Group.QUESTION], [Group.SYSTEM], knockout.explicit(num_layers, [2]), f)))
+  out.append(
+    (
+      'block/question->system',
+      knockout.block_spec([Group.QUESTION], [Group.SYSTEM], knockout.explicit(num_layers, [2]), f),
+    )
+  )
   out.append(('clean', knockout.clean_spec(num_layers, f)))
   return out
 
@@ -102,22 +113,35 @@ def transformers_knockout_logp(hf, ids, layout, answer, pixels, spec) -> np.ndar
   group, frame, valid = (np.asarray(x) for x in (layout.group, layout.frame, layout.valid))
   layers = hf.model.language_model.layers
   handles = []
-  clean = {'block': np.zeros_like(spec.block[0]), 'cross_frame': False, 'same_frame': False,
-           'frames': np.zeros_like(spec.frames[0])}
+  clean = {
+    'block': np.zeros_like(spec.block[0]),
+    'cross_frame': False,
+    'same_frame': False,
+    'frames': np.zeros_like(spec.frames[0]),
+  }
   for l, layer in enumerate(layers):
-    spec_l = {'block': spec.block[l], 'cross_frame': spec.cross_frame[l], 'same_frame': spec.same_frame[l],
-              'frames': spec.frames[l]}
-    mask = torch.from_numpy(dense_mask(group, frame, valid, spec_l if any(
-        np.any(v) for v in spec_l.values()) else clean))
+    spec_l = {
+      'block': spec.block[l],
+      'cross_frame': spec.cross_frame[l],
+      'same_frame': spec.same_frame[l],
+      'frames': spec.frames[l],
+    }
+    mask = torch.from_numpy(
+      dense_mask(group, frame, valid, spec_l if any(np.any(v) for v in spec_l.values()) else clean)
+    )
 
     def hook(module, args, kwargs, mask=mask):
       kwargs['attention_mask'] = mask
       return args, kwargs
+
     handles.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
   try:
     with torch.no_grad():
-      logits = hf(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(valid.copy()).long(),
-                  pixel_values_videos=torch.from_numpy(pixels.transpose(0, 1, 4, 2, 3))).logits
+      logits = hf(
+        input_ids=torch.from_numpy(ids).long(),
+        attention_mask=torch.from_numpy(valid.copy()).long(),
+        pixel_values_videos=torch.from_numpy(pixels.transpose(0, 1, 4, 2, 3)),
+      ).logits
   finally:
     for h in handles:
       h.remove()
@@ -154,10 +178,10 @@ def test_reuse_equals_full_recompute(tiny, attention_block_size):
   named = specs_under_test(model.config.text.num_hidden_layers)
   specs = knockout.stack_specs([s for _, s in named])
   clean = sweep.clean_run(model, params, ids, pixels, layout, answer, OPTION_IDS)
-  reused = np.asarray(sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
-                                      jax.tree.map(jnp.asarray, specs), tail_multiple=8))
-  full = np.asarray(sweep.full_recompute(model, params, ids, pixels, layout, answer, OPTION_IDS,
-                                         [s for _, s in named]))
+  reused = np.asarray(
+    sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS, jax.tree.map(jnp.asarray, specs), tail_multiple=8)
+  )
+  full = np.asarray(sweep.full_recompute(model, params, ids, pixels, layout, answer, OPTION_IDS, [s for _, s in named]))
   err = np.abs(reused - full).max(axis=(1, 2))
   print('reuse vs full recompute, max abs diff per spec:', dict(zip([n for n, _ in named], err.round(9))))
   assert err.max() <= 1e-5
@@ -169,9 +193,16 @@ def test_language_to_video_recomputes_only_the_text_tail(tiny):
   lv = knockout.stack_specs([knockout.knockout_spec('LV', knockout.all_layers(3), tl.NUM_FRAMES)])
   layout_np = {k: np.asarray(getattr(layout, k)) for k in ('group', 'frame', 'valid')}
   first_layer, tails, starts = sweep.plan_tails(layout_np, lv, tail_multiple=1)
-  text_after_video = [int(((layout_np['group'][b] != Group.VIDEO) & layout_np['valid'][b]
-                           & (np.arange(layout_np['group'].shape[1]) > np.flatnonzero(
-                               layout_np['group'][b] == Group.VIDEO).max())).sum()) for b in range(2)]
+  text_after_video = [
+    int(
+      (
+        (layout_np['group'][b] != Group.VIDEO)
+        & layout_np['valid'][b]
+        & (np.arange(layout_np['group'].shape[1]) > np.flatnonzero(layout_np['group'][b] == Group.VIDEO).max())
+      ).sum()
+    )
+    for b in range(2)
+  ]
   assert first_layer.tolist() == [0]
   assert tails[0] == max(text_after_video)
 
@@ -183,8 +214,17 @@ def test_sweep_over_all_windows_and_types_does_not_recompile(tiny):
   chunk = 8
 
   def run(sw):
-    return sweep.run_sweep(model, params, clean, layout, answer, OPTION_IDS,
-                           jax.tree.map(jnp.asarray, sw.specs), tail_multiple=8, spec_chunk=chunk)
+    return sweep.run_sweep(
+      model,
+      params,
+      clean,
+      layout,
+      answer,
+      OPTION_IDS,
+      jax.tree.map(jnp.asarray, sw.specs),
+      tail_multiple=8,
+      spec_chunk=chunk,
+    )
 
   first = knockout.build_sweep(num_layers, tl.NUM_FRAMES, window_size=2, global1_step=1)
   steps = (sweep._layer_step, sweep._answer_step)  # pylint: disable=protected-access
@@ -200,8 +240,11 @@ def test_sweep_over_all_windows_and_types_does_not_recompile(tiny):
   assert compiled() - before <= bound
   # The same sweep with other window values and another selection of types: no new shapes.
   after_first = compiled()
-  run(knockout.build_sweep(num_layers, tl.NUM_FRAMES, window_size=2, global1_step=1, window_stride=1,
-                           kinds=('VS', 'VT', 'LV')))
+  run(
+    knockout.build_sweep(
+      num_layers, tl.NUM_FRAMES, window_size=2, global1_step=1, window_stride=1, kinds=('VS', 'VT', 'LV')
+    )
+  )
   assert compiled() == after_first
   # Any other sweep stays within the bound.
   run(knockout.build_sweep(num_layers, tl.NUM_FRAMES, window_size=1, global1_step=1))

@@ -47,8 +47,7 @@ def test_answer_letters_balanced_per_type_and_overall():
   overall = collections.Counter(s.question.answer for s in specs)
   assert sorted(overall) == [0, 1, 2, 3] and max(overall.values()) - min(overall.values()) <= 1
   for qtype in syn.QTYPES:
-    per_type = collections.Counter(s.question.answer for s in specs
-                                   if s.question.qtype == qtype)
+    per_type = collections.Counter(s.question.answer for s in specs if s.question.qtype == qtype)
     assert max(per_type.values()) - min(per_type.values()) <= 1, (qtype, per_type)
   type_counts = collections.Counter(s.question.qtype for s in specs)
   assert max(type_counts.values()) - min(type_counts.values()) <= 1
@@ -90,8 +89,7 @@ def _centroids(frames: np.ndarray, colour: str) -> np.ndarray:
   ys, xs = np.indices(mask.shape[1:])
   visible = mask.sum(axis=(1, 2)) > 0
   count = np.maximum(mask.sum(axis=(1, 2)), 1)
-  return np.stack([(mask * xs).sum(axis=(1, 2)) / count,
-                   (mask * ys).sum(axis=(1, 2)) / count], -1)[visible]
+  return np.stack([(mask * xs).sum(axis=(1, 2)) / count, (mask * ys).sum(axis=(1, 2)) / count], -1)[visible]
 
 
 def test_answers_are_right_on_the_pixels(items):
@@ -116,8 +114,7 @@ def test_answers_are_right_on_the_pixels(items):
     elif q.qtype == 'direction':
       path = _centroids(frames, spec.objects[q.event_objects[0]].colour)
       dx, dy = path[-1] - path[0]
-      moved = ('right' if dx > 0 else 'left') if abs(dx) > abs(dy) else (
-          'down' if dy > 0 else 'up')
+      moved = ('right' if dx > 0 else 'left') if abs(dx) > abs(dy) else ('down' if dy > 0 else 'up')
       assert moved == correct and max(abs(dx), abs(dy)) > 0.4 * spec.size
       assert q.options == syn.DIRECTIONS
     elif q.qtype == 'needle':
@@ -158,23 +155,22 @@ def test_generate_writes_h264_that_keeps_the_evidence(tmp_path):
       continue
     # After H.264 the event colour is still clearly present exactly at the evidence frames
     # (objects cover ~200-470 px; 4:2:0 chroma bleeding leaves a few near-colour pixels elsewhere).
-    counts = np.max([_near_colour_pixels(decoded, item.video.objects[i].colour)
-                     for i in item.question.event_objects], axis=0)  # [F]
+    counts = np.max(
+      [_near_colour_pixels(decoded, item.video.objects[i].colour) for i in item.question.event_objects], axis=0
+    )  # [F]
     evidence = np.zeros(32, bool)
     evidence[list(item.question.evidence_frames)] = True
     assert counts[evidence].min() >= 100 and counts[~evidence].max() <= 5, (item.id, counts)
   captions = [json.loads(l) for l in (out / 'captions.jsonl').read_text().splitlines()]
   assert len(captions) == 20 * 32
-  assert captions[0] == {'video': 'val_000000.mp4', 'frame': 0,
-                         'caption': syn.frame_captions(items[0].video)[0]}
+  assert captions[0] == {'video': 'val_000000.mp4', 'frame': 0, 'caption': syn.frame_captions(items[0].video)[0]}
 
 
 def test_generate_is_byte_deterministic(tmp_path):
   a = syn.generate(tmp_path / 'a', 5, seed=9)
   b = syn.generate(tmp_path / 'b', 5, seed=9)
   assert a == b
-  for name in ['videos/train_000000.mp4', 'videos/train_000004.mp4', 'json/needle.json',
-               'captions.jsonl']:
+  for name in ['videos/train_000000.mp4', 'videos/train_000004.mp4', 'json/needle.json', 'captions.jsonl']:
     assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes(), name
 
 
@@ -202,8 +198,12 @@ def test_make_item_rejects_bad_arguments():
 
 def test_cli_writes_all_splits(tmp_path):
   out = tmp_path / 'cli'
-  subprocess.run([sys.executable, '-m', 'experiments.make_synthetic', f'--out={out}', '--num=5',
-                  '--num_eval=2', '--seed=1'], check=True, capture_output=True, timeout=60)
+  subprocess.run(
+    [sys.executable, '-m', 'experiments.make_synthetic', f'--out={out}', '--num=5', '--num_eval=2', '--seed=1'],
+    check=True,
+    capture_output=True,
+    timeout=60,
+  )
   for split, num in [('train', 5), ('val', 2), ('test', 2)]:
     result = data.load_mvbench(out / split / 'json', out / split / 'videos')
     assert len(result.samples) == num and result.skipped == [], split
@@ -231,8 +231,7 @@ def test_frame_events_say_what_the_answer_needs_where_it_is_visible(items):
   for item in items:
     q, events = item.question, syn.frame_events(item.video)
     answer = q.options[q.answer]
-    assert [f for f, words in enumerate(events) if words] == (
-        list(q.evidence_frames) if q.event_objects else [])
+    assert [f for f, words in enumerate(events) if words] == (list(q.evidence_frames) if q.event_objects else [])
     if not q.event_objects:
       continue
     last = events[q.evidence_frames[-1]]

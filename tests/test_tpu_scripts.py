@@ -65,9 +65,13 @@ def env(tmp_path):
   for name, text in (('gcloud', FAKE_GCLOUD), ('curl', FAKE_CURL), ('uv', FAKE_UV)):
     (bin_dir / name).write_text(text)
     (bin_dir / name).chmod(0o755)
-  return dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', TMPDIR=str(tmp_path),
-              FAKE_GCLOUD_LOG=str(tmp_path / 'gcloud.log'),
-              FAKE_TOOLS_LOG=str(tmp_path / 'tools.log'))
+  return dict(
+    os.environ,
+    PATH=f'{bin_dir}:{os.environ["PATH"]}',
+    TMPDIR=str(tmp_path),
+    FAKE_GCLOUD_LOG=str(tmp_path / 'gcloud.log'),
+    FAKE_TOOLS_LOG=str(tmp_path / 'tools.log'),
+  )
 
 
 @pytest.fixture(scope='module')
@@ -86,8 +90,7 @@ def source_repo(tmp_path_factory):
 
 
 def run(script, *args, env, cwd=None):
-  return subprocess.run([str(TPU / script), *args], env=env, cwd=cwd, capture_output=True,
-                        text=True, timeout=30)
+  return subprocess.run([str(TPU / script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
 
 
 def gcloud_calls(env):
@@ -102,40 +105,103 @@ def ssh_script(call):
 
 
 SCOPE = ['--name=my-tpu', '--zone=us-west4-a']
-KNOCKOUT = ['python', '-m', 'experiments.knockout', '--config=configs/knockout.py:llava_ov_7b',
-            '--workdir=workdirs/ko 7b']
+KNOCKOUT = [
+  'python',
+  '-m',
+  'experiments.knockout',
+  '--config=configs/knockout.py:llava_ov_7b',
+  '--workdir=workdirs/ko 7b',
+]
 # One invocation per script, each with its expected gcloud calls.
 CASES = {
-    'create v5e spot': (
-        'create.sh', [*SCOPE, '--accelerator-type=v5litepod-8', '--spot', '--project=my proj'],
-        [['compute', 'tpus', 'tpu-vm', 'create', 'my-tpu', '--zone=us-west4-a',
-          '--project=my proj', '--accelerator-type=v5litepod-8', '--version=v2-alpha-tpuv5-lite',
-          '--spot']]),
-    'create v5p queued': (
-        'create.sh', [*SCOPE, '--accelerator-type', 'v5p-32', '--queued', '--spot',
-                      '--data-disk', 'source=projects/p/zones/z/disks/w,mode=read-only'],
-        [['compute', 'tpus', 'queued-resources', 'create', 'my-tpu', '--node-id=my-tpu',
-          '--zone=us-west4-a', '--accelerator-type=v5p-32', '--runtime-version=v2-alpha-tpuv5',
-          '--spot', '--data-disk=source=projects/p/zones/z/disks/w,mode=read-only']]),
-    'create explicit version': (
-        'create.sh', [*SCOPE, '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e-custom',
-                      '--preemptible'],
-        [['compute', 'tpus', 'tpu-vm', 'create', 'my-tpu', '--zone=us-west4-a',
-          '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e-custom', '--preemptible']]),
-    'delete': (
-        'delete.sh', SCOPE,
-        [['compute', 'tpus', 'tpu-vm', 'delete', 'my-tpu', '--zone=us-west4-a', '--quiet']]),
-    'delete queued': (
-        'delete.sh', [*SCOPE, '--queued'],
-        [['compute', 'tpus', 'queued-resources', 'delete', 'my-tpu', '--zone=us-west4-a',
-          '--force', '--quiet']]),
-    'fetch all workers': (
-        'fetch.sh', [*SCOPE, '--workdir=jaxvlm/wd', '--worker=all', '--num-workers=2',
-                     '--dest=out'],
-        [['compute', 'tpus', 'tpu-vm', 'scp', '--recurse', 'my-tpu:jaxvlm/wd', f'out/worker-{i}/',
-          '--zone=us-west4-a', f'--worker={i}'] for i in range(2)]),
-    'run': ('run.sh', [*SCOPE, '--log-name=ko', '--', *KNOCKOUT], None),
-    'setup': ('setup.sh', [*SCOPE, '--expect-devices=32', '--source={src}'], None),
+  'create v5e spot': (
+    'create.sh',
+    [*SCOPE, '--accelerator-type=v5litepod-8', '--spot', '--project=my proj'],
+    [
+      [
+        'compute',
+        'tpus',
+        'tpu-vm',
+        'create',
+        'my-tpu',
+        '--zone=us-west4-a',
+        '--project=my proj',
+        '--accelerator-type=v5litepod-8',
+        '--version=v2-alpha-tpuv5-lite',
+        '--spot',
+      ]
+    ],
+  ),
+  'create v5p queued': (
+    'create.sh',
+    [
+      *SCOPE,
+      '--accelerator-type',
+      'v5p-32',
+      '--queued',
+      '--spot',
+      '--data-disk',
+      'source=projects/p/zones/z/disks/w,mode=read-only',
+    ],
+    [
+      [
+        'compute',
+        'tpus',
+        'queued-resources',
+        'create',
+        'my-tpu',
+        '--node-id=my-tpu',
+        '--zone=us-west4-a',
+        '--accelerator-type=v5p-32',
+        '--runtime-version=v2-alpha-tpuv5',
+        '--spot',
+        '--data-disk=source=projects/p/zones/z/disks/w,mode=read-only',
+      ]
+    ],
+  ),
+  'create explicit version': (
+    'create.sh',
+    [*SCOPE, '--accelerator-type=v6e-8', '--version=v2-alpha-tpuv6e-custom', '--preemptible'],
+    [
+      [
+        'compute',
+        'tpus',
+        'tpu-vm',
+        'create',
+        'my-tpu',
+        '--zone=us-west4-a',
+        '--accelerator-type=v6e-8',
+        '--version=v2-alpha-tpuv6e-custom',
+        '--preemptible',
+      ]
+    ],
+  ),
+  'delete': ('delete.sh', SCOPE, [['compute', 'tpus', 'tpu-vm', 'delete', 'my-tpu', '--zone=us-west4-a', '--quiet']]),
+  'delete queued': (
+    'delete.sh',
+    [*SCOPE, '--queued'],
+    [['compute', 'tpus', 'queued-resources', 'delete', 'my-tpu', '--zone=us-west4-a', '--force', '--quiet']],
+  ),
+  'fetch all workers': (
+    'fetch.sh',
+    [*SCOPE, '--workdir=jaxvlm/wd', '--worker=all', '--num-workers=2', '--dest=out'],
+    [
+      [
+        'compute',
+        'tpus',
+        'tpu-vm',
+        'scp',
+        '--recurse',
+        'my-tpu:jaxvlm/wd',
+        f'out/worker-{i}/',
+        '--zone=us-west4-a',
+        f'--worker={i}',
+      ]
+      for i in range(2)
+    ],
+  ),
+  'run': ('run.sh', [*SCOPE, '--log-name=ko', '--', *KNOCKOUT], None),
+  'setup': ('setup.sh', [*SCOPE, '--expect-devices=32', '--source={src}'], None),
 }
 
 
@@ -193,15 +259,17 @@ def fake_vm(tmp_path, env):
   return home
 
 
-ECHO_ARGV = ['python', '-c', 'import json, os, sys; print(json.dumps([sys.argv[1:], '
-             'os.environ["A"], os.environ["PYTHONUNBUFFERED"]]))']
+ECHO_ARGV = [
+  'python',
+  '-c',
+  'import json, os, sys; print(json.dumps([sys.argv[1:], os.environ["A"], os.environ["PYTHONUNBUFFERED"]]))',
+]
 TRICKY = ['a b', "it's", '$HOME', '"q"', '--workdir=workdirs/ko 7b', '*']
 
 
 def test_run_executes_the_command_intact_and_logs_per_worker(env, tmp_path):
   home = fake_vm(tmp_path, env)
-  result = run('run.sh', *SCOPE, '--log-name=ko', "--env=A=x 'y'", '--', *ECHO_ARGV, *TRICKY,
-               env=env)
+  result = run('run.sh', *SCOPE, '--log-name=ko', "--env=A=x 'y'", '--', *ECHO_ARGV, *TRICKY, env=env)
   assert result.returncode == 0, result.stderr
   expected = [TRICKY, "x 'y'", '1']
   assert json.loads(result.stdout.splitlines()[-1]) == expected  # streamed by tee
@@ -211,8 +279,7 @@ def test_run_executes_the_command_intact_and_logs_per_worker(env, tmp_path):
 
 def test_run_command_snippet_and_exit_status(env, tmp_path):
   home = fake_vm(tmp_path, env)
-  ok = run('run.sh', *SCOPE, '--log-name=s',
-           '--command=echo one && echo "t w o" | tr " " _ && echo err >&2', env=env)
+  ok = run('run.sh', *SCOPE, '--log-name=s', '--command=echo one && echo "t w o" | tr " " _ && echo err >&2', env=env)
   assert ok.returncode == 0, ok.stderr
   assert (home / 'jaxvlm' / 'logs' / 's.worker-3.log').read_text() == 'one\nt_w_o\nerr\n'
   failing = run('run.sh', *SCOPE, '--command=echo before; exit 7', env=env)
@@ -221,8 +288,9 @@ def test_run_command_snippet_and_exit_status(env, tmp_path):
 
 def test_run_background_returns_and_logs(env, tmp_path):
   home = fake_vm(tmp_path, env)
-  result = run('run.sh', *SCOPE, '--log-name=bg', '--background', '--', 'sh', '-c',
-               'sleep 0.2; echo done "$0"', 'x y', env=env)
+  result = run(
+    'run.sh', *SCOPE, '--log-name=bg', '--background', '--', 'sh', '-c', 'sleep 0.2; echo done "$0"', 'x y', env=env
+  )
   assert result.returncode == 0, result.stderr
   assert 'worker 3: started pid' in result.stdout
   log = home / 'jaxvlm' / 'logs' / 'bg.worker-3.log'
@@ -249,14 +317,21 @@ def test_setup_ships_head_installs_and_checks_devices(env, tmp_path, source_repo
   assert not (tmp_path / 'jaxvlm-my-tpu.tar.gz').exists()
   tools = pathlib.Path(env['FAKE_TOOLS_LOG']).read_text().splitlines()
   assert tools[0] == 'venv --allow-existing --python 3.11 .venv'
-  assert tools[1] == ('pip install --python .venv/bin/python -r requirements.txt jax[tpu] '
-                      f'--find-links {LIBTPU_INDEX}')
+  assert tools[1] == (f'pip install --python .venv/bin/python -r requirements.txt jax[tpu] --find-links {LIBTPU_INDEX}')
   assert tools[2].startswith('python -c import sys, jax;') and tools[2].endswith(' 32')
 
 
 def test_setup_clone_mode(env):
-  result = run('setup.sh', *SCOPE, '--dry-run', '--repo-url=https://example.com/j v.git',
-               '--ref=v1', '--worker=0', '--remote-dir=code dir', env=env)
+  result = run(
+    'setup.sh',
+    *SCOPE,
+    '--dry-run',
+    '--repo-url=https://example.com/j v.git',
+    '--ref=v1',
+    '--worker=0',
+    '--remote-dir=code dir',
+    env=env,
+  )
   assert result.returncode == 0, result.stderr
   [line] = result.stdout.splitlines()  # no archive to ship: a single ssh call
   call = shlex.split(line)
@@ -269,12 +344,12 @@ def test_setup_clone_mode(env):
 
 def test_device_check_runs_and_fails_off_tpu(env, source_repo):
   """The Python one-liner is valid and rejects a CPU-only jax with a clear message."""
-  result = run('setup.sh', *SCOPE, '--dry-run', '--expect-devices=8', f'--source={source_repo}',
-               env=env)
+  result = run('setup.sh', *SCOPE, '--dry-run', '--expect-devices=8', f'--source={source_repo}', env=env)
   check = shlex.split(ssh_script(shlex.split(result.stdout.splitlines()[-1])).split('; ', 9)[-1])
   assert check[:2] == ['.venv/bin/python', '-c'] and check[-1] == '8'
-  proc = subprocess.run([sys.executable, *check[1:]], capture_output=True, text=True, timeout=60,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = subprocess.run(
+    [sys.executable, *check[1:]], capture_output=True, text=True, timeout=60, env=dict(os.environ, JAX_PLATFORMS='cpu')
+  )
   assert proc.returncode == 1
   assert 'expected 8 tpu devices, jax sees 1 cpu devices' in proc.stderr
 
@@ -283,8 +358,7 @@ def test_fetch_copies_each_worker_into_its_own_directory(env, tmp_path):
   home = fake_vm(tmp_path, env)
   (home / 'jaxvlm' / 'wd').mkdir()
   (home / 'jaxvlm' / 'wd' / 'summary.json').write_text('{"acc": 1}')
-  result = run('fetch.sh', *SCOPE, '--workdir=jaxvlm/wd', '--worker=0,1',
-               f'--dest={tmp_path / "res"}', env=env)
+  result = run('fetch.sh', *SCOPE, '--workdir=jaxvlm/wd', '--worker=0,1', f'--dest={tmp_path / "res"}', env=env)
   assert result.returncode == 0, result.stderr
   for i in (0, 1):
     assert (tmp_path / 'res' / f'worker-{i}' / 'wd' / 'summary.json').read_text() == '{"acc": 1}'
@@ -297,22 +371,45 @@ def _inner_command(call) -> list[str]:
 
 
 def test_launch_runs_the_planned_72b_mesh_on_every_worker(env):
-  result = run('launch.sh', *SCOPE, '--accelerator-type=v5litepod-32', f'--python={sys.executable}',
-               '--', '--config.max_samples=10', env=env)
+  result = run(
+    'launch.sh',
+    *SCOPE,
+    '--accelerator-type=v5litepod-32',
+    f'--python={sys.executable}',
+    '--',
+    '--config.max_samples=10',
+    env=env,
+  )
   assert result.returncode == 0, result.stderr
   [call] = gcloud_calls(env)
   assert call[:5] == ['compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu'] and '--worker=all' in call
   # experiments.plan's recommendation for 72B on 32 v5e chips (4 hosts): one global mesh, tensor=2.
   assert _inner_command(call) == [
-      'python', '-m', 'experiments.knockout', '--config=configs/knockout.py:llava_ov_72b',
-      '--workdir=workdirs/knockout_llava_ov_72b', '--config.mesh.devices=global', '--config.mesh.data=1',
-      '--config.mesh.fsdp=16', '--config.mesh.tensor=2', '--config.max_samples=10']
+    'python',
+    '-m',
+    'experiments.knockout',
+    '--config=configs/knockout.py:llava_ov_72b',
+    '--workdir=workdirs/knockout_llava_ov_72b',
+    '--config.mesh.devices=global',
+    '--config.mesh.data=1',
+    '--config.mesh.fsdp=16',
+    '--config.mesh.tensor=2',
+    '--config.max_samples=10',
+  ]
   assert 'logs/knockout_llava_ov_72b.worker-' in ssh_script(call)
 
 
 def test_launch_dry_run_with_an_explicit_mesh_prints_the_call(env, tmp_path):
-  args = [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4,1', '--experiment=keyframe_diagnosis',
-          '--num-frames=16', '--workdir=wd 72b', '--env=HF_HOME=/mnt/disks/weights/hf', '--background']
+  args = [
+    *SCOPE,
+    '--accelerator-type=v5p-8',
+    '--mesh=1,4,1',
+    '--experiment=keyframe_diagnosis',
+    '--num-frames=16',
+    '--workdir=wd 72b',
+    '--env=HF_HOME=/mnt/disks/weights/hf',
+    '--background',
+  ]
   real = run('launch.sh', *args, env=env)
   assert real.returncode == 0, real.stderr
   calls = gcloud_calls(env)
@@ -324,9 +421,14 @@ def test_launch_dry_run_with_an_explicit_mesh_prints_the_call(env, tmp_path):
   [line] = dry.stdout.splitlines()
   assert shlex.split(line)[1:] == calls[0]
   assert _inner_command(calls[0])[3:] == [
-      '--config=configs/keyframe_diagnosis.py:llava_ov_72b', '--workdir=wd 72b',
-      '--config.mesh.devices=global', '--config.mesh.data=1', '--config.mesh.fsdp=4', '--config.mesh.tensor=1',
-      '--config.num_frames=16']
+    '--config=configs/keyframe_diagnosis.py:llava_ov_72b',
+    '--workdir=wd 72b',
+    '--config.mesh.devices=global',
+    '--config.mesh.data=1',
+    '--config.mesh.fsdp=4',
+    '--config.mesh.tensor=1',
+    '--config.num_frames=16',
+  ]
   assert 'HF_HOME=/mnt/disks/weights/hf' in ssh_script(calls[0]) and 'nohup' in ssh_script(calls[0])
 
 
@@ -339,24 +441,24 @@ def test_launch_refuses_a_slice_the_preset_does_not_fit(env):
 
 
 MISSING = [
-    ('create.sh', ['--zone=z'], ['--name', '--accelerator-type']),
-    ('create.sh', ['--name=n', '--accelerator-type=v4-8'], ['--zone']),
-    ('setup.sh', [], ['--name', '--zone']),
-    ('run.sh', ['--name=n', '--', 'ls'], ['--zone']),
-    ('run.sh', SCOPE, ['missing command']),
-    ('fetch.sh', SCOPE, ['--workdir']),
-    ('fetch.sh', [*SCOPE, '--workdir=w', '--worker=all'], ['--num-workers']),
-    ('delete.sh', ['--name=n'], ['--zone']),
-    ('create.sh', [*SCOPE, '--accelerator-type=x1-8'], ['no default --version']),
-    ('create.sh', [*SCOPE, '--accelerator-type=v5p-8', '--queued', '--preemptible'], ['--spot']),
-    ('run.sh', [*SCOPE, '--env=1BAD=x', '--', 'ls'], ['KEY=VALUE']),
-    ('run.sh', [*SCOPE, '--worker=first', '--', 'ls'], ['--worker']),
-    ('delete.sh', [*SCOPE, '--bogus'], ['unknown flag --bogus']),
-    ('delete.sh', [*SCOPE, '--zone'], ['--zone needs a value']),
-    ('launch.sh', SCOPE, ['--accelerator-type']),
-    ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4'], ['--mesh must be D,F,T']),
-    ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--experiment=nope'], ['no experiments/nope.py']),
-    ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4,1', '--', 'rm'], ["--config.* flags"]),
+  ('create.sh', ['--zone=z'], ['--name', '--accelerator-type']),
+  ('create.sh', ['--name=n', '--accelerator-type=v4-8'], ['--zone']),
+  ('setup.sh', [], ['--name', '--zone']),
+  ('run.sh', ['--name=n', '--', 'ls'], ['--zone']),
+  ('run.sh', SCOPE, ['missing command']),
+  ('fetch.sh', SCOPE, ['--workdir']),
+  ('fetch.sh', [*SCOPE, '--workdir=w', '--worker=all'], ['--num-workers']),
+  ('delete.sh', ['--name=n'], ['--zone']),
+  ('create.sh', [*SCOPE, '--accelerator-type=x1-8'], ['no default --version']),
+  ('create.sh', [*SCOPE, '--accelerator-type=v5p-8', '--queued', '--preemptible'], ['--spot']),
+  ('run.sh', [*SCOPE, '--env=1BAD=x', '--', 'ls'], ['KEY=VALUE']),
+  ('run.sh', [*SCOPE, '--worker=first', '--', 'ls'], ['--worker']),
+  ('delete.sh', [*SCOPE, '--bogus'], ['unknown flag --bogus']),
+  ('delete.sh', [*SCOPE, '--zone'], ['--zone needs a value']),
+  ('launch.sh', SCOPE, ['--accelerator-type']),
+  ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4'], ['--mesh must be D,F,T']),
+  ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--experiment=nope'], ['no experiments/nope.py']),
+  ('launch.sh', [*SCOPE, '--accelerator-type=v5p-8', '--mesh=1,4,1', '--', 'rm'], ["--config.* flags"]),
 ]
 
 

@@ -6,6 +6,7 @@ fixed function of them): results contract and learning, resume after a kill == u
 trains on 8 devices in DIR and prints its run_results (loss curve, validation records, best checkpoint
 scores) as one JSON line.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,7 +107,7 @@ def test_kill_and_restart_reaches_the_same_final_metrics(full_run, labels, tmp_p
   experiment.run(make_config(labels, stop_after_steps=7), workdir)
   assert len(losses(workdir)) == 7
   with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
-    f.write('{"step": 8, "loss": 0.1')   # torn line of the kill
+    f.write('{"step": 8, "loss": 0.1')  # torn line of the kill
   summary = experiment.run(make_config(labels), workdir)
   np.testing.assert_allclose(losses(workdir), losses(full_dir), rtol=1e-6)
   assert [r['step'] for r in read_metrics(workdir)] == [r['step'] for r in read_metrics(full_dir)]
@@ -124,18 +125,33 @@ def run_results(workdir: str, labels_dir: str) -> dict:
   scores = selector_model.batch_scores(model, params, val['frame_emb'], val['text_emb'])
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
-  return {'num_devices': summary['num_devices'], 'losses': losses(workdir).tolist(),
-          'evals': [r for r in read_metrics(workdir) if 'val_recall' in r], 'best_step': summary['best_step'],
-          'val_scores': np.asarray(scores).tolist(), 'workdir': workdir}
+  return {
+    'num_devices': summary['num_devices'],
+    'losses': losses(workdir).tolist(),
+    'evals': [r for r in read_metrics(workdir) if 'val_recall' in r],
+    'best_step': summary['best_step'],
+    'val_scores': np.asarray(scores).tolist(),
+    'workdir': workdir,
+  }
 
 
 @pytest.fixture(scope='module')
 def eight(tmp_path_factory):
   """run_results of the same run on 8 simulated devices (data-parallel batch of 8: one row each)."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  proc = subprocess.run([sys.executable, '-m', 'tests.test_train_selector', str(tmp_path_factory.mktemp('eight'))],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
+  proc = subprocess.run(
+    [sys.executable, '-m', 'tests.test_train_selector', str(tmp_path_factory.mktemp('eight'))],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -145,7 +161,7 @@ def test_eight_devices_give_the_same_loss_curve_as_one(full_run, eight):
   assert eight['num_devices'] == 8 and jax.device_count() == 1
   one = losses(full_dir)
   np.testing.assert_allclose(eight['losses'], one, rtol=1e-5, atol=1e-6)
-  assert np.ptp(one) > 1e-2   # the curve moves, so agreement is not a constant twice
+  assert np.ptp(one) > 1e-2  # the curve moves, so agreement is not a constant twice
 
 
 def test_eight_devices_give_the_same_validation_metrics_and_best_checkpoint(full_run, labels, eight):

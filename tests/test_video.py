@@ -18,8 +18,8 @@ def _source_frames() -> np.ndarray:
   frames = np.zeros((NUM_FRAMES, 48, 64, 3), np.uint8)
   frames[..., 2] = np.linspace(0, 120, 64, dtype=np.uint8)[None, None, :]
   for f in range(NUM_FRAMES):
-    frames[f, 8:28, f:f + 20, 0] = 255
-    frames[f, 20:40, 40 - f // 2:60 - f // 2, 1] = 200
+    frames[f, 8:28, f : f + 20, 0] = 255
+    frames[f, 20:40, 40 - f // 2 : 60 - f // 2, 1] = 200
     frames[f, 0, 0] = (f * 6, 0, 0)  # frame id in a corner pixel
   return frames
 
@@ -46,12 +46,10 @@ def _pyav_decode_all(path) -> np.ndarray:
 def videos(tmp_path_factory):
   root = tmp_path_factory.mktemp('videos')
   frames = _source_frames()
-  paths = {'h264': root / 'h264.mp4', 'lossless': root / 'lossless.mp4',
-           'faststart': root / 'faststart.mp4'}
+  paths = {'h264': root / 'h264.mp4', 'lossless': root / 'lossless.mp4', 'faststart': root / 'faststart.mp4'}
   _write(paths['h264'], frames, 'libx264', 'yuv420p', {'crf': '23'})  # default GOP with B-frames
   _write(paths['lossless'], frames, 'libx264rgb', 'rgb24', {'qp': '0'})
-  _write(paths['faststart'], frames, 'libx264', 'yuv420p', {'crf': '23'},
-         {'movflags': 'faststart'})
+  _write(paths['faststart'], frames, 'libx264', 'yuv420p', {'crf': '23'}, {'movflags': 'faststart'})
   return frames, paths
 
 
@@ -152,7 +150,7 @@ def test_sample_frames_rules(videos):
 
 def _truncated(src, dst):
   data = src.read_bytes()
-  dst.write_bytes(data[:len(data) // 2])
+  dst.write_bytes(data[: len(data) // 2])
   return dst
 
 
@@ -168,8 +166,7 @@ def _zero_frame_video(path):
 def _audio_only(path):
   with av.open(str(path), 'w') as c:
     s = c.add_stream('aac', rate=16000)
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format='fltp',
-                                       layout='mono')
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format='fltp', layout='mono')
     frame.sample_rate = 16000
     for i in range(4):
       frame.pts = i * 1024
@@ -186,13 +183,13 @@ def _bytes(path, data):
 
 
 BAD_VIDEOS = {
-    'missing': lambda d, v: d / 'missing.mp4',
-    'empty': lambda d, v: _bytes(d / 'empty.mp4', b''),
-    'garbage': lambda d, v: _bytes(d / 'garbage.mp4', b'\x00not a video' * 64),
-    'truncated': lambda d, v: _truncated(v['h264'], d / 'truncated.mp4'),  # moov at the end: lost
-    'truncated_faststart': lambda d, v: _truncated(v['faststart'], d / 'truncated_fs.mp4'),
-    'zero_frames': lambda d, v: _zero_frame_video(d / 'zero.mp4'),
-    'no_video_stream': lambda d, v: _audio_only(d / 'audio.mp4'),
+  'missing': lambda d, v: d / 'missing.mp4',
+  'empty': lambda d, v: _bytes(d / 'empty.mp4', b''),
+  'garbage': lambda d, v: _bytes(d / 'garbage.mp4', b'\x00not a video' * 64),
+  'truncated': lambda d, v: _truncated(v['h264'], d / 'truncated.mp4'),  # moov at the end: lost
+  'truncated_faststart': lambda d, v: _truncated(v['faststart'], d / 'truncated_fs.mp4'),
+  'zero_frames': lambda d, v: _zero_frame_video(d / 'zero.mp4'),
+  'no_video_stream': lambda d, v: _audio_only(d / 'audio.mp4'),
 }
 
 

@@ -1,5 +1,6 @@
 """The PyAV decoder (jaxvlm.pyav_decode, the default) against decord: identical frames, indices and
 timestamps for every kind of request, and its seek / decode-forward plan."""
+
 from __future__ import annotations
 
 import builtins
@@ -20,8 +21,8 @@ def _frames(n: int, height: int = 48, width: int = 64) -> np.ndarray:
   out = np.zeros((n, height, width, 3), np.uint8)
   out[..., 2] = np.linspace(0, 160, width, dtype=np.uint8)[None, None, :]
   for f in range(n):
-    out[f, 10:30, f % (width - 20):f % (width - 20) + 20, 0] = 255
-    out[f, 32:44, 2 * f % (width - 12):2 * f % (width - 12) + 12, 1] = 200
+    out[f, 10:30, f % (width - 20) : f % (width - 20) + 20, 0] = 255
+    out[f, 32:44, 2 * f % (width - 12) : 2 * f % (width - 12) + 12, 1] = 200
   return out
 
 
@@ -53,18 +54,18 @@ def videos(tmp_path_factory):
   frames = SOURCE
   vfr_pts = np.cumsum([0] + [4 + 3 * (i % 3 == 0) for i in range(119)])  # steps of 4 and 7
   return {
-      'bframes_gop250': _write(root / 'a.mp4', frames, {'crf': '28'}),  # x264 default: B-frames
-      'gop8': _write(root / 'b.mp4', frames, {'crf': '28', 'g': '8', 'keyint_min': '8'}),
-      'matroska': _write(root / 'c.mkv', frames, {'crf': '28', 'g': '16'}, container_format='matroska'),
-      'variable_rate': _write(root / 'd.mp4', frames, {'crf': '28', 'g': '16'}, pts=vfr_pts),
+    'bframes_gop250': _write(root / 'a.mp4', frames, {'crf': '28'}),  # x264 default: B-frames
+    'gop8': _write(root / 'b.mp4', frames, {'crf': '28', 'g': '8', 'keyint_min': '8'}),
+    'matroska': _write(root / 'c.mkv', frames, {'crf': '28', 'g': '16'}, container_format='matroska'),
+    'variable_rate': _write(root / 'd.mp4', frames, {'crf': '28', 'g': '16'}, pts=vfr_pts),
   }
 
 
 REQUESTS = {
-    'sparse': [0, 60, 119],
-    'dense_unsorted_repeats': [5, 4, 4, 90, 3, 91, 119, 0, 33, 34, 35, 119],
-    'every_frame': list(range(120)),
-    'last_only': [119],
+  'sparse': [0, 60, 119],
+  'dense_unsorted_repeats': [5, 4, 4, 90, 3, 91, 119, 0, 33, 34, 35, 119],
+  'every_frame': list(range(120)),
+  'last_only': [119],
 }
 
 
@@ -107,8 +108,9 @@ def test_index_sources(videos):
 
 
 def _index(num_frames: int, gop: int) -> pyav_decode.StreamIndex:
-  return pyav_decode.StreamIndex(np.arange(num_frames), fractions.Fraction(1, 30), 30.0, True,
-                                 lambda frames: np.asarray(frames) // gop * gop)
+  return pyav_decode.StreamIndex(
+    np.arange(num_frames), fractions.Fraction(1, 30), 30.0, True, lambda frames: np.asarray(frames) // gop * gop
+  )
 
 
 def test_plan_seeks_for_sparse_frames_and_scans_dense_ones():

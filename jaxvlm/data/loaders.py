@@ -68,8 +68,7 @@ class LoadResult:
 
   def summary(self, benchmark: str, source: str | os.PathLike[str]) -> str:
     """One line: what loaded from where, and the skipped rows grouped by reason."""
-    line = (f'{benchmark}: loaded {len(self.samples)} samples from {os.fspath(source)}, '
-            f'skipped {len(self.skipped)}')
+    line = f'{benchmark}: loaded {len(self.samples)} samples from {os.fspath(source)}, skipped {len(self.skipped)}'
     if self.skipped:
       parts = []
       for kind, ids in self.skipped_by_reason().items():
@@ -106,8 +105,7 @@ def _first_existing(paths: Sequence[str], is_dir: bool = False) -> str | None:
 _ROW_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
-def _collect(rows: Iterable[tuple[str, Any]], build: Callable[[Any], VideoQASample],
-             check_videos: bool) -> LoadResult:
+def _collect(rows: Iterable[tuple[str, Any]], build: Callable[[Any], VideoQASample], check_videos: bool) -> LoadResult:
   """Builds a sample per (fallback id, row), recording failures instead of raising.
 
   `build` names the video path it found (or, when none of its candidate paths exists, the first
@@ -127,8 +125,12 @@ def _collect(rows: Iterable[tuple[str, Any]], build: Callable[[Any], VideoQASamp
       continue
     if sample.id in seen:
       seen[sample.id] += 1
-      skipped.append((f'{sample.id}#duplicate{seen[sample.id]}',
-                      f'duplicate id {sample.id!r} (item {fallback_id}): the first item with this id is kept'))
+      skipped.append(
+        (
+          f'{sample.id}#duplicate{seen[sample.id]}',
+          f'duplicate id {sample.id!r} (item {fallback_id}): the first item with this id is kept',
+        )
+      )
     elif check_videos and sample.data_type == 'frame' and not os.path.isdir(sample.video):
       skipped.append((sample.id, f'frame folder not found: {sample.video}'))
     elif check_videos and sample.data_type == 'video' and not os.path.isfile(sample.video):
@@ -146,15 +148,17 @@ def _read_json(path: str | os.PathLike[str]) -> Any:
   except json.JSONDecodeError as e:
     raise ValueError(f'annotation file {path} is not valid JSON: {e}') from e
   except UnicodeDecodeError as e:
-    raise ValueError(f'annotation file {path} is not UTF-8 text (byte {e.start}: {e.reason}); '
-                     f're-save it as UTF-8') from e
+    raise ValueError(
+      f'annotation file {path} is not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8'
+    ) from e
 
 
 def _object(item: Any, where: str) -> Mapping[str, Any]:
   """An annotation item must be a JSON object; anything else is that item's failure, said plainly."""
   if not isinstance(item, Mapping):
-    raise SampleError(f'{where} is a JSON {type(item).__name__} ({str(item)[:60]!r}), expected an object '
-                      f'with the benchmark\'s fields')
+    raise SampleError(
+      f'{where} is a JSON {type(item).__name__} ({str(item)[:60]!r}), expected an object with the benchmark\'s fields'
+    )
   return item
 
 
@@ -163,8 +167,10 @@ def _inside_root(video_root: str | os.PathLike[str], relative: str, field: str) 
   root = os.path.normpath(os.fspath(video_root))
   path = os.path.normpath(os.path.join(root, relative))
   if os.path.isabs(relative) or os.path.relpath(path, root).split(os.sep)[0] == '..':
-    raise SampleError(f'field {field!r} = {relative!r} leaves video_root {os.fspath(video_root)!r}; '
-                      f'annotation paths must stay inside it')
+    raise SampleError(
+      f'field {field!r} = {relative!r} leaves video_root {os.fspath(video_root)!r}; '
+      f'annotation paths must stay inside it'
+    )
   return relative
 
 
@@ -200,8 +206,7 @@ def _options(values: Any, field: str) -> list[str]:
   if not isinstance(values, (list, tuple)):
     raise ValueError(f'field {field!r} must be a list, got {type(values).__name__}')
   # Some releases store numeric options (counts) as numbers; anything else must be text.
-  return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _text(v, field)
-          for v in values]
+  return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else _text(v, field) for v in values]
 
 
 def _require_options(options: list[str], sample_id: str) -> None:
@@ -224,6 +229,7 @@ class MVBenchTask:
     data_type: 'video' (mp4 / webm / avi files) or 'frame' (one folder of numbered jpgs per item).
     clipped: the release's loader samples only inside the item's [start, end] (seconds).
   """
+
   name: str
   folder: str
   data_type: str = 'video'
@@ -234,26 +240,26 @@ class MVBenchTask:
 # video_chat2/mvbench.ipynb): the table every MVBench evaluation copies. The release's loader also has a
 # gif reader, but no task of the table uses it.
 MVBENCH_TASKS: dict[str, MVBenchTask] = {
-    'action_sequence': MVBenchTask('Action Sequence', 'star/Charades_v1_480', clipped=True),
-    'action_prediction': MVBenchTask('Action Prediction', 'star/Charades_v1_480', clipped=True),
-    'action_antonym': MVBenchTask('Action Antonym', 'ssv2_video'),
-    'fine_grained_action': MVBenchTask('Fine-grained Action', 'Moments_in_Time_Raw/videos'),
-    'unexpected_action': MVBenchTask('Unexpected Action', 'FunQA_test/test'),
-    'object_existence': MVBenchTask('Object Existence', 'clevrer/video_validation'),
-    'object_interaction': MVBenchTask('Object Interaction', 'star/Charades_v1_480', clipped=True),
-    'object_shuffle': MVBenchTask('Object Shuffle', 'perception/videos'),
-    'moving_direction': MVBenchTask('Moving Direction', 'clevrer/video_validation'),
-    'action_localization': MVBenchTask('Action Localization', 'sta/sta_video', clipped=True),
-    'scene_transition': MVBenchTask('Scene Transition', 'scene_qa/video'),
-    'action_count': MVBenchTask('Action Count', 'perception/videos'),
-    'moving_count': MVBenchTask('Moving Count', 'clevrer/video_validation'),
-    'moving_attribute': MVBenchTask('Moving Attribute', 'clevrer/video_validation'),
-    'state_change': MVBenchTask('State Change', 'perception/videos'),
-    'fine_grained_pose': MVBenchTask('Fine-grained Pose', 'nturgbd'),
-    'character_order': MVBenchTask('Character Order', 'perception/videos'),
-    'egocentric_navigation': MVBenchTask('Egocentric Navigation', 'vlnqa'),
-    'episodic_reasoning': MVBenchTask('Episodic Reasoning', 'tvqa/frames_fps3_hq', 'frame', clipped=True),
-    'counterfactual_inference': MVBenchTask('Counterfactual Inference', 'clevrer/video_validation'),
+  'action_sequence': MVBenchTask('Action Sequence', 'star/Charades_v1_480', clipped=True),
+  'action_prediction': MVBenchTask('Action Prediction', 'star/Charades_v1_480', clipped=True),
+  'action_antonym': MVBenchTask('Action Antonym', 'ssv2_video'),
+  'fine_grained_action': MVBenchTask('Fine-grained Action', 'Moments_in_Time_Raw/videos'),
+  'unexpected_action': MVBenchTask('Unexpected Action', 'FunQA_test/test'),
+  'object_existence': MVBenchTask('Object Existence', 'clevrer/video_validation'),
+  'object_interaction': MVBenchTask('Object Interaction', 'star/Charades_v1_480', clipped=True),
+  'object_shuffle': MVBenchTask('Object Shuffle', 'perception/videos'),
+  'moving_direction': MVBenchTask('Moving Direction', 'clevrer/video_validation'),
+  'action_localization': MVBenchTask('Action Localization', 'sta/sta_video', clipped=True),
+  'scene_transition': MVBenchTask('Scene Transition', 'scene_qa/video'),
+  'action_count': MVBenchTask('Action Count', 'perception/videos'),
+  'moving_count': MVBenchTask('Moving Count', 'clevrer/video_validation'),
+  'moving_attribute': MVBenchTask('Moving Attribute', 'clevrer/video_validation'),
+  'state_change': MVBenchTask('State Change', 'perception/videos'),
+  'fine_grained_pose': MVBenchTask('Fine-grained Pose', 'nturgbd'),
+  'character_order': MVBenchTask('Character Order', 'perception/videos'),
+  'egocentric_navigation': MVBenchTask('Egocentric Navigation', 'vlnqa'),
+  'episodic_reasoning': MVBenchTask('Episodic Reasoning', 'tvqa/frames_fps3_hq', 'frame', clipped=True),
+  'counterfactual_inference': MVBenchTask('Counterfactual Inference', 'clevrer/video_validation'),
 }
 # TVQA frames in the release were extracted at 3 fps (the folder name says so; the release's frame
 # reader turns clip seconds into frame numbers at this rate).
@@ -281,8 +287,11 @@ def mvbench_video_candidates(task: str, name: str, video_root: str | os.PathLike
   spec = MVBENCH_TASKS.get(task)
   if spec is None:
     return [os.path.join(root, name)]
-  return [os.path.join(root, spec.folder, name), os.path.join(root, _MVBENCH_ALT_PARENT, spec.folder, name),
-          os.path.join(root, name)]
+  return [
+    os.path.join(root, spec.folder, name),
+    os.path.join(root, _MVBENCH_ALT_PARENT, spec.folder, name),
+    os.path.join(root, name),
+  ]
 
 
 def _load_mvbench(ann_json, video_root, check_videos: bool) -> LoadResult:
@@ -307,31 +316,42 @@ def _load_mvbench(ann_json, video_root, check_videos: bool) -> LoadResult:
       if evidence is not None:
         evidence = [_int(f, 'evidence_frames') for f in evidence]
       data_type = spec.data_type if spec else 'video'
-      candidates = mvbench_video_candidates(task, _inside_root(video_root, _text(item['video'], 'video'), 'video'),
-                                            video_root)
+      candidates = mvbench_video_candidates(
+        task, _inside_root(video_root, _text(item['video'], 'video'), 'video'), video_root
+      )
       video = _first_existing(candidates, is_dir=data_type == 'frame') or candidates[0]
       if spec is None or spec.clipped:
         start_s, end_s = _seconds(item, 'start'), _seconds(item, 'end')
         if spec is not None and (start_s is None or end_s is None):
-          raise SampleError(f'sample {sample_id!r}: task {task} is sampled inside [start, end] in the '
-                            'release, but the item has no start / end')
+          raise SampleError(
+            f'sample {sample_id!r}: task {task} is sampled inside [start, end] in the '
+            'release, but the item has no start / end'
+          )
       else:
         start_s = end_s = None  # the release's loader reads these tasks' whole videos
       return VideoQASample(
-          id=sample_id, video=video, question=_text(item['question'], 'question'), options=options,
-          answer=options.index(answer), start_s=start_s, end_s=end_s, evidence_frames=evidence,
-          task=task, data_type=data_type,
-          frame_fps=MVBENCH_FRAME_FPS if data_type == 'frame' else None)
+        id=sample_id,
+        video=video,
+        question=_text(item['question'], 'question'),
+        options=options,
+        answer=options.index(answer),
+        start_s=start_s,
+        end_s=end_s,
+        evidence_frames=evidence,
+        task=task,
+        data_type=data_type,
+        frame_fps=MVBENCH_FRAME_FPS if data_type == 'frame' else None,
+      )
 
-    part = _collect(((f'{task}/{i}', (i, item)) for i, item in enumerate(items)), build,
-                    check_videos)
+    part = _collect(((f'{task}/{i}', (i, item)) for i, item in enumerate(items)), build, check_videos)
     result.samples.extend(part.samples)
     result.skipped.extend(part.skipped)
   return result
 
 
-def load_mvbench(ann_json: str | os.PathLike[str], video_root: str | os.PathLike[str],
-                 check_videos: bool = True) -> LoadResult:
+def load_mvbench(
+  ann_json: str | os.PathLike[str], video_root: str | os.PathLike[str], check_videos: bool = True
+) -> LoadResult:
   """Loads one MVBench task json (task = file stem) or every *.json in a directory (the release's
   `json/`) against the release's `video/` tree.
 
@@ -357,15 +377,14 @@ def _strip_letters(options: list[str], sample_id: str) -> list[str]:
     match = _LETTER_PREFIX.match(option)
     if not match or match.group(1) != LETTERS[i]:
       raise SampleError(f'sample {sample_id!r}: option {i} {option!r} lacks prefix {LETTERS[i]}.')
-    stripped.append(option[match.end():].strip())
+    stripped.append(option[match.end() :].strip())
   return stripped
 
 
 def _letter_index(letter: Any, num_options: int, sample_id: str) -> int:
   letter = _text(letter, 'answer').upper()
   if len(letter) != 1 or letter not in LETTERS[:num_options]:
-    raise SampleError(f'sample {sample_id!r}: answer {letter!r} is not one of '
-                      f'{LETTERS[:num_options]}')
+    raise SampleError(f'sample {sample_id!r}: answer {letter!r} is not one of {LETTERS[:num_options]}')
   return LETTERS.index(letter)
 
 
@@ -381,12 +400,14 @@ def _video_with_extension(root: str | os.PathLike[str], stem: str, extensions: S
   return _first_existing(candidates) or candidates[0]
 
 
-def load_videomme(parquet: str | os.PathLike[str], video_root: str | os.PathLike[str],
-                  check_videos: bool = True) -> LoadResult:
+def load_videomme(
+  parquet: str | os.PathLike[str], video_root: str | os.PathLike[str], check_videos: bool = True
+) -> LoadResult:
   """Loads the Video-MME parquet against the release's `data/` video folder; task = task_type, meta =
   duration (short / medium / long), domain, sub_category, video_id. Each video is tried as .mp4, .MP4
   and .mkv."""
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top  (only this loader needs it)
+
   if not os.path.isfile(parquet):
     raise FileNotFoundError(f'Video-MME parquet not found: {parquet}')
   rows = pq.read_table(parquet).to_pylist()
@@ -396,26 +417,35 @@ def load_videomme(parquet: str | os.PathLike[str], video_root: str | os.PathLike
     options = _strip_letters(_options(row['options'], 'options'), sample_id)
     _require_options(options, sample_id)
     return VideoQASample(
-        id=sample_id,
-        video=_video_with_extension(video_root, _inside_root(video_root, _text(row['videoID'], 'videoID'), 'videoID'),
-                                    VIDEOMME_EXTENSIONS),
-        question=_text(row['question'], 'question'), options=options,
-        answer=_letter_index(row['answer'], len(options), sample_id),
-        task=_text(row['task_type'], 'task_type'),
-        meta={k: str(row[k]) for k in ('duration', 'domain', 'sub_category', 'video_id')
-              if row.get(k) is not None})
+      id=sample_id,
+      video=_video_with_extension(
+        video_root, _inside_root(video_root, _text(row['videoID'], 'videoID'), 'videoID'), VIDEOMME_EXTENSIONS
+      ),
+      question=_text(row['question'], 'question'),
+      options=options,
+      answer=_letter_index(row['answer'], len(options), sample_id),
+      task=_text(row['task_type'], 'task_type'),
+      meta={k: str(row[k]) for k in ('duration', 'domain', 'sub_category', 'video_id') if row.get(k) is not None},
+    )
 
-  return _report(_collect(((str(r.get('question_id', f'row{i}')), r) for i, r in enumerate(rows)),
-                          build, check_videos), 'videomme', parquet)
+  return _report(
+    _collect(((str(r.get('question_id', f'row{i}')), r) for i, r in enumerate(rows)), build, check_videos),
+    'videomme',
+    parquet,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # EgoSchema.
 
 
-def load_egoschema(questions_json: str | os.PathLike[str], video_root: str | os.PathLike[str],
-                   answers_json: str | os.PathLike[str] | None = None, subset_only: bool = False,
-                   check_videos: bool = True) -> LoadResult:
+def load_egoschema(
+  questions_json: str | os.PathLike[str],
+  video_root: str | os.PathLike[str],
+  answers_json: str | os.PathLike[str] | None = None,
+  subset_only: bool = False,
+  check_videos: bool = True,
+) -> LoadResult:
   """Loads EgoSchema questions against the release's `videos/` folder; answers from
   subset_answers.json where given, else None. meta['subset'] is 'true' for questions in the answers
   file (the public 500-question subset), 'false' for the rest of the full 5031 (scored only by the
@@ -439,13 +469,16 @@ def load_egoschema(questions_json: str | os.PathLike[str], video_root: str | os.
     options = [_text(item[f'option {i}'], f'option {i}') for i in range(5)]
     answer = answers.get(uid)
     return VideoQASample(
-        id=uid, video=_video_with_extension(video_root, _inside_root(video_root, uid, 'q_uid'), EGOSCHEMA_EXTENSIONS),
-        question=_text(item['question'], 'question'), options=options,
-        answer=None if answer is None else _int(answer, 'answer'), task='egoschema',
-        meta={'subset': 'true' if uid in answers else 'false'})
+      id=uid,
+      video=_video_with_extension(video_root, _inside_root(video_root, uid, 'q_uid'), EGOSCHEMA_EXTENSIONS),
+      question=_text(item['question'], 'question'),
+      options=options,
+      answer=None if answer is None else _int(answer, 'answer'),
+      task='egoschema',
+      meta={'subset': 'true' if uid in answers else 'false'},
+    )
 
-  rows = ((str(q.get('q_uid', f'row{i}')) if isinstance(q, dict) else f'row{i}', q)
-          for i, q in enumerate(questions))
+  rows = ((str(q.get('q_uid', f'row{i}')) if isinstance(q, dict) else f'row{i}', q) for i, q in enumerate(questions))
   return _report(_collect(rows, build, check_videos), 'egoschema', questions_json)
 
 
@@ -453,9 +486,12 @@ def load_egoschema(questions_json: str | os.PathLike[str], video_root: str | os.
 # NExT-QA (multiple choice).
 
 
-def load_nextqa(csv_path: str | os.PathLike[str], video_root: str | os.PathLike[str],
-                video_map_json: str | os.PathLike[str] | None = None,
-                check_videos: bool = True) -> LoadResult:
+def load_nextqa(
+  csv_path: str | os.PathLike[str],
+  video_root: str | os.PathLike[str],
+  video_map_json: str | os.PathLike[str] | None = None,
+  check_videos: bool = True,
+) -> LoadResult:
   """Loads a NExT-QA multiple-choice csv against the release's `NExTVideo/` folder; id =
   '<video>_<qid>', task = type (CW, CH causal; TN, TC, TP temporal; DC, DL, DO, DB descriptive)."""
   if not os.path.isfile(csv_path):
@@ -465,8 +501,9 @@ def load_nextqa(csv_path: str | os.PathLike[str], video_root: str | os.PathLike[
     with open(csv_path, encoding='utf-8', newline='') as f:
       rows = list(csv.DictReader(f))
   except UnicodeDecodeError as e:
-    raise ValueError(f'annotation file {csv_path} is not UTF-8 text (byte {e.start}: {e.reason}); '
-                     f're-save it as UTF-8') from e
+    raise ValueError(
+      f'annotation file {csv_path} is not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8'
+    ) from e
 
   def build(row):
     video = _text(row['video'], 'video')
@@ -474,20 +511,26 @@ def load_nextqa(csv_path: str | os.PathLike[str], video_root: str | os.PathLike[
     relative = video_map[video] if video_map is not None else video
     options = [_text(row[f'a{i}'], f'a{i}') for i in range(5)]
     return VideoQASample(
-        id=sample_id, video=os.path.join(os.fspath(video_root), _inside_root(video_root, relative, 'video') + '.mp4'),
-        question=_text(row['question'], 'question'), options=options,
-        answer=_int(row['answer'], 'answer'), task=_text(row['type'], 'type'))
+      id=sample_id,
+      video=os.path.join(os.fspath(video_root), _inside_root(video_root, relative, 'video') + '.mp4'),
+      question=_text(row['question'], 'question'),
+      options=options,
+      answer=_int(row['answer'], 'answer'),
+      task=_text(row['type'], 'type'),
+    )
 
-  return _report(_collect(((f"{r.get('video')}_{r.get('qid')}", r) for r in rows), build, check_videos),
-                 'nextqa', csv_path)
+  return _report(
+    _collect(((f"{r.get('video')}_{r.get('qid')}", r) for r in rows), build, check_videos), 'nextqa', csv_path
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # LongVideoBench.
 
 
-def load_longvideobench(json_path: str | os.PathLike[str], video_root: str | os.PathLike[str],
-                        check_videos: bool = True) -> LoadResult:
+def load_longvideobench(
+  json_path: str | os.PathLike[str], video_root: str | os.PathLike[str], check_videos: bool = True
+) -> LoadResult:
   """Loads lvb_val.json / lvb_test_wo_gt.json against the release's `videos/` folder; task =
   question_category, meta = duration_group, topic_category, level, duration. An item's `duration`
   (seconds) becomes end_s: frames are sampled inside [0, duration], as the benchmark's loader does."""
@@ -502,18 +545,21 @@ def load_longvideobench(json_path: str | os.PathLike[str], video_root: str | os.
     if duration is not None and duration <= 0:
       raise ValueError(f"field 'duration' must be positive seconds, got {duration!r}")
     return VideoQASample(
-        id=_text(item['id'], 'id'),
-        video=os.path.join(os.fspath(video_root), _inside_root(video_root, _text(item['video_path'], 'video_path'),
-                                                               'video_path')),
-        question=_text(item['question'], 'question'),
-        options=_options(item['candidates'], 'candidates'),
-        answer=None if answer is None else _int(answer, 'correct_choice'),
-        task=_text(item['question_category'], 'question_category'), end_s=duration,
-        meta={k: str(item[k]) for k in ('duration_group', 'topic_category', 'level', 'duration')
-              if item.get(k) is not None})
+      id=_text(item['id'], 'id'),
+      video=os.path.join(
+        os.fspath(video_root), _inside_root(video_root, _text(item['video_path'], 'video_path'), 'video_path')
+      ),
+      question=_text(item['question'], 'question'),
+      options=_options(item['candidates'], 'candidates'),
+      answer=None if answer is None else _int(answer, 'correct_choice'),
+      task=_text(item['question_category'], 'question_category'),
+      end_s=duration,
+      meta={
+        k: str(item[k]) for k in ('duration_group', 'topic_category', 'level', 'duration') if item.get(k) is not None
+      },
+    )
 
-  rows = ((str(it.get('id', f'row{i}')) if isinstance(it, dict) else f'row{i}', it)
-          for i, it in enumerate(items))
+  rows = ((str(it.get('id', f'row{i}')) if isinstance(it, dict) else f'row{i}', it) for i, it in enumerate(items))
   return _report(_collect(rows, build, check_videos), 'longvideobench', json_path)
 
 
@@ -523,19 +569,18 @@ def load_longvideobench(json_path: str | os.PathLike[str], video_root: str | os.
 
 def load_synthetic(ann: str | os.PathLike[str], check_videos: bool = True) -> LoadResult:
   """Loads a split directory written by `synthetic.generate` (json/ and videos/ inside)."""
-  return _report(_load_mvbench(os.path.join(ann, 'json'), os.path.join(ann, 'videos'), check_videos),
-                 'synthetic', ann)
+  return _report(_load_mvbench(os.path.join(ann, 'json'), os.path.join(ann, 'videos'), check_videos), 'synthetic', ann)
 
 
 # ----------------------------------------------------------------------------------------------
 
 LOADERS: dict[str, Callable[..., LoadResult]] = {
-    'mvbench': load_mvbench,
-    'synthetic': load_synthetic,
-    'videomme': load_videomme,
-    'egoschema': load_egoschema,
-    'nextqa': load_nextqa,
-    'longvideobench': load_longvideobench,
+  'mvbench': load_mvbench,
+  'synthetic': load_synthetic,
+  'videomme': load_videomme,
+  'egoschema': load_egoschema,
+  'nextqa': load_nextqa,
+  'longvideobench': load_longvideobench,
 }
 
 

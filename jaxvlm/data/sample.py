@@ -33,6 +33,7 @@ class VideoQASample:
     frame_fps: the rate a frame folder was extracted at, which turns start_s / end_s into frame
       numbers; None for videos (their container knows its rate).
   """
+
   id: str
   video: str
   question: str
@@ -52,15 +53,13 @@ class VideoQASample:
     if len(self.options) > len(LETTERS):
       raise SampleError(f'sample {self.id!r}: {len(self.options)} options, at most {len(LETTERS)}')
     if self.answer is not None and not 0 <= self.answer < len(self.options):
-      raise SampleError(f'sample {self.id!r}: answer index {self.answer} out of range for '
-                        f'{len(self.options)} options')
+      raise SampleError(f'sample {self.id!r}: answer index {self.answer} out of range for {len(self.options)} options')
     if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
       raise SampleError(f'sample {self.id!r}: end {self.end_s}s before start {self.start_s}s')
     if self.data_type not in DATA_TYPES:
       raise SampleError(f'sample {self.id!r}: data_type {self.data_type!r} is not one of {DATA_TYPES}')
     if self.data_type == 'frame' and not (self.frame_fps and self.frame_fps > 0):
-      raise SampleError(f'sample {self.id!r}: a frame folder needs a positive frame_fps, got '
-                        f'{self.frame_fps!r}')
+      raise SampleError(f'sample {self.id!r}: a frame folder needs a positive frame_fps, got {self.frame_fps!r}')
 
   @property
   def answer_letter(self) -> str | None:

@@ -54,20 +54,20 @@ TRAIL_SPACING = 0.5
 TRAIL_ALPHAS = (0.5, 0.3, 0.15)
 
 COLOURS = {
-    'red': (255, 0, 0),
-    'green': (0, 255, 0),
-    'blue': (0, 64, 255),
-    'yellow': (255, 255, 0),
-    'cyan': (0, 255, 255),
-    'magenta': (255, 0, 255),
-    'white': (255, 255, 255),
+  'red': (255, 0, 0),
+  'green': (0, 255, 0),
+  'blue': (0, 64, 255),
+  'yellow': (255, 255, 0),
+  'cyan': (0, 255, 255),
+  'magenta': (255, 0, 255),
+  'white': (255, 255, 255),
 }
 BACKGROUNDS = {
-    'black': (0, 0, 0),
-    'grey': (110, 110, 110),
-    'brown': (110, 60, 20),
-    'navy': (20, 20, 110),
-    'forest': (20, 90, 20),  # not 'dark green': 'green' is an object colour
+  'black': (0, 0, 0),
+  'grey': (110, 110, 110),
+  'brown': (110, 60, 20),
+  'navy': (20, 20, 110),
+  'forest': (20, 90, 20),  # not 'dark green': 'green' is an object colour
 }
 SHAPES = ('ring', 'square', 'triangle', 'cross')
 DIRECTIONS = ('left', 'right', 'up', 'down')
@@ -79,6 +79,7 @@ class ObjectTrack:
   """A shape visible at `frames`, centred at (xs[i], ys[i]) pixels in frames[i]. With `trail`, it
   moves in a straight line and every frame shows fading copies behind it (motion blur), so its
   direction is visible in any one of its frames."""
+
   shape: str
   colour: str
   radius: float
@@ -151,8 +152,9 @@ def render(spec: VideoSpec) -> np.ndarray:
       ghosts = enumerate(TRAIL_ALPHAS[::-1]) if obj.trail else ()
       for k, alpha in ghosts:  # farthest (faintest) first
         back = len(TRAIL_ALPHAS) - k
-        mask = _shape_mask(obj.shape, centres[None, :] - (x - back * step[0]),
-                           centres[:, None] - (y - back * step[1]), obj.radius)
+        mask = _shape_mask(
+          obj.shape, centres[None, :] - (x - back * step[0]), centres[:, None] - (y - back * step[1]), obj.radius
+        )
         pixels = video[frame][mask].astype(np.float32)
         video[frame][mask] = np.round(pixels + alpha * (colour_of[obj.colour] - pixels)).astype(np.uint8)
       mask = _shape_mask(obj.shape, centres[None, :] - x, centres[:, None] - y, obj.radius)
@@ -172,10 +174,13 @@ def frame_captions(spec: VideoSpec) -> list[str]:
   order = list(COLOURS)
   captions = []
   for objs in visible:
-    names = [f'a {o.colour} {o.shape}' + (f' moving {o.direction()}' if o.trail else '')
-             for o in sorted(objs, key=lambda o: order.index(o.colour))]
-    captions.append(' and '.join(names) + f' on a {spec.background} background' if names
-                    else f'an empty {spec.background} background')
+    names = [
+      f'a {o.colour} {o.shape}' + (f' moving {o.direction()}' if o.trail else '')
+      for o in sorted(objs, key=lambda o: order.index(o.colour))
+    ]
+    captions.append(
+      ' and '.join(names) + f' on a {spec.background} background' if names else f'an empty {spec.background} background'
+    )
   return captions
 
 
@@ -192,7 +197,7 @@ def frame_events(spec: VideoSpec) -> list[list[str]]:
       if obj.trail:  # its trail shows the direction in every frame
         words = [obj.direction()]
       else:  # at rest: the number of its flashes so far
-        words = [str(1 + sum(b != a + 1 for a, b in zip(obj.frames[:i], obj.frames[1:i + 1])))]
+        words = [str(1 + sum(b != a + 1 for a, b in zip(obj.frames[:i], obj.frames[1 : i + 1])))]
       if len(events) > 1:
         words.append('first' if obj.frames[0] == first_start else 'second')
       out[frame] += words + [obj.colour, obj.shape]
@@ -223,8 +228,7 @@ def option_events(item: SyntheticItem, absent: str = 'no') -> list[list[str]]:
 # Specs.
 
 
-def _windows(rng: np.random.Generator, num_frames: int, lengths: list[int],
-             min_gap: int) -> list[list[int]]:
+def _windows(rng: np.random.Generator, num_frames: int, lengths: list[int], min_gap: int) -> list[list[int]]:
   """Non-overlapping frame windows of the given lengths, in order, >= min_gap frames apart."""
   slack = num_frames - sum(lengths) - min_gap * (len(lengths) - 1)
   if slack < 0:
@@ -241,8 +245,7 @@ def _clear_of(other: ObjectTrack, frames, xs, ys, gap: float) -> bool:
   """True when an object at (xs[i], ys[i]) in frames[i] stays >= gap pixels (centre to centre) from
   `other` in every frame both are visible."""
   where = {f: (x, y) for f, x, y in zip(other.frames, other.xs, other.ys)}
-  return all(np.hypot(x - where[f][0], y - where[f][1]) >= gap
-             for f, x, y in zip(frames, xs, ys) if f in where)
+  return all(np.hypot(x - where[f][0], y - where[f][1]) >= gap for f, x, y in zip(frames, xs, ys) if f in where)
 
 
 def _static(rng, shape, colour, radius, frames, size, avoid: ObjectTrack) -> ObjectTrack:
@@ -254,8 +257,7 @@ def _static(rng, shape, colour, radius, frames, size, avoid: ObjectTrack) -> Obj
     x, y = rng.uniform(lo, hi, 2)
     if _clear_of(avoid, frames, [x] * len(frames), [y] * len(frames), 1.5 * radius):
       break
-  return ObjectTrack(shape, colour, radius, tuple(frames), (float(x),) * len(frames),
-                     (float(y),) * len(frames))
+  return ObjectTrack(shape, colour, radius, tuple(frames), (float(x),) * len(frames), (float(y),) * len(frames))
 
 
 def _distractor(rng, colour, shape, radius, num_frames, size) -> ObjectTrack:
@@ -263,13 +265,13 @@ def _distractor(rng, colour, shape, radius, num_frames, size) -> ObjectTrack:
   start, end = rng.uniform(lo, hi, 2), rng.uniform(lo, hi, 2)
   t = np.linspace(0.0, 1.0, num_frames)
   xs, ys = start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])
-  return ObjectTrack(shape, colour, radius, tuple(range(num_frames)),
-                     tuple(float(v) for v in xs), tuple(float(v) for v in ys))
+  return ObjectTrack(
+    shape, colour, radius, tuple(range(num_frames)), tuple(float(v) for v in xs), tuple(float(v) for v in ys)
+  )
 
 
-def _options_with_answer(rng, correct: str, distractors: list[str],
-                         answer: int) -> tuple[str, ...]:
-  others = [distractors[i] for i in rng.permutation(len(distractors))[:NUM_OPTIONS - 1]]
+def _options_with_answer(rng, correct: str, distractors: list[str], answer: int) -> tuple[str, ...]:
+  others = [distractors[i] for i in rng.permutation(len(distractors))[: NUM_OPTIONS - 1]]
   return tuple(others[:answer] + [correct] + others[answer:])
 
 
@@ -280,8 +282,9 @@ def _absent_objects(rng, present_colours: set[str], count: int) -> list[str]:
   return [names[i] for i in rng.choice(len(names), count, replace=False)]
 
 
-def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
-              num_frames: int = 32, size: int = 64) -> SyntheticItem:
+def make_item(
+  rng: np.random.Generator, qtype: str, answer: int, item_id: str, num_frames: int = 32, size: int = 64
+) -> SyntheticItem:
   """One video + question of `qtype` whose correct option sits at index `answer`."""
   if qtype not in QTYPES:
     raise ValueError(f'unknown question type {qtype!r}; expected one of {QTYPES}')
@@ -304,8 +307,7 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
   elif qtype == 'counting':
     count = answer + 1  # options are "1".."4" in order, so the count sets the letter
     windows = _windows(rng, num_frames, [2] * count, 2)
-    track = _static(rng, shapes[0], colours[0], radius, [f for w in windows for f in w], size,
-                    distractor)
+    track = _static(rng, shapes[0], colours[0], radius, [f for w in windows for f in w], size, distractor)
     question = f'How many times did the {colours[0]} {shapes[0]} flash?'
     options = tuple(str(n) for n in range(1, NUM_OPTIONS + 1))
     events = [track]
@@ -314,8 +316,7 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
     a = _static(rng, shapes[0], colours[0], radius, first, size, distractor)
     b = _static(rng, shapes[1], colours[1], radius, second, size, distractor)
     names = [f'{colours[0]} {shapes[0]}', f'{colours[1]} {shapes[1]}']
-    pool = [names[1]] + _absent_objects(rng, {colours[0], colours[1], distractor.colour},
-                                        NUM_OPTIONS - 2)
+    pool = [names[1]] + _absent_objects(rng, {colours[0], colours[1], distractor.colour}, NUM_OPTIONS - 2)
     # The question names neither object: with both among the options and two objects that never
     # appear, the text alone cannot single out the pair (a question naming them left a coin flip).
     question = 'Two objects each appeared briefly. Which of them appeared first?'
@@ -336,22 +337,21 @@ def make_item(rng: np.random.Generator, qtype: str, answer: int, item_id: str,
       xs, ys = (along, across) if dx else (across, along)
       if _clear_of(distractor, frames, xs, ys, 1.5 * radius):
         break
-    event = ObjectTrack(shapes[0], colours[0], radius, tuple(frames),
-                        tuple(float(v) for v in xs), tuple(float(v) for v in ys), trail=True)
+    event = ObjectTrack(
+      shapes[0], colours[0], radius, tuple(frames), tuple(float(v) for v in xs), tuple(float(v) for v in ys), trail=True
+    )
     question = f'In which direction did the {colours[0]} {shapes[0]} move?'
     options = DIRECTIONS
     events = [event]
   else:  # background control
     question = 'What colour is the background of the video?'
-    options = _options_with_answer(rng, background,
-                                   [b for b in BACKGROUNDS if b != background], answer)
+    options = _options_with_answer(rng, background, [b for b in BACKGROUNDS if b != background], answer)
     events = []
 
   objects = (distractor,) + tuple(events)
   evidence = sorted({f for e in events for f in e.frames}) if events else list(range(num_frames))
   video = VideoSpec(num_frames, size, background, objects)
-  spec = QuestionSpec(qtype, question, options, answer, tuple(evidence),
-                      tuple(range(1, len(objects))))
+  spec = QuestionSpec(qtype, question, options, answer, tuple(evidence), tuple(range(1, len(objects))))
   return SyntheticItem(item_id, video, spec)
 
 
@@ -371,8 +371,9 @@ def _assignments(rng: np.random.Generator, num: int) -> list[tuple[str, int]]:
   return list(zip(qtypes, answers))
 
 
-def generate_specs(num: int, seed: int, split: str = 'train', num_frames: int = 32,
-                   size: int = 64) -> list[SyntheticItem]:
+def generate_specs(
+  num: int, seed: int, split: str = 'train', num_frames: int = 32, size: int = 64
+) -> list[SyntheticItem]:
   """`num` items for `split`, a pure function of (num, seed, split, num_frames, size)."""
   if split not in SPLITS:
     raise ValueError(f'unknown split {split!r}; expected one of {SPLITS}')
@@ -382,30 +383,38 @@ def generate_specs(num: int, seed: int, split: str = 'train', num_frames: int = 
     raise ValueError(f'num_frames must be >= 16 to hold every event, got {num_frames}')
   split_id = SPLITS.index(split)
   assign = _assignments(np.random.default_rng([seed, split_id]), num)
-  return [make_item(np.random.default_rng([seed, split_id, i]), qtype, answer,
-                    f'{split}_{i:06d}', num_frames, size)
-          for i, (qtype, answer) in enumerate(assign)]
+  return [
+    make_item(np.random.default_rng([seed, split_id, i]), qtype, answer, f'{split}_{i:06d}', num_frames, size)
+    for i, (qtype, answer) in enumerate(assign)
+  ]
 
 
 # ----------------------------------------------------------------------------------------------
 # Writing.
 
 
-def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 8,
-                crf: int = 18) -> None:
+def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: int = 8, crf: int = 18) -> None:
   """Encodes uint8 [F, H, W, 3] as H.264 yuv420p mp4 (bytes deterministic for equal input)."""
   # With x264's macroblock-tree rate control the bytes of some videos varied from run to run
   # (~4 % of encodes of one test video, in the first packet); without it, and with one thread
   # and explicit timestamps, 0 of 450 encodes differed.
-  encode_h264(path, frames, frames.shape[1], frames.shape[2], fps,
-              {'crf': str(crf), 'preset': 'medium', 'threads': '1', 'x264-params': 'mbtree=0'})
+  encode_h264(
+    path,
+    frames,
+    frames.shape[1],
+    frames.shape[2],
+    fps,
+    {'crf': str(crf), 'preset': 'medium', 'threads': '1', 'x264-params': 'mbtree=0'},
+  )
 
 
-def encode_h264(path: str | os.PathLike[str], frames: Iterable[np.ndarray], height: int, width: int,
-                fps: int, options: dict[str, str]) -> None:
+def encode_h264(
+  path: str | os.PathLike[str], frames: Iterable[np.ndarray], height: int, width: int, fps: int, options: dict[str, str]
+) -> None:
   """Encodes uint8 [H, W, 3] frames (any iterable, e.g. a generator of a long video) as H.264 yuv420p
   mp4 at `fps`, frame i at pts i, with libx264 `options`."""
   import av  # pylint: disable=g-import-not-at-top  (only the writer needs PyAV)
+
   time_base = fractions.Fraction(1, fps)
   with av.open(os.fspath(path), 'w') as container:
     stream = container.add_stream('libx264', rate=fps)
@@ -424,13 +433,25 @@ def encode_h264(path: str | os.PathLike[str], frames: Iterable[np.ndarray], heig
 
 def _annotation(item: SyntheticItem) -> dict:
   q = item.question
-  return {'id': item.id, 'video': f'{item.id}.mp4', 'question': q.question,
-          'candidates': list(q.options), 'answer': q.options[q.answer],
-          'evidence_frames': list(q.evidence_frames)}
+  return {
+    'id': item.id,
+    'video': f'{item.id}.mp4',
+    'question': q.question,
+    'candidates': list(q.options),
+    'answer': q.options[q.answer],
+    'evidence_frames': list(q.evidence_frames),
+  }
 
 
-def generate(out_dir: str | os.PathLike[str], num: int, seed: int, num_frames: int = 32,
-             size: int = 64, split: str = 'train', fps: int = 8) -> list[SyntheticItem]:
+def generate(
+  out_dir: str | os.PathLike[str],
+  num: int,
+  seed: int,
+  num_frames: int = 32,
+  size: int = 64,
+  split: str = 'train',
+  fps: int = 8,
+) -> list[SyntheticItem]:
   """Renders and writes `num` items of `split` under out_dir (layout in the module docstring)."""
   items = generate_specs(num, seed, split, num_frames, size)
   out_dir = os.fspath(out_dir)
@@ -440,25 +461,29 @@ def generate(out_dir: str | os.PathLike[str], num: int, seed: int, num_frames: i
     for item in items:
       write_video(os.path.join(out_dir, 'videos', f'{item.id}.mp4'), render(item.video), fps)
       for frame, caption in enumerate(frame_captions(item.video)):
-        captions.write(json.dumps({'video': f'{item.id}.mp4', 'frame': frame,
-                                   'caption': caption}) + '\n')
+        captions.write(json.dumps({'video': f'{item.id}.mp4', 'frame': frame, 'caption': caption}) + '\n')
   for qtype in QTYPES:
     annotations = [_annotation(it) for it in items if it.question.qtype == qtype]
     with open(os.path.join(out_dir, 'json', f'{qtype}.json'), 'w', encoding='utf-8') as f:
       json.dump(annotations, f, indent=1)
-  meta = {'num': num, 'seed': seed, 'split': split, 'num_frames': num_frames, 'size': size,
-          'fps': fps}
+  meta = {'num': num, 'seed': seed, 'split': split, 'num_frames': num_frames, 'size': size, 'fps': fps}
   with open(os.path.join(out_dir, 'meta.json'), 'w', encoding='utf-8') as f:
     json.dump(meta, f)
   return items
 
 
-def ensure(root: str | os.PathLike[str], num: int, seed: int, split: str = 'test',
-           num_frames: int = 32, size: int = 64, fps: int = 8) -> str:
+def ensure(
+  root: str | os.PathLike[str],
+  num: int,
+  seed: int,
+  split: str = 'test',
+  num_frames: int = 32,
+  size: int = 64,
+  fps: int = 8,
+) -> str:
   """Returns root/split, generating it unless a complete split with the same arguments exists."""
   out_dir = os.path.join(os.fspath(root), split)
-  wanted = {'num': num, 'seed': seed, 'split': split, 'num_frames': num_frames, 'size': size,
-            'fps': fps}
+  wanted = {'num': num, 'seed': seed, 'split': split, 'num_frames': num_frames, 'size': size, 'fps': fps}
   try:
     with open(os.path.join(out_dir, 'meta.json'), encoding='utf-8') as f:
       if json.load(f) == wanted:

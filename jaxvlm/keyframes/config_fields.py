@@ -2,6 +2,7 @@
 checked before any compute by `jaxvlm.config_checks.check(config, DIAGNOSIS / TRAIN_SELECTOR)`; layer
 ranges against the model's layers are checked right after its config is read (`diagnosis.plan_from_config`,
 `candidates.layer_range`)."""
+
 from __future__ import annotations
 
 from jaxvlm import config_checks as cc
@@ -34,59 +35,76 @@ def _train_relations(config) -> list[str]:
   return out
 
 
-_SHARED = {**cc.model_fields(), **cc.placement_fields(),
-           'siglip_checkpoint': cc.text(nonempty=True),
-           'max_samples': cc.integer(1, also=(-1,), meaning='all'),
-           'num_candidates': cc.integer(1),
-           'oracle_layers': cc.layer_range(),
-           'tail_multiple': cc.integer(1, affects_results=False)}
+_SHARED = {
+  **cc.model_fields(),
+  **cc.placement_fields(),
+  'siglip_checkpoint': cc.text(nonempty=True),
+  'max_samples': cc.integer(1, also=(-1,), meaning='all'),
+  'num_candidates': cc.integer(1),
+  'oracle_layers': cc.layer_range(),
+  'tail_multiple': cc.integer(1, affects_results=False),
+}
 
 DIAGNOSIS = cc.Spec(
-    'keyframe_diagnosis', 'configs/keyframe_diagnosis.py[:preset]',
-    {**_SHARED, **cc.run_fields(),
-     'max_samples': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
-     'ks': cc.int_list(1),
-     'selectors': cc.names(diagnosis.SELECTORS),
-     'attention_layers': cc.layer_range(),
-     'sensitive_k': cc.integer(1),
-     'bolt_alpha': cc.number(0, lo_open=True),
-     'aks_depth': cc.integer(0),
-     'aks_threshold': cc.number(0, 1),
-     'seed': cc.integer(),
-     'batch_size': cc.integer(1, affects_results=False),
-     'input_workers': cc.integer(0, affects_results=False),
-     'strip_samples': cc.integer(0, affects_results=False),
-     'selector_checkpoint': cc.text()},
-    relations=(_diagnosis_relations,), open_groups={'data': True})
+  'keyframe_diagnosis',
+  'configs/keyframe_diagnosis.py[:preset]',
+  {
+    **_SHARED,
+    **cc.run_fields(),
+    'max_samples': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
+    'ks': cc.int_list(1),
+    'selectors': cc.names(diagnosis.SELECTORS),
+    'attention_layers': cc.layer_range(),
+    'sensitive_k': cc.integer(1),
+    'bolt_alpha': cc.number(0, lo_open=True),
+    'aks_depth': cc.integer(0),
+    'aks_threshold': cc.number(0, 1),
+    'seed': cc.integer(),
+    'batch_size': cc.integer(1, affects_results=False),
+    'input_workers': cc.integer(0, affects_results=False),
+    'strip_samples': cc.integer(0, affects_results=False),
+    'selector_checkpoint': cc.text(),
+  },
+  relations=(_diagnosis_relations,),
+  open_groups={'data': True},
+)
 
 # Training resumes from its checkpoints: every field that shapes the labels, the data or the optimiser
 # binds the workdir; only throughput and bookkeeping fields may differ.
 TRAIN_SELECTOR = cc.Spec(
-    'train_selector', 'configs/train_selector.py[:preset]',
-    {**_SHARED,
-     'fresh': cc.run_fields()['fresh'],   # teacher failures are never cached: every rerun retries them
-     'label': cc.boolean(affects_results=False),
-     'teacher_dir': cc.text(),
-     'label_batch_size': cc.integer(1, affects_results=False),
-     'model.width': cc.integer(1), 'model.depth': cc.integer(1), 'model.num_heads': cc.integer(1),
-     'model.mlp_ratio': cc.integer(1), 'model.num_freqs': cc.integer(1),
-     'tau': cc.number(0, lo_open=True),
-     'pairwise_weight': cc.number(0),
-     'pairwise_margin': cc.number(0),
-     'batch_size': cc.integer(1),
-     'num_steps': cc.integer(1),
-     'learning_rate': cc.number(0, lo_open=True),
-     'warmup_steps': cc.integer(0),
-     'weight_decay': cc.number(0),
-     'seed': cc.integer(),
-     'num_devices': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
-     'val_fraction': cc.number(0, 1, lo_open=True, hi_open=True),
-     'k': cc.integer(1),
-     'eval_every': cc.integer(1),
-     'checkpoint_every': cc.integer(1, affects_results=False),
-     'keep': cc.integer(1, affects_results=False),
-     'stop_after_steps': cc.integer(1, also=(-1,), meaning='no stop', affects_results=False)},
-    relations=(_train_relations,), open_groups={'data': True})
+  'train_selector',
+  'configs/train_selector.py[:preset]',
+  {
+    **_SHARED,
+    'fresh': cc.run_fields()['fresh'],  # teacher failures are never cached: every rerun retries them
+    'label': cc.boolean(affects_results=False),
+    'teacher_dir': cc.text(),
+    'label_batch_size': cc.integer(1, affects_results=False),
+    'model.width': cc.integer(1),
+    'model.depth': cc.integer(1),
+    'model.num_heads': cc.integer(1),
+    'model.mlp_ratio': cc.integer(1),
+    'model.num_freqs': cc.integer(1),
+    'tau': cc.number(0, lo_open=True),
+    'pairwise_weight': cc.number(0),
+    'pairwise_margin': cc.number(0),
+    'batch_size': cc.integer(1),
+    'num_steps': cc.integer(1),
+    'learning_rate': cc.number(0, lo_open=True),
+    'warmup_steps': cc.integer(0),
+    'weight_decay': cc.number(0),
+    'seed': cc.integer(),
+    'num_devices': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
+    'val_fraction': cc.number(0, 1, lo_open=True, hi_open=True),
+    'k': cc.integer(1),
+    'eval_every': cc.integer(1),
+    'checkpoint_every': cc.integer(1, affects_results=False),
+    'keep': cc.integer(1, affects_results=False),
+    'stop_after_steps': cc.integer(1, also=(-1,), meaning='no stop', affects_results=False),
+  },
+  relations=(_train_relations,),
+  open_groups={'data': True},
+)
 
 
 def _efficiency_relations(config) -> list[str]:
@@ -107,20 +125,28 @@ def _efficiency_relations(config) -> list[str]:
 
 # Layer bounds of the plans against the model are `efficiency.grid_from_config`'s (after its config is read).
 EFFICIENCY = cc.Spec(
-    'efficiency', 'configs/efficiency.py[:preset]',
-    {**cc.model_fields(), **cc.run_fields(),
-     'siglip_checkpoint': cc.text(nonempty=True),
-     'num_frames': cc.integer(1),
-     'exit_layer': cc.integer(0, also=(-1,), meaning='no explicit plan'),
-     'intra_frame_layers': cc.integer(0),
-     'knockout_workdir': cc.text(),
-     'max_drop': cc.number(0, 1),
-     'plans': cc.Field(lambda v: None if isinstance(v, str) else f'not a string ({type(v).__name__})',
-                       "comma-separated 'exit_layer:intra_frame_layers' entries, e.g. '5:2,5:0'"),
-     'ks': cc.int_list(1),
-     'selectors': cc.names(efficiency.SELECTORS),
-     'selector_checkpoint': cc.text(),
-     'timing_repeats': cc.integer(1, affects_results=False),
-     'max_samples': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
-     'batch_size': cc.integer(1, affects_results=False)},
-    relations=(_efficiency_relations,), open_groups={'data': True})
+  'efficiency',
+  'configs/efficiency.py[:preset]',
+  {
+    **cc.model_fields(),
+    **cc.run_fields(),
+    'siglip_checkpoint': cc.text(nonempty=True),
+    'num_frames': cc.integer(1),
+    'exit_layer': cc.integer(0, also=(-1,), meaning='no explicit plan'),
+    'intra_frame_layers': cc.integer(0),
+    'knockout_workdir': cc.text(),
+    'max_drop': cc.number(0, 1),
+    'plans': cc.Field(
+      lambda v: None if isinstance(v, str) else f'not a string ({type(v).__name__})',
+      "comma-separated 'exit_layer:intra_frame_layers' entries, e.g. '5:2,5:0'",
+    ),
+    'ks': cc.int_list(1),
+    'selectors': cc.names(efficiency.SELECTORS),
+    'selector_checkpoint': cc.text(),
+    'timing_repeats': cc.integer(1, affects_results=False),
+    'max_samples': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
+    'batch_size': cc.integer(1, affects_results=False),
+  },
+  relations=(_efficiency_relations,),
+  open_groups={'data': True},
+)

@@ -7,6 +7,7 @@ selector keeps every frame, so only 'uniform' is run there. Prefill time and mem
 (plan, k) on one sample (`measure`), FLOPs come from jaxvlm.costs. Validation of the whole grid happens in
 `grid_from_config`, before any compute.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,7 @@ SELECTORS = ('uniform', 'siglip', 'learned')
 class Grid:
   """plans (the full model first) with their names, frame budgets, selectors; chosen: the name of the
   plan picked from the knockout run (or None)."""
+
   plans: tuple[InferencePlan, ...]
   names: tuple[str, ...]
   ks: tuple[int, ...]
@@ -43,8 +45,9 @@ def prompt_shape(processor, model_config, num_frames: int) -> costs.PromptShape:
   """Token counts of a typical prompt (4 short options) at num_frames, for costing before any sample."""
   p = prompts.build_prompt(processor, 'What happens in the video?', ['one', 'two', 'three', 'four'], num_frames)
   video = np.flatnonzero(p.group == 1)
-  return costs.PromptShape(int(video[0]), len(p.input_ids) - int(video[-1]) - 1, num_frames,
-                           model_config.tokens_per_frame)
+  return costs.PromptShape(
+    int(video[0]), len(p.input_ids) - int(video[-1]) - 1, num_frames, model_config.tokens_per_frame
+  )
 
 
 def grid_from_config(config, model_config, processor) -> Grid:
@@ -61,8 +64,9 @@ def grid_from_config(config, model_config, processor) -> Grid:
   chosen = None
   if config.knockout_workdir:
     summary = plans_lib.read_knockout_run(config.knockout_workdir, config.checkpoint, num_layers)
-    plan = plans_lib.choose_plan(summary, model_config, prompt_shape(processor, model_config, config.num_frames),
-                                 config.max_drop)
+    plan = plans_lib.choose_plan(
+      summary, model_config, prompt_shape(processor, model_config, config.num_frames), config.max_drop
+    )
     plans.append(plan)
     chosen = plans_lib.plan_name(plan, num_layers)
   plans += plans_lib.parse_plans(config.plans, num_layers)
@@ -70,8 +74,10 @@ def grid_from_config(config, model_config, processor) -> Grid:
   ks = tuple(int(k) for k in runs.csv_list(config.ks))
   bad = [k for k in ks if not 1 <= k <= config.num_frames]
   if bad or not ks:
-    raise ValueError(f'frame budgets ks={config.ks!r}: {bad or "none"} outside 1..num_frames={config.num_frames} '
-                     f'(a budget cannot exceed the frames there are)')
+    raise ValueError(
+      f'frame budgets ks={config.ks!r}: {bad or "none"} outside 1..num_frames={config.num_frames} '
+      f'(a budget cannot exceed the frames there are)'
+    )
   names = tuple(runs.csv_list(config.selectors))
   unknown = [n for n in names if n not in SELECTORS]
   if unknown or not names:
@@ -82,9 +88,13 @@ def grid_from_config(config, model_config, processor) -> Grid:
   return Grid(tuple(unique), tuple(plans_lib.plan_name(p, num_layers) for p in unique), ks, names, chosen)
 
 
-def selections(cand: Candidates, grid: Grid, siglip: relevance.LoadedSiglip,
-               learned: learned_lib.TrainedSelector | None, num_frames: int
-               ) -> dict[str, dict[int, np.ndarray]]:
+def selections(
+  cand: Candidates,
+  grid: Grid,
+  siglip: relevance.LoadedSiglip,
+  learned: learned_lib.TrainedSelector | None,
+  num_frames: int,
+) -> dict[str, dict[int, np.ndarray]]:
   """{selector: {k: frame indices (time order)}} of one sample; k = N keeps every frame (uniform only)."""
   question, with_options = relevance.query_texts(cand.sample.question, cand.sample.options)
   scores = {'uniform': np.zeros(num_frames)}
@@ -104,29 +114,60 @@ def selections(cand: Candidates, grid: Grid, siglip: relevance.LoadedSiglip,
 
 def k_frame_batch(cands: Sequence[Candidates], picks: Sequence[np.ndarray], processor, k: int) -> runs.ModelBatch:
   """Prompts with just the picked k frames of each sample, collated."""
-  return runs.collate([runs.Prepared(c.sample, prompts.build_prompt(processor, c.sample.question, c.sample.options, k),
-                                     c.pixels[idx]) for c, idx in zip(cands, picks)], processor)
+  return runs.collate(
+    [
+      runs.Prepared(c.sample, prompts.build_prompt(processor, c.sample.question, c.sample.options, k), c.pixels[idx])
+      for c, idx in zip(cands, picks)
+    ],
+    processor,
+  )
 
 
 def _span(model, batch: runs.ModelBatch) -> efficient.VideoSpan:
-  return efficient.video_span(np.asarray(batch.layout.group), np.asarray(batch.layout.frame),
-                              model.config.tokens_per_frame)
+  return efficient.video_span(
+    np.asarray(batch.layout.group), np.asarray(batch.layout.frame), model.config.tokens_per_frame
+  )
 
 
 def plan_logprobs(model, params, batch: runs.ModelBatch, plan: InferencePlan) -> np.ndarray:
-  return np.asarray(efficient.option_logprobs(model, params, batch.input_ids, batch.pixels, batch.layout.positions,
-                                              batch.layout.meta(), batch.answer_index, batch.option_ids, plan,
-                                              _span(model, batch)))
+  return np.asarray(
+    efficient.option_logprobs(
+      model,
+      params,
+      batch.input_ids,
+      batch.pixels,
+      batch.layout.positions,
+      batch.layout.meta(),
+      batch.answer_index,
+      batch.option_ids,
+      plan,
+      _span(model, batch),
+    )
+  )
 
 
-def evaluate_batch(model, params, processor, siglip: relevance.LoadedSiglip, learned,
-                   cands: Sequence[Candidates], grid: Grid, num_frames: int) -> list[dict]:
+def evaluate_batch(
+  model,
+  params,
+  processor,
+  siglip: relevance.LoadedSiglip,
+  learned,
+  cands: Sequence[Candidates],
+  grid: Grid,
+  num_frames: int,
+) -> list[dict]:
   """Per-sample records: option log-probs under every 'plan/selector/k' and the selections."""
   picks = [selections(c, grid, siglip, learned, num_frames) for c in cands]
   records: list[dict[str, Any]] = [
-      {'id': c.sample.id, 'task': c.sample.task, 'answer': c.sample.answer, 'logp': {},
-       'selections': {s: {str(k): idx for k, idx in per.items()} for s, per in pick.items()}}
-      for c, pick in zip(cands, picks)]
+    {
+      'id': c.sample.id,
+      'task': c.sample.task,
+      'answer': c.sample.answer,
+      'logp': {},
+      'selections': {s: {str(k): idx for k, idx in per.items()} for s, per in pick.items()},
+    }
+    for c, pick in zip(cands, picks)
+  ]
   for k in grid.ks:
     for name in grid.selectors:
       if k not in picks[0][name]:
@@ -135,12 +176,11 @@ def evaluate_batch(model, params, processor, siglip: relevance.LoadedSiglip, lea
       for plan, plan_name in zip(grid.plans, grid.names):
         logp = plan_logprobs(model, params, batch, plan)
         for i, (c, r) in enumerate(zip(cands, records)):
-          r['logp'][f'{plan_name}/{name}/{k}'] = logp[i, :len(c.sample.options)]
+          r['logp'][f'{plan_name}/{name}/{k}'] = logp[i, : len(c.sample.options)]
   return records
 
 
-def measure(model, params, processor, cand: Candidates, grid: Grid, num_frames: int, repeats: int
-            ) -> tuple[dict, dict]:
+def measure(model, params, processor, cand: Candidates, grid: Grid, num_frames: int, repeats: int) -> tuple[dict, dict]:
   """Per 'plan/k': ({'seconds': fastest of `repeats` prefills of one sample (vision tower + decoder +
   option scores), 'peak_memory_bytes': XLA's arguments + outputs + temporaries of that compiled call},
   {analytical FLOPs and their shares of the full model at num_frames})."""
@@ -154,12 +194,22 @@ def measure(model, params, processor, cand: Candidates, grid: Grid, num_frames: 
     shape = costs.PromptShape(span.start, answer + 1 - span.start - span.num_tokens, k, model.config.tokens_per_frame)
     if full is None:
       full = costs.prefill_cost(model.config, InferencePlan(num_layers), dataclasses.replace(shape, frames=num_frames))
-    args = (model, params, batch.input_ids, batch.pixels, batch.layout.positions, batch.layout.meta(),
-            batch.answer_index, batch.option_ids)
+    args = (
+      model,
+      params,
+      batch.input_ids,
+      batch.pixels,
+      batch.layout.positions,
+      batch.layout.meta(),
+      batch.answer_index,
+      batch.option_ids,
+    )
     # One compile per plan serves the timing and XLA's memory analysis; the plans are timed in turns, so
     # a shared machine's load hits them alike, and the fastest run of each counts.
-    compiled = [efficient._option_logprobs.lower(*args, plan, span).compile()  # pylint: disable=protected-access
-                for plan in grid.plans]
+    compiled = [
+      efficient._option_logprobs.lower(*args, plan, span).compile()  # pylint: disable=protected-access
+      for plan in grid.plans
+    ]
     runs_ = [functools.partial(lambda c: jax.block_until_ready(c(*args[1:])), c) for c in compiled]
     seconds: list[list[float]] = [[] for _ in grid.plans]
     for fn in runs_:
@@ -171,11 +221,19 @@ def measure(model, params, processor, cand: Candidates, grid: Grid, num_frames: 
         out.append(time.perf_counter() - t)
     for plan, name, c, sec in zip(grid.plans, grid.names, compiled, seconds):
       mem = c.memory_analysis()
-      peak = sum(getattr(mem, f, 0) or 0 for f in ('argument_size_in_bytes', 'output_size_in_bytes',
-                                                    'temp_size_in_bytes')) if mem is not None else float('nan')
+      peak = (
+        sum(getattr(mem, f, 0) or 0 for f in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
+        if mem is not None
+        else float('nan')
+      )
       timings[f'{name}/{k}'] = {'seconds': min(sec), 'peak_memory_bytes': peak}
       cost = costs.prefill_cost(model.config, plan, shape)
-      flops[f'{name}/{k}'] = {'attention': cost.attention, 'total': cost.total, 'linear': cost.linear,
-                              'vision': cost.vision, 'attention_share': cost.attention / full.attention,
-                              'total_share': cost.total / full.total}
+      flops[f'{name}/{k}'] = {
+        'attention': cost.attention,
+        'total': cost.total,
+        'linear': cost.linear,
+        'vision': cost.vision,
+        'attention_share': cost.attention / full.attention,
+        'total_share': cost.total / full.total,
+      }
   return timings, flops

@@ -1,6 +1,7 @@
 """Using a keyframe selector trained by experiments.train_selector: load the best checkpoint of its
 workdir and pick frames of a video (keyframe diagnosis's selector 'learned', score's
 --selector=learned, or any Python caller)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,11 +28,13 @@ def best_manager(workdir: str) -> ocp.CheckpointManager:
 
 def load_selector(config, workdir: str, num_candidates: int, embed_dim: int):
   """(model, params) of the best checkpoint of a training run in `workdir`, on one local device whatever
-the devices it was trained on (orbax would otherwise ask for the saving run's topology)."""
+  the devices it was trained on (orbax would otherwise ask for the saving run's topology)."""
   model = selector_from_config(config)
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
-                          jax.eval_shape(lambda: selector_model.init_params(model, num_candidates, embed_dim)))
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+    jax.eval_shape(lambda: selector_model.init_params(model, num_candidates, embed_dim)),
+  )
   best = best_manager(workdir)
   step = best.best_step()
   if step is None:
@@ -42,6 +45,7 @@ the devices it was trained on (orbax would otherwise ask for the saving run's to
 @dataclasses.dataclass(frozen=True)
 class TrainedSelector:
   """A trained selector with the SigLIP it reads (model, params, processor) and its pool size N."""
+
   model: selector_model.FrameSelector
   params: dict
   siglip: relevance.LoadedSiglip
@@ -61,11 +65,19 @@ def load_trained(workdir: str) -> TrainedSelector:
   return TrainedSelector(model, params, sig, config.num_candidates)
 
 
-def pick_frames(trained: TrainedSelector, video_path: str, question: str, options, k: int,
-                start_s: float | None = None, end_s: float | None = None) -> video.Frames:
+def pick_frames(
+  trained: TrainedSelector,
+  video_path: str,
+  question: str,
+  options,
+  k: int,
+  start_s: float | None = None,
+  end_s: float | None = None,
+) -> video.Frames:
   """The k frames the selector picks from the video's N-frame candidate pool (time order)."""
   pool = video.sample_frames(video_path, trained.num_candidates, start_s=start_s, end_s=end_s, rule='pool')
-  frame_emb, text_emb = teacher.siglip_features(*trained.siglip, pool.pixels,
-                                                relevance.query_texts(question, options)[1])
+  frame_emb, text_emb = teacher.siglip_features(
+    *trained.siglip, pool.pixels, relevance.query_texts(question, options)[1]
+  )
   idx = selector_model.select(selector_model.scores(trained.model, trained.params, frame_emb, text_emb), k)
   return video.Frames(pool.pixels[idx], pool.indices[idx], pool.timestamps_s[idx])

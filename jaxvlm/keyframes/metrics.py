@@ -10,6 +10,7 @@ Per sample (Ok & Lee): Frame Selection Sensitivity = correct with the oracle's t
 with its bottom-k; Language Independence = correct with no frames. A sample is frame-sensitive when
 it is answered with the top-k frames, missed with the bottom-k and missed without frames.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -62,5 +63,4 @@ def frame_selection_sensitivity(correct_top, correct_bottom) -> np.ndarray:
 
 def frame_sensitive(correct_top, correct_bottom, correct_no_frames) -> np.ndarray:
   """bool per sample: answered with the top-k, missed with the bottom-k and missed without frames."""
-  return (np.asarray(correct_top, bool) & ~np.asarray(correct_bottom, bool)
-          & ~np.asarray(correct_no_frames, bool))
+  return np.asarray(correct_top, bool) & ~np.asarray(correct_bottom, bool) & ~np.asarray(correct_no_frames, bool)

@@ -9,6 +9,7 @@ let every frame see the question and the other frames. A linear head reads one s
 
 Letters: B samples, N candidate frames, D SigLIP width, W selector width.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,11 @@ from jaxvlm.keyframes import selectors
 
 @dataclasses.dataclass(frozen=True)
 class SelectorConfig:
-  width: int = 128          # W
-  depth: int = 2            # encoder layers
+  width: int = 128  # W
+  depth: int = 2  # encoder layers
   num_heads: int = 4
   mlp_ratio: int = 2
-  num_freqs: int = 8        # sinusoidal frequencies of t / N
+  num_freqs: int = 8  # sinusoidal frequencies of t / N
 
 
 def temporal_code(num_frames: int, num_freqs: int) -> jnp.ndarray:
@@ -60,19 +61,22 @@ class EncoderLayer(nn.Module):
 
 class FrameSelector(nn.Module):
   """frame_emb [B, N, D], text_emb [B, D] -> scores [B, N] (float32)."""
+
   config: SelectorConfig
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, frame_emb: jnp.ndarray, text_emb: jnp.ndarray) -> jnp.ndarray:
     c = self.config
-    frames, text = _normalize(frame_emb), _normalize(text_emb)           # [B, N, D], [B, D]
-    sim = jnp.einsum('bnd,bd->bn', frames, text)[..., None]              # [B, N, 1]
-    pos = temporal_code(frames.shape[1], c.num_freqs)[None]              # [1, N, 2F]
-    h = (nn.Dense(c.width, dtype=self.dtype, name='frame_proj')(frames)
-         + nn.Dense(c.width, dtype=self.dtype, name='sim_proj')(sim)
-         + nn.Dense(c.width, dtype=self.dtype, name='pos_proj')(pos))
-    t = nn.Dense(c.width, dtype=self.dtype, name='text_proj')(text)[:, None]   # [B, 1, W]
+    frames, text = _normalize(frame_emb), _normalize(text_emb)  # [B, N, D], [B, D]
+    sim = jnp.einsum('bnd,bd->bn', frames, text)[..., None]  # [B, N, 1]
+    pos = temporal_code(frames.shape[1], c.num_freqs)[None]  # [1, N, 2F]
+    h = (
+      nn.Dense(c.width, dtype=self.dtype, name='frame_proj')(frames)
+      + nn.Dense(c.width, dtype=self.dtype, name='sim_proj')(sim)
+      + nn.Dense(c.width, dtype=self.dtype, name='pos_proj')(pos)
+    )
+    t = nn.Dense(c.width, dtype=self.dtype, name='text_proj')(text)[:, None]  # [B, 1, W]
     h = jnp.concatenate([t, h], axis=1)
     for i in range(c.depth):
       h = EncoderLayer(c, self.dtype, name=f'layers_{i}')(h)

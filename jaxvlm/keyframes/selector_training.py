@@ -11,6 +11,7 @@ and checkpoints are `jaxvlm.training`'s; `experiments.train_selector` drives it.
 3. Validation: recall@k / nDCG@k against the teacher's top-k and recall@k against the evidence frames
    on the held-out ids, next to SigLIP top-k and uniform.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ from jaxvlm.knockout import specs as knockout
 
 
 # ---------------------------------------------------------------- teacher labels
+
 
 def teacher_dir(config, workdir: str) -> str:
   return config.teacher_dir or os.path.join(workdir, 'teacher')
@@ -54,28 +56,38 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
   done = distributed.done_ids(mesh, [s.id for s in samples if s.id in cache] if writes else [])
   todo = [s for s in distributed.work_share(samples, mesh) if s.id not in done]
   failures = list(skipped)
-  logging.info('teacher: %d samples, %d cached, %d to label here', len(samples), len(samples) - len(done),
-               len(todo))
+  logging.info('teacher: %d samples, %d cached, %d to label here', len(samples), len(samples) - len(done), len(todo))
 
   def label(cands) -> list[dict]:
     batch = runs.place_batch(runs.collate(cands, processor, runs.batch_multiple(mesh)), mesh)
     answers = [c.sample.answer for c in cands]
-    answers += answers[-1:] * (batch.input_ids.shape[0] - len(cands))   # collate repeats the last row
+    answers += answers[-1:] * (batch.input_ids.shape[0] - len(cands))  # collate repeats the last row
     with sharding.activation_rules(mesh):
-      rel = teacher.causal_labels(model, params, batch.input_ids, batch.pixels, batch.layout,
-                                  batch.answer_index, batch.option_ids, config.num_candidates,
-                                  np.asarray(answers), layers, config.tail_multiple)
+      rel = teacher.causal_labels(
+        model,
+        params,
+        batch.input_ids,
+        batch.pixels,
+        batch.layout,
+        batch.answer_index,
+        batch.option_ids,
+        config.num_candidates,
+        np.asarray(answers),
+        layers,
+        config.tail_multiple,
+      )
     for i, c in enumerate(cands if writes else []):
       query = relevance.query_texts(c.sample.question, c.sample.options)[1]
       frame_emb, text_emb = teacher.siglip_features(sig_model, sig_params, sig_processor, c.frames, query)
       cache.put(teacher.Label(c.sample.id, frame_emb, text_emb, rel[i], c.evidence))
     return [{'id': c.sample.id} for c in cands]
 
-  for chunk in tqdm(list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch',
-                    disable=not distributed.is_main()):
+  for chunk in tqdm(
+    list(runs.batches(todo, config.label_batch_size)), desc='teacher', unit='batch', disable=not distributed.is_main()
+  ):
     cands, failed = candidates.prepare_pool(chunk, processor, config, runs.max_positions(model))
     failures += failed
-    if cands:   # a batch that fails on the model side is retried sample by sample
+    if cands:  # a batch that fails on the model side is retried sample by sample
       failures += [(r['id'], r['error']) for r in runs.batch_records(cands, label) if 'error' in r]
   distributed.barrier('teacher labels')  # the cache is complete before any process reads it
   return failures
@@ -83,15 +95,18 @@ def build_labels(config, workdir: str, cache: teacher.TeacherCache) -> list[tupl
 
 # ---------------------------------------------------------------- data
 
+
 def is_val(sample_id: str, fraction: float) -> bool:
   return zlib.crc32(sample_id.encode()) % 10000 < fraction * 10000
 
 
 def stack(labels: list[teacher.Label]) -> dict[str, np.ndarray]:
   """frame_emb [M, N, D], text_emb [M, D], relevance [M, N]."""
-  return {'frame_emb': np.stack([l.frame_emb for l in labels]).astype(np.float32),
-          'text_emb': np.stack([l.text_emb for l in labels]).astype(np.float32),
-          'relevance': np.stack([l.relevance for l in labels]).astype(np.float32)}
+  return {
+    'frame_emb': np.stack([l.frame_emb for l in labels]).astype(np.float32),
+    'text_emb': np.stack([l.text_emb for l in labels]).astype(np.float32),
+    'relevance': np.stack([l.relevance for l in labels]).astype(np.float32),
+  }
 
 
 def step_batch(train: dict[str, np.ndarray], step: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -109,12 +124,15 @@ def load_labels(config, workdir: str) -> tuple[dict, dict, list[np.ndarray], lis
   train = [l for l in labels if not is_val(l.id, config.val_fraction)]
   val = [l for l in labels if is_val(l.id, config.val_fraction)]
   if not train or not val:
-    raise ValueError(f'{len(train)} train and {len(val)} validation labels in {cache.root} '
-                     f'(N={config.num_candidates}): need at least one of each')
+    raise ValueError(
+      f'{len(train)} train and {len(val)} validation labels in {cache.root} '
+      f'(N={config.num_candidates}): need at least one of each'
+    )
   return stack(train), stack(val), [l.evidence for l in val], failures
 
 
 # ---------------------------------------------------------------- loss and step
+
 
 def listwise_loss(student: jnp.ndarray, target: jnp.ndarray, tau: float) -> jnp.ndarray:
   """student, target [B, N] -> mean over B of CE(softmax(target / tau), softmax(student))."""
@@ -124,7 +142,7 @@ def listwise_loss(student: jnp.ndarray, target: jnp.ndarray, tau: float) -> jnp.
 
 def pairwise_loss(student: jnp.ndarray, target: jnp.ndarray, margin: float) -> jnp.ndarray:
   """Hinge max(0, margin - (s_i - s_j)) averaged over the pairs the teacher orders i > j."""
-  ordered = (target[:, :, None] > target[:, None, :]).astype(jnp.float32)     # [B, N, N]
+  ordered = (target[:, :, None] > target[:, None, :]).astype(jnp.float32)  # [B, N, N]
   hinge = jax.nn.relu(margin - (student[:, :, None] - student[:, None, :]))
   return (ordered * hinge).sum() / jnp.maximum(ordered.sum(), 1.0)
 
@@ -133,6 +151,7 @@ def pairwise_loss(student: jnp.ndarray, target: jnp.ndarray, margin: float) -> j
 class Hyper:
   """The loss and optimiser fields of the config, hashable: a static jit argument, so runs with the
   same values share one compiled step."""
+
   tau: float
   pairwise_weight: float
   pairwise_margin: float
@@ -148,8 +167,7 @@ class Hyper:
 
 def make_optimizer(hp: Hyper):
   """AdamW, warmup + cosine decay to 1 % of the peak learning rate."""
-  return training.optimizer(hp.learning_rate, hp.warmup_steps, hp.num_steps, hp.weight_decay,
-                            end_fraction=0.01)
+  return training.optimizer(hp.learning_rate, hp.warmup_steps, hp.num_steps, hp.weight_decay, end_fraction=0.01)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=3)
@@ -159,8 +177,9 @@ def train_step(model: selector_model.FrameSelector, hp: Hyper, tx, state: traini
 
   def loss_fn(params):
     s = cast(jax.Array, model.apply({'params': params}, batch['frame_emb'], batch['text_emb']))
-    return (listwise_loss(s, batch['relevance'], hp.tau)
-            + hp.pairwise_weight * pairwise_loss(s, batch['relevance'], hp.pairwise_margin))
+    return listwise_loss(s, batch['relevance'], hp.tau) + hp.pairwise_weight * pairwise_loss(
+      s, batch['relevance'], hp.pairwise_margin
+    )
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   return training.apply_grads(state, grads, tx), {'loss': loss}
@@ -168,19 +187,25 @@ def train_step(model: selector_model.FrameSelector, hp: Hyper, tx, state: traini
 
 # ---------------------------------------------------------------- validation
 
+
 def evaluate(model, params, val: dict[str, np.ndarray], evidence: list[np.ndarray], k: int) -> dict:
   """Selector vs teacher top-k and vs evidence frames on the held-out set, next to SigLIP top-k (the
   cosine similarity of frame and question+options embeddings) and uniform."""
-  s = np.asarray(selector_model.batch_scores(model, params, jnp.asarray(val['frame_emb']),
-                                             jnp.asarray(val['text_emb'])))
+  s = np.asarray(
+    selector_model.batch_scores(model, params, jnp.asarray(val['frame_emb']), jnp.asarray(val['text_emb']))
+  )
   norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
   sig = np.einsum('mnd,md->mn', norm(val['frame_emb']), norm(val['text_emb']))
   out = {}
-  for name, scores, fn in (('val', s, selectors.top_k), ('siglip', sig, selectors.top_k),
-                           ('uniform', sig, selectors.uniform)):
+  for name, scores, fn in (
+    ('val', s, selectors.top_k),
+    ('siglip', sig, selectors.top_k),
+    ('uniform', sig, selectors.uniform),
+  ):
     sel = [fn(x, k) for x in scores]
-    out[f'{name}_recall'] = float(np.mean([metrics.recall_at_k(a, selectors.top_k(t, k))
-                                           for a, t in zip(sel, val['relevance'])]))
+    out[f'{name}_recall'] = float(
+      np.mean([metrics.recall_at_k(a, selectors.top_k(t, k)) for a, t in zip(sel, val['relevance'])])
+    )
     ndcg = [x for x in (metrics.ndcg_at_k(a, t) for a, t in zip(sel, val['relevance'])) if np.isfinite(x)]
     out[f'{name}_ndcg'] = float(np.mean(ndcg)) if ndcg else float('nan')
     ev = [metrics.recall_at_k(a, e) for a, e in zip(sel, evidence) if len(e)]

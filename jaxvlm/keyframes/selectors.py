@@ -15,6 +15,7 @@ selector that ignores them only reads N), indices int64 [k], distinct, sorted in
              k frames by score (relevance); otherwise it is halved and its budget split between the
              halves (coverage), recursively up to a depth.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -108,5 +109,10 @@ def aks(scores, k: int, max_depth: int = 4, threshold: float = 0.6) -> np.ndarra
 
 
 SELECTORS: dict[str, Selector] = {
-    'uniform': uniform, 'random': random, 'top_k': top_k, 'bottom_k': bottom_k, 'bolt': bolt, 'aks': aks,
+  'uniform': uniform,
+  'random': random,
+  'top_k': top_k,
+  'bottom_k': bottom_k,
+  'bolt': bolt,
+  'aks': aks,
 }

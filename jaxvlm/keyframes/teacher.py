@@ -8,6 +8,7 @@ never leaves a torn file.
 
 Letters: B samples, N candidate frames, D SigLIP width.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,6 +31,7 @@ from jaxvlm.models import siglip
 class Label:
   """frame_emb [N, D], text_emb [D], relevance [N] (causal oracle), evidence: candidate positions of
   the ground-truth evidence frames (may be empty)."""
+
   id: str
   frame_emb: np.ndarray
   text_emb: np.ndarray
@@ -53,9 +55,14 @@ class TeacherCache:
   def put(self, label: Label) -> None:
     path = self._path(label.id)
     tmp = path + '.tmp.npz'
-    np.savez(tmp, id=np.asarray(label.id), frame_emb=label.frame_emb.astype(np.float32),
-             text_emb=label.text_emb.astype(np.float32), relevance=label.relevance.astype(np.float32),
-             evidence=np.asarray(label.evidence, np.int64))
+    np.savez(
+      tmp,
+      id=np.asarray(label.id),
+      frame_emb=label.frame_emb.astype(np.float32),
+      text_emb=label.text_emb.astype(np.float32),
+      relevance=label.relevance.astype(np.float32),
+      evidence=np.asarray(label.evidence, np.int64),
+    )
     os.replace(tmp, path)
 
   def get(self, sample_id: str) -> Label:
@@ -82,20 +89,33 @@ def _features(model: siglip.SiglipModel, params, pixels, input_ids):
   return image, text
 
 
-def siglip_features(model: siglip.SiglipModel, params, processor, frames: np.ndarray, text: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def siglip_features(
+  model: siglip.SiglipModel, params, processor, frames: np.ndarray, text: str
+) -> tuple[np.ndarray, np.ndarray]:
   """uint8 frames [N, H, W, 3] and one query -> (image embeddings [N, D], text embedding [D]),
   unnormalised pooled SigLIP outputs (processor: SiglipProcessor)."""
-  image, txt = _features(model, params, jnp.asarray(processor.preprocess(frames)),
-                         jnp.asarray(processor.tokenize([text])))
+  image, txt = _features(
+    model, params, jnp.asarray(processor.preprocess(frames)), jnp.asarray(processor.tokenize([text]))
+  )
   return np.asarray(image), np.asarray(txt[0])
 
 
-def causal_labels(model, params, batch_input_ids, batch_pixels, layout: prompts.TokenLayout, answer_index,
-                  option_ids, num_frames: int, answers: np.ndarray, layers: np.ndarray | None = None,
-                  tail_multiple: int = 16) -> np.ndarray:
+def causal_labels(
+  model,
+  params,
+  batch_input_ids,
+  batch_pixels,
+  layout: prompts.TokenLayout,
+  answer_index,
+  option_ids,
+  num_frames: int,
+  answers: np.ndarray,
+  layers: np.ndarray | None = None,
+  tail_multiple: int = 16,
+) -> np.ndarray:
   """Causal relevance [B, N] of a collated batch (all N candidates in each prompt): one clean forward
   plus the frame-knockout sweep over the text tail."""
   clean = sweep.clean_run(model, params, batch_input_ids, batch_pixels, layout, answer_index, option_ids)
-  return relevance.causal_relevance(model, params, clean, layout, answer_index, option_ids, num_frames,
-                                    np.asarray(answers), layers, tail_multiple).relevance
+  return relevance.causal_relevance(
+    model, params, clean, layout, answer_index, option_ids, num_frames, np.asarray(answers), layers, tail_multiple
+  ).relevance

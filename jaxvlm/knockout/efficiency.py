@@ -12,6 +12,7 @@ accuracy is within max_drop of clean (no exit and m = 0 always qualify); the cho
 combination by analytical total prefill FLOPs (then attention FLOPs). The knockouts were measured one
 at a time, so the combination's accuracy is what the efficiency run then measures, not a promise.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,10 @@ def explicit_plan(exit_layer: int, intra_frame_layers: int, num_layers: int) -> 
   if not 0 <= exit_layer <= num_layers:
     raise ValueError(f'exit_layer {exit_layer} is outside the decoder stack: exit after a layer in 0..{num_layers}')
   if not 0 <= intra_frame_layers <= exit_layer:
-    raise ValueError(f'intra_frame_layers {intra_frame_layers} lie above the exit: within-frame layers must be '
-                     f'in 1..exit_layer={exit_layer}')
+    raise ValueError(
+      f'intra_frame_layers {intra_frame_layers} lie above the exit: within-frame layers must be '
+      f'in 1..exit_layer={exit_layer}'
+    )
   return InferencePlan(exit_layer, intra_frame_layers).validate(num_layers)
 
 
@@ -64,8 +67,10 @@ def read_knockout_run(workdir: str, checkpoint: str, num_layers: int) -> dict:
     theirs = json.load(f).get('checkpoint')
   same = lambda a, b: os.path.abspath(a) == os.path.abspath(b) if os.path.exists(a) and os.path.exists(b) else a == b
   if not theirs or not same(theirs, checkpoint):
-    raise ValueError(f'knockout_workdir {workdir!r} is a run of checkpoint {theirs!r}, this run scores '
-                     f'{checkpoint!r}: its knockout results say nothing about this model')
+    raise ValueError(
+      f'knockout_workdir {workdir!r} is a run of checkpoint {theirs!r}, this run scores '
+      f'{checkpoint!r}: its knockout results say nothing about this model'
+    )
   with open(summary_path) as f:
     summary = json.load(f)
   deepest = max((r['last_layer'] for r in summary.get('rows', [])), default=0)
@@ -81,10 +86,18 @@ def safe_choices(summary: dict, num_layers: int, max_drop: float) -> tuple[list[
   fine VT windows starting at layer 1 within max_drop, plus 0; whether global-2 VT is within max_drop)."""
   floor = summary['clean_accuracy'] - max_drop - 1e-9
   rows = summary['rows']
-  exits = sorted({num_layers} | {r['first_layer'] - 1 for r in rows
-                                 if r['setting'] == 'global1' and r['kind'] == 'LV' and r['accuracy'] >= floor})
-  depths = sorted({0} | {r['last_layer'] for r in rows if r['setting'] == 'fine' and r['kind'] == 'VT'
-                         and r['first_layer'] == 1 and r['accuracy'] >= floor})
+  exits = sorted(
+    {num_layers}
+    | {r['first_layer'] - 1 for r in rows if r['setting'] == 'global1' and r['kind'] == 'LV' and r['accuracy'] >= floor}
+  )
+  depths = sorted(
+    {0}
+    | {
+      r['last_layer']
+      for r in rows
+      if r['setting'] == 'fine' and r['kind'] == 'VT' and r['first_layer'] == 1 and r['accuracy'] >= floor
+    }
+  )
   vt_all = any(r['setting'] == 'global2' and r['kind'] == 'VT' and r['accuracy'] >= floor for r in rows)
   return exits, depths, vt_all
 
@@ -119,7 +132,7 @@ def summarize(records: list[dict], costs_by_key: dict, timings: dict, clean_key:
   its interval, analytical FLOPs, measured prefill seconds and XLA's memory, the measured speedup vs
   clean, Pareto membership (accuracy vs measured time). Rows cover the successful samples scored under
   every key."""
-  ok, header = benchmark_scores.split_failures(records)   # sorted by id
+  ok, header = benchmark_scores.split_failures(records)  # sorted by id
   keys = sorted({k for r in ok for k in r['logp']})
   ok = [r for r in ok if all(k in r['logp'] for k in keys)]
   tasks = np.asarray([r['task'] for r in ok])
@@ -128,17 +141,28 @@ def summarize(records: list[dict], costs_by_key: dict, timings: dict, clean_key:
   for key in keys:
     plan, selector, k = key.split('/')
     acc = stats.accuracy_interval(correct[key], strata=tasks) if ok else None
-    row = {'name': key, 'plan': plan, 'selector': selector, 'k': int(k), 'samples': len(ok),
-           'accuracy': float(acc.estimate) if acc else float('nan'),
-           'accuracy_low': float(acc.low) if acc else float('nan'),
-           'accuracy_high': float(acc.high) if acc else float('nan')}
+    row = {
+      'name': key,
+      'plan': plan,
+      'selector': selector,
+      'k': int(k),
+      'samples': len(ok),
+      'accuracy': float(acc.estimate) if acc else float('nan'),
+      'accuracy_low': float(acc.low) if acc else float('nan'),
+      'accuracy_high': float(acc.high) if acc else float('nan'),
+    }
     if clean_key in correct and ok:
       change = stats.paired_change_interval(correct[clean_key], correct[key], strata=tasks)
       row.update(change_vs_clean=float(change.estimate), change_low=float(change.low), change_high=float(change.high))
     cost, timing = costs_by_key[f'{plan}/{k}'], timings[f'{plan}/{k}']
-    row.update(attention_gflops=cost['attention'] / 1e9, total_gflops=cost['total'] / 1e9,
-               attention_share=cost['attention_share'], total_share=cost['total_share'],
-               prefill_seconds=timing['seconds'], peak_memory_bytes=timing['peak_memory_bytes'])
+    row.update(
+      attention_gflops=cost['attention'] / 1e9,
+      total_gflops=cost['total'] / 1e9,
+      attention_share=cost['attention_share'],
+      total_share=cost['total_share'],
+      prefill_seconds=timing['seconds'],
+      peak_memory_bytes=timing['peak_memory_bytes'],
+    )
     rows.append(row)
   clean = next((r for r in rows if r['name'] == clean_key), None)
   for r in rows:
@@ -151,15 +175,19 @@ def summarize(records: list[dict], costs_by_key: dict, timings: dict, clean_key:
 
 def format_table(summary: dict) -> str:
   h = summary['header']
-  lines = [f"samples: {h['num_samples']}  failed: {h['num_failed']}  baseline: {h['clean']}",
-           f"{'plan/selector/k':30s} {'acc':>6s} {'95% CI':>13s} {'vs clean':>8s} {'attn %':>7s} {'total %':>8s} "
-           f"{'GFLOPs':>8s} {'prefill ms':>10s} {'speedup':>8s} {'mem MiB':>8s} pareto"]
+  lines = [
+    f"samples: {h['num_samples']}  failed: {h['num_failed']}  baseline: {h['clean']}",
+    f"{'plan/selector/k':30s} {'acc':>6s} {'95% CI':>13s} {'vs clean':>8s} {'attn %':>7s} {'total %':>8s} "
+    f"{'GFLOPs':>8s} {'prefill ms':>10s} {'speedup':>8s} {'mem MiB':>8s} pareto",
+  ]
   for r in summary['rows']:
-    lines.append(f"{r['name']:30s} {r['accuracy']:6.3f} [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}] "
-                 f"{r.get('change_vs_clean', float('nan')):+8.3f} "
-                 f"{100 * r['attention_share']:6.1f}% {100 * r['total_share']:7.1f}% {r['total_gflops']:8.3f} "
-                 f"{1e3 * r['prefill_seconds']:10.2f} {r['measured_speedup']:7.2f}x "
-                 f"{r['peak_memory_bytes'] / 2 ** 20:8.1f} {'*' if r['pareto'] else ''}")
+    lines.append(
+      f"{r['name']:30s} {r['accuracy']:6.3f} [{r['accuracy_low']:.2f}, {r['accuracy_high']:.2f}] "
+      f"{r.get('change_vs_clean', float('nan')):+8.3f} "
+      f"{100 * r['attention_share']:6.1f}% {100 * r['total_share']:7.1f}% {r['total_gflops']:8.3f} "
+      f"{1e3 * r['prefill_seconds']:10.2f} {r['measured_speedup']:7.2f}x "
+      f"{r['peak_memory_bytes'] / 2**20:8.1f} {'*' if r['pareto'] else ''}"
+    )
   return '\n'.join(lines)
 
 
@@ -170,15 +198,31 @@ def pareto_plot(summary: dict, workdir: str) -> str:
   fig, ax = plt.subplots(figsize=(8, 5.5))
   markers = {'uniform': 'o', 'siglip': 's', 'learned': '^'}
   for r in rows:
-    ax.errorbar(1e3 * r['prefill_seconds'], r['accuracy'],
-                yerr=[[r['accuracy'] - r['accuracy_low']], [r['accuracy_high'] - r['accuracy']]],
-                fmt=markers.get(r['selector'], 'o'), color='tab:red' if r['pareto'] else 'tab:gray',
-                alpha=0.8, capsize=2, markersize=6)
-    ax.annotate(f"{r['plan']} k{r['k']} {r['selector']}", (1e3 * r['prefill_seconds'], r['accuracy']),
-                fontsize=6, xytext=(3, 3), textcoords='offset points')
+    ax.errorbar(
+      1e3 * r['prefill_seconds'],
+      r['accuracy'],
+      yerr=[[r['accuracy'] - r['accuracy_low']], [r['accuracy_high'] - r['accuracy']]],
+      fmt=markers.get(r['selector'], 'o'),
+      color='tab:red' if r['pareto'] else 'tab:gray',
+      alpha=0.8,
+      capsize=2,
+      markersize=6,
+    )
+    ax.annotate(
+      f"{r['plan']} k{r['k']} {r['selector']}",
+      (1e3 * r['prefill_seconds'], r['accuracy']),
+      fontsize=6,
+      xytext=(3, 3),
+      textcoords='offset points',
+    )
   front = sorted((r for r in rows if r['pareto']), key=lambda r: r['prefill_seconds'])
-  ax.plot([1e3 * r['prefill_seconds'] for r in front], [r['accuracy'] for r in front], '-', color='tab:red',
-          label='Pareto front')
+  ax.plot(
+    [1e3 * r['prefill_seconds'] for r in front],
+    [r['accuracy'] for r in front],
+    '-',
+    color='tab:red',
+    label='Pareto front',
+  )
   ax.set_xlabel('measured prefill per sample (ms)')
   ax.set_ylabel('accuracy')
   ax.set_title('efficiency plans x frame budgets x selectors (markers: o uniform, s SigLIP, ^ learned)')

@@ -27,6 +27,7 @@ M-RoPE layout positions [3, B, S] to the decoder layer batch-first [B, T, 3].
 Letters: N specs, M states, C states per chunk, B samples, S prompt slots, T tail slots, L layers,
 D hidden, O answer options.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ from jaxvlm.models.llava_onevision import LlavaOnevisionForConditionalGeneration
 class CleanRun:
   """Everything a sweep reuses. hidden_states [L+1, B, S, D] (input of each layer), cache: clean KV
   cache [L, B, S, K, Dh], option_logprobs [B, O] of the clean run."""
+
   hidden_states: jnp.ndarray
   cache: qwen2.KVCache
   option_logprobs: jnp.ndarray
@@ -58,12 +60,23 @@ _at = prompts.at_slot
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def clean_run(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-              layout: prompts.TokenLayout, answer_index, option_ids) -> CleanRun:
+def clean_run(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  input_ids,
+  pixel_values_videos,
+  layout: prompts.TokenLayout,
+  answer_index,
+  option_ids,
+) -> CleanRun:
   """The clean forward of a batch: input_ids [B, S], pixels [B, F, H, W, C], answer_index [B] (slot
   whose next-token distribution holds the answer letter), option_ids [O]."""
-  out = cast(LlavaOutput, model.apply({'params': params}, input_ids, pixel_values_videos, layout.positions,
-                                      layout.meta(), return_hidden_states=True))
+  out = cast(
+    LlavaOutput,
+    model.apply(
+      {'params': params}, input_ids, pixel_values_videos, layout.positions, layout.meta(), return_hidden_states=True
+    ),
+  )
   assert out.hidden_states is not None  # asked for above
   logp = prompts.option_logprobs(model, params, _at(out.hidden, answer_index), option_ids)
   return CleanRun(out.hidden_states, out.cache, logp)
@@ -73,8 +86,17 @@ def _layer(params, index):
   return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, keepdims=False), params)
 
 
-def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                layout: prompts.TokenLayout, layer, inputs, rules: LayerRule, start, out_rows):
+def _layer_rows(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  clean: CleanRun,
+  layout: prompts.TokenLayout,
+  layer,
+  inputs,
+  rules: LayerRule,
+  start,
+  out_rows,
+):
   """Decoder layer `layer` on C states folded into the batch: inputs [C, B, T, D] (tail slots
   start[b] + arange(T)), rules [C, ...] (this layer's rule of each state), out_rows None or [B, R]
   (tail rows whose outputs are wanted) -> [C, B, T or R, D]. Folding (row c * B + b, one rule per
@@ -84,33 +106,58 @@ def _layer_rows(model: LlavaOnevisionForConditionalGeneration, params, clean: Cl
   layer_module = qwen2.Qwen2DecoderLayer(cfg, dtype=model.dtype)
   c, b, tail, d = inputs.shape
   k_meta = layout.meta()
-  idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]              # [B, T]
+  idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]  # [B, T]
   q_meta = k_meta.take(idx)
-  positions = prompts.positions_at(layout.positions, idx)                  # [B, T] or M-RoPE [B, T, 3]
+  positions = prompts.positions_at(layout.positions, idx)  # [B, T] or M-RoPE [B, T, 3]
   layer_params = {'params': _layer(params['language_model']['layers'], layer)}
   cache_k, cache_v = _layer(clean.cache.k, layer), _layer(clean.cache.v, layer)
   fold = lambda x: jnp.broadcast_to(x[None], (c,) + x.shape).reshape((c * b,) + x.shape[1:])
-  per_row = lambda x: jnp.repeat(x, b, axis=0)                                 # [C, ...] -> [C*B, ...]
-  out = layer_module.apply(layer_params, inputs.reshape(c * b, tail, d), fold(positions),
-                           jax.tree.map(fold, q_meta), cache_k, cache_v, k_meta, start,
-                           jax.tree.map(per_row, rules), None if out_rows is None else fold(out_rows))[0]
+  per_row = lambda x: jnp.repeat(x, b, axis=0)  # [C, ...] -> [C*B, ...]
+  out = layer_module.apply(
+    layer_params,
+    inputs.reshape(c * b, tail, d),
+    fold(positions),
+    jax.tree.map(fold, q_meta),
+    cache_k,
+    cache_v,
+    k_meta,
+    start,
+    jax.tree.map(per_row, rules),
+    None if out_rows is None else fold(out_rows),
+  )[0]
   return out.reshape(c, b, -1, d)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _layer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                layout: prompts.TokenLayout, layer, inputs, rules: LayerRule, start):
+def _layer_step(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  clean: CleanRun,
+  layout: prompts.TokenLayout,
+  layer,
+  inputs,
+  rules: LayerRule,
+  start,
+):
   """A layer below the last on C states: every tail row, [C, B, T, D]."""
   return _layer_rows(model, params, clean, layout, layer, inputs, rules, start, None)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _answer_step(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-                 layout: prompts.TokenLayout, layer, inputs, rules: LayerRule, start, answer_index):
+def _answer_step(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  clean: CleanRun,
+  layout: prompts.TokenLayout,
+  layer,
+  inputs,
+  rules: LayerRule,
+  start,
+  answer_index,
+):
   """The last layer on C states: only the answer row queries (every tail row still supplies its
   keys/values), [C, B, 1, D]; the readout reads nothing else."""
-  return _layer_rows(model, params, clean, layout, layer, inputs, rules, start,
-                     (answer_index - start)[:, None])
+  return _layer_rows(model, params, clean, layout, layer, inputs, rules, start, (answer_index - start)[:, None])
 
 
 @jax.jit
@@ -119,26 +166,29 @@ def _gather_inputs(states, clean_hidden, parents, start):
   states [M, B, T, D] (M >= 1), clean_hidden [B, S, D] (this layer's clean input), parents [C]."""
   tail = states.shape[2]
   idx = start[:, None] + jnp.arange(tail, dtype=jnp.int32)[None]
-  clean_tail = jnp.take_along_axis(clean_hidden, idx[..., None], axis=1)        # [B, T, D]
+  clean_tail = jnp.take_along_axis(clean_hidden, idx[..., None], axis=1)  # [B, T, D]
   picked = states[jnp.maximum(parents, 0)]
   return jnp.where((parents >= 0)[:, None, None, None], picked, clean_tail[None])
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _readout(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun, answers, final,
-             answer_index, option_ids):
+def _readout(
+  model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun, answers, final, answer_index, option_ids
+):
   """Option log-probs [N, B, O] of N specs whose answer-row output of the last layer is
   answers[final[n]] (answers [M, B, D]; final -1: clean)."""
   cfg = model.config.text
   norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype=model.dtype)
-  rows = jnp.where((final >= 0)[:, None, None], answers[jnp.maximum(final, 0)],
-                   _at(clean.hidden_states[-1], answer_index)[None])
+  rows = jnp.where(
+    (final >= 0)[:, None, None], answers[jnp.maximum(final, 0)], _at(clean.hidden_states[-1], answer_index)[None]
+  )
   normed = cast(jax.Array, norm.apply({'params': params['language_model']['norm']}, rows))
   return prompts.option_logprobs(model, params, normed, option_ids)
 
 
-def plan_tails(layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple: int = 32
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plan_tails(
+  layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Host-side plan of a sweep: first knocked layer [N], tail length [N] (rounded up, <= S) and tail
   start [N, B] per spec and sample. layout_np: numpy group/frame/valid [B, S]."""
   group, frame, valid = layout_np['group'], layout_np['frame'], layout_np['valid']
@@ -151,8 +201,8 @@ def plan_tails(layout_np: dict[str, np.ndarray], specs: LayerRule, tail_multiple
     first_layer[i] = knockout.first_knocked_layer(spec_i)
     for j in range(b):
       first_pos[i, j] = knockout.first_affected_position(group[j], frame[j], valid[j], spec_i)
-  last_valid = valid.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)        # [B]
-  need = np.maximum((last_valid[None] + 1 - first_pos).max(axis=1), 1)      # [N]
+  last_valid = valid.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)  # [B]
+  need = np.maximum((last_valid[None] + 1 - first_pos).max(axis=1), 1)  # [N]
   tails = np.minimum(-(-need // tail_multiple) * tail_multiple, s)
   starts = np.minimum(np.minimum(first_pos, last_valid[None]), s - tails[:, None]).astype(np.int32)
   return first_layer, tails.astype(np.int32), starts
@@ -163,6 +213,7 @@ class StatePlan:
   """Distinct states of one tail group, layer by layer. parents[l] [M_l]: the state (at layer l-1)
   each state of layer l continues, -1 = the clean run; rule_of[l] [M_l]: a spec whose rule at layer l
   the state applies; final [N_g]: each spec's state after the last layer (-1: never knocked out)."""
+
   parents: list[np.ndarray]
   rule_of: list[np.ndarray]
   final: np.ndarray
@@ -178,11 +229,11 @@ def plan_states(specs_np: LayerRule, chosen: np.ndarray) -> StatePlan:
   current = {int(n): -1 for n in chosen}
   parents, rule_of = [], []
   for l in range(num_layers):
-    states: dict[tuple, int] = {}                     # (rule, parent) -> a spec applying the rule
-    nxt: dict[int, tuple | int] = {}                 # spec -> its state's key, -1 while clean
+    states: dict[tuple, int] = {}  # (rule, parent) -> a spec applying the rule
+    nxt: dict[int, tuple | int] = {}  # spec -> its state's key, -1 while clean
     for n, parent in current.items():
       if parent == -1 and not any(f[n, l].any() for f in fields):
-        nxt[n] = -1                                   # still clean: reuse the clean run for free
+        nxt[n] = -1  # still clean: reuse the clean run for free
         continue
       key = (tuple(f[n, l].tobytes() for f in fields), parent)
       states.setdefault(key, n)
@@ -207,9 +258,17 @@ def _chunks(count: int, spec_chunk: int) -> list[tuple[int, int]]:
   return out
 
 
-def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: CleanRun,
-              layout: prompts.TokenLayout, answer_index, option_ids, specs: LayerRule,
-              tail_multiple: int = 32, spec_chunk: int = 16) -> jnp.ndarray:
+def run_sweep(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  clean: CleanRun,
+  layout: prompts.TokenLayout,
+  answer_index,
+  option_ids,
+  specs: LayerRule,
+  tail_multiple: int = 32,
+  spec_chunk: int = 16,
+) -> jnp.ndarray:
   """Option log-probs [N, B, O] for every spec [N, L, ...] of a sweep, reusing `clean`.
   answer_index [B] must lie in every spec's tail (it does for the last prompt token)."""
   if spec_chunk & (spec_chunk - 1):
@@ -219,25 +278,25 @@ def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: Clea
   specs_np = jax.tree.map(np.asarray, specs)
   num_layers = specs_np.block.shape[1]
   d = model.config.text.hidden_size
-  out: dict[int, jax.Array] = {}                     # spec -> its option log-probs [B, O]
+  out: dict[int, jax.Array] = {}  # spec -> its option log-probs [B, O]
   for tail in np.unique(tails):
     chosen = np.flatnonzero(tails == tail)
-    start = jnp.asarray(starts[chosen].min(axis=0))   # one tail for the group: starting earlier is exact
+    start = jnp.asarray(starts[chosen].min(axis=0))  # one tail for the group: starting earlier is exact
     plan = plan_states(specs_np, chosen)
-    states = jnp.zeros((1, len(start), int(tail), d), model.dtype)   # [M, B, T, D] of the previous layer
+    states = jnp.zeros((1, len(start), int(tail), d), model.dtype)  # [M, B, T, D] of the previous layer
     for layer, (parents, rule_of) in enumerate(zip(plan.parents, plan.rule_of)):
       if not len(parents):
         continue
       last = layer == num_layers - 1
       pieces = []
       for offset, size in _chunks(len(parents), spec_chunk):
-        src = rule_of[offset:offset + size]
+        src = rule_of[offset : offset + size]
         rules = jax.tree.map(lambda x: jnp.asarray(x[src, layer]), specs_np)
-        inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(parents[offset:offset + size]),
-                                start)
+        inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(parents[offset : offset + size]), start)
         if last:
-          pieces.append(_answer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start,
-                                     answer_index))
+          pieces.append(
+            _answer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start, answer_index)
+          )
         else:
           pieces.append(_layer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start))
       states = jnp.concatenate(pieces) if len(pieces) > 1 else pieces[0]
@@ -249,23 +308,50 @@ def run_sweep(model: LlavaOnevisionForConditionalGeneration, params, clean: Clea
   return jnp.stack([out[i] for i in range(len(tails))])
 
 
-def full_recompute(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-                   layout: prompts.TokenLayout, answer_index, option_ids, specs: Sequence[LayerRule]
-                   ) -> jnp.ndarray:
+def full_recompute(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  input_ids,
+  pixel_values_videos,
+  layout: prompts.TokenLayout,
+  answer_index,
+  option_ids,
+  specs: Sequence[LayerRule],
+) -> jnp.ndarray:
   """The reference the reuse path must equal: one full forward per spec, [N, B, O]."""
-  return jnp.stack([prompts.answer_logprobs(model, params, input_ids, pixel_values_videos, layout,
-                                            answer_index, option_ids, jax.tree.map(jnp.asarray, s))
-                    for s in specs])
+  return jnp.stack(
+    [
+      prompts.answer_logprobs(
+        model, params, input_ids, pixel_values_videos, layout, answer_index, option_ids, jax.tree.map(jnp.asarray, s)
+      )
+      for s in specs
+    ]
+  )
 
 
-def evaluate_batch(model: LlavaOnevisionForConditionalGeneration, params, batch, specs: LayerRule, mesh,
-                   tail_multiple: int = 32, spec_chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_batch(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  batch,
+  specs: LayerRule,
+  mesh,
+  tail_multiple: int = 32,
+  spec_chunk: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
   """A `runs.ModelBatch` under every spec [N, L, ...] of a sweep -> clean option log-probs [B, O] and
   per-spec [N, B, O] (numpy); samples sharded over the mesh's sample axes."""
   batch = runs.place_batch(batch, mesh)
   with sharding.activation_rules(mesh):
-    clean = clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index,
-                      batch.option_ids)
-    spec_logp = run_sweep(model, params, clean, batch.layout, batch.answer_index, batch.option_ids,
-                          jax.tree.map(jnp.asarray, specs), tail_multiple, spec_chunk)
+    clean = clean_run(model, params, batch.input_ids, batch.pixels, batch.layout, batch.answer_index, batch.option_ids)
+    spec_logp = run_sweep(
+      model,
+      params,
+      clean,
+      batch.layout,
+      batch.answer_index,
+      batch.option_ids,
+      jax.tree.map(jnp.asarray, specs),
+      tail_multiple,
+      spec_chunk,
+    )
   return sharding.to_host(clean.option_logprobs), sharding.to_host(spec_logp)

@@ -1,4 +1,5 @@
 """PNG plots of a knockout summary: global 1, global 2 and fine-grained windows (layers 1-based)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,15 +29,21 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
   if by_setting('global1'):
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind in kinds:
-      pts = sorted((r['layer_ratio'], r['performance_ratio'], r.get('performance_ratio_low'),
-                    r.get('performance_ratio_high')) for r in by_setting('global1') if r['kind'] == kind)
+      pts = sorted(
+        (r['layer_ratio'], r['performance_ratio'], r.get('performance_ratio_low'), r.get('performance_ratio_high'))
+        for r in by_setting('global1')
+        if r['kind'] == kind
+      )
       if pts:
         x, y, lo, hi = zip(*pts)
         ax.plot(x, y, marker='o', color=KIND_COLOURS.get(kind), label=KIND_NAMES.get(kind, kind))
         _band(ax, x, lo, hi, KIND_COLOURS.get(kind))
     ax.axhline(1.0, color='grey', lw=0.8, ls='--')
-    ax.set(xlabel='layer ratio (layers left clean / L)', ylabel='performance ratio (acc / clean acc)',
-           title=f'Global 1: knockout from layer i up (bands: 95 % CI)\n{title}')
+    ax.set(
+      xlabel='layer ratio (layers left clean / L)',
+      ylabel='performance ratio (acc / clean acc)',
+      title=f'Global 1: knockout from layer i up (bands: 95 % CI)\n{title}',
+    )
     ax.legend()
     written.append(save_figure(fig, workdir, 'global1_performance_ratio.png'))
 
@@ -46,10 +53,17 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
     ratios = [r['performance_ratio'] for r in g2]
     err = None
     if all(r.get('performance_ratio_low') is not None for r in g2):
-      err = [[v - r['performance_ratio_low'] for v, r in zip(ratios, g2)],
-             [r['performance_ratio_high'] - v for v, r in zip(ratios, g2)]]
-    ax.bar([KIND_NAMES.get(r['kind'], r['kind']) for r in g2], ratios, yerr=err, capsize=4,
-           color=[KIND_COLOURS.get(r['kind']) for r in g2])
+      err = [
+        [v - r['performance_ratio_low'] for v, r in zip(ratios, g2)],
+        [r['performance_ratio_high'] - v for v, r in zip(ratios, g2)],
+      ]
+    ax.bar(
+      [KIND_NAMES.get(r['kind'], r['kind']) for r in g2],
+      ratios,
+      yerr=err,
+      capsize=4,
+      color=[KIND_COLOURS.get(r['kind']) for r in g2],
+    )
     ax.axhline(1.0, color='grey', lw=0.8, ls='--')
     ax.set(ylabel='performance ratio', title=f'Global 2: one type in all layers (bars: 95 % CI)\n{title}')
     written.append(save_figure(fig, workdir, 'global2_performance_ratio.png'))
@@ -58,16 +72,22 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4))
     clean = header.get('clean_accuracy') or 0.0
     for kind in kinds:
-      pts = sorted((r['first_layer'], r['accuracy'] - clean, r.get('change_low'), r.get('change_high'))
-                   for r in by_setting('fine') if r['kind'] == kind)
+      pts = sorted(
+        (r['first_layer'], r['accuracy'] - clean, r.get('change_low'), r.get('change_high'))
+        for r in by_setting('fine')
+        if r['kind'] == kind
+      )
       if pts:
         x, y, lo, hi = zip(*pts)
         ax.plot(x, y, marker='o', color=KIND_COLOURS.get(kind), label=KIND_NAMES.get(kind, kind))
         _band(ax, x, lo, hi, KIND_COLOURS.get(kind))
     ax.axhline(0.0, color='grey', lw=0.8, ls='--')
     width = by_setting('fine')[0]['last_layer'] - by_setting('fine')[0]['first_layer'] + 1
-    ax.set(xlabel=f'first layer of the {width}-layer window (1-based)', ylabel='accuracy change',
-           title=f'Fine-grained: sliding window (bands: 95 % CI)\n{title}')
+    ax.set(
+      xlabel=f'first layer of the {width}-layer window (1-based)',
+      ylabel='accuracy change',
+      title=f'Fine-grained: sliding window (bands: 95 % CI)\n{title}',
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.legend()
     written.append(save_figure(fig, workdir, 'fine_accuracy_change.png'))
@@ -90,15 +110,23 @@ def fine_task_heatmap(rows: list[dict], header: dict, workdir: str) -> str | Non
   panels = []
   for kind in kinds:
     windows = sorted((r for r in fine if r['kind'] == kind), key=lambda r: r['first_layer'])
-    change = np.array([[by_key[(w['name'], t)]['change'] if (w['name'], t) in by_key else np.nan
-                        for t in tasks] for w in windows])
-    p = np.array([[by_key[(w['name'], t)]['mcnemar_p'] if (w['name'], t) in by_key else np.nan
-                   for t in tasks] for w in windows])
+    change = np.array(
+      [[by_key[(w['name'], t)]['change'] if (w['name'], t) in by_key else np.nan for t in tasks] for w in windows]
+    )
+    p = np.array(
+      [[by_key[(w['name'], t)]['mcnemar_p'] if (w['name'], t) in by_key else np.nan for t in tasks] for w in windows]
+    )
     panels.append((kind, windows, change, p))
   limit = max(float(np.nanmax(np.abs(c))) if np.isfinite(c).any() else 0.0 for _, _, c, _ in panels) or 1.0
-  fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 0.45 * len(tasks) * len(panels) + 1.5 * len(panels),
-                                                     1.5 + 0.35 * max(len(w) for _, w, _, _ in panels)),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    1,
+    len(panels),
+    figsize=(
+      1.2 + 0.45 * len(tasks) * len(panels) + 1.5 * len(panels),
+      1.5 + 0.35 * max(len(w) for _, w, _, _ in panels),
+    ),
+    squeeze=False,
+  )
   for ax, (kind, windows, change, p) in zip(axes[0], panels):
     image = ax.imshow(change, cmap='RdBu', vmin=-limit, vmax=limit, aspect='auto')
     rows_i, cols_i = np.nonzero(p < 0.05)

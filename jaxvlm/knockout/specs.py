@@ -12,6 +12,7 @@ Conventions (so results compare across tools):
   * Qwen2.5-VL: a "frame" is a temporal patch; vision_start / vision_end are video tokens of no frame
     (docs/architecture.md, Conventions).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,10 +32,11 @@ TEXT_GROUPS = tuple(g for g in Group if g != Group.VIDEO)
 def clean_spec(num_layers: int, num_frames: int) -> KnockoutSpec:
   """No edge removed in any layer."""
   return KnockoutSpec(
-      block=np.zeros((num_layers, NUM_GROUPS, NUM_GROUPS), bool),
-      cross_frame=np.zeros((num_layers,), bool),
-      same_frame=np.zeros((num_layers,), bool),
-      frames=np.zeros((num_layers, num_frames), bool))
+    block=np.zeros((num_layers, NUM_GROUPS, NUM_GROUPS), bool),
+    cross_frame=np.zeros((num_layers,), bool),
+    same_frame=np.zeros((num_layers,), bool),
+    frames=np.zeros((num_layers, num_frames), bool),
+  )
 
 
 def _check_layers(layers: np.ndarray, num_layers: int) -> np.ndarray:
@@ -44,8 +46,7 @@ def _check_layers(layers: np.ndarray, num_layers: int) -> np.ndarray:
   return layers
 
 
-def knockout_spec(kind: str, layers: np.ndarray, num_frames: int,
-                  frames: Iterable[int] | None = None) -> KnockoutSpec:
+def knockout_spec(kind: str, layers: np.ndarray, num_frames: int, frames: Iterable[int] | None = None) -> KnockoutSpec:
   """One knockout type applied in the selected layers (bool [L]).
 
   kind: 'LV' (text queries -> all video keys), 'VT' (video -> video of another frame),
@@ -74,8 +75,9 @@ def knockout_spec(kind: str, layers: np.ndarray, num_frames: int,
   return spec
 
 
-def block_spec(query_groups: Sequence[Group], key_groups: Sequence[Group], layers: np.ndarray,
-               num_frames: int) -> KnockoutSpec:
+def block_spec(
+  query_groups: Sequence[Group], key_groups: Sequence[Group], layers: np.ndarray, num_frames: int
+) -> KnockoutSpec:
   """Generic knockout: queries of `query_groups` may not attend to keys of `key_groups`."""
   layers = _check_layers(layers, len(layers))
   block = np.zeros((NUM_GROUPS, NUM_GROUPS), bool)
@@ -84,6 +86,7 @@ def block_spec(query_groups: Sequence[Group], key_groups: Sequence[Group], layer
 
 
 # ---------------------------------------------------------------- layer selections (bool [L])
+
 
 def layers_from(num_layers: int, first: int) -> np.ndarray:
   """Global setting 1: clean below `first`, knocked out from `first` to the top."""
@@ -115,10 +118,12 @@ def explicit(num_layers: int, layers: Iterable[int]) -> np.ndarray:
 
 # ---------------------------------------------------------------- sweeps
 
+
 @dataclasses.dataclass(frozen=True)
 class SweepEntry:
   """One spec of a sweep. name is unique; layers are 0-based; layer_ratio is the paper's x axis
   (global 1: share of layers left clean; fine-grained: window start / L)."""
+
   name: str
   setting: str
   kind: str
@@ -137,15 +142,24 @@ class Sweep:
 
 def stack_specs(specs: Sequence[KnockoutSpec]) -> KnockoutSpec:
   """N specs [L, ...] -> one spec [N, L, ...]."""
-  return KnockoutSpec(block=np.stack([s.block for s in specs]),
-                      cross_frame=np.stack([s.cross_frame for s in specs]),
-                      same_frame=np.stack([s.same_frame for s in specs]),
-                      frames=np.stack([s.frames for s in specs]))
+  return KnockoutSpec(
+    block=np.stack([s.block for s in specs]),
+    cross_frame=np.stack([s.cross_frame for s in specs]),
+    same_frame=np.stack([s.same_frame for s in specs]),
+    frames=np.stack([s.frames for s in specs]),
+  )
 
 
-def build_sweep(num_layers: int, num_frames: int, settings: Sequence[str] = SETTINGS,
-                kinds: Sequence[str] = KINDS, global1_step: int = 2, window_size: int = 4,
-                window_stride: int = 1, explicit_layers: Sequence[int] | None = None) -> Sweep:
+def build_sweep(
+  num_layers: int,
+  num_frames: int,
+  settings: Sequence[str] = SETTINGS,
+  kinds: Sequence[str] = KINDS,
+  global1_step: int = 2,
+  window_size: int = 4,
+  window_stride: int = 1,
+  explicit_layers: Sequence[int] | None = None,
+) -> Sweep:
   """All (setting, kind, layer selection) combinations of a study, validated before any compute."""
   for k in kinds:
     if k not in KINDS:
@@ -160,13 +174,14 @@ def build_sweep(num_layers: int, num_frames: int, settings: Sequence[str] = SETT
   selections: list[tuple[str, np.ndarray, float]] = []
   for s in settings:
     if s == 'global1':
-      selections += [(s, layers_from(num_layers, i), i / num_layers)
-                     for i in range(0, num_layers, global1_step)]
+      selections += [(s, layers_from(num_layers, i), i / num_layers) for i in range(0, num_layers, global1_step)]
     elif s == 'global2':
       selections.append((s, all_layers(num_layers), 0.0))
     elif s == 'fine':
-      selections += [(s, window(num_layers, i, window_size), i / num_layers)
-                     for i in range(0, num_layers - window_size + 1, window_stride)]
+      selections += [
+        (s, window(num_layers, i, window_size), i / num_layers)
+        for i in range(0, num_layers - window_size + 1, window_stride)
+      ]
     else:
       if not explicit_layers:
         raise ValueError("setting 'explicit' needs explicit_layers")
@@ -184,41 +199,50 @@ def sweep_from_config(config, num_layers: int) -> Sweep:
   """The sweep a knockout config asks for (fields settings, kinds, global1_step, window,
   window_stride, explicit_layers; comma-separated strings or sequences)."""
   return build_sweep(
-      num_layers, config.num_frames, settings=csv_list(config.settings),
-      kinds=csv_list(config.kinds), global1_step=config.global1_step,
-      window_size=config.window, window_stride=config.window_stride,
-      explicit_layers=[int(x) for x in csv_list(config.explicit_layers)] or None)
+    num_layers,
+    config.num_frames,
+    settings=csv_list(config.settings),
+    kinds=csv_list(config.kinds),
+    global1_step=config.global1_step,
+    window_size=config.window,
+    window_stride=config.window_stride,
+    explicit_layers=[int(x) for x in csv_list(config.explicit_layers)] or None,
+  )
 
 
 # ---------------------------------------------------------------- what a spec can change
 
+
 def first_knocked_layer(spec: KnockoutSpec) -> int:
   """First layer (0-based) whose rule removes anything; L if none. spec arrays [L, ...] (numpy)."""
-  per_layer = (np.asarray(spec.block).any(axis=(1, 2)) | np.asarray(spec.cross_frame)
-               | np.asarray(spec.same_frame) | np.asarray(spec.frames).any(axis=1))
+  per_layer = (
+    np.asarray(spec.block).any(axis=(1, 2))
+    | np.asarray(spec.cross_frame)
+    | np.asarray(spec.same_frame)
+    | np.asarray(spec.frames).any(axis=1)
+  )
   hits = np.flatnonzero(per_layer)
   return int(hits[0]) if hits.size else per_layer.shape[0]
 
 
-def first_affected_position(group: np.ndarray, frame: np.ndarray, valid: np.ndarray,
-                            spec: KnockoutSpec) -> int:
+def first_affected_position(group: np.ndarray, frame: np.ndarray, valid: np.ndarray, spec: KnockoutSpec) -> int:
   """First token index of one prompt (group, frame, valid: [S]) that loses an edge in some layer of
   `spec`; S if none. Tokens before it compute exactly what the clean run computes in every layer
   (their own rows are untouched and they only see earlier tokens), so a sweep may reuse them."""
   s = group.shape[0]
   num_frames = np.asarray(spec.frames).shape[-1]
-  block = np.any(np.asarray(spec.block), axis=0)          # [G, G]
+  block = np.any(np.asarray(spec.block), axis=0)  # [G, G]
   cross = bool(np.asarray(spec.cross_frame).any())
   same = bool(np.asarray(spec.same_frame).any())
-  frames = np.any(np.asarray(spec.frames), axis=0)        # [F]
+  frames = np.any(np.asarray(spec.frames), axis=0)  # [F]
   keys = valid.astype(bool)
   # seen_*[q] = what the keys strictly before q contain.
   group_1h = (group[:, None] == np.arange(NUM_GROUPS)[None]) & keys[:, None]
-  seen_group = np.cumsum(group_1h, axis=0) - group_1h > 0            # [S, G]
+  seen_group = np.cumsum(group_1h, axis=0) - group_1h > 0  # [S, G]
   video = group == Group.VIDEO
   framed = video & (frame >= 0)
   frame_1h = (frame[:, None] == np.arange(num_frames)[None]) & framed[:, None] & keys[:, None]
-  seen_frame = np.cumsum(frame_1h, axis=0) - frame_1h > 0            # [S, F]
+  seen_frame = np.cumsum(frame_1h, axis=0) - frame_1h > 0  # [S, F]
   own = np.clip(frame, 0, max(num_frames - 1, 0))
   seen_own = seen_frame[np.arange(s), own] & framed
   seen_other = (seen_frame.sum(axis=1) - seen_own) > 0

@@ -13,6 +13,7 @@ Allowed(q, k) =  causal (k.index <= q.index)  and  k.valid
                  and not (q is text and k.frame >= 0 and rule.frames[k.frame])                      # frame knockout
                or  k is q itself (the diagonal is always allowed, so no row is ever empty: no NaNs).
 """
+
 from __future__ import annotations
 
 import enum
@@ -31,11 +32,12 @@ AnyArray = jax.Array | np.ndarray
 
 class Group(enum.IntEnum):
   """Token groups of a video QA prompt. Every group but VIDEO counts as text."""
+
   SYSTEM = 0
-  VIDEO = 1      # frame tokens and the image_newline token after them (frame index -1)
+  VIDEO = 1  # frame tokens and the image_newline token after them (frame index -1)
   QUESTION = 2
   OPTIONS = 3
-  LAST = 4       # the assistant prefix / answer tokens; the option letter is read off the last one
+  LAST = 4  # the assistant prefix / answer tokens; the option letter is read off the last one
 
 
 NUM_GROUPS = len(Group)
@@ -50,12 +52,14 @@ class TokenMeta:
   group: int32 `Group` value.
   frame: int32 frame index of a video token, -1 for text and for the image_newline token.
   """
+
   index: AnyArray
   valid: AnyArray
   group: AnyArray
   frame: AnyArray
 
   if TYPE_CHECKING:  # flax.struct.dataclass adds it at runtime
+
     def replace(self, **updates) -> Self: ...
 
   def take(self, idx: jnp.ndarray) -> "TokenMeta":
@@ -75,12 +79,14 @@ class LayerRule:
   Every field may also carry a leading batch axis [B, ...]: one rule per batch row (e.g. the states of
   a knockout sweep folded into the batch).
   """
+
   block: AnyArray
   cross_frame: AnyArray
   same_frame: AnyArray
   frames: AnyArray
 
   if TYPE_CHECKING:  # flax.struct.dataclass adds it at runtime
+
     def replace(self, **updates) -> Self: ...
 
 
@@ -92,7 +98,7 @@ def _knocked_out(q: TokenMeta, k: TokenMeta, rule: LayerRule) -> jnp.ndarray:
   # Each query group's blocked key groups as bits: one O(T) gather, then a shift per edge (not a
   # [T, N] gather into block).
   bits = (rows(rule.block).astype(jnp.int32) << jnp.arange(NUM_GROUPS, dtype=jnp.int32)).sum(-1)  # [B, G]
-  q_bits = jnp.take_along_axis(bits, q.group, axis=1)                                  # [B, T]
+  q_bits = jnp.take_along_axis(bits, q.group, axis=1)  # [B, T]
   q_group, k_group = q.group[:, :, None], k.group[:, None, :]
   q_frame, k_frame = q.frame[:, :, None], k.frame[:, None, :]
   out = ((q_bits[:, :, None] >> k_group) & 1).astype(bool)
@@ -133,8 +139,12 @@ def _to_blocks(x: jnp.ndarray, num_blocks: int) -> jnp.ndarray:
 
 def _pad_meta(meta: TokenMeta, pad: int, index) -> TokenMeta:
   """Appends `pad` invalid, frameless slots with the given index."""
-  return TokenMeta(index=_pad_tokens(meta.index, pad, index), valid=_pad_tokens(meta.valid, pad, False),
-                   group=_pad_tokens(meta.group, pad, 0), frame=_pad_tokens(meta.frame, pad, -1))
+  return TokenMeta(
+    index=_pad_tokens(meta.index, pad, index),
+    valid=_pad_tokens(meta.valid, pad, False),
+    group=_pad_tokens(meta.group, pad, 0),
+    frame=_pad_tokens(meta.frame, pad, -1),
+  )
 
 
 def _key_blocks(k: jnp.ndarray, v: jnp.ndarray, meta: TokenMeta, block_size: int, states: int):
@@ -151,19 +161,27 @@ def _key_blocks(k: jnp.ndarray, v: jnp.ndarray, meta: TokenMeta, block_size: int
   def to_heads(x):
     # Heads before tokens ([B, K, ., D]): batched matmuls in this layout are several times faster on
     # CPU than with the token axis between batch and head axes.
-    x = _to_blocks(_pad_tokens(x, pad, 0), num_blocks)                     # [nk, R, kb, K, D]
+    x = _to_blocks(_pad_tokens(x, pad, 0), num_blocks)  # [nk, R, kb, K, D]
     if states == 1:
       return jnp.moveaxis(x, 3, 2)
-    x = x.reshape(num_blocks, states, -1, *x.shape[2:])                   # [nk, C, B, kb, K, D]
+    x = x.reshape(num_blocks, states, -1, *x.shape[2:])  # [nk, C, B, kb, K, D]
     return jnp.transpose(x, (0, 2, 4, 1, 3, 5))
 
   return to_heads(k), to_heads(v), meta, meta.index.min(axis=(1, 2))
 
 
-def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: TokenMeta,
-                     k_meta: TokenMeta, rule: LayerRule | None, *,
-                     own: tuple[jnp.ndarray, jnp.ndarray, TokenMeta] | None = None, block_size: int = 512,
-                     frame_mass: int = 0) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
+def masked_attention(
+  q: jnp.ndarray,
+  k: jnp.ndarray,
+  v: jnp.ndarray,
+  q_meta: TokenMeta,
+  k_meta: TokenMeta,
+  rule: LayerRule | None,
+  *,
+  own: tuple[jnp.ndarray, jnp.ndarray, TokenMeta] | None = None,
+  block_size: int = 512,
+  frame_mass: int = 0,
+) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
   """Scaled dot-product attention over the keys `allowed` by the metadata and the rule.
 
   Tiled online softmax: queries and keys are cut into blocks of `block_size`; for each query block
@@ -212,16 +230,17 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
   q_meta = _pad_meta(q_meta, q_pad, jnp.iinfo(jnp.int32).min)
   scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  q = _pad_tokens(q, q_pad, 0).reshape(states, batch, num_q_blocks, q_block, num_kv_heads, groups,
-                                       head_dim)
-  queries = (jnp.transpose(q, (2, 1, 4, 0, 5, 3, 6)),                          # [nq, B, K, C, G, qb, D]
-             jax.tree.map(lambda a: _to_blocks(a, num_q_blocks), q_meta))     # [nq, R, qb]
+  q = _pad_tokens(q, q_pad, 0).reshape(states, batch, num_q_blocks, q_block, num_kv_heads, groups, head_dim)
+  queries = (
+    jnp.transpose(q, (2, 1, 4, 0, 5, 3, 6)),  # [nq, B, K, C, G, qb, D]
+    jax.tree.map(lambda a: _to_blocks(a, num_q_blocks), q_meta),
+  )  # [nq, R, qb]
   key_sets = [(False, _key_blocks(k, v, k_meta, block_size, 1))]
   if own is not None:
     key_sets.append((True, _key_blocks(*own, block_size, states)))
   # Masked scores get a finite floor (no inf - inf, no NaN in any gradient), which exp turns into 0.
   floor = jnp.finfo(jnp.float32).min
-  by_sample = lambda x: x.reshape(states, batch, *x.shape[1:])                # [R, ...] -> [C, B, ...]
+  by_sample = lambda x: x.reshape(states, batch, *x.shape[1:])  # [R, ...] -> [C, B, ...]
 
   def query_block(x):
     q_blk, q_meta_blk = x
@@ -230,9 +249,9 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
     def tile(carry, key_x, mask, is_own):
       row_max, row_sum, acc = carry[:3]  # [B, K, C, G, qb], [B, K, C, G, qb], [B, K, C, G, qb, D]
       k_blk, v_blk, meta_blk = key_x
-      c = 'c' if is_own else ''          # own keys carry the state axis, shared keys do not
+      c = 'c' if is_own else ''  # own keys carry the state axis, shared keys do not
       scores = jnp.einsum(f'bkcgtd,bk{c}sd->bkcgts', q_blk, k_blk, preferred_element_type=jnp.float32)
-      mask = jnp.swapaxes(by_sample(mask), 0, 1)[:, None, :, None]            # [B, 1, C, 1, qb, kb]
+      mask = jnp.swapaxes(by_sample(mask), 0, 1)[:, None, :, None]  # [B, 1, C, 1, qb, kb]
       scores = jnp.where(mask, scores, floor)
       new_max = jnp.maximum(row_max, scores.max(-1))
       # Masked scores sit at the floor, so exp sends them to exactly 0 with no second select over the
@@ -240,8 +259,7 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
       p = jnp.exp(scores - jnp.where(new_max > floor, new_max, 0.0)[..., None])
       correction = jnp.exp(row_max - new_max)
       row_sum = row_sum * correction + p.sum(-1)
-      pv = jnp.einsum(f'bkcgts,bk{c}sd->bkcgtd', p.astype(v_blk.dtype), v_blk,
-                      preferred_element_type=jnp.float32)
+      pv = jnp.einsum(f'bkcgts,bk{c}sd->bkcgtd', p.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
       acc = acc * correction[..., None] + pv
       if not frame_mass:
         return new_max, row_sum, acc
@@ -258,8 +276,7 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
         return tile(carry, key_x, mask, is_own)
       # A knockout can empty a whole tile (Video Temporal: another frame's keys); its update would be
       # the identity, so skip it.
-      return jax.lax.cond(mask.any(), functools.partial(tile, is_own=is_own), lambda c, *_: c, carry,
-                          key_x, mask)
+      return jax.lax.cond(mask.any(), functools.partial(tile, is_own=is_own), lambda c, *_: c, carry, key_x, mask)
 
     def scan_keys(carry, key_set):
       is_own, blocks = key_set
@@ -271,9 +288,11 @@ def masked_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, q_meta: Tok
       return jax.lax.scan(step, carry, blocks)[0]
 
     stats_shape = (batch, num_kv_heads, states, groups, q_block)
-    carry: tuple[jax.Array, ...] = (jnp.full(stats_shape, floor, jnp.float32),
-                                    jnp.zeros(stats_shape, jnp.float32),
-                                    jnp.zeros((*stats_shape, head_dim), jnp.float32))
+    carry: tuple[jax.Array, ...] = (
+      jnp.full(stats_shape, floor, jnp.float32),
+      jnp.zeros(stats_shape, jnp.float32),
+      jnp.zeros((*stats_shape, head_dim), jnp.float32),
+    )
     if frame_mass:
       carry += (jnp.zeros((*stats_shape, frame_mass), jnp.float32),)
     for key_set in key_sets:

@@ -20,6 +20,7 @@ each, then the image_newline (`video_span` checks it). The text around it may di
 Letters: B batch, S prompt slots, S' non-video slots, N new tokens, F frames, t tokens per frame,
 P prefix slots (before the video), D hidden, H / K query / key-value heads, Dh head dim, L layers.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,17 +43,22 @@ class InferencePlan:
   """exit_layer e: layers [0, e) see video (e = L: no exit; 1-based this is "exit after layer e").
   intra_frame_layers m: layers [0, m) keep within-frame attention only among video tokens (1-based
   layers 1..m). 0 <= m <= e <= L."""
+
   exit_layer: int
   intra_frame_layers: int = 0
 
   def validate(self, num_layers: int) -> InferencePlan:
     e, m = self.exit_layer, self.intra_frame_layers
     if not 0 <= e <= num_layers:
-      raise ValueError(f'exit_layer {e} is outside the decoder stack 0..{num_layers} (exit after layer e, '
-                       f'1-based; {num_layers} = no exit)')
+      raise ValueError(
+        f'exit_layer {e} is outside the decoder stack 0..{num_layers} (exit after layer e, '
+        f'1-based; {num_layers} = no exit)'
+      )
     if not 0 <= m <= e:
-      raise ValueError(f'intra_frame_layers {m} must lie in 0..exit_layer={e}: within-frame layers above '
-                       f'the exit would have no video rows to restrict')
+      raise ValueError(
+        f'intra_frame_layers {m} must lie in 0..exit_layer={e}: within-frame layers above '
+        f'the exit would have no video rows to restrict'
+      )
     return self
 
   def name(self, num_layers: int) -> str:
@@ -69,14 +75,19 @@ def equivalent_spec(plan: InferencePlan, num_layers: int, num_frames: int) -> La
   text = np.asarray([g for g in range(NUM_GROUPS) if g != Group.VIDEO])
   block = np.zeros((num_layers, NUM_GROUPS, NUM_GROUPS), bool)
   block[np.ix_(np.flatnonzero(layers >= plan.exit_layer), text, np.asarray([int(Group.VIDEO)]))] = True
-  return LayerRule(block=block, cross_frame=layers < plan.intra_frame_layers,
-                   same_frame=np.zeros((num_layers,), bool), frames=np.zeros((num_layers, num_frames), bool))
+  return LayerRule(
+    block=block,
+    cross_frame=layers < plan.intra_frame_layers,
+    same_frame=np.zeros((num_layers,), bool),
+    frames=np.zeros((num_layers, num_frames), bool),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoSpan:
   """Where the video sits in every row of a prompt batch of `length` slots: slots [start, start + F * t)
   are the frames (frame f at start + f * t), the image_newline follows."""
+
   start: int
   num_frames: int
   tokens_per_frame: int
@@ -114,19 +125,23 @@ def video_span(group: np.ndarray, frame: np.ndarray, tokens_per_frame: int) -> V
       raise ValueError(f'row {i} of the layout has no video tokens')
     start, n = int(video[0]), len(video)
     if video[-1] != start + n - 1:
-      raise ValueError(f'row {i}: the video tokens are not one contiguous span (slots {start}..{video[-1]}, '
-                       f'{n} tokens)')
+      raise ValueError(
+        f'row {i}: the video tokens are not one contiguous span (slots {start}..{video[-1]}, {n} tokens)'
+      )
     if (n - 1) % tokens_per_frame:
       raise ValueError(f'row {i}: {n} video tokens are not F * {tokens_per_frame} frame tokens + 1 newline')
     f = (n - 1) // tokens_per_frame
     expect = np.append(np.arange(f * tokens_per_frame) // tokens_per_frame, -1)
-    if not np.array_equal(frame[i, start:start + n], expect):
-      raise ValueError(f'row {i}: video frame indices are not 0..{f - 1} in order of {tokens_per_frame} '
-                       f'tokens each followed by the image_newline (frame -1)')
+    if not np.array_equal(frame[i, start : start + n], expect):
+      raise ValueError(
+        f'row {i}: video frame indices are not 0..{f - 1} in order of {tokens_per_frame} '
+        f'tokens each followed by the image_newline (frame -1)'
+      )
     spans.append((start, f))
   if len(set(spans)) != 1:
-    raise ValueError(f'the video span differs between rows (start, frames): {spans}; a plan needs it at '
-                     f'the same slots in every row')
+    raise ValueError(
+      f'the video span differs between rows (start, frames): {spans}; a plan needs it at the same slots in every row'
+    )
   start, f = spans[0]
   return VideoSpan(start, f, tokens_per_frame, s)
 
@@ -136,13 +151,13 @@ def video_span(group: np.ndarray, frame: np.ndarray, tokens_per_frame: int) -> V
 
 def _fold_frames(x: jnp.ndarray, span: VideoSpan) -> jnp.ndarray:
   """Frame tokens of x [B, S, ...] -> [B * F, t, ...] (row b * F + f is frame f of sample b)."""
-  frames = x[:, span.start:span.start + span.num_frame_tokens]
+  frames = x[:, span.start : span.start + span.num_frame_tokens]
   return frames.reshape((x.shape[0] * span.num_frames, span.tokens_per_frame) + x.shape[2:])
 
 
 def _prefix_per_frame(x: jnp.ndarray, span: VideoSpan) -> jnp.ndarray:
   """The prefix slots of x [B, S, ...] once per frame -> [B * F, P, ...]."""
-  return jnp.repeat(x[:, :span.start], span.num_frames, axis=0)
+  return jnp.repeat(x[:, : span.start], span.num_frames, axis=0)
 
 
 def _dense(features: int, use_bias: bool, dtype: Any, name: str) -> nn.Dense:
@@ -153,13 +168,21 @@ class WithinFrameAttention(nn.Module):
   """Qwen2Attention (same parameters) over a whole prompt in which every frame query attends only the
   prefix and its own frame: frames folded into the batch, [B * F, t] queries against [B * F, P + t] keys,
   so no cross-frame tile exists. The other rows (prefix, newline, text) attend every allowed slot."""
+
   config: qwen2.Qwen2Config
   span: VideoSpan
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, positions: jnp.ndarray, meta: TokenMeta, cache_k: jnp.ndarray,
-               cache_v: jnp.ndarray, k_meta: TokenMeta) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  def __call__(
+    self,
+    x: jnp.ndarray,
+    positions: jnp.ndarray,
+    meta: TokenMeta,
+    cache_k: jnp.ndarray,
+    cache_v: jnp.ndarray,
+    k_meta: TokenMeta,
+  ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """x [B, S, D] (the whole prompt, written from slot 0) -> (out [B, S, D], cache_k', cache_v')."""
     cfg, span = self.config, self.span
     b, s, _ = x.shape
@@ -176,16 +199,28 @@ class WithinFrameAttention(nn.Module):
     # Prefix, newline and text rows: the usual causal attention over the whole cache.
     rest = span.rest_slots
     # frame_mass=0: masked_attention returns the output alone.
-    rest_out = cast(jax.Array, masked_attention(q[:, rest], cache_k, cache_v,
-                                                jax.tree.map(lambda a: a[:, rest], meta), k_meta, None,
-                                                block_size=block))
+    rest_out = cast(
+      jax.Array,
+      masked_attention(
+        q[:, rest], cache_k, cache_v, jax.tree.map(lambda a: a[:, rest], meta), k_meta, None, block_size=block
+      ),
+    )
     # Frame rows: [B * F, t] queries, keys = prefix + own frame; causality inside the frame by index.
     keys = lambda a: jnp.concatenate([_prefix_per_frame(a, span), _fold_frames(a, span)], axis=1)
-    frame_out = cast(jax.Array, masked_attention(_fold_frames(q, span), keys(k), keys(v),
-                                                 jax.tree.map(lambda a: _fold_frames(a, span), meta),
-                                                 jax.tree.map(keys, meta), None, block_size=block))
+    frame_out = cast(
+      jax.Array,
+      masked_attention(
+        _fold_frames(q, span),
+        keys(k),
+        keys(v),
+        jax.tree.map(lambda a: _fold_frames(a, span), meta),
+        jax.tree.map(keys, meta),
+        None,
+        block_size=block,
+      ),
+    )
     frame_out = frame_out.reshape(b, span.num_frame_tokens, heads, dh)
-    out = jnp.concatenate([rest_out[:, :span.start], frame_out, rest_out[:, span.start:]], axis=1)
+    out = jnp.concatenate([rest_out[:, : span.start], frame_out, rest_out[:, span.start :]], axis=1)
     out = _dense(cfg.hidden_size, False, self.dtype, 'o_proj')(out.reshape(b, s, heads * dh))
     return out, cache_k, cache_v
 
@@ -193,6 +228,7 @@ class WithinFrameAttention(nn.Module):
 class WithinFrameDecoderLayer(nn.Module):
   """Qwen2DecoderLayer (same parameters) with WithinFrameAttention; prefill of a whole prompt only
   (a decoded token is text: it attends as in Qwen2DecoderLayer)."""
+
   config: qwen2.Qwen2Config
   span: VideoSpan
   dtype: Any = jnp.float32
@@ -201,10 +237,12 @@ class WithinFrameDecoderLayer(nn.Module):
   def __call__(self, h, positions, meta, cache_k, cache_v, k_meta):
     eps = self.config.rms_norm_eps
     attn, cache_k, cache_v = WithinFrameAttention(self.config, self.span, self.dtype, name='self_attn')(
-        qwen2.RMSNorm(eps, self.dtype, name='input_layernorm')(h), positions, meta, cache_k, cache_v, k_meta)
+      qwen2.RMSNorm(eps, self.dtype, name='input_layernorm')(h), positions, meta, cache_k, cache_v, k_meta
+    )
     h = h + attn
     h = h + qwen2.Qwen2MLP(self.config, self.dtype, name='mlp')(
-        qwen2.RMSNorm(eps, self.dtype, name='post_attention_layernorm')(h))
+      qwen2.RMSNorm(eps, self.dtype, name='post_attention_layernorm')(h)
+    )
     return h, cache_k, cache_v
 
 
@@ -216,6 +254,7 @@ class PlanCache:
   """The decode cache of a plan. low: layers [0, e), every prompt slot, [e, B, S + N, K, Dh] with
   low_meta [B, S + N]; high: layers [e, L), non-video slots only, [L - e, B, S' + N, K, Dh] with
   high_meta [B, S' + N] (index = compact slot)."""
+
   low: qwen2.KVCache
   low_meta: TokenMeta
   high: qwen2.KVCache
@@ -228,9 +267,11 @@ def _layers(params, start: int, stop: int):
 
 def _run(layer_fn, h, layer_params, cache_k, cache_v, unroll: bool):
   """Applies layer_fn(p, h, ck, cv) -> (h, ck, cv) over stacked layer params / caches [n, ...]."""
+
   def body(h, xs):
     h, ck, cv = layer_fn(*xs[:1], h, *xs[1:])
     return h, (ck, cv)
+
   h, (k, v) = jax.lax.scan(body, h, (layer_params, cache_k, cache_v), unroll=bool(unroll))
   return h, k, v
 
@@ -247,8 +288,12 @@ def compact_meta(meta: TokenMeta, span: VideoSpan) -> TokenMeta:
   """TokenMeta [B, S'] of the non-video slots, indexed 0..S'-1 (their slots in the high cache)."""
   text = span.text_slots
   b = meta.index.shape[0]
-  return TokenMeta(index=jnp.broadcast_to(jnp.arange(len(text), dtype=jnp.int32), (b, len(text))),
-                   valid=meta.valid[:, text], group=meta.group[:, text], frame=jnp.full((b, len(text)), -1, jnp.int32))
+  return TokenMeta(
+    index=jnp.broadcast_to(jnp.arange(len(text), dtype=jnp.int32), (b, len(text))),
+    valid=meta.valid[:, text],
+    group=meta.group[:, text],
+    frame=jnp.full((b, len(text)), -1, jnp.int32),
+  )
 
 
 def output_slots(plan: InferencePlan, span: VideoSpan, num_layers: int) -> np.ndarray:
@@ -263,8 +308,7 @@ def output_row(slot: jnp.ndarray, plan: InferencePlan, span: VideoSpan, num_laye
   return jnp.where(slot >= span.start + span.num_tokens, slot - span.num_tokens, slot)
 
 
-def embed(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-          plan: InferencePlan):
+def embed(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos, plan: InferencePlan):
   """Prompt embeddings [B, S, D]; with exit_layer 0 no layer sees the video, so the vision tower is
   skipped (the video slots keep their placeholder embedding, which nothing reads)."""
   if plan.exit_layer == 0:
@@ -272,9 +316,17 @@ def embed(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixe
   return model.apply({'params': params}, input_ids, pixel_values_videos, method='embed')
 
 
-def decoder_prefill(model: LlavaOnevisionForConditionalGeneration, params, embeds: jnp.ndarray,
-                    positions: jnp.ndarray, meta: TokenMeta, plan: InferencePlan, span: VideoSpan,
-                    max_new_tokens: int = 0, unroll: bool = False) -> tuple[jnp.ndarray, PlanCache]:
+def decoder_prefill(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  embeds: jnp.ndarray,
+  positions: jnp.ndarray,
+  meta: TokenMeta,
+  plan: InferencePlan,
+  span: VideoSpan,
+  max_new_tokens: int = 0,
+  unroll: bool = False,
+) -> tuple[jnp.ndarray, PlanCache]:
   """The decoder on a whole prompt under the plan (not jitted; see `prefill`).
 
   Args:
@@ -300,55 +352,84 @@ def decoder_prefill(model: LlavaOnevisionForConditionalGeneration, params, embed
   if m:
     layer = WithinFrameDecoderLayer(cfg, span, dtype)
     fn = lambda p, h, ck, cv: layer.apply({'params': p}, h, positions, meta, ck, cv, low_meta)
-    h, k, v = _run(fn, h, _layers(params, 0, m), _empty(cfg, m, b, s + n, dtype),
-                   _empty(cfg, m, b, s + n, dtype), unroll)
+    h, k, v = _run(
+      fn, h, _layers(params, 0, m), _empty(cfg, m, b, s + n, dtype), _empty(cfg, m, b, s + n, dtype), unroll
+    )
     low_k.append(k)
     low_v.append(v)
   zero = jnp.zeros((b,), jnp.int32)
   full_layer = qwen2.Qwen2DecoderLayer(cfg, dtype)
   if e > m:
     fn = lambda p, h, ck, cv: full_layer.apply({'params': p}, h, positions, meta, ck, cv, low_meta, zero, None)
-    h, k, v = _run(fn, h, _layers(params, m, e), _empty(cfg, e - m, b, s + n, dtype),
-                   _empty(cfg, e - m, b, s + n, dtype), unroll)
+    h, k, v = _run(
+      fn, h, _layers(params, m, e), _empty(cfg, e - m, b, s + n, dtype), _empty(cfg, e - m, b, s + n, dtype), unroll
+    )
     low_k.append(k)
     low_v.append(v)
   cat = lambda xs: jnp.concatenate(xs) if xs else _empty(cfg, 0, b, s + n, dtype)
   low = qwen2.KVCache(cat(low_k), cat(low_v))
   text = span.text_slots
-  high_meta = _concat_meta(compact_meta(meta, span),
-                           qwen2.text_meta(jnp.zeros((b, n), bool), Group.LAST, offset=len(text)))
+  high_meta = _concat_meta(
+    compact_meta(meta, span), qwen2.text_meta(jnp.zeros((b, n), bool), Group.LAST, offset=len(text))
+  )
   high_k = high_v = _empty(cfg, 0, b, len(text) + n, dtype)
   if e < num_layers:
     h, t_pos, t_meta = h[:, text], positions[:, text], compact_meta(meta, span)
     fn = lambda p, h, ck, cv: full_layer.apply({'params': p}, h, t_pos, t_meta, ck, cv, high_meta, zero, None)
-    h, high_k, high_v = _run(fn, h, _layers(params, e, num_layers), _empty(cfg, num_layers - e, b, len(text) + n, dtype),
-                             _empty(cfg, num_layers - e, b, len(text) + n, dtype), unroll)
+    h, high_k, high_v = _run(
+      fn,
+      h,
+      _layers(params, e, num_layers),
+      _empty(cfg, num_layers - e, b, len(text) + n, dtype),
+      _empty(cfg, num_layers - e, b, len(text) + n, dtype),
+      unroll,
+    )
   norm = qwen2.RMSNorm(cfg.rms_norm_eps, dtype)
   hidden = cast(jax.Array, norm.apply({'params': params['language_model']['norm']}, h))
   return hidden, PlanCache(low, low_meta, qwen2.KVCache(high_k, high_v), high_meta)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'plan', 'span', 'max_new_tokens', 'unroll'))
-def prefill(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-            positions, meta: TokenMeta, plan: InferencePlan, span: VideoSpan, max_new_tokens: int = 0,
-            unroll: bool = False) -> tuple[jnp.ndarray, PlanCache]:
+def prefill(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  input_ids,
+  pixel_values_videos,
+  positions,
+  meta: TokenMeta,
+  plan: InferencePlan,
+  span: VideoSpan,
+  max_new_tokens: int = 0,
+  unroll: bool = False,
+) -> tuple[jnp.ndarray, PlanCache]:
   """Embedding (vision tower on the frames given) + `decoder_prefill`: input_ids [B, S], pixels
   [B, F, H, W, C] -> (hidden [B, S_out, D], PlanCache)."""
   embeds = embed(model, params, input_ids, pixel_values_videos, plan)
   return decoder_prefill(model, params, embeds, positions, meta, plan, span, max_new_tokens, unroll)
 
 
-def option_logprobs(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos,
-                    positions, meta: TokenMeta, answer_index, option_ids, plan: InferencePlan,
-                    span: VideoSpan) -> jnp.ndarray:
+def option_logprobs(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  input_ids,
+  pixel_values_videos,
+  positions,
+  meta: TokenMeta,
+  answer_index,
+  option_ids,
+  plan: InferencePlan,
+  span: VideoSpan,
+) -> jnp.ndarray:
   """log p(option letter) [B, O] at prompt slot answer_index [B] under the plan (full-vocabulary softmax)."""
-  return _option_logprobs(model, params, input_ids, pixel_values_videos, positions, meta, answer_index,
-                          option_ids, plan, span)
+  return _option_logprobs(
+    model, params, input_ids, pixel_values_videos, positions, meta, answer_index, option_ids, plan, span
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'plan', 'span'))
-def _option_logprobs(model, params, input_ids, pixel_values_videos, positions, meta, answer_index, option_ids,
-                     plan, span):
+def _option_logprobs(
+  model, params, input_ids, pixel_values_videos, positions, meta, answer_index, option_ids, plan, span
+):
   hidden, _ = prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan, span)
   row = output_row(answer_index, plan, span, model.config.text.num_hidden_layers)
   last = jnp.take_along_axis(hidden, row[:, None, None], axis=1)[:, 0]
@@ -361,11 +442,9 @@ def _last_valid(valid: jnp.ndarray) -> jnp.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'plan', 'span', 'max_new_tokens'))
-def _generate_prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan, span,
-                      max_new_tokens):
+def _generate_prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan, span, max_new_tokens):
   """-> (first-step logits [B, V] at each row's last valid slot, next rotary position [B], PlanCache)."""
-  hidden, cache = prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan, span,
-                          max_new_tokens)
+  hidden, cache = prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan, span, max_new_tokens)
   out = output_slots(plan, span, model.config.text.num_hidden_layers)
   valid, out_pos = meta.valid[:, out], positions[:, out]
   b = hidden.shape[0]
@@ -404,14 +483,26 @@ def _decode_step(model, params, tokens, step, positions, cache: PlanCache, plan,
   return logits, PlanCache(low, low_meta, high, high_meta)
 
 
-def generate(model: LlavaOnevisionForConditionalGeneration, params, input_ids, pixel_values_videos, positions,
-             meta: TokenMeta, plan: InferencePlan, span: VideoSpan, max_new_tokens: int, *,
-             eos_token_id: int | None = None, pad_token_id: int = 0) -> jnp.ndarray:
+def generate(
+  model: LlavaOnevisionForConditionalGeneration,
+  params,
+  input_ids,
+  pixel_values_videos,
+  positions,
+  meta: TokenMeta,
+  plan: InferencePlan,
+  span: VideoSpan,
+  max_new_tokens: int,
+  *,
+  eos_token_id: int | None = None,
+  pad_token_id: int = 0,
+) -> jnp.ndarray:
   """Greedy decoding under the plan with its cache (no video entries above the exit layer) -> new
   tokens [B, N] int32. Same conventions as `llava_onevision.generate` (right padding via meta.valid,
   rows that emitted eos continue with pad_token_id)."""
-  logits, pos, cache = _generate_prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan,
-                                         span, max_new_tokens)
+  logits, pos, cache = _generate_prefill(
+    model, params, input_ids, pixel_values_videos, positions, meta, plan, span, max_new_tokens
+  )
 
   def step(token, i):
     nonlocal cache

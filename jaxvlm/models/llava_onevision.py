@@ -5,6 +5,7 @@ prompt -> Qwen2 decoder with an explicit mask (token metadata + optional per-lay
 Letters: B batch, F frames, P patches per frame (grid p x p), t pooled tokens per frame (grid q x q,
 q = ceil(p / 2)), S prompt slots, D text hidden size, L decoder layers, V vocabulary.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,17 +45,19 @@ class LlavaOnevisionConfig:
     text['tie_word_embeddings'] = tie
     video_token_id = d.get('video_token_index', d.get('video_token_id'))
     if video_token_id is None:
-      raise ValueError('config has no video_token_index (or video_token_id): the model cannot tell where the '
-                       'video features go')
+      raise ValueError(
+        'config has no video_token_index (or video_token_id): the model cannot tell where the video features go'
+      )
     return cls(
-        vision=SiglipVisionConfig.from_hf(d['vision_config']),
-        text=qwen2.Qwen2Config.from_hf(text),
-        video_token_id=video_token_id,
-        image_token_id=d.get('image_token_index', d.get('image_token_id')),
-        vision_feature_layer=tuple(layer) if isinstance(layer, (list, tuple)) else layer,
-        vision_feature_select_strategy=strategy,
-        projector_bias=d.get('multimodal_projector_bias', True),
-        tie_word_embeddings=tie)
+      vision=SiglipVisionConfig.from_hf(d['vision_config']),
+      text=qwen2.Qwen2Config.from_hf(text),
+      video_token_id=video_token_id,
+      image_token_id=d.get('image_token_index', d.get('image_token_id')),
+      vision_feature_layer=tuple(layer) if isinstance(layer, (list, tuple)) else layer,
+      vision_feature_select_strategy=strategy,
+      projector_bias=d.get('multimodal_projector_bias', True),
+      tie_word_embeddings=tie,
+    )
 
   @property
   def patch_grid(self) -> int:
@@ -66,7 +69,7 @@ class LlavaOnevisionConfig:
 
   @property
   def tokens_per_frame(self) -> int:
-    return self.pooled_grid ** 2
+    return self.pooled_grid**2
 
   def num_video_tokens(self, num_frames: int) -> int:
     """Slots of the expanded `<video>` placeholder: pooled tokens of every frame + one image_newline."""
@@ -89,6 +92,7 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 class MultiModalProjector(nn.Module):
   """Vision features [.., Dv] -> text embeddings [.., D]: Linear, GELU (erf), Linear."""
+
   hidden_size: int
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
@@ -104,6 +108,7 @@ class MultiModalProjector(nn.Module):
 class LlavaOutput:
   """hidden: [B, T, D] final-normed decoder output; cache: the KV cache after this call;
   hidden_states: [L+1, B, T, D] input of every layer (and the last layer's output) or None."""
+
   hidden: jnp.ndarray
   cache: qwen2.KVCache
   hidden_states: jnp.ndarray | None = None
@@ -112,6 +117,7 @@ class LlavaOutput:
 class LlavaOnevisionForConditionalGeneration(nn.Module):
   """Video path of LLaVA-OneVision. Params: vision_tower, multi_modal_projector, language_model,
   image_newline [D], lm_head (absent when the word embeddings are tied)."""
+
   config: LlavaOnevisionConfig
   dtype: jnp.dtype = jnp.float32
 
@@ -145,11 +151,11 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     cfg = self.config
     b, f = tower_features.shape[:2]
     feats = self.multi_modal_projector(tower_features.reshape((b * f,) + tower_features.shape[2:]))
-    feats = nn.with_logical_constraint(feats, ('batch', 'length', 'act_embed'))   # [BF, P, D]
+    feats = nn.with_logical_constraint(feats, ('batch', 'length', 'act_embed'))  # [BF, P, D]
     p, q = cfg.patch_grid, cfg.pooled_grid
     grid = feats.reshape(b * f, p, p, -1)
     pool = jnp.asarray(bilinear_matrix(p, q), grid.dtype)
-    pooled = jnp.einsum('yh,xw,nhwd->nyxd', pool, pool, grid)           # [BF, q, q, D]
+    pooled = jnp.einsum('yh,xw,nhwd->nyxd', pool, pool, grid)  # [BF, q, q, D]
     frames = pooled.reshape(b, f * q * q, -1)
     newline = jnp.broadcast_to(self.image_newline.astype(frames.dtype), (b, 1, frames.shape[-1]))
     return jnp.concatenate([frames, newline], axis=1)
@@ -158,8 +164,9 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     """pixel_values_videos [B, F, H, W, C] (normalized) -> video slot embeddings [B, F*t + 1, D]."""
     return self.project_video(self.tower_features(pixel_values_videos))
 
-  def embed(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None,
-            tower_features: jnp.ndarray | None = None) -> jnp.ndarray:
+  def embed(
+    self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None, tower_features: jnp.ndarray | None = None
+  ) -> jnp.ndarray:
     """input_ids [B, S] -> embeddings [B, S, D] with the video slots filled in order (row by row),
     from pixels or from precomputed `tower_features` [B, F, P, Dv] (a frozen tower's output).
 
@@ -175,19 +182,33 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     # k-th video slot of a row takes the k-th video embedding [B, N, D] of that row.
     return video_lm.fill_video_slots(embeds, input_ids, video, self.config.video_token_id)
 
-  def decode(self, embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta,
-             cache: qwen2.KVCache, k_meta: TokenMeta, write_index: jnp.ndarray,
-             spec: LayerRule | None = None, return_hidden_states: bool = False) -> LlavaOutput:
+  def decode(
+    self,
+    embeds: jnp.ndarray,
+    positions: jnp.ndarray,
+    q_meta: TokenMeta,
+    cache: qwen2.KVCache,
+    k_meta: TokenMeta,
+    write_index: jnp.ndarray,
+    spec: LayerRule | None = None,
+    return_hidden_states: bool = False,
+  ) -> LlavaOutput:
     """Runs the decoder on T new tokens written at `write_index` [B] of the cache (see qwen2.Qwen2Model)."""
     hidden, cache, states = self.language_model(
-        embeds, positions, q_meta, cache, k_meta, write_index, spec=spec,
-        return_hidden_states=return_hidden_states)
+      embeds, positions, q_meta, cache, k_meta, write_index, spec=spec, return_hidden_states=return_hidden_states
+    )
     return LlavaOutput(hidden, cache, states)
 
-  def __call__(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None,
-               positions: jnp.ndarray, meta: TokenMeta, spec: LayerRule | None = None,
-               return_hidden_states: bool = False, tower_features: jnp.ndarray | None = None
-               ) -> LlavaOutput:
+  def __call__(
+    self,
+    input_ids: jnp.ndarray,
+    pixel_values_videos: jnp.ndarray | None,
+    positions: jnp.ndarray,
+    meta: TokenMeta,
+    spec: LayerRule | None = None,
+    return_hidden_states: bool = False,
+    tower_features: jnp.ndarray | None = None,
+  ) -> LlavaOutput:
     """Full forward of a prompt batch: input_ids [B, S], pixels [B, F, H, W, C] (or None with
     tower_features [B, F, P, Dv]), positions [B, S], meta: TokenMeta [B, S] (index, valid, group,
     frame), spec: per-layer rule [L, ...] or None."""
@@ -199,8 +220,7 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     return video_lm.output_logits(self, hidden)
 
 
-def param_shapes(model: LlavaOnevisionForConditionalGeneration, num_frames: int = 1,
-                 prompt_len: int = 1) -> dict:
+def param_shapes(model: LlavaOnevisionForConditionalGeneration, num_frames: int = 1, prompt_len: int = 1) -> dict:
   """The param tree of `model` as ShapeDtypeStructs (no memory), from a dummy video prompt run through
   the forward AND the output head (`__call__` alone never touches `lm_head`)."""
   cfg = model.config
@@ -214,8 +234,9 @@ def param_shapes(model: LlavaOnevisionForConditionalGeneration, num_frames: int 
   def forward_and_head(module, *args):
     return module.logits(module(*args).hidden[:, -1:])
 
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, pixels, positions, meta,
-                                                method=forward_and_head))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), ids, pixels, positions, meta, method=forward_and_head)
+  )
   return variables['params']
 
 
@@ -223,15 +244,23 @@ def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
-language_model_view = video_lm.language_model_view   # the decoder + head as a Qwen2ForCausalLM
+language_model_view = video_lm.language_model_view  # the decoder + head as a Qwen2ForCausalLM
 
 
-def generate(model: LlavaOnevisionForConditionalGeneration, params: dict, input_ids: jnp.ndarray,
-             pixel_values_videos: jnp.ndarray, positions: jnp.ndarray, meta: TokenMeta,
-             max_new_tokens: int, **kwargs) -> jnp.ndarray:
+def generate(
+  model: LlavaOnevisionForConditionalGeneration,
+  params: dict,
+  input_ids: jnp.ndarray,
+  pixel_values_videos: jnp.ndarray,
+  positions: jnp.ndarray,
+  meta: TokenMeta,
+  max_new_tokens: int,
+  **kwargs,
+) -> jnp.ndarray:
   """Greedy decoding of video prompts input_ids [B, S] (padding marked in `meta`) with the explicit KV
   cache -> new tokens [B, max_new_tokens]. kwargs: spec, eos_token_id, pad_token_id."""
   embeds = jax.jit(lambda p, i, v: model.apply({'params': p}, i, v, method='embed'))(
-      params, input_ids, pixel_values_videos)
+    params, input_ids, pixel_values_videos
+  )
   lm, lm_params = language_model_view(model, params)
   return qwen2.generate_from_embeds(lm, lm_params, embeds, positions, meta, max_new_tokens, **kwargs)

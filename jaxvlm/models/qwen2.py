@@ -8,6 +8,7 @@ and the layer's knockout rule allow (see `jaxvlm.models.attention`).
 Letters: B batch, T new tokens, S cache slots, D hidden, H query heads, K key/value heads, Dh head dim,
 L layers, V vocabulary, N new tokens of a generation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ from jaxvlm.models.attention import AnyArray, Group, LayerRule, TokenMeta, maske
 @dataclasses.dataclass(frozen=True)
 class Qwen2Config:
   """The fields of a transformers Qwen2Config that the port uses (+ `attention_block_size`, ours)."""
+
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -54,8 +56,10 @@ class Qwen2Config:
     mrope = rope.get('mrope_section')
     if mrope is not None or rope_type == 'mrope':
       if not allow_mrope or mrope is None:
-        raise ValueError(f'text config has M-RoPE (rope {dict(rope)}): it is a Qwen2-VL-style decoder, not '
-                         'plain Qwen2; load it through its multimodal family (e.g. qwen2_5_vl)')
+        raise ValueError(
+          f'text config has M-RoPE (rope {dict(rope)}): it is a Qwen2-VL-style decoder, not '
+          'plain Qwen2; load it through its multimodal family (e.g. qwen2_5_vl)'
+        )
       rope_type = 'default'
     if rope_type != 'default':
       raise ValueError(f'Qwen2 rope_type {rope_type!r} is not supported (only default)')
@@ -65,23 +69,25 @@ class Qwen2Config:
       raise ValueError(f"Qwen2 hidden_act {d['hidden_act']!r} is not supported (only silu)")
     heads = d['num_attention_heads']
     return cls(
-        vocab_size=d['vocab_size'],
-        hidden_size=d['hidden_size'],
-        intermediate_size=d['intermediate_size'],
-        num_hidden_layers=d['num_hidden_layers'],
-        num_attention_heads=heads,
-        num_key_value_heads=d.get('num_key_value_heads') or heads,
-        head_dim=d.get('head_dim') or d['hidden_size'] // heads,
-        rms_norm_eps=d.get('rms_norm_eps', 1e-6),
-        rope_theta=float(rope.get('rope_theta', d.get('rope_theta', 10000.0))),
-        tie_word_embeddings=d.get('tie_word_embeddings', False),
-        max_position_embeddings=d.get('max_position_embeddings', 32768),
-        mrope_section=tuple(int(x) for x in mrope or ()))
+      vocab_size=d['vocab_size'],
+      hidden_size=d['hidden_size'],
+      intermediate_size=d['intermediate_size'],
+      num_hidden_layers=d['num_hidden_layers'],
+      num_attention_heads=heads,
+      num_key_value_heads=d.get('num_key_value_heads') or heads,
+      head_dim=d.get('head_dim') or d['hidden_size'] // heads,
+      rms_norm_eps=d.get('rms_norm_eps', 1e-6),
+      rope_theta=float(rope.get('rope_theta', d.get('rope_theta', 10000.0))),
+      tie_word_embeddings=d.get('tie_word_embeddings', False),
+      max_position_embeddings=d.get('max_position_embeddings', 32768),
+      mrope_section=tuple(int(x) for x in mrope or ()),
+    )
 
 
 @struct.dataclass
 class KVCache:
   """Keys and values of every layer, each [L, B, S, K, Dh] (rotary already applied to k)."""
+
   k: jnp.ndarray
   v: jnp.ndarray
 
@@ -91,14 +97,17 @@ class KVCache:
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def text_meta(attention_mask: jnp.ndarray, group: int = Group.QUESTION,
-              offset: int | jnp.ndarray = 0) -> TokenMeta:
+def text_meta(attention_mask: jnp.ndarray, group: int = Group.QUESTION, offset: int | jnp.ndarray = 0) -> TokenMeta:
   """TokenMeta [B, S] of a plain text batch: slot index offset + s, valid = attention_mask, every token
   in `group` (QUESTION by default: text with no layout information), frame -1."""
   b, s = attention_mask.shape
   index = jnp.broadcast_to(offset + jnp.arange(s, dtype=jnp.int32), (b, s))
-  return TokenMeta(index=index, valid=attention_mask.astype(bool), group=jnp.full((b, s), group, jnp.int32),
-                   frame=jnp.full((b, s), -1, jnp.int32))
+  return TokenMeta(
+    index=index,
+    valid=attention_mask.astype(bool),
+    group=jnp.full((b, s), group, jnp.int32),
+    frame=jnp.full((b, s), -1, jnp.int32),
+  )
 
 
 def positions_from_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:
@@ -107,8 +116,7 @@ def positions_from_mask(attention_mask: jnp.ndarray) -> jnp.ndarray:
   return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float,
-           mrope_section: tuple[int, ...] = ()) -> jnp.ndarray:
+def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float, mrope_section: tuple[int, ...] = ()) -> jnp.ndarray:
   """Rotary embedding of x [B, T, N, Dh] at integer positions [B, T] (HF rotate_half: the two halves
   of Dh are the pair of each frequency). Computed in float32, returned in x's dtype.
 
@@ -116,15 +124,17 @@ def rotary(x: jnp.ndarray, positions: jnp.ndarray, theta: float,
   width): section i of the frequencies turns with axis i % 3 (transformers' Qwen2-VL recomposition).
   [B, T] positions then mean the same value on all three axes (text), i.e. plain RoPE."""
   dim = x.shape[-1]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))    # [Dh/2]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))  # [Dh/2]
   if positions.ndim == x.ndim - 1:
     if sum(mrope_section) != dim // 2:
-      raise ValueError(f'positions {positions.shape} are M-RoPE [B, T, 3], but mrope_section '
-                       f'{mrope_section} does not split the {dim // 2} frequencies')
-    axis = np.repeat(np.arange(len(mrope_section)) % 3, mrope_section)           # [Dh/2] axis of each freq
-    angles = positions[..., axis].astype(jnp.float32)[..., None, :] * inv_freq    # [B, T, 1, Dh/2]
+      raise ValueError(
+        f'positions {positions.shape} are M-RoPE [B, T, 3], but mrope_section '
+        f'{mrope_section} does not split the {dim // 2} frequencies'
+      )
+    axis = np.repeat(np.arange(len(mrope_section)) % 3, mrope_section)  # [Dh/2] axis of each freq
+    angles = positions[..., axis].astype(jnp.float32)[..., None, :] * inv_freq  # [B, T, 1, Dh/2]
   else:
-    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq            # [B, T, 1, Dh/2]
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # [B, T, 1, Dh/2]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -144,8 +154,7 @@ def _hide_slots(meta: TokenMeta, write_index: jnp.ndarray, count: int) -> TokenM
   and an index past every query, so not even a query's own diagonal picks them."""
   slot = jnp.arange(meta.index.shape[1], dtype=jnp.int32)[None]
   hidden = (slot >= write_index[:, None]) & (slot < write_index[:, None] + count)
-  return meta.replace(index=jnp.where(hidden, jnp.iinfo(jnp.int32).max, meta.index),
-                      valid=meta.valid & ~hidden)
+  return meta.replace(index=jnp.where(hidden, jnp.iinfo(jnp.int32).max, meta.index), valid=meta.valid & ~hidden)
 
 
 def _rows(x, rows: jnp.ndarray):
@@ -156,6 +165,7 @@ def _rows(x, rows: jnp.ndarray):
 
 class RMSNorm(nn.Module):
   """Qwen2RMSNorm: normalised in float32, cast back to the input dtype, then scaled by `weight` [D]."""
+
   eps: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -173,6 +183,7 @@ def _dense(features: int, use_bias: bool, dtype: Any, name: str | None) -> nn.De
 
 class Qwen2MLP(nn.Module):
   """SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases."""
+
   config: Qwen2Config
   dtype: Any = jnp.float32
 
@@ -192,15 +203,24 @@ class Qwen2Attention(nn.Module):
   query head on the tokens of frames 0..F-1 (see `masked_attention`); collect it with
   `apply(..., mutable=['intermediates'])`. 0 (default) computes nothing extra.
   """
+
   config: Qwen2Config
   dtype: Any = jnp.float32
   frame_mass: int = 0
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache_k: jnp.ndarray,
-               cache_v: jnp.ndarray, k_meta: TokenMeta, write_index: jnp.ndarray,
-               rule: LayerRule | None, out_rows: jnp.ndarray | None = None
-               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  def __call__(
+    self,
+    x: jnp.ndarray,
+    positions: jnp.ndarray,
+    q_meta: TokenMeta,
+    cache_k: jnp.ndarray,
+    cache_v: jnp.ndarray,
+    k_meta: TokenMeta,
+    write_index: jnp.ndarray,
+    rule: LayerRule | None,
+    out_rows: jnp.ndarray | None = None,
+  ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """x [B or C * B, T, D] -> (out [., T, D], cache_k', cache_v' [B, S, K, Dh]); arguments as
     Qwen2DecoderLayer (with out_rows [., R]: out [., R, D] of those rows only)."""
     cfg = self.config
@@ -224,8 +244,17 @@ class Qwen2Attention(nn.Module):
     q = q_proj(x).reshape(b, x.shape[1], heads, dh)
     q = nn.with_logical_constraint(q, ('batch', 'length', 'act_heads', 'head_dim'))
     q = rotary(q, positions, cfg.rope_theta, cfg.mrope_section)
-    out = masked_attention(q, cache_k, cache_v, q_meta, k_meta, rule, own=own,
-                           block_size=cfg.attention_block_size, frame_mass=self.frame_mass)
+    out = masked_attention(
+      q,
+      cache_k,
+      cache_v,
+      q_meta,
+      k_meta,
+      rule,
+      own=own,
+      block_size=cfg.attention_block_size,
+      frame_mass=self.frame_mass,
+    )
     if isinstance(out, tuple):  # self.frame_mass > 0: (output, per-frame attention mass)
       out, mass = out
       self.sow('intermediates', 'frame_mass', mass)
@@ -236,15 +265,24 @@ class Qwen2Attention(nn.Module):
 class Qwen2DecoderLayer(nn.Module):
   """Pre-norm block: h + self_attn(input_layernorm(h)), then + mlp(post_attention_layernorm(.)).
   frame_mass: passed to Qwen2Attention (sows per-frame attention mass when > 0)."""
+
   config: Qwen2Config
   dtype: Any = jnp.float32
   frame_mass: int = 0
 
   @nn.compact
-  def __call__(self, h: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache_k: jnp.ndarray,
-               cache_v: jnp.ndarray, k_meta: TokenMeta, write_index: jnp.ndarray,
-               rule: LayerRule | None = None, out_rows: jnp.ndarray | None = None
-               ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+  def __call__(
+    self,
+    h: jnp.ndarray,
+    positions: jnp.ndarray,
+    q_meta: TokenMeta,
+    cache_k: jnp.ndarray,
+    cache_v: jnp.ndarray,
+    k_meta: TokenMeta,
+    write_index: jnp.ndarray,
+    rule: LayerRule | None = None,
+    out_rows: jnp.ndarray | None = None,
+  ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """One layer on T new tokens.
 
     The batch of h may be C times the cache's (rows c * B + b, e.g. the states of a knockout sweep):
@@ -270,23 +308,30 @@ class Qwen2DecoderLayer(nn.Module):
     """
     eps = self.config.rms_norm_eps
     attn, cache_k, cache_v = Qwen2Attention(self.config, self.dtype, self.frame_mass, name='self_attn')(
-        RMSNorm(eps, self.dtype, name='input_layernorm')(h), positions, q_meta, cache_k, cache_v, k_meta,
-        write_index, rule, out_rows)
+      RMSNorm(eps, self.dtype, name='input_layernorm')(h),
+      positions,
+      q_meta,
+      cache_k,
+      cache_v,
+      k_meta,
+      write_index,
+      rule,
+      out_rows,
+    )
     h = h + attn if out_rows is None else _rows(h, out_rows) + attn
-    h = h + Qwen2MLP(self.config, self.dtype, name='mlp')(
-        RMSNorm(eps, self.dtype, name='post_attention_layernorm')(h))
+    h = h + Qwen2MLP(self.config, self.dtype, name='mlp')(RMSNorm(eps, self.dtype, name='post_attention_layernorm')(h))
     return nn.with_logical_constraint(h, ('batch', 'length', 'act_embed')), cache_k, cache_v
 
 
 class Qwen2Model(nn.Module):
   """transformers `Qwen2Model`: embed_tokens, layers (stacked, nn.scan), norm."""
+
   config: Qwen2Config
   dtype: Any = jnp.float32
 
   def setup(self):
     cfg = self.config
-    self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype,
-                                 param_dtype=jnp.float32)
+    self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=jnp.float32)
     self.layers = Qwen2DecoderLayer(cfg, self.dtype)
     self.norm = RMSNorm(cfg.rms_norm_eps, self.dtype)
 
@@ -294,10 +339,17 @@ class Qwen2Model(nn.Module):
     """input_ids [B, T] -> [B, T, D]."""
     return self.embed_tokens(input_ids)
 
-  def __call__(self, inputs_embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta,
-               cache: KVCache, k_meta: TokenMeta, write_index: jnp.ndarray, spec: LayerRule | None = None,
-               return_hidden_states: bool = False
-               ) -> tuple[jnp.ndarray, KVCache, jnp.ndarray | None]:
+  def __call__(
+    self,
+    inputs_embeds: jnp.ndarray,
+    positions: jnp.ndarray,
+    q_meta: TokenMeta,
+    cache: KVCache,
+    k_meta: TokenMeta,
+    write_index: jnp.ndarray,
+    spec: LayerRule | None = None,
+    return_hidden_states: bool = False,
+  ) -> tuple[jnp.ndarray, KVCache, jnp.ndarray | None]:
     """All layers on T new tokens (arguments as Qwen2DecoderLayer; spec = LayerRule with a leading L axis,
     layer l uses spec[l]).
 
@@ -306,13 +358,13 @@ class Qwen2Model(nn.Module):
       or None: hidden_states[l] is the input of layer l and hidden_states[L] the output of the last layer
       BEFORE the final norm (transformers' output_hidden_states applies the norm to its last entry).
     """
+
     def body(layer, h, xs):
       cache_k, cache_v, rule = xs
       h_out, cache_k, cache_v = layer(h, positions, q_meta, cache_k, cache_v, k_meta, write_index, rule)
       return h_out, (cache_k, cache_v, h if return_hidden_states else None)
 
-    scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True},
-                   length=self.config.num_hidden_layers)
+    scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True}, length=self.config.num_hidden_layers)
     h, (k, v, inputs) = scan(self.layers, inputs_embeds.astype(self.dtype), (cache.k, cache.v, spec))
     states = jnp.concatenate([inputs, h[None]]) if return_hidden_states else None
     return self.norm(h), KVCache(k, v), states
@@ -320,6 +372,7 @@ class Qwen2Model(nn.Module):
 
 class Qwen2ForCausalLM(nn.Module):
   """transformers `Qwen2ForCausalLM`: model + lm_head (absent when tie_word_embeddings)."""
+
   config: Qwen2Config
   dtype: Any = jnp.float32
 
@@ -332,12 +385,19 @@ class Qwen2ForCausalLM(nn.Module):
     """input_ids [B, T] -> [B, T, D]."""
     return self.model.embed(input_ids)
 
-  def decode(self, inputs_embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache: KVCache,
-             k_meta: TokenMeta, write_index: jnp.ndarray, spec: LayerRule | None = None,
-             return_hidden_states: bool = False) -> tuple[jnp.ndarray, KVCache, jnp.ndarray | None]:
+  def decode(
+    self,
+    inputs_embeds: jnp.ndarray,
+    positions: jnp.ndarray,
+    q_meta: TokenMeta,
+    cache: KVCache,
+    k_meta: TokenMeta,
+    write_index: jnp.ndarray,
+    spec: LayerRule | None = None,
+    return_hidden_states: bool = False,
+  ) -> tuple[jnp.ndarray, KVCache, jnp.ndarray | None]:
     """Qwen2Model.__call__: (normed_hidden [B, T, D], cache, hidden_states [L+1, B, T, D] | None)."""
-    return self.model(inputs_embeds, positions, q_meta, cache, k_meta, write_index, spec,
-                      return_hidden_states)
+    return self.model(inputs_embeds, positions, q_meta, cache, k_meta, write_index, spec, return_hidden_states)
 
   def logits(self, hidden: jnp.ndarray) -> jnp.ndarray:
     """hidden [..., D] (final-normed) -> logits [..., V] in float32."""
@@ -347,8 +407,9 @@ class Qwen2ForCausalLM(nn.Module):
       out = self.lm_head(hidden)
     return out.astype(jnp.float32)
 
-  def __call__(self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray | None = None,
-               spec: LayerRule | None = None) -> jnp.ndarray:
+  def __call__(
+    self, input_ids: jnp.ndarray, attention_mask: jnp.ndarray | None = None, spec: LayerRule | None = None
+  ) -> jnp.ndarray:
     """Plain forward of a text batch input_ids [B, T] (attention_mask [B, T], any padding side) ->
     logits [B, T, V]; metadata from `text_meta`, positions from `positions_from_mask`."""
     if attention_mask is None:
@@ -356,8 +417,9 @@ class Qwen2ForCausalLM(nn.Module):
     b, t = input_ids.shape
     meta = text_meta(attention_mask)
     cache = KVCache.empty(self.config, b, t, self.dtype)
-    hidden, _, _ = self.decode(self.embed(input_ids), positions_from_mask(attention_mask), meta, cache,
-                               meta, jnp.zeros((b,), jnp.int32), spec)
+    hidden, _, _ = self.decode(
+      self.embed(input_ids), positions_from_mask(attention_mask), meta, cache, meta, jnp.zeros((b,), jnp.int32), spec
+    )
     return self.logits(hidden)
 
 
@@ -368,39 +430,66 @@ def _last_valid(valid: AnyArray) -> jnp.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens'))
-def _prefill(model: Qwen2ForCausalLM, params, inputs_embeds, positions, prompt_meta: TokenMeta,
-             spec, max_new_tokens: int):
+def _prefill(
+  model: Qwen2ForCausalLM, params, inputs_embeds, positions, prompt_meta: TokenMeta, spec, max_new_tokens: int
+):
   """Runs the prompt [B, S] into a cache of S + N slots; returns (cache, k_meta [B, S + N], first-step
   logits [B, V] at each row's last valid slot, the next position [B])."""
   b, s = prompt_meta.index.shape
   new = text_meta(jnp.zeros((b, max_new_tokens), bool), Group.LAST, offset=s)  # empty slots
   k_meta = jax.tree.map(lambda p, n: jnp.concatenate([p, n], axis=1), prompt_meta, new)
   cache = KVCache.empty(model.config, b, s + max_new_tokens, model.dtype)
-  hidden, cache, _ = cast(tuple[jax.Array, KVCache, Any],
-                           model.apply({'params': params}, inputs_embeds, positions, prompt_meta, cache,
-                                       k_meta, jnp.zeros((b,), jnp.int32), spec, method='decode'))
+  hidden, cache, _ = cast(
+    tuple[jax.Array, KVCache, Any],
+    model.apply(
+      {'params': params},
+      inputs_embeds,
+      positions,
+      prompt_meta,
+      cache,
+      k_meta,
+      jnp.zeros((b,), jnp.int32),
+      spec,
+      method='decode',
+    ),
+  )
   last = _last_valid(prompt_meta.valid)
   logits = model.apply({'params': params}, hidden[jnp.arange(b), last], method='logits')
   return cache, k_meta, logits, positions[jnp.arange(b), last] + 1
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def _decode_step(model: Qwen2ForCausalLM, params, tokens, slot, positions, cache: KVCache,
-                 k_meta: TokenMeta, spec):
+def _decode_step(model: Qwen2ForCausalLM, params, tokens, slot, positions, cache: KVCache, k_meta: TokenMeta, spec):
   """One new token per row: tokens [B] at cache slot `slot` (scalar) and rotary positions [B].
   Returns (logits [B, V], cache, k_meta with the slot valid)."""
   b = tokens.shape[0]
   k_meta = k_meta.replace(valid=k_meta.valid | (k_meta.index == slot))
   q_meta = text_meta(jnp.ones((b, 1), bool), Group.LAST, offset=slot)
   embeds = model.apply({'params': params}, tokens[:, None], method='embed')
-  hidden, cache, _ = cast(tuple[jax.Array, KVCache, Any],
-                           model.apply({'params': params}, embeds, positions[:, None], q_meta, cache, k_meta,
-                                       jnp.full((b,), slot, jnp.int32), spec, method='decode'))
+  hidden, cache, _ = cast(
+    tuple[jax.Array, KVCache, Any],
+    model.apply(
+      {'params': params},
+      embeds,
+      positions[:, None],
+      q_meta,
+      cache,
+      k_meta,
+      jnp.full((b,), slot, jnp.int32),
+      spec,
+      method='decode',
+    ),
+  )
   return model.apply({'params': params}, hidden[:, 0], method='logits'), cache, k_meta
 
 
-def greedy_tokens(logits: jnp.ndarray, step: Callable[[jnp.ndarray, int], jnp.ndarray], max_new_tokens: int,
-                  eos_token_id: int | None, pad_token_id: int) -> jnp.ndarray:
+def greedy_tokens(
+  logits: jnp.ndarray,
+  step: Callable[[jnp.ndarray, int], jnp.ndarray],
+  max_new_tokens: int,
+  eos_token_id: int | None,
+  pad_token_id: int,
+) -> jnp.ndarray:
   """The greedy loop every decoder here shares: logits [B, V] of the prompt's last token -> new tokens
   [B, N] int32. `step(token [B], i)` feeds the i-th new token and returns the next logits (it is not
   called after the last token). A row that emitted eos continues with pad_token_id, as transformers."""
@@ -416,10 +505,18 @@ def greedy_tokens(logits: jnp.ndarray, step: Callable[[jnp.ndarray, int], jnp.nd
   return jnp.stack(out, axis=1)
 
 
-def generate_from_embeds(model: Qwen2ForCausalLM, params, inputs_embeds: jnp.ndarray,
-                         positions: jnp.ndarray, prompt_meta: TokenMeta, max_new_tokens: int, *,
-                         spec: LayerRule | None = None, eos_token_id: int | None = None,
-                         pad_token_id: int = 0) -> jnp.ndarray:
+def generate_from_embeds(
+  model: Qwen2ForCausalLM,
+  params,
+  inputs_embeds: jnp.ndarray,
+  positions: jnp.ndarray,
+  prompt_meta: TokenMeta,
+  max_new_tokens: int,
+  *,
+  spec: LayerRule | None = None,
+  eos_token_id: int | None = None,
+  pad_token_id: int = 0,
+) -> jnp.ndarray:
   """Greedy decoding from prompt embeddings [B, S, D] (any padding side; the metadata marks padding).
 
   Args:
@@ -435,8 +532,7 @@ def generate_from_embeds(model: Qwen2ForCausalLM, params, inputs_embeds: jnp.nda
     [B, N] int32 new tokens.
   """
   s = prompt_meta.index.shape[1]
-  cache, k_meta, logits, pos = _prefill(model, params, inputs_embeds, positions, prompt_meta, spec,
-                                        max_new_tokens)
+  cache, k_meta, logits, pos = _prefill(model, params, inputs_embeds, positions, prompt_meta, spec, max_new_tokens)
 
   def step(token, i):
     nonlocal cache, k_meta
@@ -446,11 +542,13 @@ def generate_from_embeds(model: Qwen2ForCausalLM, params, inputs_embeds: jnp.nda
   return greedy_tokens(logits, step, max_new_tokens, eos_token_id, pad_token_id)
 
 
-def greedy_generate(model: Qwen2ForCausalLM, params, input_ids: jnp.ndarray, attention_mask: jnp.ndarray,
-                    max_new_tokens: int, **kwargs) -> jnp.ndarray:
+def greedy_generate(
+  model: Qwen2ForCausalLM, params, input_ids: jnp.ndarray, attention_mask: jnp.ndarray, max_new_tokens: int, **kwargs
+) -> jnp.ndarray:
   """Greedy decoding of a text batch input_ids [B, S] with attention_mask [B, S] (left padding as in
   transformers' generate; positions = cumsum(mask) - 1) -> new tokens [B, max_new_tokens].
   kwargs: spec, eos_token_id, pad_token_id of `generate_from_embeds`."""
   embeds = cast(jax.Array, model.apply({'params': params}, input_ids, method='embed'))
-  return generate_from_embeds(model, params, embeds, positions_from_mask(attention_mask),
-                              text_meta(attention_mask), max_new_tokens, **kwargs)
+  return generate_from_embeds(
+    model, params, embeds, positions_from_mask(attention_mask), text_meta(attention_mask), max_new_tokens, **kwargs
+  )

@@ -24,6 +24,7 @@ T x Hm x Wm video pads and `<|vision_end|>` are all Group.VIDEO; a pad's frame i
 Letters: B batch, S prompt slots, T temporal patches, Hm x Wm merged grid, M = merge^2, P = C*tp*p*p
 patch features, E text hidden size, L decoder layers, V vocabulary.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,14 +70,16 @@ class Qwen25VLConfig:
     text['tie_word_embeddings'] = tie
     text_config = qwen2.Qwen2Config.from_hf(text, allow_mrope=True)
     if sum(text_config.mrope_section) != text_config.head_dim // 2:
-      raise ValueError(f'mrope_section {text_config.mrope_section} does not sum to head_dim / 2 = '
-                       f'{text_config.head_dim // 2}')
+      raise ValueError(
+        f'mrope_section {text_config.mrope_section} does not sum to head_dim / 2 = {text_config.head_dim // 2}'
+      )
     vision = Qwen25VLVisionConfig.from_hf(d['vision_config'])
     if vision.out_hidden_size != text_config.hidden_size:
-      raise ValueError(f'vision out_hidden_size {vision.out_hidden_size} != text hidden_size '
-                       f'{text_config.hidden_size}')
-    ids = {k: d.get(k, getattr(cls, k)) for k in ('video_token_id', 'image_token_id', 'vision_start_token_id',
-                                                   'vision_end_token_id')}
+      raise ValueError(f'vision out_hidden_size {vision.out_hidden_size} != text hidden_size {text_config.hidden_size}')
+    ids = {
+      k: d.get(k, getattr(cls, k))
+      for k in ('video_token_id', 'image_token_id', 'vision_start_token_id', 'vision_end_token_id')
+    }
     return cls(vision=vision, text=text_config, tie_word_embeddings=tie, **ids)
 
   def merged_grid(self, height: int, width: int) -> tuple[int, int]:
@@ -99,6 +102,7 @@ def decoder_positions(positions: jnp.ndarray) -> jnp.ndarray:
 
 class Qwen25VLForConditionalGeneration(nn.Module):
   """Video path of Qwen2.5-VL. Params: visual, language_model, lm_head (absent when tied)."""
+
   config: Qwen25VLConfig
   dtype: Any = jnp.float32
 
@@ -113,8 +117,9 @@ class Qwen25VLForConditionalGeneration(nn.Module):
     """pixel_values_videos [B, T, Hm, Wm, M, P] -> video pad embeddings [B, T*Hm*Wm, E]."""
     return self.visual(pixel_values_videos)
 
-  def embed(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None,
-            video_embeds: jnp.ndarray | None = None) -> jnp.ndarray:
+  def embed(
+    self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None, video_embeds: jnp.ndarray | None = None
+  ) -> jnp.ndarray:
     """input_ids [B, S] -> embeddings [B, S, E] with the k-th `<|video_pad|>` slot of each row taking the
     k-th video embedding of that row, from pixels or precomputed `video_embeds` [B, N, E]. Each row must
     hold exactly N video pads when video is given."""
@@ -125,19 +130,41 @@ class Qwen25VLForConditionalGeneration(nn.Module):
       video_embeds = self.video_features(pixel_values_videos)
     return video_lm.fill_video_slots(embeds, input_ids, video_embeds, self.config.video_token_id)
 
-  def decode(self, embeds: jnp.ndarray, positions: jnp.ndarray, q_meta: TokenMeta, cache: qwen2.KVCache,
-             k_meta: TokenMeta, write_index: jnp.ndarray, spec: LayerRule | None = None,
-             return_hidden_states: bool = False) -> LlavaOutput:
+  def decode(
+    self,
+    embeds: jnp.ndarray,
+    positions: jnp.ndarray,
+    q_meta: TokenMeta,
+    cache: qwen2.KVCache,
+    k_meta: TokenMeta,
+    write_index: jnp.ndarray,
+    spec: LayerRule | None = None,
+    return_hidden_states: bool = False,
+  ) -> LlavaOutput:
     """The decoder on T new tokens written at `write_index` [B] (see qwen2.Qwen2Model); positions
     [3, B, T] (or [B, T] for text)."""
     hidden, cache, states = self.language_model(
-        embeds, decoder_positions(positions), q_meta, cache, k_meta, write_index, spec=spec,
-        return_hidden_states=return_hidden_states)
+      embeds,
+      decoder_positions(positions),
+      q_meta,
+      cache,
+      k_meta,
+      write_index,
+      spec=spec,
+      return_hidden_states=return_hidden_states,
+    )
     return LlavaOutput(hidden, cache, states)
 
-  def __call__(self, input_ids: jnp.ndarray, pixel_values_videos: jnp.ndarray | None,
-               positions: jnp.ndarray, meta: TokenMeta, spec: LayerRule | None = None,
-               return_hidden_states: bool = False, video_embeds: jnp.ndarray | None = None) -> LlavaOutput:
+  def __call__(
+    self,
+    input_ids: jnp.ndarray,
+    pixel_values_videos: jnp.ndarray | None,
+    positions: jnp.ndarray,
+    meta: TokenMeta,
+    spec: LayerRule | None = None,
+    return_hidden_states: bool = False,
+    video_embeds: jnp.ndarray | None = None,
+  ) -> LlavaOutput:
     """Full forward of a prompt batch: input_ids [B, S], pixels [B, T, Hm, Wm, M, P] (or None with
     video_embeds), positions [3, B, S] from `rope_index`, meta TokenMeta [B, S], spec [L, ...] or None."""
     embeds = self.embed(input_ids, pixel_values_videos, video_embeds)
@@ -161,11 +188,14 @@ def _vision_positions(start: int, grid_thw: Sequence[int], merge: int, time_inte
   return np.stack([tt, hh, ww]).reshape(3, -1) + start
 
 
-def rope_index(input_ids: np.ndarray, config: Qwen25VLConfig,
-               video_grid_thw: np.ndarray | Sequence[Sequence[int]] | None = None,
-               second_per_grid_ts: np.ndarray | Sequence[float] | None = None,
-               attention_mask: np.ndarray | None = None, image_grid_thw: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def rope_index(
+  input_ids: np.ndarray,
+  config: Qwen25VLConfig,
+  video_grid_thw: np.ndarray | Sequence[Sequence[int]] | None = None,
+  second_per_grid_ts: np.ndarray | Sequence[float] | None = None,
+  attention_mask: np.ndarray | None = None,
+  image_grid_thw: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """M-RoPE positions of a prompt batch, equal to transformers' `Qwen2_5_VLModel.get_rope_index`.
 
   Args:
@@ -185,10 +215,15 @@ def rope_index(input_ids: np.ndarray, config: Qwen25VLConfig,
   b, s = ids.shape
   mask = np.ones((b, s), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
   kind = np.where(ids == config.image_token_id, 1, np.where(ids == config.video_token_id, 2, 0))
-  grids = {1: iter(np.asarray(image_grid_thw).reshape(-1, 3)) if image_grid_thw is not None else iter(()),
-           2: iter(np.asarray(video_grid_thw).reshape(-1, 3)) if video_grid_thw is not None else iter(())}
-  seconds = iter(np.asarray(second_per_grid_ts, np.float32).reshape(-1)) if second_per_grid_ts is not None \
-      else iter(lambda: np.float32(1), None)
+  grids = {
+    1: iter(np.asarray(image_grid_thw).reshape(-1, 3)) if image_grid_thw is not None else iter(()),
+    2: iter(np.asarray(video_grid_thw).reshape(-1, 3)) if video_grid_thw is not None else iter(()),
+  }
+  seconds = (
+    iter(np.asarray(second_per_grid_ts, np.float32).reshape(-1))
+    if second_per_grid_ts is not None
+    else iter(lambda: np.float32(1), None)
+  )
   merge, tps = config.vision.spatial_merge_size, np.float32(config.vision.tokens_per_second)
   out = np.zeros((3, b, s), np.int64)
   deltas = np.zeros((b, 1), np.int64)
@@ -210,8 +245,10 @@ def rope_index(input_ids: np.ndarray, config: Qwen25VLConfig,
         interval = tps * next(seconds) if types[at] == 2 else 1
         span = _vision_positions(pos, grid, merge, interval)
         if span.shape[1] != end - at:
-          raise ValueError(f'row {row}: a span of {end - at} vision tokens at slot {at}, but grid '
-                           f'{tuple(int(g) for g in grid)} gives {span.shape[1]}')
+          raise ValueError(
+            f'row {row}: a span of {end - at} vision tokens at slot {at}, but grid '
+            f'{tuple(int(g) for g in grid)} gives {span.shape[1]}'
+          )
         pieces.append(span)
         pos += max(int(grid[1]), int(grid[2])) // merge
       at = end
@@ -245,7 +282,7 @@ def param_shapes(model: Qwen25VLForConditionalGeneration) -> dict:
   """The param tree of `model` as ShapeDtypeStructs (no memory), from a one-unit video prompt run through
   the forward and the output head."""
   cfg = model.config
-  m = cfg.vision.spatial_merge_size ** 2
+  m = cfg.vision.spatial_merge_size**2
   pixels = jnp.zeros((1, 1, 1, 1, m, cfg.vision.patch_dim), jnp.float32)
   ids = jnp.asarray([[cfg.video_token_id, 0]], jnp.int32)
   positions = jnp.zeros((3, 1, 2), jnp.int32)
@@ -254,22 +291,32 @@ def param_shapes(model: Qwen25VLForConditionalGeneration) -> dict:
   def forward_and_head(module, *args):
     return module.logits(module(*args).hidden[:, -1:])
 
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, pixels, positions, meta,
-                                                method=forward_and_head))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), ids, pixels, positions, meta, method=forward_and_head)
+  )
   return variables['params']
 
 
-language_model_view = video_lm.language_model_view   # the decoder + head as a Qwen2ForCausalLM
+language_model_view = video_lm.language_model_view  # the decoder + head as a Qwen2ForCausalLM
 
 
-def generate(model: Qwen25VLForConditionalGeneration, params: dict, input_ids: jnp.ndarray,
-             pixel_values_videos: jnp.ndarray | None, positions: jnp.ndarray, meta: TokenMeta,
-             max_new_tokens: int, **kwargs) -> jnp.ndarray:
+def generate(
+  model: Qwen25VLForConditionalGeneration,
+  params: dict,
+  input_ids: jnp.ndarray,
+  pixel_values_videos: jnp.ndarray | None,
+  positions: jnp.ndarray,
+  meta: TokenMeta,
+  max_new_tokens: int,
+  **kwargs,
+) -> jnp.ndarray:
   """Greedy decoding of video prompts input_ids [B, S] (padding marked in `meta`; positions [3, B, S])
   -> new tokens [B, max_new_tokens]. New token i of a row sits at (its last prompt position + 1 + i) on
   every axis, as transformers 5.x `generate` advances positions. kwargs: spec, eos_token_id, pad_token_id."""
   embeds = jax.jit(lambda p, i, v: model.apply({'params': p}, i, v, method='embed'))(
-      params, input_ids, pixel_values_videos)
+    params, input_ids, pixel_values_videos
+  )
   lm, lm_params = language_model_view(model, params)
-  return qwen2.generate_from_embeds(lm, lm_params, embeds, decoder_positions(jnp.asarray(positions)), meta,
-                                    max_new_tokens, **kwargs)
+  return qwen2.generate_from_embeds(
+    lm, lm_params, embeds, decoder_positions(jnp.asarray(positions)), meta, max_new_tokens, **kwargs
+  )

@@ -21,6 +21,7 @@ the hidden states stay in processor order throughout.
 Letters: B batch, T temporal patches, N = B * T, U = Hm * Wm merge units, M = m * m tokens per unit,
 W windows, L tokens per window (padded), D vision width, H heads, Dh head dim, E text width.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +40,7 @@ from jaxvlm.models.qwen2 import RMSNorm
 @dataclasses.dataclass(frozen=True)
 class Qwen25VLVisionConfig:
   """The fields of a transformers `Qwen2_5_VLVisionConfig` the port uses."""
+
   depth: int = 32
   hidden_size: int = 1280
   intermediate_size: int = 3420
@@ -70,20 +72,25 @@ class Qwen25VLVisionConfig:
     if bad:
       raise ValueError(f'fullatt_block_indexes {bad} outside the {depth} vision blocks')
     out = cls(
-        depth=depth, hidden_size=d.get('hidden_size', cls.hidden_size),
-        intermediate_size=d.get('intermediate_size', cls.intermediate_size),
-        num_heads=d.get('num_heads', d.get('num_attention_heads', cls.num_heads)),
-        in_channels=d.get('in_channels', d.get('in_chans', cls.in_channels)),
-        patch_size=d.get('patch_size', d.get('spatial_patch_size', cls.patch_size)),
-        spatial_merge_size=d.get('spatial_merge_size', cls.spatial_merge_size),
-        temporal_patch_size=d.get('temporal_patch_size', cls.temporal_patch_size),
-        tokens_per_second=d.get('tokens_per_second', cls.tokens_per_second),
-        window_size=d.get('window_size', cls.window_size),
-        out_hidden_size=d.get('out_hidden_size', cls.out_hidden_size),
-        fullatt_block_indexes=full, rope_theta=float(rope.get('rope_theta', 10000.0)))
+      depth=depth,
+      hidden_size=d.get('hidden_size', cls.hidden_size),
+      intermediate_size=d.get('intermediate_size', cls.intermediate_size),
+      num_heads=d.get('num_heads', d.get('num_attention_heads', cls.num_heads)),
+      in_channels=d.get('in_channels', d.get('in_chans', cls.in_channels)),
+      patch_size=d.get('patch_size', d.get('spatial_patch_size', cls.patch_size)),
+      spatial_merge_size=d.get('spatial_merge_size', cls.spatial_merge_size),
+      temporal_patch_size=d.get('temporal_patch_size', cls.temporal_patch_size),
+      tokens_per_second=d.get('tokens_per_second', cls.tokens_per_second),
+      window_size=d.get('window_size', cls.window_size),
+      out_hidden_size=d.get('out_hidden_size', cls.out_hidden_size),
+      fullatt_block_indexes=full,
+      rope_theta=float(rope.get('rope_theta', 10000.0)),
+    )
     if out.hidden_size % out.num_heads or (out.hidden_size // out.num_heads) % 4:
-      raise ValueError(f'vision hidden_size {out.hidden_size} / num_heads {out.num_heads} must be a head '
-                       'dim divisible by 4 (2-D rotary: a quarter of it per axis and half)')
+      raise ValueError(
+        f'vision hidden_size {out.hidden_size} / num_heads {out.num_heads} must be a head '
+        'dim divisible by 4 (2-D rotary: a quarter of it per axis and half)'
+      )
     return out
 
   @property
@@ -93,7 +100,7 @@ class Qwen25VLVisionConfig:
   @property
   def patch_dim(self) -> int:
     """Features of one flattened patch: C * tp * p * p, in that (C, tp, p, p) order."""
-    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+    return self.in_channels * self.temporal_patch_size * self.patch_size**2
 
   @property
   def window_units(self) -> int:
@@ -113,6 +120,7 @@ class WindowTables:
   gather: int [W, Lu] merge unit (row-major index into U) in each window slot, 0 for empty slots;
   valid: bool [W, Lu] the slot holds a unit; scatter: int [U] flat slot (window * Lu + slot) of each unit.
   """
+
   gather: np.ndarray
   valid: np.ndarray
   scatter: np.ndarray
@@ -173,18 +181,18 @@ def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> nn.De
 
 class VisionAttention(nn.Module):
   """Fused qkv projection (bias), 2-D rotary, window or full attention within a temporal patch, proj."""
+
   config: Qwen25VLVisionConfig
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, angles: jnp.ndarray, full: jnp.ndarray, tables: WindowTables
-               ) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, angles: jnp.ndarray, full: jnp.ndarray, tables: WindowTables) -> jnp.ndarray:
     """x [N, U, M, D], angles [U, M, Dh/2], full: bool [] (traced: this block attends over the whole
     temporal patch) -> [N, U, M, D]."""
     cfg = self.config
     n, u, m, d = x.shape
     qkv = _dense(3 * d, self.dtype, 'qkv')(x).reshape(n, u, m, 3, cfg.num_heads, cfg.head_dim)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]     # each [N, U, M, H, Dh]
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # each [N, U, M, H, Dh]
     q, k = apply_rotary(q, angles), apply_rotary(k, angles)
 
     def whole(q, k, v):
@@ -195,10 +203,10 @@ class VisionAttention(nn.Module):
       gather, valid = jnp.asarray(tables.gather), jnp.asarray(tables.valid)
       w, lu = gather.shape
       to_windows = lambda y: y[:, gather].reshape(n, w, lu * m, cfg.num_heads, cfg.head_dim)
-      key_valid = jnp.repeat(valid, m, axis=1)                                # [W, L]
+      key_valid = jnp.repeat(valid, m, axis=1)  # [W, L]
       out = _softmax_attention(to_windows(q), to_windows(k), to_windows(v), key_valid)
       out = out.reshape(n, w * lu, m, cfg.num_heads, cfg.head_dim)
-      return out[:, jnp.asarray(tables.scatter)]                              # back to [N, U, M, H, Dh]
+      return out[:, jnp.asarray(tables.scatter)]  # back to [N, U, M, H, Dh]
 
     out = jax.lax.cond(full, whole, windowed, q, k, v)
     return _dense(d, self.dtype, 'proj')(out.reshape(n, u, m, d))
@@ -206,6 +214,7 @@ class VisionAttention(nn.Module):
 
 class VisionMLP(nn.Module):
   """down_proj(silu(gate_proj(x)) * up_proj(x)), with biases."""
+
   config: Qwen25VLVisionConfig
   dtype: Any = jnp.float32
 
@@ -219,18 +228,21 @@ class VisionMLP(nn.Module):
 
 class VisionBlock(nn.Module):
   """x + attn(norm1(x)), then + mlp(norm2(.)); RMSNorm eps 1e-6."""
+
   config: Qwen25VLVisionConfig
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, angles, full, tables):
     x = x + VisionAttention(self.config, self.dtype, name='attn')(
-        RMSNorm(1e-6, self.dtype, name='norm1')(x), angles, full, tables)
+      RMSNorm(1e-6, self.dtype, name='norm1')(x), angles, full, tables
+    )
     return x + VisionMLP(self.config, self.dtype, name='mlp')(RMSNorm(1e-6, self.dtype, name='norm2')(x))
 
 
 class PatchEmbed(nn.Module):
   """Conv3d(kernel = stride = (tp, p, p), no bias) as a linear map of the flattened patch."""
+
   config: Qwen25VLVisionConfig
   dtype: Any = jnp.float32
 
@@ -241,6 +253,7 @@ class PatchEmbed(nn.Module):
 
 class MergerMLP(nn.Module):
   """transformers' nn.Sequential(Linear, GELU, Linear): params '0' and '2' as its state_dict names."""
+
   hidden: int
   out: int
   dtype: Any = jnp.float32
@@ -253,6 +266,7 @@ class MergerMLP(nn.Module):
 
 class PatchMerger(nn.Module):
   """ln_q (RMSNorm) per token, the M tokens of each unit concatenated, mlp to the text width."""
+
   config: Qwen25VLVisionConfig
   dtype: Any = jnp.float32
 
@@ -270,6 +284,7 @@ class Qwen25VisionTransformer(nn.Module):
   Params: patch_embed/proj, layers (the `depth` blocks stacked with nn.scan; checkpoints name them
   `blocks.{i}`), merger/{ln_q, mlp/0, mlp/2}.
   """
+
   config: Qwen25VLVisionConfig
   dtype: Any = jnp.float32
 
@@ -277,9 +292,11 @@ class Qwen25VisionTransformer(nn.Module):
   def __call__(self, pixels: jnp.ndarray) -> jnp.ndarray:
     cfg = self.config
     b, t, hm, wm, m, c = pixels.shape
-    if m != cfg.spatial_merge_size ** 2 or c != cfg.patch_dim:
-      raise ValueError(f'pixel patches have shape {pixels.shape}; expected [B, T, Hm, Wm, '
-                       f'{cfg.spatial_merge_size ** 2}, {cfg.patch_dim}]')
+    if m != cfg.spatial_merge_size**2 or c != cfg.patch_dim:
+      raise ValueError(
+        f'pixel patches have shape {pixels.shape}; expected [B, T, Hm, Wm, '
+        f'{cfg.spatial_merge_size**2}, {cfg.patch_dim}]'
+      )
     tables = window_tables(hm, wm, cfg.window_units)
     angles = jnp.asarray(rotary_angles(hm, wm, cfg.spatial_merge_size, cfg.head_dim, cfg.rope_theta))
     x = PatchEmbed(cfg, self.dtype, name='patch_embed')(pixels.reshape(b * t, hm * wm, m, c).astype(self.dtype))
@@ -291,7 +308,7 @@ class Qwen25VisionTransformer(nn.Module):
 
     scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True}, length=cfg.depth)
     x, _ = scan(VisionBlock(cfg, self.dtype, name='layers'), x, jnp.asarray(full))
-    out = PatchMerger(cfg, self.dtype, name='merger')(x)                      # [N, U, E]
+    out = PatchMerger(cfg, self.dtype, name='merger')(x)  # [N, U, E]
     return out.reshape(b, t * hm * wm, -1)
 
 

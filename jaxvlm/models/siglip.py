@@ -6,6 +6,7 @@ keeps torch.nn.MultiheadAttention's `in_proj_weight` [3D, D] / `in_proj_bias` [3
 
 Einsum letters: B batch, T query tokens, S key tokens, N heads, H head dim, D model width.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,9 +21,9 @@ from flax import struct
 Dtype = Any
 
 _ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
-    'gelu_pytorch_tanh': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
-    'gelu': functools.partial(jax.nn.gelu, approximate=False),
+  'gelu_pytorch_tanh': functools.partial(jax.nn.gelu, approximate=True),
+  'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
+  'gelu': functools.partial(jax.nn.gelu, approximate=False),
 }
 
 
@@ -49,6 +50,7 @@ def _as_int_size(value: Any, name: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class SiglipVisionConfig:
   """Vision tower hyper-parameters (defaults = transformers' SiglipVisionConfig defaults)."""
+
   hidden_size: int = 768
   intermediate_size: int = 3072
   num_hidden_layers: int = 12
@@ -83,6 +85,7 @@ class SiglipVisionConfig:
 @dataclasses.dataclass(frozen=True)
 class SiglipTextConfig:
   """Text tower hyper-parameters (defaults = transformers' SiglipTextConfig defaults)."""
+
   vocab_size: int = 32000
   hidden_size: int = 768
   intermediate_size: int = 3072
@@ -116,14 +119,17 @@ class SiglipConfig:
     if not self.vision_config.vision_use_head:
       raise ValueError('SiglipModel needs the vision attention-pooling head (vision_use_head=True)')
     if self.vision_config.hidden_size != self.text_config.output_size:
-      raise ValueError(f'image embedding width {self.vision_config.hidden_size} != text embedding width '
-                       f'{self.text_config.output_size}')
+      raise ValueError(
+        f'image embedding width {self.vision_config.hidden_size} != text embedding width {self.text_config.output_size}'
+      )
 
   @classmethod
   def from_hf(cls, d: dict) -> SiglipConfig:
     """From a SigLIP config.json dict; a missing sub-dict means that tower's defaults, as in transformers."""
-    return cls(vision_config=SiglipVisionConfig.from_hf(d.get('vision_config') or {}),
-               text_config=SiglipTextConfig.from_hf(d.get('text_config') or {}))
+    return cls(
+      vision_config=SiglipVisionConfig.from_hf(d.get('vision_config') or {}),
+      text_config=SiglipTextConfig.from_hf(d.get('text_config') or {}),
+    )
 
 
 TowerConfig = SiglipVisionConfig | SiglipTextConfig
@@ -133,6 +139,7 @@ TowerConfig = SiglipVisionConfig | SiglipTextConfig
 class VisionOutput:
   """last_hidden_state [B, P, D] (post_layernorm applied); pooled [B, D] or None without the head;
   hidden_states [L+1, B, P, D]: embeddings, then each encoder layer's output (no post_layernorm)."""
+
   last_hidden_state: jnp.ndarray
   pooled: jnp.ndarray | None
   hidden_states: jnp.ndarray
@@ -142,6 +149,7 @@ class VisionOutput:
 class TextOutput:
   """last_hidden_state [B, S, D] (final_layer_norm applied); pooled [B, D'] = head(last position);
   hidden_states [L+1, B, S, D] as in VisionOutput."""
+
   last_hidden_state: jnp.ndarray
   pooled: jnp.ndarray
   hidden_states: jnp.ndarray
@@ -180,6 +188,7 @@ def _attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
 
 class SiglipAttention(nn.Module):
   """Bidirectional self-attention with separate q/k/v/out projections (HF SiglipAttention)."""
+
   config: TowerConfig
   dtype: Dtype = jnp.float32
 
@@ -198,6 +207,7 @@ class SiglipAttention(nn.Module):
 
 class SiglipEncoderLayer(nn.Module):
   """Pre-LN transformer block, written as a scan body: (h [B, T, D], None) -> (h', h)."""
+
   config: TowerConfig
   dtype: Dtype = jnp.float32
 
@@ -207,14 +217,15 @@ class SiglipEncoderLayer(nn.Module):
     # in the carry, so a caller that reads only hidden_states[-1] lets XLA drop the [L, ...] buffer.
     x = h
     h = h + SiglipAttention(self.config, self.dtype, name='self_attn')(
-        _layer_norm(self.config, self.dtype, 'layer_norm1')(h))
-    h = h + SiglipMLP(self.config, self.dtype, name='mlp')(
-        _layer_norm(self.config, self.dtype, 'layer_norm2')(h))
+      _layer_norm(self.config, self.dtype, 'layer_norm1')(h)
+    )
+    h = h + SiglipMLP(self.config, self.dtype, name='mlp')(_layer_norm(self.config, self.dtype, 'layer_norm2')(h))
     return nn.with_logical_constraint(h, ('batch', 'length', 'act_embed')), x
 
 
 class SiglipEncoder(nn.Module):
   """num_hidden_layers SiglipEncoderLayers as one nn.scan (params stacked on a leading layer axis)."""
+
   config: TowerConfig
   dtype: Dtype = jnp.float32
 
@@ -222,10 +233,10 @@ class SiglipEncoder(nn.Module):
   def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
     """h [B, T, D] (embeddings) -> hidden states [L+1, B, T, D]: h, then every layer's output."""
     layers = nn.scan(
-        SiglipEncoderLayer,
-        variable_axes={'params': 0},
-        split_rngs={'params': True},
-        length=self.config.num_hidden_layers,
+      SiglipEncoderLayer,
+      variable_axes={'params': 0},
+      split_rngs={'params': True},
+      length=self.config.num_hidden_layers,
     )(self.config, self.dtype, name='layers')
     last, inputs = layers(h, None)
     return jnp.concatenate([inputs, last[None]], axis=0)
@@ -233,6 +244,7 @@ class SiglipEncoder(nn.Module):
 
 class _MultiheadAttention(nn.Module):
   """torch.nn.MultiheadAttention (batch_first) cross-attention: params in_proj_weight/bias + out_proj."""
+
   embed_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -245,7 +257,7 @@ class _MultiheadAttention(nn.Module):
     b = self.param('in_proj_bias', nn.initializers.zeros_init(), (3 * d,), jnp.float32)
     w, b = w.astype(self.dtype), b.astype(self.dtype)
     # in_proj_weight rows are [W_q; W_k; W_v], each [out, in] as in torch.
-    proj = lambda y, i: y @ w[i * d:(i + 1) * d].T + b[i * d:(i + 1) * d]
+    proj = lambda y, i: y @ w[i * d : (i + 1) * d].T + b[i * d : (i + 1) * d]
     split = lambda y: y.reshape(*y.shape[:-1], n, d // n)
     out = _attend(split(proj(query, 0)), split(proj(kv, 1)), split(proj(kv, 2)))
     return _dense(d, self.dtype, 'out_proj')(out.reshape(*query.shape[:-1], d))
@@ -253,6 +265,7 @@ class _MultiheadAttention(nn.Module):
 
 class SiglipMultiheadAttentionPoolingHead(nn.Module):
   """A learned probe attends over the tokens (torch.nn.MultiheadAttention layout), then LN + MLP residual."""
+
   config: SiglipVisionConfig
   dtype: Dtype = jnp.float32
 
@@ -262,9 +275,11 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
     d, n = self.config.hidden_size, self.config.num_attention_heads
     probe = self.param('probe', nn.initializers.normal(1.0), (1, 1, d), jnp.float32)
     pooled = _MultiheadAttention(d, n, self.dtype, name='attention')(
-        jnp.broadcast_to(probe, (x.shape[0], 1, d)).astype(self.dtype), x)
+      jnp.broadcast_to(probe, (x.shape[0], 1, d)).astype(self.dtype), x
+    )
     pooled = pooled + SiglipMLP(self.config, self.dtype, name='mlp')(
-        _layer_norm(self.config, self.dtype, 'layernorm')(pooled))
+      _layer_norm(self.config, self.dtype, 'layernorm')(pooled)
+    )
     return pooled[:, 0]
 
 
@@ -277,20 +292,30 @@ class SiglipVisionEmbeddings(nn.Module):
     """pixel_values [B, H, W, C] -> patch embeddings + position embeddings [B, P, D]."""
     c = self.config
     if pixel_values.shape[1:] != (c.image_size, c.image_size, c.num_channels):
-      raise ValueError(f'pixel_values {pixel_values.shape} != [B, {c.image_size}, {c.image_size}, '
-                       f'{c.num_channels}] (channels-last; position embeddings are not interpolated)')
-    patches = nn.Conv(c.hidden_size, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
-                      padding='VALID', dtype=self.dtype, param_dtype=jnp.float32,
-                      name='patch_embedding')(pixel_values.astype(self.dtype))
+      raise ValueError(
+        f'pixel_values {pixel_values.shape} != [B, {c.image_size}, {c.image_size}, '
+        f'{c.num_channels}] (channels-last; position embeddings are not interpolated)'
+      )
+    patches = nn.Conv(
+      c.hidden_size,
+      (c.patch_size, c.patch_size),
+      strides=(c.patch_size, c.patch_size),
+      padding='VALID',
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='patch_embedding',
+    )(pixel_values.astype(self.dtype))
     # Row-major flattening of the [h, w] grid = torch's flatten(2) of NCHW.
     patches = patches.reshape(patches.shape[0], -1, c.hidden_size)
-    pos = nn.Embed(c.num_patches, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-                   name='position_embedding')(jnp.arange(c.num_patches))
+    pos = nn.Embed(c.num_patches, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32, name='position_embedding')(
+      jnp.arange(c.num_patches)
+    )
     return patches + pos[None]
 
 
 class SiglipVisionTransformer(nn.Module):
   """The SigLIP image tower (HF SiglipVisionModel); `vision_tower` inside LLaVA-OneVision."""
+
   config: SiglipVisionConfig
   dtype: Dtype = jnp.float32
 
@@ -317,14 +342,16 @@ class SiglipTextEmbeddings(nn.Module):
     s = input_ids.shape[-1]
     if s > c.max_position_embeddings:
       raise ValueError(f'text length {s} > max_position_embeddings {c.max_position_embeddings}')
-    embed = lambda num, name: nn.Embed(num, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32,
-                                       name=name)
-    return embed(c.vocab_size, 'token_embedding')(input_ids) + embed(
-        c.max_position_embeddings, 'position_embedding')(jnp.arange(s))[None]
+    embed = lambda num, name: nn.Embed(num, c.hidden_size, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    return (
+      embed(c.vocab_size, 'token_embedding')(input_ids)
+      + embed(c.max_position_embeddings, 'position_embedding')(jnp.arange(s))[None]
+    )
 
 
 class SiglipTextTransformer(nn.Module):
   """The SigLIP text tower (HF SiglipTextModel): bidirectional encoder, no attention mask."""
+
   config: SiglipTextConfig
   dtype: Dtype = jnp.float32
 
@@ -347,6 +374,7 @@ def _l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
 
 class SiglipModel(nn.Module):
   """Both towers plus the sigmoid-loss temperature/bias (HF SiglipModel)."""
+
   config: SiglipConfig
   dtype: Dtype = jnp.float32
 
@@ -376,7 +404,6 @@ class SiglipModel(nn.Module):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def relevance(model: SiglipModel, params: Any, pixel_values: jnp.ndarray,
-              input_ids: jnp.ndarray) -> jnp.ndarray:
+def relevance(model: SiglipModel, params: Any, pixel_values: jnp.ndarray, input_ids: jnp.ndarray) -> jnp.ndarray:
   """Query-frame relevance sigmoid(logits): frames [N, H, W, C], queries [Q, S] -> [N, Q] in (0, 1)."""
   return jax.nn.sigmoid(cast(jax.Array, model.apply({'params': params}, pixel_values, input_ids)))

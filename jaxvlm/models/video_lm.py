@@ -16,8 +16,9 @@ import jax.numpy as jnp
 from jaxvlm.models import qwen2
 
 
-def fill_video_slots(embeds: jnp.ndarray, input_ids: jnp.ndarray, video: jnp.ndarray,
-                     video_token_id: int) -> jnp.ndarray:
+def fill_video_slots(
+  embeds: jnp.ndarray, input_ids: jnp.ndarray, video: jnp.ndarray, video_token_id: int
+) -> jnp.ndarray:
   """embeds [B, S, D] with the k-th video slot (input_ids == video_token_id) of each row replaced by the
   k-th row of video [B, N, D]; each row must hold exactly N slots (not checked: traced)."""
   video = video.astype(embeds.dtype)
@@ -25,18 +26,15 @@ def fill_video_slots(embeds: jnp.ndarray, input_ids: jnp.ndarray, video: jnp.nda
   # Rank of each slot within its row; clipped so non-slot positions gather something harmless.
   rank = jnp.clip(jnp.cumsum(is_video, axis=1) - 1, 0, video.shape[1] - 1)
   gathered = jnp.take_along_axis(video, rank[..., None], axis=1)
-  return nn.with_logical_constraint(jnp.where(is_video[..., None], gathered, embeds),
-                                    ('batch', 'length', 'act_embed'))
+  return nn.with_logical_constraint(jnp.where(is_video[..., None], gathered, embeds), ('batch', 'length', 'act_embed'))
 
 
-def prompt_forward(model: Any, embeds: jnp.ndarray, positions: jnp.ndarray, meta, spec,
-                   return_hidden_states: bool):
+def prompt_forward(model: Any, embeds: jnp.ndarray, positions: jnp.ndarray, meta, spec, return_hidden_states: bool):
   """A whole prompt embeds [B, S, D] through `model.decode` into a fresh cache of S slots written from 0
   (queries and keys share `meta`)."""
   b, s = embeds.shape[:2]
   cache = qwen2.KVCache.empty(model.config.text, b, s, embeds.dtype)
-  return model.decode(embeds, positions, meta, cache, meta, jnp.zeros((b,), jnp.int32), spec,
-                      return_hidden_states)
+  return model.decode(embeds, positions, meta, cache, meta, jnp.zeros((b,), jnp.int32), spec, return_hidden_states)
 
 
 def output_logits(model: Any, hidden: jnp.ndarray) -> jnp.ndarray:

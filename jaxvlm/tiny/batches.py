@@ -2,6 +2,7 @@
 decoded back once (what evaluation sees), and the batch of every step of both stages as a pure function
 of (seed, stage, step), so a resumed run replays the same stream.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -55,12 +56,14 @@ def load_train_data(config, workdir: str) -> TrainData:
   if not os.path.isfile(cache):
     os.makedirs(root, exist_ok=True)
     jobs = [(it, os.path.join(root, f'{it.id}.mp4'), config.num_frames, config.data.fps) for it in items]
-    out = np.lib.format.open_memmap(cache + '.tmp.npy', 'w+', np.uint8,
-                                    (n, config.num_frames, items[0].video.size, items[0].video.size, 3))
+    out = np.lib.format.open_memmap(
+      cache + '.tmp.npy', 'w+', np.uint8, (n, config.num_frames, items[0].video.size, items[0].video.size, 3)
+    )
     # spawn, not fork: the parent has JAX's threads running.
     with multiprocessing.get_context('spawn').Pool(config.data.workers) as pool:
-      for i, frames in enumerate(tqdm(pool.imap(_encode_and_decode, jobs, chunksize=16), total=n,
-                                      desc='encode + decode train videos')):
+      for i, frames in enumerate(
+        tqdm(pool.imap(_encode_and_decode, jobs, chunksize=16), total=n, desc='encode + decode train videos')
+      ):
         out[i] = frames
     out.flush()
     del out
@@ -89,8 +92,9 @@ def shape_swapped(caption: str, rng: np.random.Generator) -> str:
   return ' '.join(words)
 
 
-def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.ndarray], step: int
-                 ) -> dict[str, np.ndarray]:
+def siglip_batch(
+  config, data: TrainData, processor, caption_ids: dict[str, np.ndarray], step: int
+) -> dict[str, np.ndarray]:
   """batch_size random (video, frame) pairs and their captions plus one hard negative per frame:
   pixels [I, H, W, C], caption_ids [2I, L] (the I captions, then the I shape-swapped ones),
   caption_index [2I] (identity of each text: equal texts are positives of each other),
@@ -117,11 +121,13 @@ def siglip_batch(config, data: TrainData, processor, caption_ids: dict[str, np.n
   index = {t: i for i, t in enumerate(sorted(set(texts + negatives)))}
   missing = sorted({t for t in negatives if t not in caption_ids})
   caption_ids.update(zip(missing, processor.tokenize(missing)) if missing else ())
-  return {'pixels': processor.preprocess(np.stack([data.frames[v, f] for v, f in zip(vids, frames)])),
-          'caption_ids': np.stack([caption_ids[t] for t in texts + negatives]),
-          'caption_index': np.asarray([index[t] for t in texts + negatives], np.int32),
-          'image_caption': np.asarray([index[t] for t in texts], np.int32),
-          'caption_words': losses.frame_word_targets(processor.tokenizer, texts)}
+  return {
+    'pixels': processor.preprocess(np.stack([data.frames[v, f] for v, f in zip(vids, frames)])),
+    'caption_ids': np.stack([caption_ids[t] for t in texts + negatives]),
+    'caption_index': np.asarray([index[t] for t in texts + negatives], np.int32),
+    'image_caption': np.asarray([index[t] for t in texts], np.int32),
+    'caption_words': losses.frame_word_targets(processor.tokenizer, texts),
+  }
 
 
 def curriculum_frames(item, num_frames: int, keep: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,14 +138,15 @@ def curriculum_frames(item, num_frames: int, keep: int, rng: np.random.Generator
   if len(evidence) >= keep:  # the control: any frames show the background
     return np.sort(rng.choice(sorted(evidence), keep, replace=False))
   border = {g for f in evidence for g in (f - 1, f + 1) if 0 <= g < num_frames} - evidence
-  chosen = evidence | set(sorted(border)[:keep - len(evidence)])
+  chosen = evidence | set(sorted(border)[: keep - len(evidence)])
   rest = sorted(set(range(num_frames)) - chosen)
   chosen |= set(rng.choice(rest, keep - len(chosen), replace=False).tolist())
   return np.asarray(sorted(chosen))
 
 
-def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_cache: dict, step: int
-                ) -> dict[str, np.ndarray]:
+def llava_batch(
+  config, data: TrainData, processor, tower: np.ndarray, prompt_cache: dict, step: int
+) -> dict[str, np.ndarray]:
   """batch_size random videos with their question prompts (collated as evaluation collates them),
   their frozen-tower features (tower [N, F, P, Dv] cached once) and the targets of the auxiliary
   losses: per-frame caption words frame_words [B, F, V], words shown so far seen_words [B, F, V],
@@ -161,39 +168,46 @@ def llava_batch(config, data: TrainData, processor, tower: np.ndarray, prompt_ca
   for v in vids:
     item = data.items[v]
     if (v, num) not in prompt_cache:
-      prompt_cache[v, num] = prompts.build_prompt(processor, item.question.question,
-                                                  item.question.options, num)
-    frames = (curriculum_frames(item, config.num_frames, num, rng) if short
-              else np.arange(config.num_frames))
+      prompt_cache[v, num] = prompts.build_prompt(processor, item.question.question, item.question.options, num)
+    frames = curriculum_frames(item, config.num_frames, num, rng) if short else np.arange(config.num_frames)
     built.append(prompt_cache[v, num])
     captions = [data.captions[v][f] for f in frames]
     words.append(losses.frame_word_targets(processor.tokenizer, captions))
     seen.append(losses.seen_word_targets(processor.tokenizer, captions))
     happened = synthetic.frame_events(item.video)
     events.append(losses.event_word_targets(processor.tokenizer, [happened[f] for f in frames]))
-    grounding.append(losses.event_word_targets(processor.tokenizer,
-                                             synthetic.option_events(item, WRONG_OPTION)))
+    grounding.append(losses.event_word_targets(processor.tokenizer, synthetic.option_events(item, WRONG_OPTION)))
     feats.append(tower[v, frames])
   pb = prompts.collate(built, processor.tokenizer.pad_token_id)
   letters = processor.option_letter_ids(synthetic.NUM_OPTIONS)
   answers = np.asarray([data.items[v].question.answer for v in vids])
   wrong = processor.tokenizer.convert_tokens_to_ids(WRONG_OPTION)
   # prompts.collate's layout is numpy already (np.asarray only tells the type checker).
-  group, frame, positions, valid = (np.asarray(x) for x in (pb.layout.group, pb.layout.frame,
-                                                            pb.layout.positions, pb.layout.valid))
+  group, frame, positions, valid = (
+    np.asarray(x) for x in (pb.layout.group, pb.layout.frame, pb.layout.positions, pb.layout.valid)
+  )
   option_end = prompts.option_end_index(pb.input_ids, group, letters)
-  return {'input_ids': pb.input_ids, 'group': group, 'frame': frame,
-          'positions': positions, 'valid': valid, 'answer_index': pb.answer_index,
-          'answer_id': letters[answers], 'frame_words': np.stack(words), 'seen_words': np.stack(seen),
-          'event_words': np.stack(events),
-          'option_end': option_end,
-          'option_word': option_end - 1,  # an object option's colour word ("B . red ring")
-          'option_events': np.stack(grounding),
-          'option_target': losses.option_line_targets(letters, answers, wrong),
-          'question_end': prompts.question_end_index(group),
-          'answer_words': losses.event_word_targets(processor.tokenizer, [
-              data.items[v].question.options[a].split(' ') for v, a in zip(vids, answers)]),
-          'tower': np.stack(feats)}
+  return {
+    'input_ids': pb.input_ids,
+    'group': group,
+    'frame': frame,
+    'positions': positions,
+    'valid': valid,
+    'answer_index': pb.answer_index,
+    'answer_id': letters[answers],
+    'frame_words': np.stack(words),
+    'seen_words': np.stack(seen),
+    'event_words': np.stack(events),
+    'option_end': option_end,
+    'option_word': option_end - 1,  # an object option's colour word ("B . red ring")
+    'option_events': np.stack(grounding),
+    'option_target': losses.option_line_targets(letters, answers, wrong),
+    'question_end': prompts.question_end_index(group),
+    'answer_words': losses.event_word_targets(
+      processor.tokenizer, [data.items[v].question.options[a].split(' ') for v, a in zip(vids, answers)]
+    ),
+    'tower': np.stack(feats),
+  }
 
 
 def tower_cache(workdir: str, model, params: dict, processor, data: TrainData) -> np.ndarray:
@@ -203,7 +217,7 @@ def tower_cache(workdir: str, model, params: dict, processor, data: TrainData) -
   if not os.path.isfile(path):
     chunks = []
     for i in tqdm(range(0, len(data.items), 16), desc='vision tower features'):
-      pixels = np.stack([processor.preprocess(np.asarray(v)) for v in data.frames[i:i + 16]])
+      pixels = np.stack([processor.preprocess(np.asarray(v)) for v in data.frames[i : i + 16]])
       chunks.append(np.asarray(losses.tower_features(params, model, jnp.asarray(pixels))))
     np.save(path + '.tmp.npy', np.concatenate(chunks))
     os.replace(path + '.tmp.npy', path)

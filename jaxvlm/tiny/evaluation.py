@@ -12,6 +12,7 @@ Definitions:
              the top caption equals its own caption. `within video`: the candidates are the distinct
              captions of that frame's video (what a keyframe scorer has to tell apart).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,12 +49,14 @@ def ensure_split(root: str, split: str, num: int, seed: int, num_frames: int) ->
 # LLaVA-OneVision: accuracy with and without the video.
 
 
-def llava_scores(model, params, processor, samples, num_frames: int, batch_size: int = 8
-                 ) -> tuple[list[dict], list[tuple[str, str]]]:
+def llava_scores(
+  model, params, processor, samples, num_frames: int, batch_size: int = 8
+) -> tuple[list[dict], list[tuple[str, str]]]:
   """Per sample: {'id', 'task', 'answer', 'clean' [O], 'text_only' [O]} option log-probs."""
   cfg = types.SimpleNamespace(num_frames=num_frames)
-  text_only = jax.tree.map(jnp.asarray, knockout.knockout_spec(
-      'LV', knockout.all_layers(model.config.text.num_hidden_layers), num_frames))
+  text_only = jax.tree.map(
+    jnp.asarray, knockout.knockout_spec('LV', knockout.all_layers(model.config.text.num_hidden_layers), num_frames)
+  )
   records, failures = [], []
   for chunk in runs.batches(samples, batch_size):
     prepared, failed = runs.prepare(chunk, processor, cfg)
@@ -66,8 +69,15 @@ def llava_scores(model, params, processor, samples, num_frames: int, batch_size:
     blind = np.asarray(prompts.answer_logprobs(*args, text_only))
     for i, p in enumerate(prepared):
       n = len(p.sample.options)
-      records.append({'id': p.sample.id, 'task': p.sample.task, 'answer': p.sample.answer,
-                      'clean': clean[i, :n], 'text_only': blind[i, :n]})
+      records.append(
+        {
+          'id': p.sample.id,
+          'task': p.sample.task,
+          'answer': p.sample.answer,
+          'clean': clean[i, :n],
+          'text_only': blind[i, :n],
+        }
+      )
   return records, failures
 
 
@@ -88,8 +98,7 @@ def accuracy_table(records: list[dict], key: str) -> dict[str, float]:
 
 
 def _embed(fn, params, xs: np.ndarray, batch: int) -> np.ndarray:
-  return np.concatenate([np.asarray(fn(params, jnp.asarray(xs[i:i + batch])))
-                         for i in range(0, len(xs), batch)])
+  return np.concatenate([np.asarray(fn(params, jnp.asarray(xs[i : i + batch]))) for i in range(0, len(xs), batch)])
 
 
 def siglip_retrieval(model, params, processor, split_dir: str, max_videos: int | None = None) -> dict:
@@ -110,41 +119,61 @@ def siglip_retrieval(model, params, processor, split_dir: str, max_videos: int |
   for name in videos:
     frames = video.sample_frames(os.path.join(split_dir, 'videos', name), _NUM_FRAMES).pixels
     img = _embed(image_fn, params, processor.preprocess(frames), 64)
-    sims = (img / np.linalg.norm(img, axis=-1, keepdims=True)) @ txt.T   # [F, C]
+    sims = (img / np.linalg.norm(img, axis=-1, keepdims=True)) @ txt.T  # [F, C]
     truth = np.asarray([col[caption_of[(name, f)]] for f in range(len(frames))])
     hits_global += list(np.argmax(sims, -1) == truth)
     own = np.unique(truth)
     hits_video += list(own[np.argmax(sims[:, own], -1)] == truth)
-  return {'r1_global': float(np.mean(hits_global)), 'r1_within_video': float(np.mean(hits_video)),
-          'num_frames': len(hits_global), 'num_captions': len(unique)}
+  return {
+    'r1_global': float(np.mean(hits_global)),
+    'r1_within_video': float(np.mean(hits_video)),
+    'num_frames': len(hits_global),
+    'num_captions': len(unique),
+  }
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def evaluate_assets(assets: str, data_root: str, split: str, num: int, seed: int,
-                    num_frames: int = _NUM_FRAMES, siglip_videos: int | None = None) -> dict:
+def evaluate_assets(
+  assets: str,
+  data_root: str,
+  split: str,
+  num: int,
+  seed: int,
+  num_frames: int = _NUM_FRAMES,
+  siglip_videos: int | None = None,
+) -> dict:
   """Both checkpoints of `assets` on `num` items of `split` (generated under data_root) -> summary."""
   split_dir = ensure_split(data_root, split, num, seed, _NUM_FRAMES)
   loaded = data_lib.load_mvbench(os.path.join(split_dir, 'json'), os.path.join(split_dir, 'videos'))
   model, params, processor = checkpoints.load_pretrained(os.path.join(assets, 'llava_ov_tiny'))
   records, failures = llava_scores(model, params, processor, loaded.samples, num_frames)
   s_model, s_params, s_processor = checkpoints.load_pretrained(os.path.join(assets, 'siglip_tiny'))
-  return {'split': split, 'seed': seed, 'num_samples': len(records),
-          'failures': failures + [(i, str(r)) for i, r in loaded.skipped],
-          'llava': accuracy_table(records, 'clean'), 'text_only': accuracy_table(records, 'text_only'),
-          'siglip': siglip_retrieval(s_model, s_params, s_processor, split_dir, siglip_videos)}
+  return {
+    'split': split,
+    'seed': seed,
+    'num_samples': len(records),
+    'failures': failures + [(i, str(r)) for i, r in loaded.skipped],
+    'llava': accuracy_table(records, 'clean'),
+    'text_only': accuracy_table(records, 'text_only'),
+    'siglip': siglip_retrieval(s_model, s_params, s_processor, split_dir, siglip_videos),
+  }
 
 
 def format_summary(summary: dict) -> str:
   acc, blind = summary['llava'], summary['text_only']
-  lines = [f"{summary['split']} split (seed {summary['seed']}): {summary['num_samples']} samples, "
-           f"{len(summary['failures'])} failed",
-           f"{'type':>16} {'accuracy':>9} {'text-only':>9}"]
+  lines = [
+    f"{summary['split']} split (seed {summary['seed']}): {summary['num_samples']} samples, "
+    f"{len(summary['failures'])} failed",
+    f"{'type':>16} {'accuracy':>9} {'text-only':>9}",
+  ]
   for key in [k for k in acc if k not in ('overall', 'frame_dependent')] + ['frame_dependent', 'overall']:
     if key in acc:
       lines.append(f'{key:>16} {acc[key]:>9.3f} {blind[key]:>9.3f}')
   s = summary['siglip']
-  lines.append(f"SigLIP frame->caption R@1: global {s['r1_global']:.3f} ({s['num_frames']} frames, "
-               f"{s['num_captions']} captions), within video {s['r1_within_video']:.3f}")
+  lines.append(
+    f"SigLIP frame->caption R@1: global {s['r1_global']:.3f} ({s['num_frames']} frames, "
+    f"{s['num_captions']} captions), within video {s['r1_within_video']:.3f}"
+  )
   return '\n'.join(lines)

@@ -3,6 +3,7 @@ and the LLaVA's answer loss with its auxiliary losses, and the targets they read
 
 Letters: B batch, I images, Q captions, S prompt slots, F frames, O options, D hidden, V vocabulary.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,6 +21,7 @@ from jaxvlm.models import siglip
 from jaxvlm.tiny.tokenizer import caption_words
 from jaxvlm.training import TrainState, apply_grads
 
+
 def sigmoid_loss(logits: jnp.ndarray, positive: jnp.ndarray) -> jnp.ndarray:
   """SigLIP loss: logits [I, Q], positive bool [I, Q] (same caption text, so duplicates in a batch
   are not pushed apart) -> mean over images of the summed pairwise -log sigmoid(+-logit)."""
@@ -35,16 +37,18 @@ def answer_loss(logits: jnp.ndarray, answer_ids: jnp.ndarray) -> tuple[jnp.ndarr
   return nll.mean(), (jnp.argmax(logits, -1) == answer_ids).mean()
 
 
-def _siglip_logits_and_patches(module: siglip.SiglipModel, pixels: jnp.ndarray, caption_ids: jnp.ndarray
-                               ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def _siglip_logits_and_patches(
+  module: siglip.SiglipModel, pixels: jnp.ndarray, caption_ids: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
   """-> logits [I, Q] and the patch features the LLaVA's tower passes on [I, P, Dv] (last layer)."""
   vision = module.vision_model(pixels)
   pooled = cast(jax.Array, vision.pooled)  # not None: SiglipConfig requires the vision pooling head
   return module.pair_logits(pooled, module.text_features(caption_ids)), vision.hidden_states[-1]
 
 
-def siglip_loss_fn(params: dict, model: siglip.SiglipModel, batch: dict, word_weight: float
-                   ) -> tuple[jnp.ndarray, dict]:
+def siglip_loss_fn(
+  params: dict, model: siglip.SiglipModel, batch: dict, word_weight: float
+) -> tuple[jnp.ndarray, dict]:
   """params {'model': SigLIP params, 'word_head': init_word_head}; batch as in `siglip_step` ->
   sigmoid loss over all I x Q pairs + word_weight x the word loss, and both parts.
 
@@ -52,44 +56,53 @@ def siglip_loss_fn(params: dict, model: siglip.SiglipModel, batch: dict, word_we
   batch's captions almost always differ in colour or shape already, so the sigmoid loss alone never
   needs the rarer words (a moving object's direction) and the tower drops them (what it did to the
   probe and to retrieval: docs/results.md, "Embedded default")."""
-  logits, patches = cast(tuple[jax.Array, jax.Array],
-                         model.apply({'params': params['model']}, batch['pixels'], batch['caption_ids'],
-                                     method=_siglip_logits_and_patches))
+  logits, patches = cast(
+    tuple[jax.Array, jax.Array],
+    model.apply({'params': params['model']}, batch['pixels'], batch['caption_ids'], method=_siglip_logits_and_patches),
+  )
   contrastive = sigmoid_loss(logits, batch['image_caption'][:, None] == batch['caption_index'][None, :])
   head = params['word_head']
   word_logits = patches.mean(1) @ head['kernel'] + head['bias']
   # One binary decision per vocabulary word, so a direction word has a loss term of its own. Neither
   # this nor a softmax over the caption's words taught the direction without the moving frames of
   # siglip_batch's moving_share (the probe numbers: docs/results.md).
-  words = jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(word_logits, batch['caption_words'] > 0),
-                           axis=-1))
+  words = jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(word_logits, batch['caption_words'] > 0), axis=-1))
   return contrastive + word_weight * words, {'sigmoid_loss': contrastive, 'word_loss': words}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'tx', 'word_weight'), donate_argnums=(0,))
-def siglip_step(state: TrainState, batch: dict, model: siglip.SiglipModel,
-                tx: optax.GradientTransformation, word_weight: float = 0.0) -> tuple[TrainState, dict]:
+def siglip_step(
+  state: TrainState, batch: dict, model: siglip.SiglipModel, tx: optax.GradientTransformation, word_weight: float = 0.0
+) -> tuple[TrainState, dict]:
   """batch: pixels [I, H, W, C], caption_ids [Q, L], caption_index [Q] (identity of each text),
   image_caption [I] (identity of each image's caption), caption_words [I, V] (frame_word_targets)."""
-  (loss, parts), grads = jax.value_and_grad(siglip_loss_fn, has_aux=True)(
-      state.params, model, batch, word_weight)
+  (loss, parts), grads = jax.value_and_grad(siglip_loss_fn, has_aux=True)(state.params, model, batch, word_weight)
   return apply_grads(state, grads, tx), {'loss': loss, **parts}
 
 
-def _forward(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None,
-             return_hidden_states: bool = False) -> lo.LlavaOutput:
+def _forward(
+  params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None, return_hidden_states: bool = False
+) -> lo.LlavaOutput:
   """The forward of a prompt batch (keys as in `answer_logits`; the video comes from batch['pixels']
   or, with a frozen tower, from its cached output batch['tower'])."""
   layout = prompts.TokenLayout(batch['group'], batch['frame'], batch['positions'], batch['valid'])
-  return cast(lo.LlavaOutput, model.apply({'params': params}, batch['input_ids'], batch.get('pixels'),
-                                          layout.positions, layout.meta(), spec=spec,
-                                          return_hidden_states=return_hidden_states,
-                                          tower_features=batch.get('tower')))
+  return cast(
+    lo.LlavaOutput,
+    model.apply(
+      {'params': params},
+      batch['input_ids'],
+      batch.get('pixels'),
+      layout.positions,
+      layout.meta(),
+      spec=spec,
+      return_hidden_states=return_hidden_states,
+      tower_features=batch.get('tower'),
+    ),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('model',))
-def tower_features(params, model: lo.LlavaOnevisionForConditionalGeneration, pixels: jnp.ndarray
-                   ) -> jnp.ndarray:
+def tower_features(params, model: lo.LlavaOnevisionForConditionalGeneration, pixels: jnp.ndarray) -> jnp.ndarray:
   """pixels [B, F, H, W, C] -> the vision tower's selected features [B, F, P, Dv]."""
   return cast(jax.Array, model.apply({'params': params}, pixels, method='tower_features'))
 
@@ -100,22 +113,19 @@ def _logits_at(params, model, hidden: jnp.ndarray, index: jnp.ndarray) -> jnp.nd
   return model.apply({'params': params}, picked, method='logits')
 
 
-def answer_logits(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
-                  spec=None) -> jnp.ndarray:
+def answer_logits(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict, spec=None) -> jnp.ndarray:
   """The next-token logits [B, V] at each prompt's answer slot. batch: input_ids [B, S], pixels
   [B, F, H, W, C], group/frame/positions [B, S] int32, valid [B, S] bool, answer_index [B]."""
   hidden = _forward(params, model, batch, spec).hidden
   return _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
 
 
-def frame_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]
-                       ) -> np.ndarray:
+def frame_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]) -> np.ndarray:
   """Per-frame captions [F] -> float32 [F, V]: uniform distribution over each caption's words."""
   return _uniform_rows(len(tokenizer), [caption_words(tokenizer, c) for c in captions])
 
 
-def event_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, events: list[list[str]]
-                       ) -> np.ndarray:
+def event_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, events: list[list[str]]) -> np.ndarray:
   """Per-row word lists [R] (a frame's event words, synthetic.frame_events, or an option's,
   synthetic.option_events) -> float32 [R, V]: uniform over each row's words, all zero for an empty
   row (no target there)."""
@@ -132,8 +142,7 @@ def _uniform_rows(vocab_size: int, id_lists: list[list[int]]) -> np.ndarray:
   return out
 
 
-def seen_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]
-                      ) -> np.ndarray:
+def seen_word_targets(tokenizer: transformers.PreTrainedTokenizerBase, captions: list[str]) -> np.ndarray:
   """Per-frame captions [F] -> float32 [F, V]: uniform over the content words of every frame up to
   and including f (what the video has shown so far)."""
   out = np.zeros((len(captions), len(tokenizer)), np.float32)
@@ -156,8 +165,7 @@ def option_line_targets(letter_ids: np.ndarray, answers: np.ndarray, wrong_id: i
   return np.where(is_answer, np.asarray(letter_ids)[None], wrong_id).astype(np.int32)
 
 
-def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp.ndarray
-                ) -> jnp.ndarray:
+def _final_norm(params, model: lo.LlavaOnevisionForConditionalGeneration, h: jnp.ndarray) -> jnp.ndarray:
   return cast(jax.Array, model.apply({'params': params}, h, method=lambda m, x: m.language_model.norm(x)))
 
 
@@ -169,19 +177,29 @@ def masked_word_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(per_row) / jnp.maximum(jnp.sum(has_target), 1)
 
 
-def _frame_loss(params, model, hidden_states: jnp.ndarray, layer: int, ends: jnp.ndarray,
-                targets: jnp.ndarray) -> jnp.ndarray:
+def _frame_loss(
+  params, model, hidden_states: jnp.ndarray, layer: int, ends: jnp.ndarray, targets: jnp.ndarray
+) -> jnp.ndarray:
   """masked_word_loss of targets [B, F, V] at the frame ends [B, F], read from the input of decoder
   `layer` through the final norm and the tied head."""
   early = _final_norm(params, model, hidden_states[layer])
   return masked_word_loss(_logits_at(params, model, early, ends), targets)
 
 
-def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batch: dict,
-                  frame_weight: float = 0.0, option_weight: float = 0.0, frame_layer: int = -1,
-                  seen_weight: float = 0.0, seen_layer: int = -1, event_weight: float = 0.0,
-                  event_layer: int = -1, recall_weight: float = 0.0, ground_weight: float = 0.0
-                  ) -> tuple[jnp.ndarray, dict]:
+def llava_loss_fn(
+  params,
+  model: lo.LlavaOnevisionForConditionalGeneration,
+  batch: dict,
+  frame_weight: float = 0.0,
+  option_weight: float = 0.0,
+  frame_layer: int = -1,
+  seen_weight: float = 0.0,
+  seen_layer: int = -1,
+  event_weight: float = 0.0,
+  event_layer: int = -1,
+  recall_weight: float = 0.0,
+  ground_weight: float = 0.0,
+) -> tuple[jnp.ndarray, dict]:
   """Cross-entropy of the answer letter (batch['answer_id'] [B]) at the answer slot, plus
   auxiliary losses (the answer letter alone is a weak signal for a from-scratch model):
   - `frame_weight` x caption loss: the last slot of every frame predicts the content words of that
@@ -212,8 +230,7 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     under the event loss, so the option looks the object up in the video where it names it.
   -> (loss, {'answer_loss', 'accuracy', ['frame_loss'], ['seen_loss'], ['event_loss'],
   ['option_loss'], ['recall_loss'], ['ground_loss']})."""
-  out = _forward(params, model, batch,
-                 return_hidden_states=bool(frame_weight or seen_weight or event_weight))
+  out = _forward(params, model, batch, return_hidden_states=bool(frame_weight or seen_weight or event_weight))
   hidden = out.hidden
   logits = _logits_at(params, model, hidden, batch['answer_index'][:, None])[:, 0]
   answer, acc = answer_loss(logits, batch['answer_id'])
@@ -235,28 +252,31 @@ def llava_loss_fn(params, model: lo.LlavaOnevisionForConditionalGeneration, batc
     metrics['event_loss'] = event
     loss = loss + event_weight * event
   if option_weight:
-    at_options = _logits_at(params, model, hidden, batch['option_end'])          # [B, O, V]
+    at_options = _logits_at(params, model, hidden, batch['option_end'])  # [B, O, V]
     targets = jax.nn.one_hot(batch['option_target'], at_options.shape[-1])
     option = soft_cross_entropy(at_options, targets)
     metrics['option_loss'] = option
     loss = loss + option_weight * option
   if recall_weight:
-    at_question = _logits_at(params, model, hidden, batch['question_end'][:, None])[:, 0]   # [B, V]
+    at_question = _logits_at(params, model, hidden, batch['question_end'][:, None])[:, 0]  # [B, V]
     recall = soft_cross_entropy(at_question, batch['answer_words'])
     metrics['recall_loss'] = recall
     loss = loss + recall_weight * recall
   if ground_weight:
-    ground = masked_word_loss(_logits_at(params, model, hidden, batch['option_word']),
-                              batch['option_events'])
+    ground = masked_word_loss(_logits_at(params, model, hidden, batch['option_word']), batch['option_events'])
     metrics['ground_loss'] = ground
     loss = loss + ground_weight * ground
   return loss, metrics
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'tx', 'weights'), donate_argnums=(0,))
-def llava_step(state: TrainState, batch: dict, model: lo.LlavaOnevisionForConditionalGeneration,
-               tx: optax.GradientTransformation, weights: tuple = ()) -> tuple[TrainState, dict]:
+def llava_step(
+  state: TrainState,
+  batch: dict,
+  model: lo.LlavaOnevisionForConditionalGeneration,
+  tx: optax.GradientTransformation,
+  weights: tuple = (),
+) -> tuple[TrainState, dict]:
   """weights: (name, value) pairs of llava_loss_fn's keyword arguments (hashable: static)."""
-  (loss, metrics), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(
-      state.params, model, batch, **dict(weights))
+  (loss, metrics), grads = jax.value_and_grad(llava_loss_fn, has_aux=True)(state.params, model, batch, **dict(weights))
   return apply_grads(state, grads, tx), {'loss': loss, **metrics}

@@ -1,5 +1,6 @@
 """The word-level tokenizer of the synthetic world (every word its own id, deterministic) and the
 LLaVA-OneVision chat template the embedded default ships with."""
+
 from __future__ import annotations
 
 from typing import Iterable, cast
@@ -15,13 +16,14 @@ PAD, UNK = '[PAD]', '[UNK]'
 SPECIAL_TOKENS = ('<|im_start|>', '<|im_end|>', '<video>', '<image>')
 # LLaVA-OneVision's layout: role and a space, media placeholders first, then '\n' + each text part.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
-    "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + c['text'] }}"
-    "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+  "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+  "{% for c in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+  "{% for c in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+  "{% for c in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + c['text'] }}"
+  "{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 CAPTION_STOPWORDS = frozenset({'a', 'an', 'at', 'the', 'on', 'and', 'background'})
 WRONG_OPTION = 'no'  # what the end of a wrong option line learns to predict (see losses.llava_loss_fn)
 
@@ -29,14 +31,26 @@ WRONG_OPTION = 'no'  # what the end of a wrong option line learns to predict (se
 def world_texts(num_items: int = 400, seed: int = 0) -> list[str]:
   """Every kind of text the synthetic world and the prompts produce (questions, options, captions,
   the answer instruction, option letters, role names and WRONG_OPTION), from `num_items` items per question type."""
-  texts = [ANSWER_INSTRUCTION, 'system user assistant', WRONG_OPTION, ' '.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
-           ' '.join(synthetic.COLOURS), ' '.join(synthetic.BACKGROUNDS), ' '.join(synthetic.SHAPES),
-           ' '.join(synthetic.DIRECTIONS), ' '.join(str(d) for d in range(10))]
+  texts = [
+    ANSWER_INSTRUCTION,
+    'system user assistant',
+    WRONG_OPTION,
+    ' '.join('ABCDEFGHIJKLMNOPQRSTUVWXYZ'),
+    ' '.join(synthetic.COLOURS),
+    ' '.join(synthetic.BACKGROUNDS),
+    ' '.join(synthetic.SHAPES),
+    ' '.join(synthetic.DIRECTIONS),
+    ' '.join(str(d) for d in range(10)),
+  ]
   for i in range(num_items):
     for k, qtype in enumerate(synthetic.QTYPES):
       item = synthetic.make_item(np.random.default_rng([seed, k, i]), qtype, i % synthetic.NUM_OPTIONS, '')
-      texts += [item.question.question, *item.question.options, *synthetic.frame_captions(item.video),
-                *(' '.join(words) for words in synthetic.frame_events(item.video))]
+      texts += [
+        item.question.question,
+        *item.question.options,
+        *synthetic.frame_captions(item.video),
+        *(' '.join(words) for words in synthetic.frame_events(item.video)),
+      ]
   return texts
 
 
@@ -49,7 +63,8 @@ def build_tokenizer(texts: Iterable[str]) -> transformers.PreTrainedTokenizerFas
   tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
   tok.pre_tokenizer = split
   fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token=UNK, pad_token=PAD, additional_special_tokens=list(SPECIAL_TOKENS))
+    tokenizer_object=tok, unk_token=UNK, pad_token=PAD, additional_special_tokens=list(SPECIAL_TOKENS)
+  )
   fast.chat_template = CHAT_TEMPLATE
   return fast
 
