@@ -43,6 +43,8 @@ class LlavaOnevisionConfig:
     text = dict(d['text_config'])
     tie = bool(d.get('tie_word_embeddings', text.get('tie_word_embeddings', False)))
     text['tie_word_embeddings'] = tie
+    # The text config first: an M-RoPE (Qwen2.5-VL) decoder is the wrong family, whatever else is missing.
+    text_config = qwen2.Qwen2Config.from_hf(text)
     video_token_id = d.get('video_token_index', d.get('video_token_id'))
     if video_token_id is None:
       raise ValueError(
@@ -50,7 +52,7 @@ class LlavaOnevisionConfig:
       )
     return cls(
       vision=SiglipVisionConfig.from_hf(d['vision_config']),
-      text=qwen2.Qwen2Config.from_hf(text),
+      text=text_config,
       video_token_id=video_token_id,
       image_token_id=d.get('image_token_index', d.get('image_token_id')),
       vision_feature_layer=tuple(layer) if isinstance(layer, (list, tuple)) else layer,
