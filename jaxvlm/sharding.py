@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxvlm import cpu_threads
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -144,6 +146,8 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(len(devices), data, fsdp, tensor)
+  here = jax.process_index()
+  cpu_threads.warn_if_short(sum(d.platform == 'cpu' and d.process_index == here for d in devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

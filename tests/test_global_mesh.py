@@ -1,7 +1,6 @@
 """One global mesh across processes (`--config.mesh.devices=global`): 2 local processes x 4 CPU devices
 (jax.distributed on 127.0.0.1, gloo), the embedded default's weights split over fsdp=8 across both
-processes, against single-process runs. (fsdp=4 x tensor=2 hangs now and then on the CPU backend, in
-gloo's AllToAll: see GLOBAL.)
+processes, or over fsdp=4 x tensor=2, against single-process runs.
 
 References: one process on the same mesh over its own 8 devices (`local_<mesh>`: the same SPMD program,
 only the process boundary differs), and for the knockout also one process on one device (`one`: the plain
@@ -39,9 +38,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mesh name -> config.mesh. one: a single process on one device; local_<m>: a single process, mesh <m>
 # over its 8 devices; <m>: mesh <m> spanning both processes.
-# fsdp=4 x tensor=2 is left out: on the CPU backend its runs hang now and then in gloo's AllToAll
-# (docs/results.md, "Global mesh across processes": a local participant starved by the CPU client).
-GLOBAL = ['fsdp8']
+# fsdp=4 x tensor=2 runs all-to-alls (attention head reshapes), which hung now and then on the CPU
+# backend until `import jaxvlm` gave XLA's CPU client two threads per device (jaxvlm/cpu_threads.py).
+GLOBAL = ['fsdp8', 'fsdp4_tensor2']
 _SHAPES = {'fsdp8': {'data': 1, 'fsdp': 8, 'tensor': 1}, 'fsdp4_tensor2': {'data': 1, 'fsdp': 4, 'tensor': 2}}
 MESHES = {
   'one': {'devices': 'local', 'data': -1, 'fsdp': 1, 'tensor': 1},
