@@ -14,12 +14,11 @@ scores; and, for benchmarks lmms-eval has, lmms_eval/ (the all-candidates answer
 from __future__ import annotations
 
 import functools
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxvlm import benchmark_scores, config_checks, distributed, lmms_eval_format, runs, sharding
+from jaxvlm import config_checks, distributed, runs, sharding
 from jaxvlm.keyframes import candidates, config_fields, diagnosis, learned
 from jaxvlm.keyframes import plots as keyframe_plots
 
@@ -68,18 +67,7 @@ def run(config, workdir: str) -> dict:
   records = log.records()
   summary = diagnosis.summarize(records, plan, config.sensitive_k, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
-    runs.write_summary(workdir, summary['header'], summary['rows'])
-    benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
-    lmms_eval_format.write_clean_answers(
-      workdir,
-      config.benchmark,
-      samples,
-      records,
-      lambda s: processor.render(processor.question_text(s.question, s.options)),
-      config.checkpoint,
-      ann=config.data.get('ann', ''),
-      run_config=config.to_dict(),
-    )
+    runs.write_results(workdir, summary, samples, records, processor, config)
     keyframe_plots.diagnosis_plots(summary, records, workdir, config.strip_samples)
   runs.finish_run(workdir)
   return summary

@@ -12,12 +12,11 @@ results file of the clean answers).
 from __future__ import annotations
 
 import functools
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxvlm import benchmark_scores, config_checks, distributed, lmms_eval_format, runs, sharding
+from jaxvlm import config_checks, distributed, runs, sharding
 from jaxvlm.knockout import config_fields, engine, metrics, plots, specs
 
 
@@ -76,19 +75,8 @@ def run(config, workdir: str) -> dict:
   records = log.records()
   summary = metrics.summarize(records, sw, config.benchmark, {s.id: s.meta for s in samples})
   if distributed.is_main():
-    runs.write_summary(workdir, summary['header'], summary['rows'])
-    benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
+    runs.write_results(workdir, summary, samples, records, processor, config)
     plots.knockout_plots(summary['rows'], summary['header'], workdir)
-    lmms_eval_format.write_clean_answers(
-      workdir,
-      config.benchmark,
-      samples,
-      records,
-      lambda s: processor.render(processor.question_text(s.question, s.options)),
-      config.checkpoint,
-      ann=config.data.get('ann', ''),
-      run_config=config.to_dict(),
-    )
   runs.finish_run(workdir)
   return summary
 

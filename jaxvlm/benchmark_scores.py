@@ -190,6 +190,13 @@ def official_line(header: Mapping) -> list[str]:
   ]
 
 
+def fixed_width_lines(rows: Sequence[Mapping], cols: Sequence[str], width: int) -> list[str]:
+  """A text table of `cols` of each row, right-aligned in `width` characters: floats with 4 decimals,
+  anything else (a missing column too) as str; the first line names the columns."""
+  cell = lambda v: f'{v:>{width}.4f}' if isinstance(v, (float, np.floating)) else f'{str(v):>{width}}'
+  return [' '.join(f'{c:>{width}}' for c in cols)] + [' '.join(cell(r.get(c)) for c in cols) for r in rows]
+
+
 def write_csv(path: str, rows: Sequence[dict]) -> str:
   """The score rows as a csv (the base condition's change columns left empty); atomic."""
   tmp = path + '.tmp'

@@ -41,7 +41,18 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from jaxvlm import checkpoints, config_checks, data, distributed, frame_folders, input_pipeline, prompts, sharding
+from jaxvlm import (
+  benchmark_scores,
+  checkpoints,
+  config_checks,
+  data,
+  distributed,
+  frame_folders,
+  input_pipeline,
+  lmms_eval_format,
+  prompts,
+  sharding,
+)
 from jaxvlm.data import synthetic
 from jaxvlm.prompts import TokenLayout
 from jaxvlm.qwen2_5_vl_processor import Qwen25VLProcessor
@@ -210,6 +221,24 @@ def write_summary(workdir: str, summary: dict, rows: Iterable[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
   os.replace(tmp, os.path.join(workdir, 'summary.csv'))
+
+
+def write_results(workdir: str, summary: dict, samples: Sequence, records: Sequence[dict], processor, config) -> None:
+  """A study's result files (process 0): summary.json/csv, summary_scores.csv (per-task rows and the
+  benchmark's official aggregates) and lmms-eval's per-sample log and results file of the clean
+  answers, each prompt rendered as the processor renders it."""
+  write_summary(workdir, summary['header'], summary['rows'])
+  benchmark_scores.write_csv(os.path.join(workdir, 'summary_scores.csv'), summary['header'].get('scores', []))
+  lmms_eval_format.write_clean_answers(
+    workdir,
+    config.benchmark,
+    samples,
+    records,
+    lambda s: processor.render(processor.question_text(s.question, s.options)),
+    config.checkpoint,
+    ann=config.data.get('ann', ''),
+    run_config=config.to_dict(),
+  )
 
 
 class WorkdirLockedError(RuntimeError):

@@ -370,9 +370,5 @@ def format_table(summary: dict) -> str:
     'ndcg_oracle',
     'recall_evidence',
   ]
-  lines.append(' '.join(f'{c:>16}' for c in cols))
-  for r in summary['rows']:
-    lines.append(
-      ' '.join(f'{r[c]:>16.4f}' if isinstance(r.get(c), (float, np.floating)) else f'{str(r.get(c)):>16}' for c in cols)
-    )
+  lines += benchmark_scores.fixed_width_lines(summary['rows'], cols, 16)
   return '\n'.join(lines)

@@ -129,21 +129,14 @@ def _span(model, batch: runs.ModelBatch) -> efficient.VideoSpan:
   )
 
 
+def _prompt_args(batch: runs.ModelBatch) -> tuple:
+  """The batch's arguments of `efficient.option_logprobs` between params and the plan."""
+  layout = batch.layout
+  return batch.input_ids, batch.pixels, layout.positions, layout.meta(), batch.answer_index, batch.option_ids
+
+
 def plan_logprobs(model, params, batch: runs.ModelBatch, plan: InferencePlan) -> np.ndarray:
-  return np.asarray(
-    efficient.option_logprobs(
-      model,
-      params,
-      batch.input_ids,
-      batch.pixels,
-      batch.layout.positions,
-      batch.layout.meta(),
-      batch.answer_index,
-      batch.option_ids,
-      plan,
-      _span(model, batch),
-    )
-  )
+  return np.asarray(efficient.option_logprobs(model, params, *_prompt_args(batch), plan, _span(model, batch)))
 
 
 def evaluate_batch(
@@ -194,22 +187,10 @@ def measure(model, params, processor, cand: Candidates, grid: Grid, num_frames: 
     shape = costs.PromptShape(span.start, answer + 1 - span.start - span.num_tokens, k, model.config.tokens_per_frame)
     if full is None:
       full = costs.prefill_cost(model.config, InferencePlan(num_layers), dataclasses.replace(shape, frames=num_frames))
-    args = (
-      model,
-      params,
-      batch.input_ids,
-      batch.pixels,
-      batch.layout.positions,
-      batch.layout.meta(),
-      batch.answer_index,
-      batch.option_ids,
-    )
+    args = (model, params, *_prompt_args(batch))
     # One compile per plan serves the timing and XLA's memory analysis; the plans are timed in turns, so
     # a shared machine's load hits them alike, and the fastest run of each counts.
-    compiled = [
-      efficient._option_logprobs.lower(*args, plan, span).compile()  # pylint: disable=protected-access
-      for plan in grid.plans
-    ]
+    compiled = [efficient.option_logprobs.lower(*args, plan, span).compile() for plan in grid.plans]
     runs_ = [functools.partial(lambda c: jax.block_until_ready(c(*args[1:])), c) for c in compiled]
     seconds: list[list[float]] = [[] for _ in grid.plans]
     for fn in runs_:

@@ -128,36 +128,12 @@ def _layer_rows(
   return out.reshape(c, b, -1, d)
 
 
-@functools.partial(jax.jit, static_argnames=('model',))
-def _layer_step(
-  model: LlavaOnevisionForConditionalGeneration,
-  params,
-  clean: CleanRun,
-  layout: prompts.TokenLayout,
-  layer,
-  inputs,
-  rules: LayerRule,
-  start,
-):
-  """A layer below the last on C states: every tail row, [C, B, T, D]."""
-  return _layer_rows(model, params, clean, layout, layer, inputs, rules, start, None)
-
-
-@functools.partial(jax.jit, static_argnames=('model',))
-def _answer_step(
-  model: LlavaOnevisionForConditionalGeneration,
-  params,
-  clean: CleanRun,
-  layout: prompts.TokenLayout,
-  layer,
-  inputs,
-  rules: LayerRule,
-  start,
-  answer_index,
-):
-  """The last layer on C states: only the answer row queries (every tail row still supplies its
-  keys/values), [C, B, 1, D]; the readout reads nothing else."""
-  return _layer_rows(model, params, clean, layout, layer, inputs, rules, start, (answer_index - start)[:, None])
+# The two jitted steps of a sweep, one per output form: every tail row (a layer below the last, [C, B, T,
+# D]) or only the answer row (the last layer, out_rows = answer_index - start, [C, B, 1, D]: the readout
+# reads nothing else, while every tail row still supplies its keys and values). Two functions, so each
+# keeps its own compile cache (the tests bound how many shapes each compiles).
+_layer_step = jax.jit(functools.partial(_layer_rows, out_rows=None), static_argnames=('model',))
+_answer_step = jax.jit(_layer_rows, static_argnames=('model',))
 
 
 @jax.jit
@@ -284,6 +260,7 @@ def run_sweep(
     start = jnp.asarray(starts[chosen].min(axis=0))  # one tail for the group: starting earlier is exact
     plan = plan_states(specs_np, chosen)
     states = jnp.zeros((1, len(start), int(tail), d), model.dtype)  # [M, B, T, D] of the previous layer
+    answer_rows = (answer_index - start)[:, None]  # [B, 1]: the answer's row in the tail
     for layer, (parents, rule_of) in enumerate(zip(plan.parents, plan.rule_of)):
       if not len(parents):
         continue
@@ -294,9 +271,7 @@ def run_sweep(
         rules = jax.tree.map(lambda x: jnp.asarray(x[src, layer]), specs_np)
         inputs = _gather_inputs(states, clean.hidden_states[layer], jnp.asarray(parents[offset : offset + size]), start)
         if last:
-          pieces.append(
-            _answer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start, answer_index)
-          )
+          pieces.append(_answer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start, answer_rows))
         else:
           pieces.append(_layer_step(model, params, clean, layout, jnp.int32(layer), inputs, rules, start))
       states = jnp.concatenate(pieces) if len(pieces) > 1 else pieces[0]

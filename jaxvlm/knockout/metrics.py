@@ -153,9 +153,5 @@ def format_table(summary: dict) -> str:
     'delta_logp_correct',
     'flip_rate',
   ]
-  lines.append(' '.join(f'{c:>18}' for c in cols))
-  for r in summary['rows']:
-    lines.append(
-      ' '.join(f'{r[c]:>18.4f}' if isinstance(r[c], (float, np.floating)) else f'{str(r[c]):>18}' for c in cols)
-    )
+  lines += benchmark_scores.fixed_width_lines(summary['rows'], cols, 18)
   return '\n'.join(lines)

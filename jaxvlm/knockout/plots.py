@@ -17,6 +17,17 @@ def _band(ax, xs, lows, highs, colour) -> None:
     ax.fill_between(xs, lows, highs, color=colour, alpha=0.18, lw=0)
 
 
+def _kind_curves(ax, rows: list[dict], kinds: list[str], point) -> None:
+  """One line per knockout kind through point(row) = (x, y, low, high) of its rows, sorted by x, with
+  the interval band."""
+  for kind in kinds:
+    pts = sorted(point(r) for r in rows if r['kind'] == kind)
+    if pts:
+      x, y, lo, hi = zip(*pts)
+      ax.plot(x, y, marker='o', color=KIND_COLOURS.get(kind), label=KIND_NAMES.get(kind, kind))
+      _band(ax, x, lo, hi, KIND_COLOURS.get(kind))
+
+
 def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
   """global1: performance ratio vs layer ratio; global2: per-type bars; fine: per-window accuracy
   change; fine_task_change: the per-task heatmap. Shaded bands and error bars are bootstrap 95 %
@@ -28,16 +39,13 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
 
   if by_setting('global1'):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind in kinds:
-      pts = sorted(
-        (r['layer_ratio'], r['performance_ratio'], r.get('performance_ratio_low'), r.get('performance_ratio_high'))
-        for r in by_setting('global1')
-        if r['kind'] == kind
-      )
-      if pts:
-        x, y, lo, hi = zip(*pts)
-        ax.plot(x, y, marker='o', color=KIND_COLOURS.get(kind), label=KIND_NAMES.get(kind, kind))
-        _band(ax, x, lo, hi, KIND_COLOURS.get(kind))
+    point = lambda r: (
+      r['layer_ratio'],
+      r['performance_ratio'],
+      r.get('performance_ratio_low'),
+      r.get('performance_ratio_high'),
+    )
+    _kind_curves(ax, by_setting('global1'), kinds, point)
     ax.axhline(1.0, color='grey', lw=0.8, ls='--')
     ax.set(
       xlabel='layer ratio (layers left clean / L)',
@@ -71,16 +79,8 @@ def knockout_plots(rows: list[dict], header: dict, workdir: str) -> list[str]:
   if by_setting('fine'):
     fig, ax = plt.subplots(figsize=(7, 4))
     clean = header.get('clean_accuracy') or 0.0
-    for kind in kinds:
-      pts = sorted(
-        (r['first_layer'], r['accuracy'] - clean, r.get('change_low'), r.get('change_high'))
-        for r in by_setting('fine')
-        if r['kind'] == kind
-      )
-      if pts:
-        x, y, lo, hi = zip(*pts)
-        ax.plot(x, y, marker='o', color=KIND_COLOURS.get(kind), label=KIND_NAMES.get(kind, kind))
-        _band(ax, x, lo, hi, KIND_COLOURS.get(kind))
+    point = lambda r: (r['first_layer'], r['accuracy'] - clean, r.get('change_low'), r.get('change_high'))
+    _kind_curves(ax, by_setting('fine'), kinds, point)
     ax.axhline(0.0, color='grey', lw=0.8, ls='--')
     width = by_setting('fine')[0]['last_layer'] - by_setting('fine')[0]['first_layer'] + 1
     ax.set(

@@ -408,6 +408,7 @@ def prefill(
   return decoder_prefill(model, params, embeds, positions, meta, plan, span, max_new_tokens, unroll)
 
 
+@functools.partial(jax.jit, static_argnames=('model', 'plan', 'span'))
 def option_logprobs(
   model: LlavaOnevisionForConditionalGeneration,
   params,
@@ -421,19 +422,10 @@ def option_logprobs(
   span: VideoSpan,
 ) -> jnp.ndarray:
   """log p(option letter) [B, O] at prompt slot answer_index [B] under the plan (full-vocabulary softmax)."""
-  return _option_logprobs(
-    model, params, input_ids, pixel_values_videos, positions, meta, answer_index, option_ids, plan, span
-  )
-
-
-@functools.partial(jax.jit, static_argnames=('model', 'plan', 'span'))
-def _option_logprobs(
-  model, params, input_ids, pixel_values_videos, positions, meta, answer_index, option_ids, plan, span
-):
   hidden, _ = prefill(model, params, input_ids, pixel_values_videos, positions, meta, plan, span)
   row = output_row(answer_index, plan, span, model.config.text.num_hidden_layers)
   last = jnp.take_along_axis(hidden, row[:, None, None], axis=1)[:, 0]
-  logits = model.apply({'params': params}, last, method='logits')
+  logits = cast(jax.Array, model.apply({'params': params}, last, method='logits'))
   return jnp.take(jax.nn.log_softmax(logits, axis=-1), option_ids, axis=-1)
 
 
