@@ -173,7 +173,7 @@ def _decode_and_compute(root: str) -> tuple[float, float]:
   config = _config(0)
   model, params, processor = runs.load_model(config)
   sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)
-  mesh = sharding.make_mesh(**config.mesh, devices=jax.local_devices())
+  mesh = sharding.mesh_from_config(config.mesh)
   params = sharding.shard_params(params, mesh)
   samples, _ = runs.load_samples(config, root)
   start = time.perf_counter()
