@@ -10,8 +10,8 @@ hold the remaining threads, waiting for it in a collective. With one thread per 
 to run the lagging device's queue: every thread waits forever (gdb: three threads in
 `GlooCommunicator::AllToAll`, the fourth in `Semaphore::ScopedAcquire`; in one process: an all-to-all
 rendezvous "waiting for 8 threads"). fsdp x tensor meshes meet it first, since their attention head
-reshapes are all-to-alls. `benchmarks/cpu_collective_threads.py` reproduces it in seconds and shows the
-thread count it needs (docs/results.md).
+reshapes are all-to-alls. `python -m tests.test_cpu_threads` reproduces it in seconds (the thread counts
+it needs: docs/results.md).
 
 Two threads per device are enough: at most one dispatch per device waits for its in-flight slot and at
 most (devices - 1) shares wait in the collective, which leaves a thread to drain the lagging queue. Only

@@ -15,6 +15,11 @@ runs, so threads overlap with each other and with the model without pickling fra
 processes. A timed-out sample's thread cannot be stopped: it finishes its work in the background and
 its result is dropped, and the pool runs one worker short until it does.
 
+Workers run at a lower scheduling priority (`WORKER_NICE`, Linux) than the thread that feeds the model:
+when the cores are all busy the model's computation, the critical path, keeps its core and the workers
+take what is left; on an idle core the priority changes nothing. Each worker resizes its frames in its
+own thread (`resample.set_thread_default(1)`): the workers already spread the samples over the cores.
+
 `num_workers=0` prepares each sample in the calling thread, in order (no overlap; for debugging and as
 the serial baseline of benchmarks/input_overlap.py).
 """
@@ -24,12 +29,21 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from jaxvlm import resample
+
 PrepareFn = Callable[[Sequence[Any]], tuple[list, list]]
+
+# Added to a worker thread's nice value. With 10 a busy worker gets about a tenth of a core that the
+# model's thread also wants (Linux CFS weights); measured in docs/results.md (input pipeline, overlap).
+WORKER_NICE = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +60,17 @@ class Ready:
 
 def _reason(e: BaseException) -> str:
   return f'{type(e).__name__}: {e}'
+
+
+def _init_worker(nice: int) -> None:
+  """Runs in each worker thread as it starts."""
+  resample.set_thread_default(1)
+  if nice and sys.platform.startswith('linux'):  # elsewhere setpriority would renice the whole process
+    try:
+      tid = threading.get_native_id()
+      os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as e:  # a sandbox that forbids it: the pipeline works, just without the priority
+      logging.warning('input pipeline: could not lower a worker thread\'s priority: %s', e)
 
 
 def _prepare_one(prepare: PrepareFn, sample) -> tuple[list, list]:
@@ -74,6 +99,7 @@ def prefetch_batches(
   prefetch_batches: int = 2,
   timeout_s: float | None = None,
   in_order: bool = False,
+  worker_nice: int = WORKER_NICE,
 ) -> Iterator[Ready]:
   """Prepared batches of `samples` (objects with an `id`), prepared by `num_workers` threads.
 
@@ -88,6 +114,7 @@ def prefetch_batches(
       a slow one instead of taking a later one that finished first), so the batches depend on the samples
       alone, not on the threads' timing: what processes that run every batch together need (a mesh
       spanning processes, `runs.check_same_batch`).
+    worker_nice: added to each worker thread's nice value (Linux; 0 leaves it as the caller's).
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -107,7 +134,9 @@ def prefetch_batches(
     return _prepare_one(prepare, sample)
 
   window = 2 * num_workers + batch_size * prefetch_batches
-  pool = concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix='input_pipeline')
+  pool = concurrent.futures.ThreadPoolExecutor(
+    num_workers, thread_name_prefix='input_pipeline', initializer=_init_worker, initargs=(worker_nice,)
+  )
   pending: collections.OrderedDict[int, tuple[Any, concurrent.futures.Future]] = collections.OrderedDict()
   next_sample = 0
   try:

@@ -104,7 +104,13 @@ def open_video(path: str | os.PathLike[str]):
   if not container.streams.video:
     container.close()
     raise VideoError(f'cannot open video (corrupt, truncated or no video stream): no video stream in {path}')
-  return container, container.streams.video[0]
+  stream = container.streams.video[0]
+  # One decoding thread per video: parallelism comes from decoding several videos at once (the input
+  # pipeline's workers). libav's default (slice threads, cores + 1 of them) cannot split the one-slice
+  # frames common encoders write, yet its threads cost CPU the workers and the model need (measured in
+  # docs/results.md, input pipeline). The frames are the same either way.
+  stream.codec_context.thread_count = 1
+  return container, stream
 
 
 # Sample-table entries checked to lie on the constant-rate grid (reading all of a 10-minute video's
@@ -176,16 +182,20 @@ def plan(index: StreamIndex, frames: np.ndarray, seek_cost: int = SEEK_COST) -> 
   return keys - previous > seek_cost + 1
 
 
-def _frame_index(index: StreamIndex, pts: int | None) -> int:
-  """The frame index of a decoded pts, or -1 when it is not one of the index's (or None)."""
-  if pts is None:
-    return -1
-  i = int(np.searchsorted(index.pts, pts))
-  if i < index.num_frames and index.pts[i] == pts:
+def _frame_lookup(index: StreamIndex) -> Callable[[int | None], int]:
+  """fn(decoded pts) -> its frame index, or -1 when it is not one of the index's (or None); raises
+  _OffGrid for a pts off an inferred grid. A dict, not a search per frame: this runs for every decoded
+  frame while holding the GIL, which the input pipeline's worker threads share."""
+  position = dict(zip(index.pts.tolist(), range(index.num_frames)))
+  exact = index.exact
+
+  def frame_of(pts: int | None) -> int:
+    i = position.get(pts, -1)  # None is never a key
+    if i < 0 and pts is not None and not exact:
+      raise _OffGrid(pts)
     return i
-  if not index.exact:
-    raise _OffGrid(pts)
-  return -1
+
+  return frame_of
 
 
 def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray) -> dict[int, np.ndarray]:
@@ -194,7 +204,9 @@ def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray
   wanted = set(frames.tolist())
   wanted_pts = set(index.pts[frames].tolist())
   codec = stream.codec_context
+  frame_of = _frame_lookup(index)
   out: dict[int, np.ndarray] = {}
+  skipping = [codec.skip_frame]  # the decoder's current mode, set only when it changes
 
   def decode_from(frame: int | None):
     """Decoded (frame index, av.VideoFrame) after a seek to the keyframe before `frame` (None: none)."""
@@ -204,9 +216,12 @@ def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray
     for packet in container.demux(stream):
       # Packets come in decode order but carry their presentation time: only requested frames must
       # come out of the decoder; the rest are decoded only if other frames reference them.
-      codec.skip_frame = 'DEFAULT' if packet.pts is None or packet.pts in wanted_pts else 'NONREF'
+      pts = packet.pts
+      mode = 'DEFAULT' if pts is None or pts in wanted_pts else 'NONREF'
+      if mode != skipping[0]:
+        codec.skip_frame = skipping[0] = mode
       for decoded in packet.decode():
-        yield _frame_index(index, decoded.pts), decoded
+        yield frame_of(decoded.pts), decoded
 
   stream_frames = decode_from(None)
   for target, seek in zip(frames.tolist(), seeks.tolist()):

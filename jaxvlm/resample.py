@@ -28,6 +28,7 @@ from __future__ import annotations
 from concurrent import futures
 import functools
 import os
+import threading
 from typing import cast
 
 import numpy as np
@@ -178,8 +179,21 @@ def _pool(workers: int) -> futures.ThreadPoolExecutor:
   return futures.ThreadPoolExecutor(workers, thread_name_prefix='resample')
 
 
+_this_thread = threading.local()
+
+
+def set_thread_default(threads: int | None) -> None:
+  """`default_threads()` in the calling thread from now on (None: back to the CPU count). The input
+  pipeline's workers set 1: they already resize several samples at once."""
+  _this_thread.threads = threads
+
+
 def default_threads() -> int:
-  """Threads `resize_uint8` spreads frames over by default: the CPUs this process may use, at most 4."""
+  """Threads `resize_uint8` spreads frames over by default: the calling thread's `set_thread_default`,
+  else the CPUs this process may use, at most 4."""
+  chosen = getattr(_this_thread, 'threads', None)
+  if chosen is not None:
+    return int(chosen)
   return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1))
 
 

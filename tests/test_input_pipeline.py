@@ -4,11 +4,13 @@ the others back, failures as records."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import threading
 
 import pytest
 
-from jaxvlm import input_pipeline
+from jaxvlm import input_pipeline, resample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,3 +151,35 @@ def test_in_order_batches_wait_for_a_slow_sample():
   got = list(input_pipeline.prefetch_batches(_samples(3), stuck, 2, num_workers=2, in_order=True, timeout_s=0.3))
   assert [b.items for b in got] == [['s1', 's2']] and got[0].failed[0][0] == 's0'
   release.set()
+
+
+def _thread_nice() -> int:
+  return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='per-thread priority is Linux only')
+@pytest.mark.parametrize('nice', [input_pipeline.WORKER_NICE, 0])
+def test_workers_run_below_the_callers_priority_and_resize_in_their_own_thread(nice):
+  seen = {}
+
+  def prepare(chunk):
+    seen[chunk[0].id] = (_thread_nice(), resample.default_threads())
+    return [s.id for s in chunk], []
+
+  caller = _thread_nice()
+  got = list(input_pipeline.prefetch_batches(_samples(6), prepare, 2, num_workers=2, worker_nice=nice))
+  assert sum(len(b.items) for b in got) == 6
+  assert {v for v in seen.values()} == {(min(caller + nice, 19), 1)}
+  assert _thread_nice() == caller  # the caller's own priority is untouched
+
+
+def test_serial_preparation_keeps_the_callers_priority_and_resize_threads():
+  seen = []
+  caller = (_thread_nice(), resample.default_threads())
+
+  def prepare(chunk):
+    seen.append((_thread_nice(), resample.default_threads()))
+    return [s.id for s in chunk], []
+
+  list(input_pipeline.prefetch_batches(_samples(3), prepare, 2, num_workers=0))
+  assert set(seen) == {caller}

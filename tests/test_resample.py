@@ -100,3 +100,22 @@ def test_clip_is_skipped_only_where_the_weights_cannot_leave_0_255():
 def test_single_passes_and_vertical_first_match_pil(name, in_size, out_size):
   frames = _frames((3, *in_size, 3), sum(out_size))
   np.testing.assert_array_equal(resample.resize_uint8(frames, out_size, name), _pil(frames, out_size, name))
+
+
+def test_thread_default_is_per_thread():
+  import threading  # pylint: disable=g-import-not-at-top
+
+  everywhere = resample.default_threads()
+  inside = {}
+
+  def worker():
+    resample.set_thread_default(1)
+    inside['set'] = resample.default_threads()
+    resample.set_thread_default(None)
+    inside['reset'] = resample.default_threads()
+
+  t = threading.Thread(target=worker)
+  t.start()
+  t.join()
+  assert inside == {'set': 1, 'reset': everywhere}
+  assert resample.default_threads() == everywhere  # the other threads never saw it
