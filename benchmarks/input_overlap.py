@@ -10,7 +10,7 @@ XLA computes on --xla_threads CPU threads (1 by default; PJRT_NPROC sizes the XL
 which runs the programs): on a host whose model runs on an accelerator the CPU cores are free for the
 input workers while the model computes, and one XLA thread leaves the other cores of a CPU-only
 machine just as free. (XLA_FLAGS' intra_op_parallelism_threads, used here before, is not an XLA flag:
-compute then ran on both cores, 1.5 CPU seconds per second.) With XLA on every core, threads only
+compute then ran on both cores; docs/results.md.) With XLA on every core, threads only
 share the same cores and no pipeline can save more than the CPU time it does not have.
 
 The experiment runs as it ships, `python -m experiments.knockout` in a subprocess, with JAX's
@@ -29,9 +29,9 @@ each with its CPU seconds (user + system, every thread), and overlap / (decode +
 being <= 0.7 with 2 workers: the whole experiment, fixed cost included, against the decode and compute
 it has to do. The fixed cost does not grow with the samples, so the fixture is big enough (--samples)
 for it to be small against the work; (overlap - fixed) / (decode + compute) is printed beside it. No
-run is shorter than fixed + max(compute, its other CPU seconds / cores): the printed floor, which on a
-2-core host is what the ratio is measured against (numbers in docs/results.md). Writing the long
-videos is the slow part of a first run; later runs reuse them.
+run is much shorter than fixed + max(compute, its other CPU seconds / cores): the printed floor (an
+estimate), which on a 2-core host is what the ratio is measured against (numbers in docs/results.md).
+Writing the long videos is the slow part of a first run; later runs reuse them.
 
   python -m benchmarks.input_overlap --fixture_dir=/tmp/overlap   # the fixture is reused when present
 """
@@ -253,8 +253,9 @@ def main(argv):
     'whole wall time, fixed cost included)'
   )
   print(f'(overlap - fixed) / (decode + compute) = {(overlap.wall - fixed.wall) / both.wall:.2f}')
-  # No run is shorter than its fixed part plus its other CPU work spread over every core, nor than its
-  # fixed part plus the compute (one XLA thread; the workers can split the decoding, not the compute).
+  # About what no run beats: its fixed part plus its other CPU work spread over every core, or its fixed
+  # part plus the compute (one XLA thread; the workers can split the decoding, not the compute). An
+  # estimate: the compute is measured in this process, the run in another.
   floor = fixed.wall + max((overlap.cpu - fixed.cpu) / cores, compute.wall)
   print(
     f'floor / (decode + compute)             = {floor / both.wall:.2f} (fixed + max(CPU of the '
