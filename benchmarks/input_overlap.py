@@ -38,16 +38,13 @@ Writing the long videos is the slow part of a first run; later runs reuse them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
-import resource
 import tempfile
-import time
 
 from absl import app, flags
 import av
@@ -55,6 +52,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from benchmarks import timing
 from configs import knockout as knockout_config
 from jaxvlm import runs, sharding
 from jaxvlm.data import synthetic
@@ -145,23 +143,7 @@ def _cache_env(root: str) -> dict[str, str]:
   }
 
 
-@dataclasses.dataclass(frozen=True)
-class Took:
-  """wall seconds, and CPU seconds (user + system, every thread) of the same stretch."""
-
-  wall: float
-  cpu: float
-
-  def __add__(self, other: Took) -> Took:
-    return Took(self.wall + other.wall, self.cpu + other.cpu)
-
-
-def _children_cpu() -> float:
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
-
-
-def _experiment_seconds(root: str, input_workers: int, max_samples: int = -1) -> Took:
+def _experiment_time(root: str, input_workers: int, max_samples: int = -1) -> timing.Took:
   """Wall and CPU seconds of `python -m experiments.knockout` in a fresh workdir reading the fixture."""
   workdir = tempfile.mkdtemp(prefix='run_', dir=root)
   os.symlink(os.path.join(root, 'synthetic'), os.path.join(workdir, 'synthetic'))
@@ -177,18 +159,17 @@ def _experiment_seconds(root: str, input_workers: int, max_samples: int = -1) ->
     f'--config.input_workers={input_workers}',
     f'--config.max_samples={max_samples}',
   ]
-  start, cpu = time.perf_counter(), _children_cpu()
-  done = subprocess.run(
-    command, cwd=_REPO, env={**os.environ, **_cache_env(root)}, capture_output=True, text=True, check=False
-  )
-  took = Took(time.perf_counter() - start, _children_cpu() - cpu)
+  with timing.took(timing.children_cpu) as took:
+    done = subprocess.run(
+      command, cwd=_REPO, env={**os.environ, **_cache_env(root)}, capture_output=True, text=True, check=False
+    )
   if done.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-3000:]}')
   shutil.rmtree(workdir)
   return took
 
 
-def _decode_and_compute(root: str) -> tuple[Took, Took]:
+def _decode_and_compute(root: str) -> tuple[timing.Took, timing.Took]:
   """Time to prepare every sample in one thread, and to collate + sweep the prepared batches."""
   config = _config(0)
   model, params, processor = runs.load_model(config)
@@ -196,16 +177,14 @@ def _decode_and_compute(root: str) -> tuple[Took, Took]:
   mesh = sharding.mesh_from_config(config.mesh)
   params = sharding.shard_params(params, mesh)
   samples, _ = runs.load_samples(config, root)
-  start, cpu = time.perf_counter(), time.process_time()
-  prepared, failed = runs.prepare(samples, processor, config)
-  decode = Took(time.perf_counter() - start, time.process_time() - cpu)
+  with timing.took() as decode:
+    prepared, failed = runs.prepare(samples, processor, config)
   if failed:
     raise RuntimeError(f'fixture samples failed: {failed[:3]}')
-  start, cpu = time.perf_counter(), time.process_time()
-  for chunk in runs.batches(prepared, config.batch_size):
-    batch = runs.collate(chunk, processor, multiple=runs.batch_multiple(mesh))
-    engine.evaluate_batch(model, params, batch, sw.specs, mesh, config.tail_multiple, config.spec_chunk)
-  compute = Took(time.perf_counter() - start, time.process_time() - cpu)
+  with timing.took() as compute:
+    for chunk in runs.batches(prepared, config.batch_size):
+      batch = runs.collate(chunk, processor, multiple=runs.batch_multiple(mesh))
+      engine.evaluate_batch(model, params, batch, sw.specs, mesh, config.tail_multiple, config.spec_chunk)
   return decode, compute
 
 
@@ -227,12 +206,12 @@ def main(argv):
     f'XLA threads {_XLA_THREADS.value or "all"}',
     flush=True,
   )
-  warm = _experiment_seconds(root, 0)  # fills the compilation cache
+  warm = _experiment_time(root, 0)  # fills the compilation cache
   decode, compute = _decode_and_compute(root)
   one_batch = _config(0).batch_size  # a full batch: shapes the warm-up compiled
-  fixed = _experiment_seconds(root, 0, max_samples=one_batch)
-  serial = _experiment_seconds(root, 0)
-  overlap = _experiment_seconds(root, _WORKERS.value)
+  fixed = _experiment_time(root, 0, max_samples=one_batch)
+  serial = _experiment_time(root, 0)
+  overlap = _experiment_time(root, _WORKERS.value)
   both = decode + compute
   print(f'{"":<64}{"wall":>8}  {"CPU":>8}')
   for label, took in (

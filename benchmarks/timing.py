@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+import contextlib
+import dataclasses
+import resource
 import time
 from typing import Any
 
@@ -29,3 +32,32 @@ def best_times(
       results[name] = fn()
       best[name] = min(best[name], now() - start)
   return best, results
+
+
+@dataclasses.dataclass
+class Took:
+  """Wall seconds, and CPU seconds (user + system, every thread) of the same stretch."""
+
+  wall: float = 0.0
+  cpu: float = 0.0
+
+  def __add__(self, other: Took) -> Took:
+    return Took(self.wall + other.wall, self.cpu + other.cpu)
+
+
+def children_cpu() -> float:
+  """CPU seconds of this process's finished (waited-for) child processes."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def took(cpu_clock: Callable[[], float] = time.process_time) -> Iterator[Took]:
+  """`with took() as t:` fills t with the block's wall and CPU seconds when the block ends. cpu_clock:
+  this process (default) or `children_cpu` for a block that runs a subprocess to its end."""
+  result = Took()
+  start, cpu = time.perf_counter(), cpu_clock()
+  try:
+    yield result
+  finally:
+    result.wall, result.cpu = time.perf_counter() - start, cpu_clock() - cpu
