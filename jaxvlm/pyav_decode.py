@@ -206,10 +206,11 @@ def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray
   codec = stream.codec_context
   frame_of = _frame_lookup(index)
   out: dict[int, np.ndarray] = {}
-  skipping = [codec.skip_frame]  # the decoder's current mode, set only when it changes
+  skipping = codec.skip_frame  # the decoder's current mode, set only when it changes
 
   def decode_from(frame: int | None):
     """Decoded (frame index, av.VideoFrame) after a seek to the keyframe before `frame` (None: none)."""
+    nonlocal skipping
     if frame is not None:
       key = int(index.keyframe_before(np.asarray([frame]))[0])
       container.seek(int(index.pts[key]), stream=stream, backward=True, any_frame=False)
@@ -218,8 +219,8 @@ def _decode(path: str, container, stream, index: StreamIndex, frames: np.ndarray
       # come out of the decoder; the rest are decoded only if other frames reference them.
       pts = packet.pts
       mode = 'DEFAULT' if pts is None or pts in wanted_pts else 'NONREF'
-      if mode != skipping[0]:
-        codec.skip_frame = skipping[0] = mode
+      if mode != skipping:
+        codec.skip_frame = skipping = mode
       for decoded in packet.decode():
         yield frame_of(decoded.pts), decoded
 
