@@ -23,7 +23,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.frame_size = ''  # Qwen2.5-VL: 'H,W' every frame is resized to; '': the checkpoint's own
   c.max_samples = -1  # -1: all
   c.batch_size = 4
-  c.input_workers = 2  # threads decoding + preprocessing ahead of the model (0: in the loop)
+  c.input_workers = 2  # workers decoding + preprocessing ahead of the model (0: in the loop)
+  # Processes: thread workers take the GIL between decoded packets and slow the model's thread (the
+  # overlap benchmark, docs/results.md); 'thread' saves pickling the frames back.
+  c.input_worker_kind = 'process'
   c.settings = 'global1,global2,fine'
   c.kinds = 'LV,VT,VS'
   c.global1_step = 2

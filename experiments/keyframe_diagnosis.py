@@ -33,6 +33,7 @@ def run(config, workdir: str) -> dict:
   config_checks.check(config, config_fields.DIAGNOSIS)  # every field, before anything is loaded
   distributed.initialize()
   mesh = sharding.mesh_from_config(config.mesh)
+  runs.start_worker_server(config, 'jaxvlm.keyframes.candidates')  # input worker processes start beside the model load
   model, params, processor = runs.load_model(config, mesh)
   plan = diagnosis.plan_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute
   siglip = runs.load_siglip(config)

@@ -49,6 +49,7 @@ def run(config, workdir: str) -> dict:
   """
   config_checks.check(config, config_fields.KNOCKOUT)  # every field, before anything is loaded
   info = distributed.initialize()
+  runs.start_worker_server(config, 'jaxvlm.runs')  # input worker processes start beside the model load
   mesh = sharding.mesh_from_config(config.mesh)
   model, params, processor = runs.load_model(config, mesh)
   sw = specs.sweep_from_config(config, model.config.text.num_hidden_layers)  # validated before any compute

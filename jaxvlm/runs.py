@@ -506,7 +506,12 @@ def evaluate_pending(
   start = time.time()
   with tqdm(total=len(todo), unit='sample', desc=desc, dynamic_ncols=True, disable=not distributed.is_main()) as bar:
     for ready in input_pipeline.prefetch_batches(
-      todo, prepare, config.batch_size, config.input_workers, in_order=distributed.mesh_spans_processes(mesh)
+      todo,
+      prepare,
+      config.batch_size,
+      config.input_workers,
+      in_order=distributed.mesh_spans_processes(mesh),
+      worker_kind=config.input_worker_kind,
     ):
       check_same_batch([p.sample.id for p in ready.items] + [i for i, _ in ready.failed], mesh)
       for sample_id, reason in ready.failed:
@@ -516,6 +521,13 @@ def evaluate_pending(
           log.append(record)
       bar.update(ready.num_samples)
       bar.set_postfix(samples_per_s=f'{bar.n / max(time.time() - start, 1e-9):.2f}')
+
+
+def start_worker_server(config, *modules: str) -> None:
+  """With process input workers: starts the server they fork from now, importing `modules` (those of
+  the experiment's prepare), so its start-up overlaps the model load (`input_pipeline.start_worker_server`)."""
+  if config.input_workers and config.input_worker_kind == 'process':
+    input_pipeline.start_worker_server(modules)
 
 
 def finish_run(workdir: str) -> None:

@@ -118,6 +118,8 @@ def set_field(c, dotted: str, value) -> None:
     ('efficiency', 'ks', '8,64', 'outside 1..num_frames=32'),
     ('efficiency', 'exit_layer', -2, 'or -1 (no explicit plan)'),
     ('knockout', 'input_workers', -1, 'an integer >= 0'),
+    ('knockout', 'input_worker_kind', 'fork', "one of 'thread', 'process'"),
+    ('keyframe_diagnosis', 'input_worker_kind', 'threads', "one of 'thread', 'process'"),
     ('train_synthetic', 'llava.first_types', 'needle,colour', "unknown 'colour'"),
     ('train_synthetic', 'siglip.moving_share', 0.7, 'more than 1'),
     ('train_synthetic', 'data.num_train', 0, 'an integer >= 1'),

@@ -4,9 +4,12 @@ the others back, failures as records."""
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+from multiprocessing import forkserver
 import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -110,6 +113,8 @@ def test_bad_arguments(kwargs, match):
   args = dict(batch_size=2, num_workers=2) | kwargs
   with pytest.raises(ValueError, match=match):
     list(input_pipeline.prefetch_batches(_samples(2), _ok, **args))
+  with pytest.raises(ValueError, match="worker_kind must be one of \\('thread', 'process'\\), got 'fork'"):
+    list(input_pipeline.prefetch_batches(_samples(2), _ok, 2, worker_kind='fork'))
 
 
 def test_batches_are_the_in_order_chunks_when_samples_finish_in_order():
@@ -183,3 +188,79 @@ def test_serial_preparation_keeps_the_callers_priority_and_resize_threads():
 
   list(input_pipeline.prefetch_batches(_samples(3), prepare, 2, num_workers=0))
   assert set(seen) == {caller}
+
+
+# Process workers: prepare runs in other processes, so it is a module-level function (it must pickle).
+
+
+def _in_a_process(chunk):
+  (s,) = chunk
+  if s.id == 's1':
+    raise RuntimeError('decoder exploded')
+  if s.id == 's2':
+    os._exit(3)  # a decoder that crashes takes its process down
+  if s.id == 's3':
+    time.sleep(60)  # stuck: only the timeout ends it
+  return [(s.id, os.getpid(), os.getpriority(os.PRIO_PROCESS, 0), resample.default_threads())], []
+
+
+def test_process_workers_isolate_crashes_and_stuck_samples():
+  """Every sample once; an exception, a crashed process and a stuck sample are failure records; the
+  crashed worker's later samples run in a new process; workers are niced and resize in one thread."""
+  caller = os.getpriority(os.PRIO_PROCESS, 0)
+  t = time.monotonic()
+  batches = list(
+    input_pipeline.prefetch_batches(_samples(10), _in_a_process, 3, num_workers=2, timeout_s=12, worker_kind='process')
+  )
+  elapsed = time.monotonic() - t  # the stuck sample's process is terminated, not waited for
+  items = {i[0]: i[1:] for b in batches for i in b.items}
+  failed = dict(f for b in batches for f in b.failed)
+  assert sorted(items) == ['s0', 's4', 's5', 's6', 's7', 's8', 's9']
+  assert failed['s1'] == 'RuntimeError: decoder exploded'
+  assert failed['s2'] == 'WorkerDied: the worker process exited (code 3) preparing it'
+  assert failed['s3'] == 'TimeoutError: not prepared within 12 s'
+  assert len(failed) == 3
+  assert os.getpid() not in {pid for pid, _, _ in items.values()}
+  assert {(nice, threads) for _, nice, threads in items.values()} == {(min(caller + input_pipeline.WORKER_NICE, 19), 1)}
+  assert elapsed < 40, elapsed
+
+
+def test_a_crashed_worker_process_is_replaced():
+  samples = [S('s0'), S('s2'), S('s4')]  # s2 crashes its process
+  got = list(input_pipeline.prefetch_batches(samples, _in_a_process, 1, num_workers=1, worker_kind='process'))
+  items = {i[0]: i[1] for b in got for i in b.items}
+  assert sorted(items) == ['s0', 's4'] and [i for b in got for i, _ in b.failed] == ['s2']
+  assert items['s0'] != items['s4']  # one worker: the sample after the crash ran in a new process
+
+
+def _pid(chunk):
+  return [(chunk[0].id, os.getpid())], []
+
+
+def test_process_workers_keep_the_order_and_end_with_the_pipeline():
+  got = list(input_pipeline.prefetch_batches(_samples(7), _pid, 3, num_workers=2, in_order=True, worker_kind='process'))
+  assert [[i for i, _ in b.items] for b in got] == [['s0', 's1', 's2'], ['s3', 's4', 's5'], ['s6']]
+  pids = {pid for b in got for _, pid in b.items}
+  for _ in range(50):  # the workers exit once the pipeline is done
+    if not any(_alive(pid) for pid in pids):
+      break
+    time.sleep(0.1)
+  assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True
+
+
+def test_the_worker_server_can_start_before_the_pipeline():
+  """Started early (beside the model load), the server the workers fork from is up and serves them."""
+  input_pipeline.start_worker_server(['tests.test_input_pipeline'])
+  server = getattr(forkserver._forkserver, '_forkserver_pid', None)  # pylint: disable=protected-access
+  if 'forkserver' in multiprocessing.get_all_start_methods():
+    assert server is not None and _alive(server)
+  got = list(input_pipeline.prefetch_batches(_samples(4), _pid, 2, num_workers=2, worker_kind='process'))
+  assert sorted(i for b in got for i, _ in b.items) == ['s0', 's1', 's2', 's3']

@@ -5,7 +5,7 @@ ranges against the model's layers are checked right after its config is read (`d
 
 from __future__ import annotations
 
-from jaxvlm import config_checks as cc
+from jaxvlm import config_checks as cc, input_pipeline
 from jaxvlm.keyframes import diagnosis, efficiency
 
 
@@ -62,6 +62,7 @@ DIAGNOSIS = cc.Spec(
     'seed': cc.integer(),
     'batch_size': cc.integer(1, affects_results=False),
     'input_workers': cc.integer(0, affects_results=False),
+    'input_worker_kind': cc.one_of(*input_pipeline.WORKER_KINDS, affects_results=False),
     'strip_samples': cc.integer(0, affects_results=False),
     'selector_checkpoint': cc.text(),
   },

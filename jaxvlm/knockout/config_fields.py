@@ -4,7 +4,7 @@ inside the model's layers) are `specs.sweep_from_config`'s, run right after the 
 
 from __future__ import annotations
 
-from jaxvlm import config_checks as cc
+from jaxvlm import config_checks as cc, input_pipeline
 from jaxvlm.knockout import specs
 
 
@@ -27,6 +27,7 @@ KNOCKOUT = cc.Spec(
     'max_samples': cc.integer(1, also=(-1,), meaning='all', affects_results=False),
     'batch_size': cc.integer(1, affects_results=False),
     'input_workers': cc.integer(0, affects_results=False),
+    'input_worker_kind': cc.one_of(*input_pipeline.WORKER_KINDS, affects_results=False),
     'settings': cc.names(specs.SETTINGS + ('explicit',)),
     'kinds': cc.names(specs.KINDS),
     'global1_step': cc.integer(1),
