@@ -22,7 +22,7 @@ nothing. Prints, each measured separately:
   compute  - wall seconds of collate + the knockout sweep over those prepared batches, in this process,
   serial   - wall seconds of the whole experiment subprocess with input_workers=0 (start to exit),
   overlap  - wall seconds of the whole experiment subprocess with input_workers=--workers (of
-             --worker_kind, the experiment's by default),
+             --worker_kind, processes by default),
   fixed    - wall seconds of the whole experiment subprocess on one batch of samples (start-up, model
              load, that batch, summary): about what no input pipeline can overlap (the config checks
              refuse 0 samples; one full batch has the shapes the warm-up compiled),
@@ -79,9 +79,9 @@ _WIDTH = flags.DEFINE_integer('width', 160, 'Video width.')
 _WORKERS = flags.DEFINE_integer('workers', 2, 'input_workers of the overlapped run.')
 _WORKER_KIND = flags.DEFINE_enum(
   'worker_kind',
-  knockout_config.get_config().input_worker_kind,
+  'process',
   list(input_pipeline.WORKER_KINDS),
-  "input_worker_kind of the overlapped run (default: the experiment's).",
+  'input_worker_kind of the overlapped run: processes, what long videos want (configs/knockout.py).',
 )
 _SETTINGS = flags.DEFINE_string(
   'settings',

@@ -24,9 +24,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.max_samples = -1  # -1: all
   c.batch_size = 4
   c.input_workers = 2  # workers decoding + preprocessing ahead of the model (0: in the loop)
-  # Processes: thread workers take the GIL between decoded packets and slow the model's thread (the
-  # overlap benchmark, docs/results.md); 'thread' saves pickling the frames back.
-  c.input_worker_kind = 'process'
+  # 'process' for long videos: thread workers take the GIL between decoded packets and slow the model's
+  # thread (the overlap benchmark, docs/results.md). 'thread' by default: a process worker costs a few
+  # CPU seconds of start-up (the forkserver imports jaxvlm) and pickles the frames back, which short
+  # videos like the embedded default's do not repay.
+  c.input_worker_kind = 'thread'
   c.settings = 'global1,global2,fine'
   c.kinds = 'LV,VT,VS'
   c.global1_step = 2

@@ -10,7 +10,7 @@ so it never holds back the samples after it. An exception escaping `prepare` and
 `timeout_s` become failure records `(sample id, reason)`, yielded with the next batch; the run goes on.
 
 Workers are threads (`worker_kind='thread'`) or threads that each hand their samples to a process of
-their own (`'process'`, what the experiments use). Decoding (libav), the RGB conversion, the
+their own (`'process'`, what long videos want). Decoding (libav), the RGB conversion, the
 resampler's matrix products and JAX's computations all release the GIL, but between them every
 decoded packet and every dispatched computation takes it back: with thread workers the model's thread
 waits for the GIL behind the workers, and decoding threads scale worse than processes (measured in
